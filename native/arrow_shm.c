@@ -1,0 +1,918 @@
+// arrow-shm native core: thin Node-API wrappers over the Linux system calls the library needs
+// (memfd + seals, mmap, UNIX sockets with SCM_RIGHTS, readiness polling through libuv).
+// Policy, protocol and validation live in TypeScript; every failure here becomes an
+// ArrowShmError with code ERR_SYSCALL, errno and syscall, never a crash.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define MAX_FDS_PER_MESSAGE 16
+
+// ---------------------------------------------------------------------------------------------
+// Error plumbing
+
+typedef struct mapping mapping;
+
+typedef struct {
+  napi_ref error_class;  // ArrowShmError, handed over by the loader (src/native.ts)
+  mapping* mappings;     // live mappings of this environment (main thread or one worker)
+} addon_state;
+
+static addon_state* state_of(napi_env env) {
+  addon_state* st = NULL;
+  napi_get_instance_data(env, (void**)&st);
+  return st;
+}
+
+static void throw_shm_error(napi_env env, const char* code, const char* message, int err, const char* syscall) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) return;
+  addon_state* st = state_of(env);
+  napi_value ctor = NULL, msg, code_v, err_v, sys_v, instance;
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v);
+  if (err) napi_create_int32(env, err, &err_v); else napi_get_undefined(env, &err_v);
+  if (syscall) napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sys_v); else napi_get_undefined(env, &sys_v);
+  if (st && st->error_class) napi_get_reference_value(env, st->error_class, &ctor);
+  if (ctor) {
+    napi_value argv[4] = {code_v, msg, err_v, sys_v};
+    if (napi_new_instance(env, ctor, 4, argv, &instance) == napi_ok) {
+      napi_throw(env, instance);
+      return;
+    }
+  }
+  napi_throw_error(env, code, message);
+}
+
+static void throw_errno(napi_env env, const char* syscall, int err) {
+  char message[256];
+  snprintf(message, sizeof message, "%s failed: %s (errno %d)", syscall, strerror(err), err);
+  throw_shm_error(env, "ERR_SYSCALL", message, err, syscall);
+}
+
+static void throw_arg(napi_env env, const char* message) {
+  throw_shm_error(env, "ERR_INVALID_ARGUMENT", message, 0, NULL);
+}
+
+#define CALL(env, expr)                                   \
+  do {                                                    \
+    if ((expr) != napi_ok) {                              \
+      throw_arg(env, "internal Node-API call failed: " #expr); \
+      return NULL;                                        \
+    }                                                     \
+  } while (0)
+
+// Argument helpers: each throws ERR_INVALID_ARGUMENT and returns false on a bad value.
+static bool arg_int(napi_env env, napi_value v, const char* what, int64_t lo, int64_t hi, int64_t* out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  int64_t x = 0;
+  if (t == napi_number) {
+    double d;
+    napi_get_value_double(env, v, &d);
+    if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) goto bad;
+    x = (int64_t)d;
+  } else if (t == napi_bigint) {
+    bool lossless;
+    napi_get_value_bigint_int64(env, v, &x, &lossless);
+    if (!lossless || x < lo || x > hi) goto bad;
+  } else {
+    goto bad;
+  }
+  *out = x;
+  return true;
+bad : {
+  char message[160];
+  snprintf(message, sizeof message, "%s must be an integer in [%lld, %lld]", what, (long long)lo, (long long)hi);
+  throw_arg(env, message);
+  return false;
+}
+}
+
+static bool arg_fd(napi_env env, napi_value v, int* fd) {
+  int64_t x;
+  if (!arg_int(env, v, "fd", 0, INT_MAX, &x)) return false;
+  *fd = (int)x;
+  return true;
+}
+
+static bool arg_bytes(napi_env env, napi_value v, uint8_t** data, size_t* len) {
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  if (is_ta) {
+    napi_typedarray_type type;
+    size_t length, offset;
+    napi_value ab;
+    void* base;
+    napi_get_typedarray_info(env, v, &type, &length, &base, &ab, &offset);
+    if (type != napi_uint8_array) goto bad;
+    *data = base;
+    *len = length;
+    return true;
+  }
+bad:
+  throw_arg(env, "expected a Uint8Array");
+  return false;
+}
+
+static bool arg_string(napi_env env, napi_value v, char* buf, size_t cap, size_t* len) {
+  if (napi_get_value_string_utf8(env, v, buf, cap, len) != napi_ok) {
+    throw_arg(env, "expected a string");
+    return false;
+  }
+  return true;
+}
+
+static napi_value make_int(napi_env env, int64_t x) {
+  napi_value v;
+  napi_create_int64(env, x, &v);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// memfd, seals, fstat
+
+// memfdCreate(name: string, size: number): fd
+static napi_value memfd_create_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char name[250];
+  size_t name_len;
+  int64_t size;
+  if (!arg_string(env, argv[0], name, sizeof name, &name_len)) return NULL;
+  if (!arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) {
+    throw_errno(env, "memfd_create", errno);
+    return NULL;
+  }
+  if (size > 0 && ftruncate(fd, (off_t)size) != 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, "ftruncate", err);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+// memfdCreateUnsealable(name, size): fd without MFD_ALLOW_SEALING (the seed's kind of segment)
+static napi_value memfd_create_unsealable_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char name[250];
+  size_t name_len;
+  int64_t size;
+  if (!arg_string(env, argv[0], name, sizeof name, &name_len)) return NULL;
+  if (!arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, "memfd_create", errno);
+    return NULL;
+  }
+  if (size > 0 && ftruncate(fd, (off_t)size) != 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, "ftruncate", err);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+static napi_value ftruncate_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t size;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
+  if (ftruncate(fd, (off_t)size) != 0) throw_errno(env, "ftruncate", errno);
+  return NULL;
+}
+
+// fstat(fd): { size, mode, ino, dev, nlink }  (ino/dev as numbers: exact below 2^53)
+static napi_value fstat_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    throw_errno(env, "fstat", errno);
+    return NULL;
+  }
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "size", make_int(env, (int64_t)st.st_size));
+  napi_set_named_property(env, out, "mode", make_int(env, (int64_t)st.st_mode));
+  napi_set_named_property(env, out, "ino", make_int(env, (int64_t)st.st_ino));
+  napi_set_named_property(env, out, "dev", make_int(env, (int64_t)st.st_dev));
+  return out;
+}
+
+static napi_value get_seals_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) {
+    throw_errno(env, "fcntl(F_GET_SEALS)", errno);
+    return NULL;
+  }
+  return make_int(env, seals);
+}
+
+static napi_value add_seals_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t seals;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "seals", 0, 0xffff, &seals)) return NULL;
+  if (fcntl(fd, F_ADD_SEALS, (int)seals) != 0) throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
+  return NULL;
+}
+
+static napi_value close_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  // Linux releases the descriptor even when close reports EINTR: never retry.
+  if (close(fd) != 0 && errno != EINTR) throw_errno(env, "close", errno);
+  return NULL;
+}
+
+// pwrite(fd, bytes, offset): writes all bytes (loops on short writes)
+static napi_value pwrite_js(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  uint8_t* data;
+  size_t len;
+  int64_t offset;
+  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len) ||
+      !arg_int(env, argv[2], "offset", 0, INT64_MAX, &offset))
+    return NULL;
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = pwrite(fd, data + done, len - done, (off_t)(offset + (int64_t)done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno(env, "pwrite", errno);
+      return NULL;
+    }
+    done += (size_t)n;
+  }
+  return NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mappings exposed as external ArrayBuffers.
+// One record per mapping; the ArrayBuffer's finalizer and an explicit unmap() both end up in
+// release_mapping(), which munmaps exactly once. unmap() detaches the ArrayBuffer first, so
+// every view over it becomes zero-length before the pages go away: a stale view reads nothing.
+
+struct mapping {
+  void* addr;
+  size_t length;
+  bool mapped;
+  addon_state* owner;  // NULL once the environment's state is gone (teardown order varies)
+  struct mapping* next;
+};
+
+static mapping* find_mapping(napi_env env, void* addr) {
+  for (mapping* m = state_of(env)->mappings; m; m = m->next)
+    if (m->addr == addr && m->mapped) return m;
+  return NULL;
+}
+
+static void unlink_mapping(mapping* target) {
+  if (!target->owner) return;
+  for (mapping** p = &target->owner->mappings; *p; p = &(*p)->next) {
+    if (*p == target) {
+      *p = target->next;
+      return;
+    }
+  }
+}
+
+static void do_munmap(napi_env env, mapping* m) {
+  if (!m->mapped) return;
+  munmap(m->addr, m->length);
+  m->mapped = false;
+  int64_t ignored;
+  napi_adjust_external_memory(env, -(int64_t)m->length, &ignored);
+}
+
+static void finalize_mapping(napi_env env, void* data, void* hint) {
+  (void)data;
+  mapping* m = hint;
+  do_munmap(env, m);
+  unlink_mapping(m);
+  free(m);
+}
+
+// mmap(fd, length, writable): ArrayBuffer over MAP_SHARED pages of the whole range [0, length)
+static napi_value mmap_js(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t length;
+  bool writable;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, (int64_t)(SIZE_MAX >> 1), &length)) return NULL;
+  if (napi_get_value_bool(env, argv[2], &writable) != napi_ok) {
+    throw_arg(env, "writable must be a boolean");
+    return NULL;
+  }
+  int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+  void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, 0);
+  if (addr == MAP_FAILED) {
+    throw_errno(env, "mmap", errno);
+    return NULL;
+  }
+  mapping* m = calloc(1, sizeof *m);
+  if (!m) {
+    munmap(addr, (size_t)length);
+    throw_errno(env, "calloc", ENOMEM);
+    return NULL;
+  }
+  m->addr = addr;
+  m->length = (size_t)length;
+  m->mapped = true;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, (size_t)length, finalize_mapping, m, &ab) != napi_ok) {
+    munmap(addr, (size_t)length);
+    free(m);
+    throw_shm_error(env, "ERR_SYSCALL", "cannot expose the mapping as an external ArrayBuffer", 0, "napi_create_external_arraybuffer");
+    return NULL;
+  }
+  addon_state* st = state_of(env);
+  m->owner = st;
+  m->next = st->mappings;
+  st->mappings = m;
+  int64_t ignored;
+  napi_adjust_external_memory(env, (int64_t)length, &ignored);
+  return ab;
+}
+
+// unmap(arrayBuffer): detach, then munmap. Returns false when it was not a live mapping of ours.
+static napi_value unmap_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool is_ab = false;
+  napi_is_arraybuffer(env, argv[0], &is_ab);
+  if (!is_ab) {
+    throw_arg(env, "expected the ArrayBuffer returned by mmap()");
+    return NULL;
+  }
+  void* data;
+  size_t len;
+  napi_get_arraybuffer_info(env, argv[0], &data, &len);
+  mapping* m = data ? find_mapping(env, data) : NULL;
+  napi_value result;
+  if (!m || m->length != len) {
+    napi_get_boolean(env, false, &result);
+    return result;
+  }
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
+    throw_shm_error(env, "ERR_SYSCALL", "cannot detach the mapped ArrayBuffer", 0, "napi_detach_arraybuffer");
+    return NULL;
+  }
+  do_munmap(env, m);
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+// populate(arrayBuffer): fault in every page of a writable mapping now (pre-touch for pools)
+static napi_value populate_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void* data;
+  size_t len;
+  if (napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok || !find_mapping(env, data)) {
+    throw_arg(env, "expected a live mapping");
+    return NULL;
+  }
+  if (madvise(data, len, MADV_POPULATE_WRITE) != 0) {
+    if (errno != EINVAL) {
+      throw_errno(env, "madvise(MADV_POPULATE_WRITE)", errno);
+      return NULL;
+    }
+    // Kernel without MADV_POPULATE_WRITE: touch one byte per page.
+    volatile uint8_t* p = data;
+    long page = sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < len; i += (size_t)page) p[i] = p[i];
+  }
+  return NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+// UNIX domain sockets. Addresses: a path, or "@name" for the abstract namespace.
+
+static bool make_addr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* addr_len) {
+  char path[sizeof addr->sun_path + 2];
+  size_t len;
+  if (!arg_string(env, v, path, sizeof path, &len)) return false;
+  if (len == 0 || len >= sizeof addr->sun_path) {
+    throw_arg(env, "socket address must be 1 to 107 bytes long");
+    return false;
+  }
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (path[0] == '@') {
+    addr->sun_path[0] = '\0';
+    memcpy(addr->sun_path + 1, path + 1, len - 1);
+    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  } else {
+    memcpy(addr->sun_path, path, len);
+    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  }
+  return true;
+}
+
+// socket(seqpacket: boolean): non-blocking, close-on-exec AF_UNIX socket
+static napi_value socket_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool seqpacket = true;
+  napi_get_value_bool(env, argv[0], &seqpacket);
+  int fd = socket(AF_UNIX, (seqpacket ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_errno(env, "socket", errno);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+static napi_value bind_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  struct sockaddr_un addr;
+  socklen_t addr_len;
+  if (!arg_fd(env, argv[0], &fd) || !make_addr(env, argv[1], &addr, &addr_len)) return NULL;
+  if (bind(fd, (struct sockaddr*)&addr, addr_len) != 0) throw_errno(env, "bind", errno);
+  return NULL;
+}
+
+static napi_value listen_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t backlog;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "backlog", 1, 65535, &backlog)) return NULL;
+  if (listen(fd, (int)backlog) != 0) throw_errno(env, "listen", errno);
+  return NULL;
+}
+
+// accept(fd): new fd, or -1 when no connection is pending (EAGAIN)
+static napi_value accept_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  for (;;) {
+    int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c >= 0) return make_int(env, c);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return make_int(env, -1);
+    throw_errno(env, "accept4", errno);
+    return NULL;
+  }
+}
+
+// connect(fd, address): 0 when connected, -1 when in progress (EAGAIN/EINPROGRESS)
+static napi_value connect_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  struct sockaddr_un addr;
+  socklen_t addr_len;
+  if (!arg_fd(env, argv[0], &fd) || !make_addr(env, argv[1], &addr, &addr_len)) return NULL;
+  for (;;) {
+    if (connect(fd, (struct sockaddr*)&addr, addr_len) == 0) return make_int(env, 0);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EINPROGRESS) return make_int(env, -1);
+    throw_errno(env, "connect", errno);
+    return NULL;
+  }
+}
+
+// socketError(fd): pending SO_ERROR (0 when none), for completing a non-blocking connect
+static napi_value socket_error_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd, err = 0;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+    throw_errno(env, "getsockopt(SO_ERROR)", errno);
+    return NULL;
+  }
+  return make_int(env, err);
+}
+
+// peerCredentials(fd): { pid, uid, gid } from SO_PEERCRED
+static napi_value peer_credentials_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
+    return NULL;
+  }
+  napi_value out;
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "pid", make_int(env, cred.pid));
+  napi_set_named_property(env, out, "uid", make_int(env, cred.uid));
+  napi_set_named_property(env, out, "gid", make_int(env, cred.gid));
+  return out;
+}
+
+static napi_value shutdown_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN) throw_errno(env, "shutdown", errno);
+  return NULL;
+}
+
+// sendmsg(fd, bytes, fds): bytes sent, or -1 when the socket buffer is full (EAGAIN)
+static napi_value sendmsg_js(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  uint8_t* data;
+  size_t len;
+  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len)) return NULL;
+  uint32_t nfds = 0;
+  bool is_array = false;
+  napi_is_array(env, argv[2], &is_array);
+  if (!is_array || napi_get_array_length(env, argv[2], &nfds) != napi_ok || nfds > MAX_FDS_PER_MESSAGE) {
+    throw_arg(env, "fds must be an array of at most 16 descriptors");
+    return NULL;
+  }
+  int fds[MAX_FDS_PER_MESSAGE];
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value e;
+    napi_get_element(env, argv[2], i, &e);
+    if (!arg_fd(env, e, &fds[i])) return NULL;
+  }
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&control, 0, sizeof control);
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
+  }
+  for (;;) {
+    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (n >= 0) return make_int(env, n);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    throw_errno(env, "sendmsg", errno);
+    return NULL;
+  }
+}
+
+// recvmsg(fd, buffer): null when nothing is ready (EAGAIN), else
+// { bytes, fds, truncated, controlTruncated }; bytes === 0 means the peer closed.
+// Every fd received is returned (close-on-exec), even when the control data was truncated,
+// so the caller can close them: nothing leaks.
+static napi_value recvmsg_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  uint8_t* data;
+  size_t len;
+  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len)) return NULL;
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+  ssize_t n;
+  for (;;) {
+    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0) break;
+    if (errno == EINTR) continue;
+    napi_value nothing;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      napi_get_null(env, &nothing);
+      return nothing;
+    }
+    throw_errno(env, "recvmsg", errno);
+    return NULL;
+  }
+  napi_value out, fds;
+  napi_create_object(env, &out);
+  napi_create_array(env, &fds);
+  uint32_t count = 0;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t payload = c->cmsg_len - CMSG_LEN(0);
+    int* received = (int*)CMSG_DATA(c);
+    for (size_t i = 0; i < payload / sizeof(int); i++) {
+      int got;
+      memcpy(&got, received + i, sizeof got);
+      napi_set_element(env, fds, count++, make_int(env, got));
+    }
+  }
+  napi_value truncated, ctruncated;
+  napi_get_boolean(env, (msg.msg_flags & MSG_TRUNC) != 0, &truncated);
+  napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &ctruncated);
+  napi_set_named_property(env, out, "bytes", make_int(env, n));
+  napi_set_named_property(env, out, "fds", fds);
+  napi_set_named_property(env, out, "truncated", truncated);
+  napi_set_named_property(env, out, "controlTruncated", ctruncated);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// eventfd, for cross-process wake-ups (Atomics.notify does not cross processes)
+
+static napi_value eventfd_js(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, "eventfd", errno);
+    return NULL;
+  }
+  return make_int(env, fd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poller: libuv readiness watch on an fd, so the event loop never blocks in a syscall.
+
+typedef struct {
+  uv_poll_t handle;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;
+  bool closing;
+} poller;
+
+static void poller_free(uv_handle_t* h) {
+  poller* p = h->data;
+  free(p);
+}
+
+static void poller_fire(uv_poll_t* h, int status, int events) {
+  poller* p = h->data;
+  if (p->closing) return;
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, global, argv[2], ignored;
+  napi_get_reference_value(env, p->callback, &cb);
+  napi_get_global(env, &global);
+  argv[0] = make_int(env, status);
+  argv[1] = make_int(env, events);
+  // Errors thrown by the callback surface as uncaught exceptions, as for any libuv callback.
+  if (napi_call_function(env, global, cb, 2, argv, &ignored) != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void poller_stop_internal(napi_env env, poller* p) {
+  if (p->closing) return;
+  p->closing = true;
+  uv_poll_stop(&p->handle);
+  napi_delete_reference(env, p->callback);
+  p->callback = NULL;
+  uv_close((uv_handle_t*)&p->handle, poller_free);
+}
+
+static void poller_finalize(napi_env env, void* data, void* hint) {
+  (void)hint;
+  poller* p = data;
+  // The JS wrapper is gone; make sure libuv lets go of the handle too.
+  if (!p->closing) poller_stop_internal(env, p);
+}
+
+// pollerCreate(fd, callback(status, events)): opaque handle
+static napi_value poller_create_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_function) {
+    throw_arg(env, "callback must be a function");
+    return NULL;
+  }
+  uv_loop_t* loop;
+  CALL(env, napi_get_uv_event_loop(env, &loop));
+  poller* p = calloc(1, sizeof *p);
+  if (!p) {
+    throw_errno(env, "calloc", ENOMEM);
+    return NULL;
+  }
+  int rc = uv_poll_init(loop, &p->handle, fd);
+  if (rc != 0) {
+    free(p);
+    throw_errno(env, "uv_poll_init", -rc);
+    return NULL;
+  }
+  p->handle.data = p;
+  p->env = env;
+  napi_create_reference(env, argv[1], 1, &p->callback);
+  napi_value handle;
+  napi_create_object(env, &handle);
+  napi_wrap(env, handle, p, poller_finalize, NULL, NULL);
+  return handle;
+}
+
+static poller* unwrap_poller(napi_env env, napi_value v) {
+  poller* p = NULL;
+  if (napi_unwrap(env, v, (void**)&p) != napi_ok || !p) {
+    throw_arg(env, "expected a poller handle");
+    return NULL;
+  }
+  if (p->closing) {
+    throw_shm_error(env, "ERR_CLOSED", "the poller is closed", 0, NULL);
+    return NULL;
+  }
+  return p;
+}
+
+// pollerStart(handle, readable, writable)
+static napi_value poller_start_js(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  poller* p = unwrap_poller(env, argv[0]);
+  if (!p) return NULL;
+  bool readable = false, writable = false;
+  napi_get_value_bool(env, argv[1], &readable);
+  napi_get_value_bool(env, argv[2], &writable);
+  int events = (readable ? UV_READABLE | UV_DISCONNECT : 0) | (writable ? UV_WRITABLE : 0);
+  int rc = events ? uv_poll_start(&p->handle, events, poller_fire) : uv_poll_stop(&p->handle);
+  if (rc != 0) throw_errno(env, "uv_poll_start", -rc);
+  return NULL;
+}
+
+// pollerRef(handle, keepsLoopAlive)
+static napi_value poller_ref_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  poller* p = unwrap_poller(env, argv[0]);
+  if (!p) return NULL;
+  bool keep = true;
+  napi_get_value_bool(env, argv[1], &keep);
+  if (keep) uv_ref((uv_handle_t*)&p->handle);
+  else uv_unref((uv_handle_t*)&p->handle);
+  return NULL;
+}
+
+static napi_value poller_close_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  poller* p = NULL;
+  // Detach from the JS object first: its finalizer must never see p after libuv frees it.
+  if (napi_remove_wrap(env, argv[0], (void**)&p) != napi_ok || !p) return NULL;
+  if (!p->closing) poller_stop_internal(env, p);
+  return NULL;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static napi_value set_error_class_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  addon_state* st = state_of(env);
+  if (st->error_class) napi_delete_reference(env, st->error_class);
+  napi_create_reference(env, argv[0], 1, &st->error_class);
+  return NULL;
+}
+
+static void free_state(napi_env env, void* data, void* hint) {
+  (void)hint;
+  addon_state* st = data;
+  // Mappings still alive are finalized later by their ArrayBuffers; they must not touch st then.
+  for (mapping* m = st->mappings; m; m = m->next) m->owner = NULL;
+  if (st->error_class) napi_delete_reference(env, st->error_class);
+  free(st);
+}
+
+static napi_value constants(napi_env env) {
+  napi_value c;
+  napi_create_object(env, &c);
+  napi_set_named_property(env, c, "F_SEAL_SEAL", make_int(env, F_SEAL_SEAL));
+  napi_set_named_property(env, c, "F_SEAL_SHRINK", make_int(env, F_SEAL_SHRINK));
+  napi_set_named_property(env, c, "F_SEAL_GROW", make_int(env, F_SEAL_GROW));
+  napi_set_named_property(env, c, "F_SEAL_WRITE", make_int(env, F_SEAL_WRITE));
+  napi_set_named_property(env, c, "F_SEAL_FUTURE_WRITE", make_int(env, F_SEAL_FUTURE_WRITE));
+  napi_set_named_property(env, c, "S_IFMT", make_int(env, S_IFMT));
+  napi_set_named_property(env, c, "S_IFREG", make_int(env, S_IFREG));
+  napi_set_named_property(env, c, "UV_READABLE", make_int(env, UV_READABLE));
+  napi_set_named_property(env, c, "UV_WRITABLE", make_int(env, UV_WRITABLE));
+  napi_set_named_property(env, c, "UV_DISCONNECT", make_int(env, UV_DISCONNECT));
+  napi_set_named_property(env, c, "PAGE_SIZE", make_int(env, sysconf(_SC_PAGESIZE)));
+  return c;
+}
+
+NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
+  addon_state* st = calloc(1, sizeof *st);
+  if (!st || napi_set_instance_data(env, st, free_state, NULL) != napi_ok) return NULL;
+  napi_property_descriptor props[] = {
+      {"setErrorClass", NULL, set_error_class_js, NULL, NULL, NULL, napi_default, NULL},
+      {"memfdCreate", NULL, memfd_create_js, NULL, NULL, NULL, napi_default, NULL},
+      {"memfdCreateUnsealable", NULL, memfd_create_unsealable_js, NULL, NULL, NULL, napi_default, NULL},
+      {"ftruncate", NULL, ftruncate_js, NULL, NULL, NULL, napi_default, NULL},
+      {"fstat", NULL, fstat_js, NULL, NULL, NULL, napi_default, NULL},
+      {"getSeals", NULL, get_seals_js, NULL, NULL, NULL, napi_default, NULL},
+      {"addSeals", NULL, add_seals_js, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, close_js, NULL, NULL, NULL, napi_default, NULL},
+      {"pwrite", NULL, pwrite_js, NULL, NULL, NULL, napi_default, NULL},
+      {"mmap", NULL, mmap_js, NULL, NULL, NULL, napi_default, NULL},
+      {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_default, NULL},
+      {"populate", NULL, populate_js, NULL, NULL, NULL, napi_default, NULL},
+      {"socket", NULL, socket_js, NULL, NULL, NULL, napi_default, NULL},
+      {"bind", NULL, bind_js, NULL, NULL, NULL, napi_default, NULL},
+      {"listen", NULL, listen_js, NULL, NULL, NULL, napi_default, NULL},
+      {"accept", NULL, accept_js, NULL, NULL, NULL, napi_default, NULL},
+      {"connect", NULL, connect_js, NULL, NULL, NULL, napi_default, NULL},
+      {"socketError", NULL, socket_error_js, NULL, NULL, NULL, napi_default, NULL},
+      {"peerCredentials", NULL, peer_credentials_js, NULL, NULL, NULL, napi_default, NULL},
+      {"shutdown", NULL, shutdown_js, NULL, NULL, NULL, napi_default, NULL},
+      {"sendmsg", NULL, sendmsg_js, NULL, NULL, NULL, napi_default, NULL},
+      {"recvmsg", NULL, recvmsg_js, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfd", NULL, eventfd_js, NULL, NULL, NULL, napi_default, NULL},
+      {"pollerCreate", NULL, poller_create_js, NULL, NULL, NULL, napi_default, NULL},
+      {"pollerStart", NULL, poller_start_js, NULL, NULL, NULL, napi_default, NULL},
+      {"pollerRef", NULL, poller_ref_js, NULL, NULL, NULL, napi_default, NULL},
+      {"pollerClose", NULL, poller_close_js, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_set_named_property(env, exports, "constants", constants(env));
+  return exports;
+}

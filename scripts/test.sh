@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (`npm test`): builds what is missing, then runs every suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+[[ -f build/Release/arrow_shm.node ]] || node scripts/build-native.mjs
+npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
+status=0
+node --test dist/test/*.test.js || status=1
+exit $status

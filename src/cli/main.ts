@@ -1,0 +1,241 @@
+#!/usr/bin/env node
+// The arrow-shm command line (docs/CLI.md): send, recv, demo.
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { ArrowShmError } from '../errors.js';
+import { connect, listen, type Channel, type Message } from '../transport/channel.js';
+import { seedReceive, seedSend } from '../transport/seed.js';
+import type { KeyValues } from '../transport/frame.js';
+import { readInput, sendableFromFile, UsageError } from './files.js';
+import { runDemo, runDemoReceiver, runDemoSender } from './demo.js';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('expected a positive integer');
+  return n;
+}
+
+function keyValue(value: string, previous: KeyValues = {}): KeyValues {
+  const eq = value.indexOf('=');
+  if (eq <= 0) throw new InvalidArgumentError('expected KEY=VALUE');
+  return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+}
+
+function listening(address: string): void {
+  process.stderr.write(`arrow-shm: listening on ${address}\n`);
+}
+
+interface SendFlags {
+  socket: string;
+  listen?: boolean;
+  seedCompat?: boolean;
+  meta?: KeyValues;
+  timeoutMs?: number;
+}
+
+async function send(files: string[], flags: SendFlags): Promise<void> {
+  const inputs = files.map((f) => ({ name: f, data: sendableFromFile(readInput(f)) }));
+  if (flags.seedCompat) {
+    if (inputs.length !== 1) throw new UsageError('--seed-compat sends exactly one FILE');
+    await seedSend(flags.socket, inputs[0]!.data, { timeoutMs: flags.timeoutMs, onListening: () => listening(flags.socket) });
+    return;
+  }
+  let channel: Channel;
+  if (flags.listen) {
+    const listener = listen(flags.socket);
+    listening(flags.socket);
+    try {
+      channel = await withTimeout(listener.accept(), flags.timeoutMs, 'no receiver connected');
+    } finally {
+      listener.close();
+    }
+  } else {
+    channel = await connect(flags.socket, { timeoutMs: flags.timeoutMs });
+  }
+  try {
+    for (const input of inputs) await channel.send(input.data, { metadata: flags.meta, timeoutMs: flags.timeoutMs });
+  } finally {
+    channel.close();
+  }
+}
+
+interface RecvFlags {
+  socket: string;
+  connect?: boolean;
+  count: number;
+  out?: string;
+  print?: boolean;
+  seedCompat?: boolean;
+  allowUnsealed?: boolean;
+  timeoutMs?: number;
+}
+
+function outputPath(flags: RecvFlags, index: number): string | null {
+  if (!flags.out) return null;
+  let isDir = flags.count > 1;
+  try {
+    isDir ||= statSync(flags.out).isDirectory();
+  } catch {
+    // does not exist yet
+  }
+  if (!isDir) return flags.out;
+  mkdirSync(flags.out, { recursive: true });
+  return path.join(flags.out, `${String(index).padStart(6, '0')}.arrows`);
+}
+
+function printSummary(message: Message, index: number): void {
+  const lines: string[] = [`== table ${index}: ${message.bytes.byteLength} bytes of Arrow IPC ==`];
+  const meta = Object.entries(message.metadata);
+  if (meta.length) lines.push(`metadata: ${meta.map(([k, v]) => `${k}=${v}`).join(', ')}`);
+  try {
+    const table = message.table;
+    lines.push(`schema: ${table.schema.fields.map((f) => `${f.name}: ${f.type}`).join(', ')}`);
+    lines.push(`rows: ${table.numRows}, columns: ${table.numCols}, batches: ${table.batches.length}`);
+    const head = table.slice(0, Math.min(5, table.numRows)).toArray();
+    if (head.length) {
+      lines.push('first rows:');
+      for (const row of head) lines.push(`  ${JSON.stringify(row?.toJSON?.() ?? row, (_, v) => (typeof v === 'bigint' ? v.toString() : v))}`);
+    }
+  } catch (e) {
+    if (e instanceof ArrowShmError) process.stderr.write(`arrow-shm: ${e.code}: ${e.message}\n`);
+    else throw e;
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+function handle(message: Message, index: number, flags: RecvFlags): void {
+  try {
+    const out = outputPath(flags, index);
+    if (out) writeFileSync(out, message.bytes);
+    if (flags.print) printSummary(message, index);
+  } finally {
+    message.close();
+  }
+}
+
+async function recv(flags: RecvFlags): Promise<void> {
+  if (flags.seedCompat) {
+    for (let i = 0; i < flags.count; i++) handle(await seedReceive(flags.socket, { timeoutMs: flags.timeoutMs }), i, flags);
+    return;
+  }
+  const options = { allowUnsealed: flags.allowUnsealed };
+  let received = 0;
+  if (flags.connect) {
+    const channel = await connect(flags.socket, { ...options, timeoutMs: flags.timeoutMs });
+    try {
+      while (received < flags.count) handle(await withTimeout(channel.receive(), flags.timeoutMs, 'no table arrived'), received++, flags);
+    } finally {
+      channel.close();
+    }
+    return;
+  }
+  const listener = listen(flags.socket, options);
+  listening(flags.socket);
+  try {
+    while (received < flags.count) {
+      const channel = await withTimeout(listener.accept(), flags.timeoutMs, 'no sender connected');
+      try {
+        for (;;) {
+          if (received >= flags.count) break;
+          const message = await withTimeout(channel.receive(), flags.timeoutMs, 'no table arrived').catch((e) => {
+            if (e instanceof ArrowShmError && e.code === 'ERR_PEER_CLOSED') return null;
+            throw e;
+          });
+          if (!message) break; // that sender is done; accept the next one
+          handle(message, received++, flags);
+        }
+      } finally {
+        channel.close();
+      }
+    }
+  } finally {
+    listener.close();
+  }
+}
+
+async function withTimeout<T>(promise: Promise<T>, ms: number | undefined, what: string): Promise<T> {
+  if (ms === undefined) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new ArrowShmError('ERR_TIMEOUT', `${what} within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function program(): Command {
+  const cli = new Command('arrow-shm')
+    .description('Hand Apache Arrow tables to another process through sealed shared memory, zero-copy.')
+    .version('0.1.0')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error:') ? `arrow-shm: ${s}` : s) })
+    .showHelpAfterError(false);
+
+  cli
+    .command('send')
+    .description('send each FILE (Arrow IPC stream or file, - for stdin) as one table')
+    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .option('--listen', 'listen for the receiver instead of connecting')
+    .option('--seed-compat', "speak the seed proof of concept's protocol (listen, send 'F' + unsealed memfd)")
+    .option('--meta <key=value>', 'user metadata for every message (repeatable)', keyValue)
+    .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .argument('<files...>')
+    .action((files: string[], flags: SendFlags) => send(files, flags));
+
+  cli
+    .command('recv')
+    .description('receive tables; write them as IPC stream files and/or print a summary')
+    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .option('--connect', 'connect to the sender instead of listening')
+    .option('--count <n>', 'number of tables to receive', positiveInt, 1)
+    .option('--out <path>', 'FILE for one table, or DIR for DIR/000000.arrows, ...')
+    .option('--print', 'print schema, rows, metadata and the first rows')
+    .option('--seed-compat', "speak the seed proof of concept's protocol (connect, accept an unsealed memfd)")
+    .option('--allow-unsealed', 'accept segments without seals (unsafe with untrusted senders)')
+    .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .action((flags: RecvFlags) => recv(flags));
+
+  cli
+    .command('demo')
+    .description('hand a 100,000-row symbol table from one process to another, next to JSON')
+    .option('--rows <n>', 'rows in the table', positiveInt, 100_000)
+    .option('--runs <n>', 'hand-offs to time', positiveInt, 7)
+    .action((flags: { rows: number; runs: number }) => runDemo(flags));
+
+  cli.command('__demo-receiver', { hidden: true }).requiredOption('--socket <addr>').requiredOption('--json-socket <path>').requiredOption('--runs <n>', '', positiveInt).action(runDemoReceiver);
+  cli
+    .command('__demo-sender', { hidden: true })
+    .requiredOption('--socket <addr>')
+    .requiredOption('--json-socket <path>')
+    .requiredOption('--rows <n>', '', positiveInt)
+    .requiredOption('--runs <n>', '', positiveInt)
+    .action(runDemoSender);
+  return cli;
+}
+
+async function main(argv: string[]): Promise<number> {
+  try {
+    await program().parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (e instanceof UsageError) {
+      process.stderr.write(`arrow-shm: ${e.message}\n`);
+      return 2;
+    }
+    if (e instanceof ArrowShmError) {
+      process.stderr.write(`arrow-shm: ${e.code}: ${e.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`arrow-shm: unexpected failure: ${(e as Error)?.message ?? String(e)}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv);

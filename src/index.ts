@@ -1,0 +1,22 @@
+// arrow-shm: hand Apache Arrow tables to another process through sealed shared memory.
+export { ArrowShmError, ErrorCodes, isArrowShmError, type ErrorCode } from './errors.js';
+export { Segment, Mapping, SEALS_SEALED, SEALS_LEASED, describeSeals, type SealPolicy } from './shm/segment.js';
+export { layoutIpcStream, writeIpcLayout, ALIGNMENT, type IpcLayout, type IpcChunk, type TableLike } from './ipc/writer.js';
+export { validateIpcStream, type IpcSummary } from './ipc/validate.js';
+export { decodeTable, decodeBatches, tableFromIpcBytes } from './ipc/reader.js';
+export {
+  Channel,
+  Listener,
+  Message,
+  PreparedTable,
+  connect,
+  listen,
+  type ChannelOptions,
+  type ListenerOptions,
+  type PeerInfo,
+  type SendOptions,
+  type Sendable,
+} from './transport/channel.js';
+export { FrameKind, FrameFlags, PROTOCOL_VERSION, type KeyValues } from './transport/frame.js';
+export { seedSend, seedReceive, SEED_SOCKET_PATH } from './transport/seed.js';
+export { generateSymbolTable, checksumSymbolTable, SYMBOL_SCHEMA } from './symbols.js';

@@ -1,0 +1,93 @@
+// Walks the encapsulated messages of an Arrow IPC stream and checks every length and offset
+// before any Arrow library sees the bytes (docs/PROTOCOL.md §7).
+import { Message } from 'apache-arrow/ipc/metadata/message';
+import { MessageHeader } from 'apache-arrow';
+import { fail } from '../errors.js';
+import { verifyMessageFlatbuffer } from './verify.js';
+
+const CONTINUATION = 0xffffffff;
+
+export interface IpcSummary {
+  messages: number;
+  recordBatches: number;
+  dictionaryBatches: number;
+  /** Bytes up to and including the end-of-stream marker (or the whole range if it has none). */
+  streamLength: number;
+}
+
+function asNumber(x: bigint | number): number {
+  return typeof x === 'bigint' ? (x <= BigInt(Number.MAX_SAFE_INTEGER) && x >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(x) : Number.NaN) : x;
+}
+
+export function validateIpcStream(bytes: Uint8Array): IpcSummary {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const end = bytes.length;
+  const summary: IpcSummary = { messages: 0, recordBatches: 0, dictionaryBatches: 0, streamLength: end };
+  let pos = 0;
+  while (pos < end) {
+    if (end - pos < 4) throw fail('ERR_IPC_TRUNCATED', `IPC stream ends ${end - pos} bytes into a message prefix at offset ${pos}`);
+    let prefix = 4;
+    let size = view.getInt32(pos, true);
+    if (view.getUint32(pos, true) === CONTINUATION) {
+      if (end - pos < 8) throw fail('ERR_IPC_TRUNCATED', `IPC stream ends inside the message length at offset ${pos}`);
+      size = view.getInt32(pos + 4, true);
+      prefix = 8;
+    }
+    if (size === 0) {
+      summary.streamLength = pos + prefix;
+      break;
+    }
+    if (size < 0) throw fail('ERR_IPC_INVALID', `negative metadata size ${size} at offset ${pos}`);
+    const metaStart = pos + prefix;
+    if (size > end - metaStart) throw fail('ERR_IPC_TRUNCATED', `message metadata of ${size} bytes at offset ${metaStart} runs past the end of the ${end}-byte stream`);
+    const metadata = bytes.subarray(metaStart, metaStart + size);
+    verifyMessageFlatbuffer(metadata);
+    let message: Message;
+    try {
+      message = Message.decode(metadata);
+    } catch (e) {
+      throw fail('ERR_IPC_INVALID', `undecodable message metadata at offset ${metaStart}: ${(e as Error).message}`, e);
+    }
+    const bodyLength = asNumber(message.bodyLength as bigint | number);
+    const bodyStart = metaStart + size;
+    if (!(bodyLength >= 0)) throw fail('ERR_IPC_INVALID', `invalid body length ${String(message.bodyLength)} at offset ${pos}`);
+    if (bodyLength > end - bodyStart) throw fail('ERR_IPC_TRUNCATED', `message body of ${bodyLength} bytes at offset ${bodyStart} runs past the end of the ${end}-byte stream`);
+    const header = message.headerType;
+    if (summary.messages === 0 && header !== MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `IPC stream must start with a Schema message, got ${MessageHeader[header] ?? header}`);
+    if (summary.messages > 0 && header === MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `second Schema message at offset ${pos}`);
+    if (header === MessageHeader.RecordBatch || header === MessageHeader.DictionaryBatch) {
+      let decoded: { data?: unknown };
+      try {
+        decoded = message.header() as unknown as { data?: unknown };
+      } catch (e) {
+        throw fail('ERR_IPC_INVALID', `undecodable batch header at offset ${metaStart}: ${(e as Error).message}`, e);
+      }
+      const batch = (header === MessageHeader.RecordBatch ? decoded : decoded?.data) as
+        | { length: bigint | number; nodes: { length: bigint | number; nullCount: bigint | number }[]; buffers: { offset: bigint | number; length: bigint | number }[] }
+        | undefined;
+      if (!batch) throw fail('ERR_IPC_INVALID', `batch message without a header at offset ${pos}`);
+      const length = asNumber(batch.length);
+      if (!(length >= 0)) throw fail('ERR_IPC_INVALID', `invalid batch length ${String(batch.length)} at offset ${pos}`);
+      for (const node of batch.nodes) {
+        const n = asNumber(node.length);
+        const nulls = asNumber(node.nullCount);
+        if (!(n >= 0) || !(nulls >= 0) || nulls > n) throw fail('ERR_IPC_INVALID', `invalid field node (length ${String(node.length)}, nulls ${String(node.nullCount)}) at offset ${pos}`);
+      }
+      for (const region of batch.buffers) {
+        const offset = asNumber(region.offset);
+        const length = asNumber(region.length);
+        if (!(offset >= 0) || !(length >= 0) || offset + length > bodyLength) {
+          throw fail('ERR_IPC_INVALID', `buffer [${String(region.offset)}, +${String(region.length)}) outside its ${bodyLength}-byte body at offset ${bodyStart}`);
+        }
+      }
+      if (header === MessageHeader.RecordBatch) summary.recordBatches++;
+      else summary.dictionaryBatches++;
+    } else if (header !== MessageHeader.Schema) {
+      throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
+    }
+    summary.messages++;
+    pos = bodyStart + bodyLength;
+  }
+  if (summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
+  return summary;
+}

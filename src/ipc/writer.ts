@@ -1,0 +1,134 @@
+// Lays out an Arrow IPC stream for a Table (or batches) directly in a caller's memory, with every
+// message body and every body buffer 64-byte aligned. The layout is computed first (no copy),
+// then each column buffer is copied exactly once, from wherever the Table holds it into the target.
+import { RecordBatch, Schema, Table, Vector, type Data } from 'apache-arrow';
+import {
+  BufferRegion,
+  DictionaryBatch as DictionaryBatchHeader,
+  Message,
+  RecordBatch as RecordBatchHeader,
+} from 'apache-arrow/ipc/metadata/message';
+import { VectorAssembler } from 'apache-arrow/visitor/vectorassembler';
+import { fail } from '../errors.js';
+
+export const ALIGNMENT = 64;
+const align = (n: number, a = ALIGNMENT): number => Math.ceil(n / a) * a;
+
+/** A piece of the stream: `bytes` belongs at `offset`. Column bytes are views, never copies. */
+export interface IpcChunk {
+  offset: number;
+  bytes: Uint8Array;
+  /** A body buffer (column data), as opposed to framing or flatbuffer metadata. */
+  body: boolean;
+}
+
+export interface IpcLayout {
+  /** Total stream length, end-of-stream marker included. */
+  byteLength: number;
+  chunks: IpcChunk[];
+  schema: Schema;
+  recordBatches: number;
+}
+
+export type TableLike = Table | RecordBatch | RecordBatch[];
+
+function toBatches(input: TableLike): { schema: Schema; batches: RecordBatch[] } {
+  if (input instanceof Table) return { schema: input.schema, batches: input.batches };
+  if (input instanceof RecordBatch) return { schema: input.schema, batches: [input] };
+  if (Array.isArray(input) && input.length > 0 && input.every((b) => b instanceof RecordBatch)) return { schema: input[0]!.schema, batches: input };
+  throw fail('ERR_INVALID_ARGUMENT', 'expected an apache-arrow Table, RecordBatch or non-empty RecordBatch[]');
+}
+
+class LayoutBuilder {
+  readonly chunks: IpcChunk[] = [];
+  position = 0;
+
+  private prefix(metadataSize: number): Uint8Array {
+    return new Uint8Array(Int32Array.of(-1, metadataSize).buffer);
+  }
+
+  /** One encapsulated message: continuation, size, flatbuffer, padding, body at a 64-byte boundary. */
+  message(message: Message, body: Uint8Array[], regions: BufferRegion[]): void {
+    const flatbuffer = Message.encode(message);
+    const start = this.position;
+    const bodyStart = align(start + 8 + flatbuffer.length);
+    this.chunks.push({ offset: start, bytes: this.prefix(bodyStart - start - 8), body: false }, { offset: start + 8, bytes: flatbuffer, body: false });
+    body.forEach((bytes, i) => {
+      if (bytes.byteLength > 0) this.chunks.push({ offset: bodyStart + Number(regions[i]!.offset), bytes, body: true });
+    });
+    this.position = bodyStart + Number(message.bodyLength);
+  }
+
+  endOfStream(): void {
+    this.chunks.push({ offset: this.position, bytes: this.prefix(0), body: false });
+    this.position += 8;
+  }
+}
+
+/** Body regions at 64-byte boundaries for the assembled buffers. */
+function alignedBody(buffers: ArrayBufferView[]): { regions: BufferRegion[]; body: Uint8Array[]; bodyLength: number } {
+  let offset = 0;
+  const regions: BufferRegion[] = [];
+  const body: Uint8Array[] = [];
+  for (const b of buffers) {
+    const bytes = b instanceof Uint8Array ? b : new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+    regions.push(new BufferRegion(offset, bytes.byteLength));
+    body.push(bytes);
+    offset = align(offset + bytes.byteLength);
+  }
+  return { regions, body, bodyLength: offset };
+}
+
+function batchMessage(data: RecordBatch | Vector, length: number, metadata?: Map<string, string>) {
+  const assembled = VectorAssembler.assemble(data);
+  const { regions, body, bodyLength } = alignedBody(assembled.buffers);
+  const header = new RecordBatchHeader(length, assembled.nodes, regions, null, assembled.variadicBufferCounts, metadata);
+  return { header, body, regions, bodyLength };
+}
+
+/**
+ * Plans the IPC stream of `input`. Dictionaries follow the Arrow spec: the first batch that uses a
+ * dictionary writes it whole; later batches write only new chunks as deltas, or a replacement when
+ * the dictionary changed entirely.
+ */
+export function layoutIpcStream(input: TableLike): IpcLayout {
+  const { schema, batches } = toBatches(input);
+  const out = new LayoutBuilder();
+  out.message(Message.from(schema), [], []);
+  const seen = new Map<number, { first: Data | undefined; chunks: number }>();
+  for (const batch of batches) {
+    for (const [id, dictionary] of batch.dictionaries) {
+      const chunks = dictionary?.data ?? [];
+      const previous = seen.get(id);
+      const replacing = !previous || previous.first !== chunks[0];
+      const from = replacing ? 0 : previous.chunks;
+      chunks.slice(from).forEach((chunk, i) => {
+        const { header, body, regions, bodyLength } = batchMessage(new Vector([chunk]), chunk.length);
+        const isDelta = !replacing || from + i > 0;
+        out.message(Message.from(new DictionaryBatchHeader(header, id, isDelta), bodyLength), body, regions);
+      });
+      seen.set(id, { first: chunks[0], chunks: chunks.length });
+    }
+    const { header, body, regions, bodyLength } = batchMessage(batch, batch.numRows, batch.metadata);
+    out.message(Message.from(header, bodyLength), body, regions);
+  }
+  out.endOfStream();
+  return { byteLength: out.position, chunks: out.chunks, schema, recordBatches: batches.length };
+}
+
+/**
+ * Copies a planned stream into `target` (which must hold `layout.byteLength` bytes).
+ * `zeroPadding` clears the gaps between chunks, for targets that are not freshly zeroed.
+ */
+export function writeIpcLayout(layout: IpcLayout, target: Uint8Array, zeroPadding = false): void {
+  if (target.byteLength < layout.byteLength) {
+    throw fail('ERR_TOO_LARGE', `IPC stream of ${layout.byteLength} bytes does not fit in ${target.byteLength} bytes`);
+  }
+  let cursor = 0;
+  for (const { offset, bytes } of layout.chunks) {
+    if (zeroPadding && offset > cursor) target.fill(0, cursor, offset);
+    target.set(bytes, offset);
+    cursor = offset + bytes.byteLength;
+  }
+  if (zeroPadding && layout.byteLength > cursor) target.fill(0, cursor, layout.byteLength);
+}

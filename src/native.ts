@@ -1,0 +1,94 @@
+// The only module that loads the compiled addon. Everything else imports from here.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ArrowShmError } from './errors.js';
+
+export interface FileStat {
+  size: number;
+  mode: number;
+  ino: number;
+  dev: number;
+}
+
+export interface Credentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export interface Received {
+  /** 0 means the peer closed the connection. */
+  bytes: number;
+  fds: number[];
+  truncated: boolean;
+  controlTruncated: boolean;
+}
+
+export interface PollerHandle {
+  readonly __poller: unique symbol;
+}
+
+export interface NativeBinding {
+  memfdCreate(name: string, size: number): number;
+  memfdCreateUnsealable(name: string, size: number): number;
+  ftruncate(fd: number, size: number): void;
+  fstat(fd: number): FileStat;
+  getSeals(fd: number): number;
+  addSeals(fd: number, seals: number): void;
+  close(fd: number): void;
+  pwrite(fd: number, bytes: Uint8Array, offset: number): void;
+  mmap(fd: number, length: number, writable: boolean): ArrayBuffer;
+  unmap(buffer: ArrayBuffer): boolean;
+  populate(buffer: ArrayBuffer): void;
+  socket(seqpacket: boolean): number;
+  bind(fd: number, address: string): void;
+  listen(fd: number, backlog: number): void;
+  accept(fd: number): number;
+  connect(fd: number, address: string): number;
+  socketError(fd: number): number;
+  peerCredentials(fd: number): Credentials;
+  shutdown(fd: number): void;
+  sendmsg(fd: number, bytes: Uint8Array, fds: number[]): number;
+  recvmsg(fd: number, buffer: Uint8Array): Received | null;
+  eventfd(): number;
+  pollerCreate(fd: number, callback: (status: number, events: number) => void): PollerHandle;
+  pollerStart(handle: PollerHandle, readable: boolean, writable: boolean): void;
+  pollerRef(handle: PollerHandle, keepsLoopAlive: boolean): void;
+  pollerClose(handle: PollerHandle): void;
+  setErrorClass(ctor: unknown): void;
+  constants: {
+    F_SEAL_SEAL: number;
+    F_SEAL_SHRINK: number;
+    F_SEAL_GROW: number;
+    F_SEAL_WRITE: number;
+    F_SEAL_FUTURE_WRITE: number;
+    S_IFMT: number;
+    S_IFREG: number;
+    UV_READABLE: number;
+    UV_WRITABLE: number;
+    UV_DISCONNECT: number;
+    PAGE_SIZE: number;
+  };
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const require = createRequire(import.meta.url);
+
+function load(): NativeBinding {
+  const file = path.join(root, 'build', 'Release', 'arrow_shm.node');
+  try {
+    return require(file) as NativeBinding;
+  } catch (cause) {
+    throw new ArrowShmError('ERR_SYSCALL', `cannot load the arrow-shm native addon at ${file}: run \`npm install\` (it builds the addon)`, undefined, 'dlopen', { cause });
+  }
+}
+
+export const native: NativeBinding = load();
+
+// The addon raises ArrowShmError directly; its constructor takes (code, message, errno, syscall).
+native.setErrorClass(function NativeError(code: string, message: string, errno?: number, syscall?: string) {
+  return new ArrowShmError(code as ArrowShmError['code'], message, errno, syscall);
+});
+
+export const { constants } = native;

@@ -1,0 +1,755 @@
+// Channels: a connection between two arrow-shm peers over a UNIX SOCK_SEQPACKET socket
+// (docs/PROTOCOL.md). Either side may send tables; the listener/connector roles only matter for
+// the handshake.
+import { lstatSync, unlinkSync, chmodSync } from 'node:fs';
+import type { RecordBatch, Table } from 'apache-arrow';
+import { ArrowShmError, fail, isErrorCode } from '../errors.js';
+import { native } from '../native.js';
+import { decodeBatches, decodeTable } from '../ipc/reader.js';
+import { validateIpcStream, type IpcSummary } from '../ipc/validate.js';
+import { layoutIpcStream, type TableLike } from '../ipc/writer.js';
+import { Mapping, Segment, checkReceivedSegment, type SealPolicy } from '../shm/segment.js';
+import { decodeFrame, encodeFrame, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type KeyValues } from './frame.js';
+import { PacketSocket, connectSocket, type Datagram } from './socket.js';
+
+const IMPLEMENTATION = 'arrow-shm-node/0.1.0';
+const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 ** 3;
+
+export interface ChannelOptions {
+  /** Peer uids allowed to connect (SO_PEERCRED). Default: this process's effective uid. */
+  allowedUids?: number[];
+  /** Largest IPC stream accepted, in bytes. Default 16 GiB. */
+  maxMessageBytes?: number;
+  /** Accept segments without seals (unsafe: a hostile sender can truncate them). Default false. */
+  allowUnsealed?: boolean;
+  /** Accept leased (reusable, not write-sealed) segments, docs/PROTOCOL.md §6.2. Default false. */
+  acceptLeased?: boolean;
+  /** How long a handshake may take. Default 5000 ms. */
+  handshakeTimeoutMs?: number;
+}
+
+export interface PeerInfo {
+  pid: number;
+  uid: number;
+  gid: number;
+  version: number;
+  implementation: string;
+  capabilities: string[];
+}
+
+export interface SendOptions {
+  /** User metadata carried in the frame (string keys and values). */
+  metadata?: KeyValues;
+  /** Fail with ERR_TIMEOUT if the peer has not acknowledged within this many ms. */
+  timeoutMs?: number;
+}
+
+/**
+ * An IPC stream already written into a sealed segment: send it to any number of channels with
+ * no further copy. The fd stays open until `close()`.
+ */
+export class PreparedTable {
+  readonly ipcOffset = 0;
+  private constructor(
+    readonly segment: Segment,
+    readonly ipcLength: number,
+  ) {}
+
+  /** Writes `data` (a Table/RecordBatch or raw IPC stream bytes) into a new sealed segment. */
+  static from(data: TableLike | Uint8Array): PreparedTable {
+    if (data instanceof Uint8Array) {
+      const summary = validateIpcStream(data);
+      const segment = Segment.create(Math.max(data.byteLength, 1));
+      try {
+        segment.write(data, 0);
+        segment.seal('sealed');
+      } catch (e) {
+        segment.close();
+        throw e;
+      }
+      return new PreparedTable(segment, Math.max(summary.streamLength, data.byteLength));
+    }
+    const layout = layoutIpcStream(data);
+    const segment = Segment.create(layout.byteLength);
+    try {
+      for (const chunk of layout.chunks) segment.write(chunk.bytes, chunk.offset);
+      segment.seal('sealed');
+    } catch (e) {
+      segment.close();
+      throw e;
+    }
+    return new PreparedTable(segment, layout.byteLength);
+  }
+
+  close(): void {
+    this.segment.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export type Sendable = TableLike | Uint8Array | PreparedTable;
+
+const leaseRegistry = new FinalizationRegistry<{ channel: WeakRef<Channel>; id: bigint }>((held) => {
+  held.channel.deref()?.releaseLease(held.id);
+});
+
+/**
+ * A received table. Its bytes stay mapped, read-only, until `close()` (or until the garbage
+ * collector finds neither this message nor any view of its columns alive). After close every
+ * view into the segment is detached: it reads as empty, never as freed memory.
+ */
+export class Message {
+  #mapping: Mapping;
+  #table: Table | undefined;
+  #channel: Channel | null;
+  #leased: boolean;
+  readonly bytes: Uint8Array;
+
+  constructor(
+    channel: Channel | null,
+    readonly id: bigint,
+    readonly flags: number,
+    readonly metadata: KeyValues,
+    mapping: Mapping,
+    ipcOffset: number,
+    ipcLength: number,
+    readonly summary: IpcSummary,
+  ) {
+    this.#channel = channel;
+    this.#mapping = mapping;
+    this.#leased = (flags & FrameFlags.LEASED) !== 0;
+    this.bytes = mapping.bytes(ipcOffset, ipcLength);
+    if (this.#leased && channel) leaseRegistry.register(mapping.buffer, { channel: new WeakRef(channel), id }, this);
+  }
+
+  get isRequest(): boolean {
+    return (this.flags & FrameFlags.REQUEST) !== 0;
+  }
+
+  get closed(): boolean {
+    return this.#mapping.released;
+  }
+
+  /** The ArrayBuffer over the shared mapping: every column buffer of `table` is a view of it. */
+  get sharedBuffer(): ArrayBuffer {
+    return this.#mapping.buffer;
+  }
+
+  /** The decoded table (decoded on first access, zero-copy). Throws ERR_IPC_UNSUPPORTED for types arrow-js lacks. */
+  get table(): Table {
+    if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
+    this.#table ??= decodeTable(this.bytes);
+    return this.#table;
+  }
+
+  get batches(): RecordBatch[] {
+    if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
+    return this.#table?.batches ?? decodeBatches(this.bytes);
+  }
+
+  /** Answers a request with a table. */
+  respond(data: Sendable, options: SendOptions = {}): Promise<void> {
+    if (!this.isRequest || !this.#channel) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
+    return this.#channel.sendFrameWithTable(data, options, FrameFlags.RESPONSE, this.id);
+  }
+
+  /** Answers a request with an error, which the requester receives as an ArrowShmError. */
+  respondError(code: ArrowShmError['code'], message: string): Promise<void> {
+    if (!this.isRequest || !this.#channel) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
+    return this.#channel.sendError(code, message, this.id, FrameFlags.RESPONSE);
+  }
+
+  /** Unmaps the segment (detaching every view) and, for a leased segment, hands it back. */
+  close(): void {
+    if (this.closed) return;
+    this.#table = undefined;
+    this.#mapping.release();
+    if (this.#leased) {
+      leaseRegistry.unregister(this);
+      this.#channel?.releaseLease(this.id);
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+interface Pending<T> {
+  resolve: (value: T) => void;
+  reject: (e: unknown) => void;
+}
+
+type State = 'handshake' | 'open' | 'closed';
+
+export class Channel {
+  #socket: PacketSocket;
+  #options: Required<ChannelOptions>;
+  #role: 'listener' | 'connector';
+  #state: State = 'handshake';
+  #nextId = 1n;
+  #version = PROTOCOL_VERSION;
+  #capabilities: string[] = [];
+  #peer: PeerInfo;
+  #ready: Pending<void> & { promise: Promise<void> };
+  #acks = new Map<bigint, Pending<void>>();
+  #requests = new Map<bigint, Pending<Message>>();
+  #inbox: Message[] = [];
+  #waiters: Pending<Message | null>[] = [];
+  #closeError: ArrowShmError | null = null;
+
+  private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions) {
+    this.#socket = socket;
+    this.#role = role;
+    this.#options = normalizeOptions(options);
+    const cred = socket.peerCredentials();
+    this.#peer = { ...cred, version: 0, implementation: '', capabilities: [] };
+    let resolve!: () => void, reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+    promise.catch(() => {});
+    this.#ready = { promise, resolve, reject };
+  }
+
+  /** @internal Wraps an accepted or connected socket and completes the handshake. */
+  static async open(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions): Promise<Channel> {
+    let channel: Channel;
+    try {
+      channel = new Channel(socket, role, options);
+    } catch (e) {
+      socket.close();
+      throw e;
+    }
+    const allowed = channel.#options.allowedUids;
+    if (!allowed.includes(channel.#peer.uid)) {
+      const error = fail('ERR_PEER_CREDENTIALS', `peer uid ${channel.#peer.uid} (pid ${channel.#peer.pid}) is not allowed (allowed: ${allowed.join(', ')})`);
+      if (role === 'listener') await channel.sendError(error.code, error.message, 0n).catch(() => {});
+      channel.#fatal(error, false);
+      throw error;
+    }
+    socket.start({ onDatagram: (d) => channel.#onDatagram(d), onClose: (e) => channel.#onSocketClose(e) });
+    const timer = setTimeout(() => channel.#fatal(fail('ERR_TIMEOUT', `handshake not completed within ${channel.#options.handshakeTimeoutMs} ms`), false), channel.#options.handshakeTimeoutMs);
+    if (role === 'connector') {
+      const hello = encodeFrame({
+        kind: FrameKind.Hello,
+        messageId: channel.#takeId(),
+        metadata: {
+          min_version: String(PROTOCOL_VERSION),
+          max_version: String(PROTOCOL_VERSION),
+          capabilities: channel.#localCapabilities().join(','),
+          implementation: IMPLEMENTATION,
+          pid: String(process.pid),
+        },
+      });
+      socket.send(hello).catch((e) => channel.#fatal(asError(e), false));
+    }
+    try {
+      await channel.#ready.promise;
+    } finally {
+      clearTimeout(timer);
+    }
+    return channel;
+  }
+
+  get peer(): PeerInfo {
+    return this.#peer;
+  }
+
+  get closed(): boolean {
+    return this.#state === 'closed';
+  }
+
+  /** Sends a table (copied once into a new sealed segment), raw IPC stream bytes, or a PreparedTable; resolves when the peer acknowledged it. */
+  send(data: Sendable, options: SendOptions = {}): Promise<void> {
+    return this.sendFrameWithTable(data, options, 0, 0n);
+  }
+
+  /** Sends a request and resolves with the peer's response (or rejects with its error). */
+  async request(data: Sendable, options: SendOptions = {}): Promise<Message> {
+    const id = this.#nextId;
+    const response = new Promise<Message>((resolve, reject) => this.#requests.set(id, { resolve, reject }));
+    response.catch(() => {});
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await this.sendFrameWithTable(data, { metadata: options.metadata }, FrameFlags.REQUEST, 0n);
+      if (options.timeoutMs === undefined) return await response;
+      return await Promise.race([
+        response,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(fail('ERR_TIMEOUT', `no response within ${options.timeoutMs} ms`)), options.timeoutMs);
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
+      this.#requests.delete(id);
+    }
+  }
+
+  /** The next received message (requests included). Rejects with ERR_PEER_CLOSED once the peer is gone. */
+  async receive(): Promise<Message> {
+    const next = await this.#next();
+    if (!next) throw this.#closeError ?? fail('ERR_PEER_CLOSED', 'the peer closed the channel');
+    return next;
+  }
+
+  /** Iterates received messages until the peer closes the channel cleanly. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+    for (;;) {
+      const next = await this.#next();
+      if (!next) {
+        if (this.#closeError && this.#closeError.code !== 'ERR_PEER_CLOSED') throw this.#closeError;
+        return;
+      }
+      yield next;
+    }
+  }
+
+  /** Keeps (default) or stops keeping the Node process alive while the channel is open. */
+  ref(keep = true): this {
+    this.#socket.ref(keep);
+    return this;
+  }
+
+  /** Closes the channel: says GOODBYE, fails pending sends, releases unreceived messages. */
+  close(): void {
+    if (this.#state === 'closed') return;
+    if (this.#state === 'open') {
+      const bye = encodeFrame({ kind: FrameKind.Goodbye, messageId: this.#takeId() });
+      try {
+        native.sendmsg(this.#socket.fd, bye, []);
+      } catch {
+        // the peer may be gone already
+      }
+    }
+    this.#fatal(fail('ERR_CLOSED', 'the channel was closed'), false);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  /** @internal */
+  async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
+    if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
+    const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data);
+    const id = this.#takeId();
+    const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
+    acked.catch(() => {});
+    try {
+      const frame = encodeFrame({
+        kind: FrameKind.Table,
+        flags,
+        messageId: id,
+        correlationId,
+        ipcOffset: BigInt(prepared.ipcOffset),
+        ipcLength: BigInt(prepared.ipcLength),
+        fdCount: 1,
+        metadata: options.metadata,
+      });
+      await this.#socket.send(frame, [prepared.segment.fd]);
+    } catch (e) {
+      this.#acks.delete(id);
+      throw e;
+    } finally {
+      // The fd is in flight (or the send failed): our copy is no longer needed.
+      if (prepared !== data) prepared.close();
+    }
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      if (options.timeoutMs === undefined) return await acked;
+      await Promise.race([
+        acked,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(fail('ERR_TIMEOUT', `message ${id} not acknowledged within ${options.timeoutMs} ms`)), options.timeoutMs);
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
+      this.#acks.delete(id);
+    }
+  }
+
+  /** @internal */
+  sendError(code: string, message: string, correlationId: bigint, flags = 0): Promise<void> {
+    const frame = encodeFrame({ kind: FrameKind.Error, flags, messageId: this.#takeId(), correlationId, metadata: { code, message: message.slice(0, 4096) } });
+    return this.#socket.send(frame);
+  }
+
+  /** @internal Tells the sender a leased segment may be reused. */
+  releaseLease(id: bigint): void {
+    if (this.#state !== 'open') return;
+    this.#socket.send(encodeFrame({ kind: FrameKind.Release, messageId: this.#takeId(), correlationId: id })).catch(() => {});
+  }
+
+  #takeId(): bigint {
+    return this.#nextId++;
+  }
+
+  #localCapabilities(): string[] {
+    return this.#options.acceptLeased ? ['lease'] : [];
+  }
+
+  #next(): Promise<Message | null> {
+    const queued = this.#inbox.shift();
+    if (queued) return Promise.resolve(queued);
+    if (this.#state === 'closed') return Promise.resolve(null);
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  #deliver(message: Message): void {
+    const waiter = this.#waiters.shift();
+    if (waiter) waiter.resolve(message);
+    else this.#inbox.push(message);
+  }
+
+  #onDatagram(d: Datagram): void {
+    let frame: Frame;
+    try {
+      if (d.truncated) throw fail('ERR_PROTOCOL', 'frame larger than 65536 bytes');
+      if (d.controlTruncated) throw fail('ERR_PROTOCOL', `too many file descriptors attached to one frame`);
+      frame = decodeFrame(d.bytes);
+      if (this.#state === 'open' && frame.version !== this.#version) {
+        throw fail('ERR_PROTOCOL_VERSION', `frame of protocol version ${frame.version}, agreed version ${this.#version}`);
+      }
+      if (frame.kind !== FrameKind.Table && d.fds.length > 0) throw fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries ${d.fds.length} file descriptors`);
+    } catch (e) {
+      closeAll(d.fds);
+      this.#fatal(asError(e), true);
+      return;
+    }
+    try {
+      if (this.#state === 'handshake') this.#onHandshakeFrame(frame);
+      else this.#onFrame(frame, d.fds);
+    } catch (e) {
+      this.#fatal(asError(e), true);
+    }
+  }
+
+  #onHandshakeFrame(frame: Frame): void {
+    const kv = frame.metadata;
+    if (this.#role === 'listener') {
+      if (frame.kind !== FrameKind.Hello) throw fail('ERR_PROTOCOL', `expected HELLO, got ${FrameKind[frame.kind]}`);
+      const min = Number(kv.min_version ?? NaN);
+      const max = Number(kv.max_version ?? NaN);
+      if (!Number.isInteger(min) || !Number.isInteger(max)) throw fail('ERR_PROTOCOL', 'HELLO without valid min_version/max_version');
+      if (min > PROTOCOL_VERSION || max < PROTOCOL_VERSION) {
+        throw fail('ERR_PROTOCOL_VERSION', `peer speaks protocol versions ${min}..${max}, this side speaks ${PROTOCOL_VERSION}`);
+      }
+      this.#agree(kv);
+      const welcome = encodeFrame({
+        kind: FrameKind.Welcome,
+        messageId: this.#takeId(),
+        correlationId: frame.messageId,
+        metadata: {
+          version: String(this.#version),
+          capabilities: this.#capabilities.join(','),
+          implementation: IMPLEMENTATION,
+          pid: String(process.pid),
+          max_message_bytes: String(this.#options.maxMessageBytes),
+        },
+      });
+      this.#socket.send(welcome).then(
+        () => this.#open(),
+        (e) => this.#fatal(asError(e), false),
+      );
+      return;
+    }
+    if (frame.kind === FrameKind.Error) throw remoteError(kv);
+    if (frame.kind !== FrameKind.Welcome) throw fail('ERR_PROTOCOL', `expected WELCOME, got ${FrameKind[frame.kind]}`);
+    const version = Number(kv.version ?? NaN);
+    if (version !== PROTOCOL_VERSION) throw fail('ERR_PROTOCOL_VERSION', `peer chose protocol version ${kv.version}, this side speaks ${PROTOCOL_VERSION}`);
+    this.#agree(kv);
+    this.#open();
+  }
+
+  #agree(kv: KeyValues): void {
+    const theirs = (kv.capabilities ?? '').split(',').filter(Boolean);
+    this.#capabilities = this.#localCapabilities().filter((c) => theirs.includes(c));
+    this.#peer = { ...this.#peer, version: this.#version, implementation: kv.implementation ?? '', capabilities: theirs };
+  }
+
+  #open(): void {
+    if (this.#state !== 'handshake') return;
+    this.#state = 'open';
+    this.#ready.resolve();
+  }
+
+  #onFrame(frame: Frame, fds: number[]): void {
+    switch (frame.kind) {
+      case FrameKind.Table:
+        this.#onTable(frame, fds);
+        return;
+      case FrameKind.Ack:
+        this.#acks.get(frame.correlationId)?.resolve();
+        return;
+      case FrameKind.Release:
+        return; // this side sends sealed segments only: nothing to reuse
+      case FrameKind.Error: {
+        const error = remoteError(frame.metadata);
+        if (frame.correlationId === 0n) {
+          this.#fatal(error, false);
+          return;
+        }
+        this.#acks.get(frame.correlationId)?.reject(error);
+        this.#requests.get(frame.correlationId)?.reject(error);
+        return;
+      }
+      case FrameKind.Goodbye:
+        this.#fatal(fail('ERR_PEER_CLOSED', 'the peer closed the channel'), false);
+        return;
+      default:
+        throw fail('ERR_PROTOCOL', `unexpected ${FrameKind[frame.kind]} frame after the handshake`);
+    }
+  }
+
+  #onTable(frame: Frame, fds: number[]): void {
+    let message: Message;
+    try {
+      message = this.#mapTable(frame, fds);
+    } catch (e) {
+      const error = asError(e);
+      this.sendError(error.code, error.message, frame.messageId, frame.flags & FrameFlags.REQUEST ? FrameFlags.RESPONSE : 0).catch(() => {});
+      return;
+    }
+    this.#socket.send(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: frame.messageId })).catch(() => {});
+    if (frame.flags & FrameFlags.RESPONSE) {
+      const pending = this.#requests.get(frame.correlationId);
+      if (pending) pending.resolve(message);
+      else message.close(); // a late response to a request that timed out
+      return;
+    }
+    this.#deliver(message);
+  }
+
+  /** docs/PROTOCOL.md §5.1, in order. Closes every fd; returns a message owning a read-only mapping. */
+  #mapTable(frame: Frame, fds: number[]): Message {
+    if (fds.length !== 1 || frame.fdCount !== 1) {
+      closeAll(fds);
+      throw fail('ERR_PROTOCOL', `TABLE frame must carry exactly 1 fd, got ${fds.length} (fd_count ${frame.fdCount})`);
+    }
+    const leased = (frame.flags & FrameFlags.LEASED) !== 0;
+    if (leased && !this.#capabilities.includes('lease')) {
+      closeAll(fds);
+      throw fail('ERR_SEGMENT_UNSEALED', 'leased segment received, but the lease capability was not agreed');
+    }
+    const policy: SealPolicy = this.#options.allowUnsealed ? 'unsealed' : leased ? 'leased' : 'sealed';
+    const segment = Segment.adopt(fds[0]!);
+    let mapping: Mapping;
+    try {
+      checkReceivedSegment(segment, { policy, ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes });
+      mapping = segment.takeReadOnlyMapping();
+    } finally {
+      segment.closeFd(); // the mapping keeps the pages; the fd is not needed any more
+    }
+    try {
+      const offset = Number(frame.ipcOffset);
+      const length = Number(frame.ipcLength);
+      const summary = validateIpcStream(mapping.bytes(offset, length));
+      return new Message(this, frame.messageId, frame.flags, frame.metadata, mapping, offset, length, summary);
+    } catch (e) {
+      mapping.release();
+      throw e;
+    }
+  }
+
+  #onSocketClose(error: ArrowShmError | null): void {
+    this.#fatal(error ?? fail('ERR_PEER_CLOSED', 'the peer closed the connection'), false);
+  }
+
+  /** Ends the channel with `error`; tells the peer first when `tellPeer` and the socket is up. */
+  #fatal(error: ArrowShmError, tellPeer: boolean): void {
+    if (this.#state === 'closed') return;
+    const wasHandshake = this.#state === 'handshake';
+    this.#state = 'closed';
+    this.#closeError = error;
+    if (tellPeer && !this.#socket.closed) {
+      const frame = encodeFrame({ kind: FrameKind.Error, version: PROTOCOL_VERSION, messageId: this.#nextId++, metadata: { code: error.code, message: error.message.slice(0, 4096) } });
+      try {
+        native.sendmsg(this.#socket.fd, frame, []);
+      } catch {
+        // best effort: the peer may be gone
+      }
+    }
+    this.#socket.close();
+    if (wasHandshake) this.#ready.reject(error);
+    const closedError = error.code === 'ERR_CLOSED' || error.code === 'ERR_PEER_CLOSED' ? fail('ERR_PEER_CLOSED', 'the channel closed before the peer answered') : error;
+    for (const p of this.#acks.values()) p.reject(closedError);
+    for (const p of this.#requests.values()) p.reject(closedError);
+    this.#acks.clear();
+    this.#requests.clear();
+    for (const m of this.#inbox.splice(0)) m.close();
+    for (const w of this.#waiters.splice(0)) w.resolve(null);
+  }
+}
+
+function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
+  const maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0) throw fail('ERR_INVALID_ARGUMENT', `maxMessageBytes must be a positive integer, got ${maxMessageBytes}`);
+  return {
+    allowedUids: o.allowedUids ?? [process.geteuid?.() ?? 0],
+    maxMessageBytes,
+    allowUnsealed: o.allowUnsealed ?? false,
+    acceptLeased: o.acceptLeased ?? false,
+    handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
+  };
+}
+
+function remoteError(kv: KeyValues): ArrowShmError {
+  const code = kv.code ?? 'ERR_REMOTE';
+  return new ArrowShmError(isErrorCode(code) ? code : 'ERR_REMOTE', `peer reported ${code}: ${kv.message ?? ''}`, undefined, undefined, { remote: true });
+}
+
+function asError(e: unknown): ArrowShmError {
+  if (e instanceof ArrowShmError) return e;
+  return fail('ERR_PROTOCOL', e instanceof Error ? e.message : String(e), e);
+}
+
+function closeAll(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      native.close(fd);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/** Connects to a listening peer and completes the handshake. */
+export async function connect(address: string, options: ChannelOptions & { timeoutMs?: number } = {}): Promise<Channel> {
+  const fd = await connectSocket(address, true, options.timeoutMs);
+  return Channel.open(new PacketSocket(fd), 'connector', options);
+}
+
+export interface ListenerOptions extends ChannelOptions {
+  backlog?: number;
+  /** Called for connections that failed their credentials check or handshake (the listener keeps serving). */
+  onConnectionError?: (error: ArrowShmError) => void;
+}
+
+/** Listens for peers; every accepted connection becomes a Channel after a successful handshake. */
+export class Listener {
+  #fd: number;
+  #poller;
+  #options: ListenerOptions;
+  #ready: Channel[] = [];
+  #waiters: Pending<Channel | null>[] = [];
+  #closed = false;
+  #ownsPath: boolean;
+
+  private constructor(
+    readonly address: string,
+    fd: number,
+    options: ListenerOptions,
+  ) {
+    this.#fd = fd;
+    this.#options = options;
+    this.#ownsPath = !address.startsWith('@');
+    this.#poller = native.pollerCreate(fd, () => this.#acceptAll());
+    native.pollerStart(this.#poller, true, false);
+  }
+
+  static create(address: string, options: ListenerOptions = {}): Listener {
+    normalizeOptions(options); // validate early
+    if (!address.startsWith('@')) removeStaleSocket(address);
+    const fd = native.socket(true);
+    try {
+      native.bind(fd, address);
+      // No connection can arrive before listen(): tightening the mode here leaves no window.
+      if (!address.startsWith('@')) chmodSync(address, 0o600);
+      native.listen(fd, options.backlog ?? 64);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    return new Listener(address, fd, options);
+  }
+
+  #acceptAll(): void {
+    while (!this.#closed) {
+      let fd: number;
+      try {
+        fd = native.accept(this.#fd);
+      } catch (e) {
+        this.#options.onConnectionError?.(asError(e));
+        return;
+      }
+      if (fd < 0) return;
+      Channel.open(new PacketSocket(fd), 'listener', this.#options).then(
+        (channel) => {
+          if (this.#closed) return channel.close();
+          const waiter = this.#waiters.shift();
+          if (waiter) waiter.resolve(channel);
+          else this.#ready.push(channel);
+        },
+        (e) => this.#options.onConnectionError?.(asError(e)),
+      );
+    }
+  }
+
+  /** The next connected (and handshaken) channel. */
+  accept(): Promise<Channel> {
+    const ready = this.#ready.shift();
+    if (ready) return Promise.resolve(ready);
+    if (this.#closed) return Promise.reject(fail('ERR_CLOSED', 'the listener is closed'));
+    return new Promise<Channel | null>((resolve, reject) => this.#waiters.push({ resolve, reject })).then((c) => {
+      if (!c) throw fail('ERR_CLOSED', 'the listener is closed');
+      return c;
+    });
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Channel, void, undefined> {
+    while (!this.#closed) {
+      try {
+        yield await this.accept();
+      } catch (e) {
+        if (e instanceof ArrowShmError && e.code === 'ERR_CLOSED') return;
+        throw e;
+      }
+    }
+  }
+
+  ref(keep = true): this {
+    native.pollerRef(this.#poller, keep);
+    return this;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    native.pollerClose(this.#poller);
+    native.close(this.#fd);
+    if (this.#ownsPath) {
+      try {
+        unlinkSync(this.address);
+      } catch {
+        // already gone
+      }
+    }
+    for (const c of this.#ready.splice(0)) c.close();
+    for (const w of this.#waiters.splice(0)) w.resolve(null);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Removes a leftover socket file at `path`; refuses to touch anything that is not a socket. */
+export function removeStaleSocket(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw fail('ERR_INVALID_ARGUMENT', `${path} exists and is not a socket; refusing to replace it`);
+  unlinkSync(path);
+}
+
+export function listen(address: string, options: ListenerOptions = {}): Listener {
+  return Listener.create(address, options);
+}

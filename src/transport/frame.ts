@@ -1,0 +1,155 @@
+// Frame codec: the 64-byte header and the key/value block (docs/PROTOCOL.md §3).
+import { fail } from '../errors.js';
+
+export const MAGIC = 0x4d485341; // "ASHM" read as little-endian u32
+export const PROTOCOL_VERSION = 1;
+export const HEADER_LENGTH = 64;
+export const MAX_FRAME = 65536;
+
+export enum FrameKind {
+  Hello = 1,
+  Welcome = 2,
+  Table = 3,
+  Ack = 4,
+  Release = 5,
+  Error = 6,
+  Goodbye = 7,
+}
+
+export const FrameFlags = {
+  LEASED: 0x01,
+  REQUEST: 0x02,
+  RESPONSE: 0x04,
+} as const;
+const KNOWN_FLAGS = FrameFlags.LEASED | FrameFlags.REQUEST | FrameFlags.RESPONSE;
+
+export type KeyValues = Record<string, string>;
+
+export interface Frame {
+  version: number;
+  kind: FrameKind;
+  flags: number;
+  messageId: bigint;
+  correlationId: bigint;
+  ipcOffset: bigint;
+  ipcLength: bigint;
+  fdCount: number;
+  metadata: KeyValues;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+export function encodeKeyValues(kv: KeyValues): Uint8Array {
+  const entries = Object.entries(kv).map(([k, v]) => [encoder.encode(k), encoder.encode(v)] as const);
+  let size = 4;
+  for (const [k, v] of entries) size += 8 + k.length + v.length;
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, entries.length, true);
+  let pos = 4;
+  for (const [k, v] of entries) {
+    view.setUint32(pos, k.length, true);
+    out.set(k, pos + 4);
+    pos += 4 + k.length;
+    view.setUint32(pos, v.length, true);
+    out.set(v, pos + 4);
+    pos += 4 + v.length;
+  }
+  return out;
+}
+
+export function decodeKeyValues(bytes: Uint8Array): KeyValues {
+  if (bytes.length < 4) throw fail('ERR_PROTOCOL', `key/value block of ${bytes.length} bytes is shorter than its 4-byte count`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const count = view.getUint32(0, true);
+  // Every entry takes at least 8 bytes: a hostile count cannot make us loop for long.
+  if (count > (bytes.length - 4) / 8) throw fail('ERR_PROTOCOL', `key/value count ${count} does not fit in ${bytes.length} bytes`);
+  const out: KeyValues = Object.create(null);
+  let pos = 4;
+  const take = (what: string): string => {
+    if (pos + 4 > bytes.length) throw fail('ERR_PROTOCOL', `key/value block ends inside a ${what} length`);
+    const len = view.getUint32(pos, true);
+    pos += 4;
+    if (len > bytes.length - pos) throw fail('ERR_PROTOCOL', `${what} of ${len} bytes overruns the key/value block`);
+    let text: string;
+    try {
+      text = decoder.decode(bytes.subarray(pos, pos + len));
+    } catch {
+      throw fail('ERR_PROTOCOL', `${what} is not valid UTF-8`);
+    }
+    pos += len;
+    return text;
+  };
+  for (let i = 0; i < count; i++) {
+    const key = take('key');
+    const value = take('value');
+    if (key in out) throw fail('ERR_PROTOCOL', `duplicate key "${key}" in key/value block`);
+    out[key] = value;
+  }
+  if (pos !== bytes.length) throw fail('ERR_PROTOCOL', `key/value block has ${bytes.length - pos} trailing bytes`);
+  return out;
+}
+
+export interface FrameInit {
+  kind: FrameKind;
+  flags?: number;
+  version?: number;
+  messageId: bigint;
+  correlationId?: bigint;
+  ipcOffset?: bigint;
+  ipcLength?: bigint;
+  fdCount?: number;
+  metadata?: KeyValues;
+}
+
+export function encodeFrame(init: FrameInit): Uint8Array {
+  const metadata = init.metadata && Object.keys(init.metadata).length > 0 ? encodeKeyValues(init.metadata) : new Uint8Array(0);
+  if (HEADER_LENGTH + metadata.length > MAX_FRAME) {
+    throw fail('ERR_TOO_LARGE', `frame metadata of ${metadata.length} bytes exceeds the ${MAX_FRAME - HEADER_LENGTH}-byte limit`);
+  }
+  const out = new Uint8Array(HEADER_LENGTH + metadata.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, MAGIC, true);
+  view.setUint16(4, init.version ?? PROTOCOL_VERSION, true);
+  view.setUint8(6, init.kind);
+  view.setUint8(7, init.flags ?? 0);
+  view.setUint32(8, HEADER_LENGTH, true);
+  view.setUint32(12, metadata.length, true);
+  view.setBigUint64(16, init.messageId, true);
+  view.setBigUint64(24, init.correlationId ?? 0n, true);
+  view.setBigUint64(32, init.ipcOffset ?? 0n, true);
+  view.setBigUint64(40, init.ipcLength ?? 0n, true);
+  view.setUint32(48, init.fdCount ?? 0, true);
+  out.set(metadata, HEADER_LENGTH);
+  return out;
+}
+
+/** Decodes one received datagram. Every malformation is a fatal ERR_PROTOCOL (§3). */
+export function decodeFrame(bytes: Uint8Array): Frame {
+  if (bytes.length < HEADER_LENGTH) throw fail('ERR_PROTOCOL', `frame of ${bytes.length} bytes is shorter than the ${HEADER_LENGTH}-byte header`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const magic = view.getUint32(0, true);
+  if (magic !== MAGIC) throw fail('ERR_PROTOCOL', `bad frame magic 0x${magic.toString(16).padStart(8, '0')}, expected 0x${MAGIC.toString(16)} ("ASHM")`);
+  const kind = view.getUint8(6);
+  if (kind < FrameKind.Hello || kind > FrameKind.Goodbye) throw fail('ERR_PROTOCOL', `unknown frame kind ${kind}`);
+  const flags = view.getUint8(7);
+  if (flags & ~KNOWN_FLAGS) throw fail('ERR_PROTOCOL', `unknown frame flags 0x${flags.toString(16)}`);
+  const headerLength = view.getUint32(8, true);
+  if (headerLength !== HEADER_LENGTH) throw fail('ERR_PROTOCOL', `header length ${headerLength}, expected ${HEADER_LENGTH}`);
+  const metadataLength = view.getUint32(12, true);
+  if (metadataLength !== bytes.length - HEADER_LENGTH) {
+    throw fail('ERR_PROTOCOL', `metadata length ${metadataLength} does not match the ${bytes.length - HEADER_LENGTH} bytes after the header`);
+  }
+  return {
+    version: view.getUint16(4, true),
+    kind,
+    flags,
+    messageId: view.getBigUint64(16, true),
+    correlationId: view.getBigUint64(24, true),
+    ipcOffset: view.getBigUint64(32, true),
+    ipcLength: view.getBigUint64(40, true),
+    fdCount: view.getUint32(48, true),
+    metadata: metadataLength > 0 ? decodeKeyValues(bytes.subarray(HEADER_LENGTH)) : Object.create(null),
+  };
+}

@@ -1,0 +1,118 @@
+// The seed proof of concept's protocol (docs/PROTOCOL.md §10), for interoperating with it:
+// SOCK_STREAM, the sender listens and sends one byte 'F' with an unsealed memfd; no handshake.
+import { chmodSync, unlinkSync } from 'node:fs';
+import { fail } from '../errors.js';
+import { native } from '../native.js';
+import { validateIpcStream } from '../ipc/validate.js';
+import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
+import { Segment } from '../shm/segment.js';
+import { Message, removeStaleSocket } from './channel.js';
+import { connectSocket } from './socket.js';
+
+export const SEED_SOCKET_PATH = '/tmp/memfd_socket';
+export const SEED_SEGMENT_SIZE = 4096 * 10;
+
+function waitReadable(fd: number, timeoutMs?: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const poller = native.pollerCreate(fd, () => {
+      native.pollerClose(poller);
+      if (timer) clearTimeout(timer);
+      resolve();
+    });
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+      native.pollerClose(poller);
+      reject(fail('ERR_TIMEOUT', `nothing arrived within ${timeoutMs} ms`));
+    }, timeoutMs);
+    native.pollerStart(poller, true, false);
+  });
+}
+
+export interface SeedSendOptions {
+  timeoutMs?: number;
+  /** Called once the socket listens (the CLI prints its "listening" line here). */
+  onListening?: () => void;
+}
+
+/** Listens at `address`, accepts one connection and hands it the stream in an unsealed memfd. */
+export async function seedSend(address: string, data: TableLike | Uint8Array, options: SeedSendOptions = {}): Promise<void> {
+  let bytes: Uint8Array | null = null;
+  let size: number;
+  const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
+  if (data instanceof Uint8Array) {
+    validateIpcStream(data);
+    bytes = data;
+    size = data.byteLength;
+  } else {
+    size = layout!.byteLength;
+  }
+  const fd = native.memfdCreateUnsealable('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size));
+  const segment = Segment.adopt(fd);
+  const listener = native.socket(false);
+  const ownsPath = !address.startsWith('@');
+  try {
+    const target = segment.writableBytes();
+    if (bytes) target.set(bytes);
+    else writeIpcLayout(layout!, target);
+    if (ownsPath) removeStaleSocket(address);
+    native.bind(listener, address);
+    if (ownsPath) chmodSync(address, 0o600);
+    native.listen(listener, 1);
+    options.onListening?.();
+    let conn = native.accept(listener);
+    while (conn < 0) {
+      await waitReadable(listener, options.timeoutMs);
+      conn = native.accept(listener);
+    }
+    try {
+      let sent = native.sendmsg(conn, Uint8Array.of(0x46 /* 'F' */), [segment.fd]);
+      while (sent < 0) sent = native.sendmsg(conn, Uint8Array.of(0x46), [segment.fd]);
+    } finally {
+      native.close(conn);
+    }
+  } finally {
+    native.close(listener);
+    segment.close();
+    if (ownsPath) {
+      try {
+        unlinkSync(address);
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+/** Connects to a seed-style sender and maps what it sends (unsealed: trusted by the user's choice). */
+export async function seedReceive(address: string, options: { timeoutMs?: number } = {}): Promise<Message> {
+  const fd = await connectSocket(address, false, options.timeoutMs);
+  let received;
+  try {
+    const buffer = new Uint8Array(1);
+    for (;;) {
+      received = native.recvmsg(fd, buffer);
+      if (received) break;
+      await waitReadable(fd, options.timeoutMs);
+    }
+  } finally {
+    native.close(fd);
+  }
+  if (received.bytes === 0 && received.fds.length === 0) throw fail('ERR_PEER_CLOSED', 'the seed sender closed without sending a segment');
+  if (received.fds.length !== 1) {
+    for (const f of received.fds) native.close(f);
+    throw fail('ERR_PROTOCOL', `expected one fd from the seed sender, got ${received.fds.length}`);
+  }
+  const segment = Segment.adopt(received.fds[0]!);
+  if (segment.size === 0) {
+    segment.close();
+    throw fail('ERR_SEGMENT_BOUNDS', 'the seed sender sent an empty segment');
+  }
+  const mapping = segment.takeReadOnlyMapping();
+  segment.closeFd();
+  try {
+    const summary = validateIpcStream(mapping.bytes());
+    return new Message(null, 1n, 0, Object.create(null), mapping, 0, summary.streamLength, summary);
+  } catch (e) {
+    mapping.release();
+    throw e;
+  }
+}

@@ -1,0 +1,144 @@
+import { readdirSync, readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { native } from '../src/native.js';
+import { decodeFrame, encodeFrame, FrameKind, type Frame, type FrameInit } from '../src/transport/frame.js';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const sharedDir = path.resolve(repoRoot, '..', 'shared');
+export const goldDir = path.join(sharedDir, 'testdata', 'arrow-gold');
+export const fuzzDir = path.join(sharedDir, 'testdata', 'arrow-fuzz');
+export const cliScript = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
+export const venvPython = path.join(repoRoot, '.build', 'venv', 'bin', 'python');
+
+export function goldStreams(): string[] {
+  return readdirSync(goldDir)
+    .filter((d) => !d.endsWith('.md'))
+    .flatMap((d) => readdirSync(path.join(goldDir, d)).filter((f) => f.endsWith('.stream')).map((f) => path.join(goldDir, d, f)))
+    .sort();
+}
+
+export function fuzzFiles(): string[] {
+  return readdirSync(fuzzDir)
+    .filter((f) => !f.endsWith('.md'))
+    .map((f) => path.join(fuzzDir, f))
+    .sort();
+}
+
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Shared-memory mappings of this process (memfd segments). */
+export function memfdMappings(): number {
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('/memfd:')).length;
+}
+
+let counter = 0;
+export function uniqueAddress(tag: string): string {
+  return `@arrow-shm-test-${process.pid}-${tag}-${counter++}`;
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A hand-driven peer for hostile-input tests: raw frames and fds, no library logic. */
+export class RawPeer {
+  private nextId = 1n;
+  constructor(readonly fd: number) {}
+
+  static async connect(address: string, handshake = true): Promise<RawPeer> {
+    const fd = native.socket(true);
+    native.connect(fd, address);
+    const peer = new RawPeer(fd);
+    if (handshake) {
+      peer.send({ kind: FrameKind.Hello, messageId: 0n, metadata: { min_version: '1', max_version: '1', capabilities: '', implementation: 'raw-test', pid: String(process.pid) } });
+      const welcome = await peer.receive();
+      if (welcome.frame.kind !== FrameKind.Welcome) throw new Error(`expected WELCOME, got ${FrameKind[welcome.frame.kind]}`);
+    }
+    return peer;
+  }
+
+  send(init: Omit<FrameInit, 'messageId'> & { messageId?: bigint }, fds: number[] = []): bigint {
+    const id = init.messageId || this.nextId++;
+    this.sendBytes(encodeFrame({ ...init, messageId: id }), fds);
+    return id;
+  }
+
+  sendBytes(bytes: Uint8Array, fds: number[] = []): void {
+    if (native.sendmsg(this.fd, bytes, fds) < 0) throw new Error('socket buffer full');
+  }
+
+  /** Next frame, or null when the peer closed. */
+  async receive(timeoutMs = 5000): Promise<{ frame: Frame; fds: number[] }> {
+    const buffer = new Uint8Array(65537);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const got = native.recvmsg(this.fd, buffer);
+      if (got) {
+        if (got.bytes === 0) throw Object.assign(new Error('peer closed'), { closed: true });
+        return { frame: decodeFrame(buffer.subarray(0, got.bytes)), fds: got.fds };
+      }
+      if (Date.now() > deadline) throw new Error('timed out waiting for a frame');
+      await sleep(2);
+    }
+  }
+
+  /** Resolves true once the peer has closed the connection. */
+  async closedByPeer(timeoutMs = 5000): Promise<boolean> {
+    try {
+      for (;;) await this.receive(timeoutMs);
+    } catch (e) {
+      return (e as { closed?: boolean }).closed === true;
+    }
+  }
+
+  close(): void {
+    native.close(this.fd);
+  }
+}
+
+/** Runs the node CLI; resolves with exit code, stdout and stderr. */
+export function runCli(args: string[], options: { input?: Uint8Array; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return runProcess(process.execPath, [cliScript, ...args], options);
+}
+
+export function runProcess(cmd: string, args: string[], options: { input?: Uint8Array; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+    if (options.input) child.stdin.end(options.input);
+    else child.stdin.end();
+  });
+}
+
+/** Starts a listening CLI process and resolves once it printed its "listening" line. */
+export async function startListening(cmd: string, args: string[]): Promise<{ child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> }> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+  await new Promise<void>((resolve, reject) => {
+    const rl = createInterface({ input: child.stderr! });
+    rl.on('line', (line) => {
+      stderr += line + '\n';
+      if (line.includes('arrow-shm: listening on')) resolve();
+    });
+    child.on('close', (code) => reject(new Error(`exited (${code}) before listening: ${stderr}`)));
+  });
+  return { child, done };
+}
+
+export const hasVenv = (): boolean => existsSync(venvPython);
