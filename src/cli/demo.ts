@@ -69,6 +69,8 @@ export async function runDemoReceiver(flags: { socket: string; jsonSocket: strin
       schema: first ? table.schema.fields.map((f) => `${f.name}: ${f.type}`).join(', ') : undefined,
       head: first ? table.slice(0, 3).toArray().map((r) => r.toJSON()) : undefined,
     });
+    // Answer only after the checksum, so the sender's next hand-off starts when we are idle again.
+    await message.respond(table.slice(0, 0));
     message.close();
   }
   channel.close();
@@ -82,7 +84,8 @@ export async function runDemoSender(flags: { socket: string; jsonSocket: string;
   process.stdout.write(JSON.stringify({ sender: true, checksum: checksumSymbolTable(table) }) + '\n');
   const channel = await connect(flags.socket);
   for (let run = 0; run < flags.runs; run++) {
-    await channel.send(table, { metadata: { t0: String(now()) } });
+    const done = await channel.request(table, { metadata: { t0: String(now()) } });
+    done.close();
   }
   channel.close();
   for (let run = 0; run < flags.runs; run++) {
