@@ -295,6 +295,83 @@ static napi_value pwrite_js(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// fallocate(fd, length): allocate (and zero) the pages of [0, length) now.
+static napi_value fallocate_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t length;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, INT64_MAX, &length)) return NULL;
+  int rc;
+  do rc = fallocate(fd, 0, 0, (off_t)length);
+  while (rc != 0 && errno == EINTR);
+  if (rc != 0) throw_errno(env, "fallocate", errno);
+  return NULL;
+}
+
+// fallocateAsync(fd, length): Promise<void>, the same on the libuv threadpool, so refilling a
+// pool of segments never stalls the event loop.
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int64_t length;
+  int err;
+} fallocate_job;
+
+static void fallocate_execute(napi_env env, void* data) {
+  (void)env;
+  fallocate_job* job = data;
+  int rc;
+  do rc = fallocate(job->fd, 0, 0, (off_t)job->length);
+  while (rc != 0 && errno == EINTR);
+  job->err = rc == 0 ? 0 : errno;
+}
+
+static void fallocate_complete(napi_env env, napi_status status, void* data) {
+  fallocate_job* job = data;
+  if (status == napi_ok && job->err == 0) {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    // Build the error through the same path as synchronous failures, then reject with it.
+    throw_errno(env, "fallocate", job->err ? job->err : ECANCELED);
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_reject_deferred(env, job->deferred, exc);
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  int64_t length;
+  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, INT64_MAX, &length)) return NULL;
+  fallocate_job* job = calloc(1, sizeof *job);
+  if (!job) {
+    throw_errno(env, "calloc", ENOMEM);
+    return NULL;
+  }
+  job->fd = fd;
+  job->length = length;
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "arrow-shm:fallocate", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    free(job);
+    throw_arg(env, "cannot queue the fallocate job");
+    return NULL;
+  }
+  return promise;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mappings exposed as external ArrayBuffers.
 // One record per mapping; the ArrayBuffer's finalizer and an explicit unmap() both end up in
@@ -893,6 +970,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"addSeals", NULL, add_seals_js, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, close_js, NULL, NULL, NULL, napi_default, NULL},
       {"pwrite", NULL, pwrite_js, NULL, NULL, NULL, napi_default, NULL},
+      {"fallocate", NULL, fallocate_js, NULL, NULL, NULL, napi_default, NULL},
+      {"fallocateAsync", NULL, fallocate_async_js, NULL, NULL, NULL, napi_default, NULL},
       {"mmap", NULL, mmap_js, NULL, NULL, NULL, napi_default, NULL},
       {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_default, NULL},
       {"populate", NULL, populate_js, NULL, NULL, NULL, napi_default, NULL},

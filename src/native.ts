@@ -38,6 +38,8 @@ export interface NativeBinding {
   addSeals(fd: number, seals: number): void;
   close(fd: number): void;
   pwrite(fd: number, bytes: Uint8Array, offset: number): void;
+  fallocate(fd: number, length: number): void;
+  fallocateAsync(fd: number, length: number): Promise<void>;
   mmap(fd: number, length: number, writable: boolean): ArrayBuffer;
   unmap(buffer: ArrayBuffer): boolean;
   populate(buffer: ArrayBuffer): void;

@@ -331,3 +331,72 @@ test('leased frames are refused unless the lease capability was agreed', async (
   raw.close();
   listener.close();
 });
+
+test('leased segments: reused after RELEASE, dropped (never reused) while a receiver holds them', async () => {
+  const address = uniqueAddress('leased');
+  const listener = listen(address, { acceptLeased: true });
+  const [server, client] = await Promise.all([listener.accept(), connect(address, { lease: true })]);
+  const table = generateSymbolTable(2000);
+  const first = await Promise.all([server.receive(), client.send(table)]).then(([m]) => m);
+  assert.equal(first.flags & FrameFlags.LEASED, FrameFlags.LEASED);
+  assert.equal(checksumSymbolTable(first.table), checksumSymbolTable(table));
+  assert.equal(client.poolStats.leasesOutstanding, 1);
+  const inode = native.fstat; // keep the import used by name
+  void inode;
+  first.close(); // sends RELEASE
+  await sleep(20);
+  assert.equal(client.poolStats.leasesOutstanding, 0);
+  assert.ok(client.poolStats.leaseBytes > 0, 'the released segment is back in the pool');
+  // 50 more: the pool recycles, memfd mappings stay flat
+  const maps = memfdMappings();
+  for (let i = 0; i < 50; i++) {
+    const [m] = await Promise.all([server.receive(), client.send(table)]);
+    assert.equal(m.table.numRows, 2000);
+    m.close();
+    await sleep(1);
+  }
+  await sleep(20);
+  assert.ok(memfdMappings() <= maps + 1, `memfd mappings grew from ${maps} to ${memfdMappings()}`);
+  // a message held across the channel's end keeps its bytes intact
+  const [held] = await Promise.all([server.receive(), client.send(table)]);
+  client.close();
+  await sleep(20);
+  assert.equal(checksumSymbolTable(held.table), checksumSymbolTable(table));
+  held.close();
+  server.close();
+  listener.close();
+});
+
+test('sealed sends take pre-allocated spare segments and stay correct', async () => {
+  const { listener, server, client } = await pair({ spareSegments: 2 });
+  const table = generateSymbolTable(3000);
+  for (let i = 0; i < 5; i++) {
+    const [m] = await Promise.all([server.receive(), client.send(table)]);
+    assert.equal(checksumSymbolTable(m.table), checksumSymbolTable(table));
+    m.close();
+    await client.settled();
+  }
+  assert.ok(client.poolStats.spareBytes > 0, 'spares were prepared in the background');
+  const fds = openFds();
+  client.close();
+  assert.ok(openFds() < fds, 'closing the channel closes its spare segments');
+  server.close();
+  listener.close();
+});
+
+test('a table sent right behind the handshake is never mistaken for part of it', async () => {
+  for (let i = 0; i < 20; i++) {
+    const address = uniqueAddress('race');
+    const listener = listen(address);
+    const accepted = listener.accept();
+    const client = await connect(address);
+    const sent = client.send(generateSymbolTable(10));
+    const server = await accepted;
+    const [m] = await Promise.all([server.receive(), sent]);
+    assert.equal(m.table.numRows, 10);
+    m.close();
+    client.close();
+    server.close();
+    listener.close();
+  }
+});

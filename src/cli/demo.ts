@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { connect, listen } from '../transport/channel.js';
 import { checksumSymbolTable, generateSymbolColumns, symbolRows, symbolTableFromColumns } from '../symbols.js';
 
-const now = (): number => performance.timeOrigin + performance.now();
+// CLOCK_MONOTONIC: one clock for every process on the machine.
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const mainScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 
 interface Sample {

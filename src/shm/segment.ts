@@ -66,11 +66,24 @@ export class Mapping {
 export class Segment {
   #fd: number;
   #mapping: Mapping | null = null;
-  readonly size: number;
+  #size: number;
 
   private constructor(fd: number, size: number) {
     this.#fd = fd;
-    this.size = size;
+    this.#size = size;
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Shrinks or grows the file (before sealing); drops any mapping of the old size. */
+  truncate(size: number): void {
+    if (size === this.#size) return;
+    this.#mapping?.release();
+    this.#mapping = null;
+    native.ftruncate(this.fd, size);
+    this.#size = size;
   }
 
   /** A new, empty, sealable segment of `size` bytes (zero-filled by the kernel). */

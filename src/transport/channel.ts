@@ -7,7 +7,8 @@ import { ArrowShmError, fail, isErrorCode } from '../errors.js';
 import { native } from '../native.js';
 import { decodeBatches, decodeTable } from '../ipc/reader.js';
 import { validateIpcStream, type IpcSummary } from '../ipc/validate.js';
-import { layoutIpcStream, type TableLike } from '../ipc/writer.js';
+import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
+import { LeasePool, SparePool } from '../shm/pool.js';
 import { Mapping, Segment, checkReceivedSegment, type SealPolicy } from '../shm/segment.js';
 import { decodeFrame, encodeFrame, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type KeyValues } from './frame.js';
 import { PacketSocket, connectSocket, type Datagram } from './socket.js';
@@ -26,6 +27,13 @@ export interface ChannelOptions {
   acceptLeased?: boolean;
   /** How long a handshake may take. Default 5000 ms. */
   handshakeTimeoutMs?: number;
+  /**
+   * Send tables in leased, reusable, pre-faulted segments when the peer accepts them (§6.2):
+   * a memcpy into warm pages instead of fresh pages, at the price of the write seal. Default false.
+   */
+  lease?: boolean;
+  /** Pre-allocated spare segments kept per size class for sealed sends (0 disables). Default 1. */
+  spareSegments?: number;
 }
 
 export interface PeerInfo {
@@ -55,11 +63,15 @@ export class PreparedTable {
     readonly ipcLength: number,
   ) {}
 
-  /** Writes `data` (a Table/RecordBatch or raw IPC stream bytes) into a new sealed segment. */
-  static from(data: TableLike | Uint8Array): PreparedTable {
+  /**
+   * Writes `data` (a Table/RecordBatch or raw IPC stream bytes) into a new sealed segment, taken
+   * from `spares` (pre-allocated pages) when one is ready.
+   */
+  static from(data: TableLike | Uint8Array, spares?: SparePool): PreparedTable {
+    const create = (size: number) => (spares ? spares.take(size).segment : Segment.create(size));
     if (data instanceof Uint8Array) {
       const summary = validateIpcStream(data);
-      const segment = Segment.create(Math.max(data.byteLength, 1));
+      const segment = create(Math.max(data.byteLength, 1));
       try {
         segment.write(data, 0);
         segment.seal('sealed');
@@ -70,7 +82,7 @@ export class PreparedTable {
       return new PreparedTable(segment, Math.max(summary.streamLength, data.byteLength));
     }
     const layout = layoutIpcStream(data);
-    const segment = Segment.create(layout.byteLength);
+    const segment = create(layout.byteLength);
     try {
       for (const chunk of layout.chunks) segment.write(chunk.bytes, chunk.offset);
       segment.seal('sealed');
@@ -200,11 +212,15 @@ export class Channel {
   #inbox: Message[] = [];
   #waiters: Pending<Message | null>[] = [];
   #closeError: ArrowShmError | null = null;
+  #spares: SparePool | null;
+  #leasePool = new LeasePool({ perClass: 4, maxBytes: 1024 ** 3 });
+  #leases = new Map<bigint, Segment>();
 
   private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions) {
     this.#socket = socket;
     this.#role = role;
     this.#options = normalizeOptions(options);
+    this.#spares = this.#options.spareSegments > 0 ? new SparePool({ perClass: this.#options.spareSegments, maxBytes: 1024 ** 3 }) : null;
     const cred = socket.peerCredentials();
     this.#peer = { ...cred, version: 0, implementation: '', capabilities: [] };
     let resolve!: () => void, reject!: (e: unknown) => void;
@@ -335,7 +351,10 @@ export class Channel {
   /** @internal */
   async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
     if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
-    const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data);
+    if (!(data instanceof PreparedTable) && this.#options.lease && this.#peer.capabilities.includes('lease')) {
+      return this.#sendLeased(data, options, flags, correlationId);
+    }
+    const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data, this.#spares ?? undefined);
     const id = this.#takeId();
     const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
     acked.catch(() => {});
@@ -358,7 +377,37 @@ export class Channel {
       // The fd is in flight (or the send failed): our copy is no longer needed.
       if (prepared !== data) prepared.close();
     }
+    return this.#awaitAck(id, acked, options.timeoutMs);
+  }
+
+  /** §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE. */
+  async #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
+    const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
+    if (data instanceof Uint8Array) validateIpcStream(data);
+    const length = layout ? layout.byteLength : (data as Uint8Array).byteLength;
+    const segment = this.#leasePool.acquire(length);
+    const target = segment.writableBytes();
+    if (layout) writeIpcLayout(layout, target, true);
+    else target.set(data as Uint8Array);
+    const id = this.#takeId();
+    this.#leases.set(id, segment);
+    const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
+    acked.catch(() => {});
+    try {
+      const frame = encodeFrame({ kind: FrameKind.Table, flags: flags | FrameFlags.LEASED, messageId: id, correlationId, ipcLength: BigInt(length), fdCount: 1, metadata: options.metadata });
+      await this.#socket.send(frame, [segment.fd]);
+    } catch (e) {
+      this.#acks.delete(id);
+      // The frame never left: nobody else maps the segment, it can be reused.
+      if (this.#leases.delete(id)) this.#leasePool.giveBack(segment);
+      throw e;
+    }
+    return this.#awaitAck(id, acked, options.timeoutMs);
+  }
+
+  async #awaitAck(id: bigint, acked: Promise<void>, timeoutMs: number | undefined): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
+    const options = { timeoutMs };
     try {
       if (options.timeoutMs === undefined) return await acked;
       await Promise.race([
@@ -452,10 +501,10 @@ export class Channel {
           max_message_bytes: String(this.#options.maxMessageBytes),
         },
       });
-      this.#socket.send(welcome).then(
-        () => this.#open(),
-        (e) => this.#fatal(asError(e), false),
-      );
+      // Open before the WELCOME is even flushed: the connector may send a TABLE right behind it,
+      // and it can arrive in this same drain of the socket.
+      this.#open();
+      this.#socket.send(welcome).catch((e) => this.#fatal(asError(e), false));
       return;
     }
     if (frame.kind === FrameKind.Error) throw remoteError(kv);
@@ -468,7 +517,7 @@ export class Channel {
 
   #agree(kv: KeyValues): void {
     const theirs = (kv.capabilities ?? '').split(',').filter(Boolean);
-    this.#capabilities = this.#localCapabilities().filter((c) => theirs.includes(c));
+    this.#capabilities = this.#localCapabilities();
     this.#peer = { ...this.#peer, version: this.#version, implementation: kv.implementation ?? '', capabilities: theirs };
   }
 
@@ -486,8 +535,14 @@ export class Channel {
       case FrameKind.Ack:
         this.#acks.get(frame.correlationId)?.resolve();
         return;
-      case FrameKind.Release:
-        return; // this side sends sealed segments only: nothing to reuse
+      case FrameKind.Release: {
+        const segment = this.#leases.get(frame.correlationId);
+        if (segment) {
+          this.#leases.delete(frame.correlationId);
+          this.#leasePool.giveBack(segment);
+        }
+        return;
+      }
       case FrameKind.Error: {
         const error = remoteError(frame.metadata);
         if (frame.correlationId === 0n) {
@@ -534,7 +589,7 @@ export class Channel {
     const leased = (frame.flags & FrameFlags.LEASED) !== 0;
     if (leased && !this.#capabilities.includes('lease')) {
       closeAll(fds);
-      throw fail('ERR_SEGMENT_UNSEALED', 'leased segment received, but the lease capability was not agreed');
+      throw fail('ERR_SEGMENT_UNSEALED', 'leased segment received, but this side did not offer the lease capability (acceptLeased)');
     }
     const policy: SealPolicy = this.#options.allowUnsealed ? 'unsealed' : leased ? 'leased' : 'sealed';
     const segment = Segment.adopt(fds[0]!);
@@ -583,6 +638,21 @@ export class Channel {
     this.#requests.clear();
     for (const m of this.#inbox.splice(0)) m.close();
     for (const w of this.#waiters.splice(0)) w.resolve(null);
+    // Segments still leased may be mapped by the peer: never reuse them, just drop our handle.
+    for (const segment of this.#leases.values()) segment.close();
+    this.#leases.clear();
+    this.#leasePool.close();
+    this.#spares?.close();
+  }
+
+  /** @internal For tests and benchmarks: segments ready in the pools, leases outstanding. */
+  get poolStats(): { spareBytes: number; leaseBytes: number; leasesOutstanding: number } {
+    return { spareBytes: this.#spares?.pooledBytes ?? 0, leaseBytes: this.#leasePool.pooledBytes, leasesOutstanding: this.#leases.size };
+  }
+
+  /** @internal Resolves when background allocations have finished. */
+  async settled(): Promise<void> {
+    await this.#spares?.settled();
   }
 }
 
@@ -595,6 +665,8 @@ function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
     allowUnsealed: o.allowUnsealed ?? false,
     acceptLeased: o.acceptLeased ?? false,
     handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
+    lease: o.lease ?? false,
+    spareSegments: o.spareSegments ?? 1,
   };
 }
 

@@ -1,0 +1,50 @@
+// Receiving half of a benchmark method, run in its own process. Prints "ready", then one JSON
+// line per hand-off: { t1, checksum } where t1 is when the data became usable (CLOCK_MONOTONIC).
+import net from 'node:net';
+import { listen } from '../src/transport/channel.js';
+import { SOCKET_METHODS, checksumOf, decodeFromSocket, now, readFramed, type Method } from './methods.js';
+import type { SymbolRow } from '../src/symbols.js';
+
+const args = process.argv.slice(2);
+const method = args[args.indexOf('--method') + 1] as Method;
+const address = args[args.indexOf('--socket') + 1]!;
+const read = args.includes('--read');
+
+/** With --read, the hand-off ends only after every value was read once. */
+function report(usableAt: number, value: unknown): void {
+  const checksum = read ? checksumOf(value as SymbolRow[]) : undefined;
+  const t1 = read ? now() : usableAt;
+  const line = JSON.stringify({ t1, checksum });
+  if (method === 'v8') process.send!({ t1, checksum });
+  else process.stdout.write(line + '\n');
+}
+
+if (method === 'v8') {
+  process.on('message', (msg: { rows?: SymbolRow[]; stop?: boolean }) => {
+    if (msg.stop) process.exit(0);
+    report(now(), msg.rows);
+  });
+  process.send!({ ready: true });
+} else if ((SOCKET_METHODS as readonly string[]).includes(method)) {
+  const server = net.createServer((socket) => {
+    readFramed(socket, (_t0, payload) => {
+      const value = decodeFromSocket(method as (typeof SOCKET_METHODS)[number], payload);
+      const t1 = now();
+      if (!Array.isArray(value)) value.numRows; // a Table is usable once constructed
+      report(t1, value);
+    });
+    socket.on('close', () => server.close());
+  });
+  server.listen(address, () => process.stdout.write('ready\n'));
+} else {
+  const listener = listen(address, { acceptLeased: true });
+  process.stdout.write('ready\n');
+  const channel = await listener.accept();
+  listener.close();
+  for await (const message of channel) {
+    const table = message.table;
+    const t1 = now();
+    report(t1, table);
+    message.close();
+  }
+}

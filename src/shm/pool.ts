@@ -1,0 +1,119 @@
+// Memory that is ready before it is needed. A fresh memfd costs a page allocation (and zeroing)
+// per 4 KiB page at first write; these pools move that cost off the send path.
+import { native } from '../native.js';
+import { Segment } from './segment.js';
+
+const MIN_CLASS = 64 * 1024;
+
+/** Size classes are powers of two from 64 KiB, so a pooled segment fits any request of its class. */
+export function sizeClass(bytes: number): number {
+  let c = MIN_CLASS;
+  while (c < bytes) c *= 2;
+  return c;
+}
+
+export interface PoolLimits {
+  /** Segments kept per size class. */
+  perClass: number;
+  /** Bytes kept across all classes. */
+  maxBytes: number;
+}
+
+abstract class ClassedPool {
+  protected readonly free = new Map<number, Segment[]>();
+  protected bytes = 0;
+  protected closed = false;
+
+  constructor(protected readonly limits: PoolLimits) {}
+
+  protected pop(cls: number): Segment | undefined {
+    const segment = this.free.get(cls)?.pop();
+    if (segment) this.bytes -= cls;
+    return segment;
+  }
+
+  /** Keeps `segment` if the limits allow, else closes it. */
+  protected keep(cls: number, segment: Segment): void {
+    const list = this.free.get(cls) ?? [];
+    if (this.closed || list.length >= this.limits.perClass || this.bytes + cls > this.limits.maxBytes) {
+      segment.close();
+      return;
+    }
+    list.push(segment);
+    this.free.set(cls, list);
+    this.bytes += cls;
+  }
+
+  get pooledBytes(): number {
+    return this.bytes;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const list of this.free.values()) for (const s of list) s.close();
+    this.free.clear();
+    this.bytes = 0;
+  }
+}
+
+/**
+ * Spare, pre-allocated, not yet sealed segments for sealed sends. `take` hands one out (trimmed
+ * to the exact size) and starts allocating its replacement on the libuv threadpool.
+ */
+export class SparePool extends ClassedPool {
+  #pending = new Map<number, Promise<void>>();
+
+  /** A new segment of `size` bytes: pre-allocated when a spare was ready, fresh otherwise. */
+  take(size: number): { segment: Segment; preallocated: boolean } {
+    const cls = sizeClass(size);
+    const spare = this.pop(cls);
+    this.#refill(cls);
+    if (!spare) return { segment: Segment.create(size), preallocated: false };
+    spare.truncate(size);
+    return { segment: spare, preallocated: true };
+  }
+
+  #refill(cls: number): void {
+    if (this.closed || this.#pending.has(cls) || (this.free.get(cls)?.length ?? 0) >= this.limits.perClass) return;
+    if (this.bytes + cls > this.limits.maxBytes) return;
+    const segment = Segment.create(cls, 'arrow-shm-spare');
+    // The fd stays open until the job settles: closing it earlier could let the kernel reuse the
+    // number for another file while the threadpool still works on it.
+    const job = native.fallocateAsync(segment.fd, cls).then(
+      () => this.keep(cls, segment),
+      () => segment.close(),
+    );
+    this.#pending.set(cls, job.finally(() => this.#pending.delete(cls)));
+  }
+
+  /** Resolves when no background allocation is running (for tests and orderly shutdown). */
+  async settled(): Promise<void> {
+    await Promise.all(this.#pending.values());
+  }
+}
+
+/**
+ * Reusable leased segments (docs/PROTOCOL.md §6.2): mapped writable once, pre-faulted, sealed
+ * against shrinking, growing and new writable mappings. Sending one costs a memcpy into warm pages.
+ */
+export class LeasePool extends ClassedPool {
+  acquire(size: number): Segment {
+    const cls = sizeClass(size);
+    const pooled = this.pop(cls);
+    if (pooled) return pooled;
+    const segment = Segment.create(cls, 'arrow-shm-lease');
+    try {
+      segment.prefault();
+      segment.seal('leased');
+    } catch (e) {
+      segment.close();
+      throw e;
+    }
+    return segment;
+  }
+
+  /** The receiver released it: it may be written again. */
+  giveBack(segment: Segment): void {
+    this.keep(segment.size, segment);
+  }
+}
