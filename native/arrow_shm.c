@@ -154,41 +154,22 @@ static napi_value make_int(napi_env env, int64_t x) {
 // ---------------------------------------------------------------------------------------------
 // memfd, seals, fstat
 
-// memfdCreate(name: string, size: number): fd
+// memfdCreate(name, size, allowSealing): fd. Without sealing it is the seed's kind of segment.
 static napi_value memfd_create_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[250];
   size_t name_len;
   int64_t size;
+  bool sealable = true;
   if (!arg_string(env, argv[0], name, sizeof name, &name_len)) return NULL;
   if (!arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
-  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) {
-    throw_errno(env, "memfd_create", errno);
+  if (argc > 2 && napi_get_value_bool(env, argv[2], &sealable) != napi_ok) {
+    throw_arg(env, "allowSealing must be a boolean");
     return NULL;
   }
-  if (size > 0 && ftruncate(fd, (off_t)size) != 0) {
-    int err = errno;
-    close(fd);
-    throw_errno(env, "ftruncate", err);
-    return NULL;
-  }
-  return make_int(env, fd);
-}
-
-// memfdCreateUnsealable(name, size): fd without MFD_ALLOW_SEALING (the seed's kind of segment)
-static napi_value memfd_create_unsealable_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char name[250];
-  size_t name_len;
-  int64_t size;
-  if (!arg_string(env, argv[0], name, sizeof name, &name_len)) return NULL;
-  if (!arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
-  int fd = memfd_create(name, MFD_CLOEXEC);
+  int fd = memfd_create(name, MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) {
     throw_errno(env, "memfd_create", errno);
     return NULL;
@@ -295,23 +276,8 @@ static napi_value pwrite_js(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// fallocate(fd, length): allocate (and zero) the pages of [0, length) now.
-static napi_value fallocate_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t length;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, INT64_MAX, &length)) return NULL;
-  int rc;
-  do rc = fallocate(fd, 0, 0, (off_t)length);
-  while (rc != 0 && errno == EINTR);
-  if (rc != 0) throw_errno(env, "fallocate", errno);
-  return NULL;
-}
-
-// fallocateAsync(fd, length): Promise<void>, the same on the libuv threadpool, so refilling a
-// pool of segments never stalls the event loop.
+// fallocateAsync(fd, length): Promise<void>; allocates (and zeroes) the pages of [0, length) on
+// the libuv threadpool, so refilling a pool of segments never stalls the event loop.
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -963,14 +929,12 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_property_descriptor props[] = {
       {"setErrorClass", NULL, set_error_class_js, NULL, NULL, NULL, napi_default, NULL},
       {"memfdCreate", NULL, memfd_create_js, NULL, NULL, NULL, napi_default, NULL},
-      {"memfdCreateUnsealable", NULL, memfd_create_unsealable_js, NULL, NULL, NULL, napi_default, NULL},
       {"ftruncate", NULL, ftruncate_js, NULL, NULL, NULL, napi_default, NULL},
       {"fstat", NULL, fstat_js, NULL, NULL, NULL, napi_default, NULL},
       {"getSeals", NULL, get_seals_js, NULL, NULL, NULL, napi_default, NULL},
       {"addSeals", NULL, add_seals_js, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, close_js, NULL, NULL, NULL, napi_default, NULL},
       {"pwrite", NULL, pwrite_js, NULL, NULL, NULL, napi_default, NULL},
-      {"fallocate", NULL, fallocate_js, NULL, NULL, NULL, napi_default, NULL},
       {"fallocateAsync", NULL, fallocate_async_js, NULL, NULL, NULL, napi_default, NULL},
       {"mmap", NULL, mmap_js, NULL, NULL, NULL, napi_default, NULL},
       {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_default, NULL},

@@ -30,15 +30,13 @@ export interface PollerHandle {
 }
 
 export interface NativeBinding {
-  memfdCreate(name: string, size: number): number;
-  memfdCreateUnsealable(name: string, size: number): number;
+  memfdCreate(name: string, size: number, allowSealing?: boolean): number;
   ftruncate(fd: number, size: number): void;
   fstat(fd: number): FileStat;
   getSeals(fd: number): number;
   addSeals(fd: number, seals: number): void;
   close(fd: number): void;
   pwrite(fd: number, bytes: Uint8Array, offset: number): void;
-  fallocate(fd: number, length: number): void;
   fallocateAsync(fd: number, length: number): Promise<void>;
   mmap(fd: number, length: number, writable: boolean): ArrayBuffer;
   unmap(buffer: ArrayBuffer): boolean;

@@ -45,7 +45,7 @@ export async function seedSend(address: string, data: TableLike | Uint8Array, op
   } else {
     size = layout!.byteLength;
   }
-  const fd = native.memfdCreateUnsealable('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size));
+  const fd = native.memfdCreate('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size), false);
   const segment = Segment.adopt(fd);
   const listener = native.socket(false);
   const ownsPath = !address.startsWith('@');
