@@ -5,6 +5,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 [[ -f build/Release/arrow_shm.node ]] || node scripts/build-native.mjs
 npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
+scripts/ensure-venv.sh
 status=0
 node --test dist/test/*.test.js || status=1
 exit $status

@@ -3,9 +3,10 @@
 import { RecordBatchReader, Table, type RecordBatch } from 'apache-arrow';
 import { ArrowShmError, fail } from '../errors.js';
 import { validateIpcStream } from './validate.js';
+import './codecs.js';
 
 // arrow-js's wording for types and features it does not implement.
-const UNSUPPORTED = /unrecognized type|not (yet )?(supported|implemented)|unsupported|no codec|codec for compression/i;
+const UNSUPPORTED = /unrecognized type|not (yet )?(supported|implemented)|unsupported|no codec|codec not found|codec for compression/i;
 
 function classify(e: unknown): ArrowShmError {
   if (e instanceof ArrowShmError) return e;

@@ -1,0 +1,87 @@
+// Node against pyarrow and the seed proof of concept's programs (Python equivalents in test/python).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { tableFromIPC } from 'apache-arrow';
+import { layoutIpcStream, writeIpcLayout } from '../src/ipc/writer.js';
+import { goldStreams, repoRoot, runCli, runProcess, startListening, venvPython, cliScript } from './helpers.js';
+
+const script = (name: string) => path.join(repoRoot, 'test', 'python', name);
+const tmp = () => mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-interop-'));
+
+test('pyarrow reads what the aligned writer writes, equal to every gold stream arrow-js can decode', async () => {
+  const dir = tmp();
+  const pairs: string[] = [];
+  for (const file of goldStreams()) {
+    let table;
+    try {
+      table = tableFromIPC(readFileSync(file));
+      if (table.batches.length === 0) continue;
+      const layout = layoutIpcStream(table);
+      const bytes = new Uint8Array(layout.byteLength);
+      writeIpcLayout(layout, bytes);
+      const out = path.join(dir, path.basename(file));
+      writeFileSync(out, bytes);
+      pairs.push(file, out);
+    } catch {
+      continue; // arrow-js cannot decode or encode it: passes through byte for byte instead (channel tests)
+    }
+  }
+  const r = await runProcess(venvPython, [script('referee.py'), ...pairs]);
+  // The one known difference is arrow-js's encoding of an empty field name (see ipc.test.ts).
+  const different = r.stdout.split('\n').filter((l) => l.startsWith('DIFFERENT'));
+  assert.deepEqual(different.map((l) => path.basename(l.split(' ')[1]!)), ['generated_duplicate_fieldnames.stream'], r.stdout + r.stderr);
+  assert.ok(r.stdout.split('\n').filter((l) => l.startsWith('equal')).length >= 18, r.stdout);
+  rmSync(dir, { recursive: true });
+});
+
+test("the seed's receiver.py reads what `arrow-shm send --seed-compat` sends", async () => {
+  const dir = tmp();
+  const address = path.join(dir, 'memfd_socket');
+  const file = goldStreams().find((f) => f.endsWith('generated_primitive.stream'))!;
+  const sender = await startListening(process.execPath, [cliScript, 'send', '--seed-compat', '--socket', address, file]);
+  const r = await runProcess(venvPython, [script('seed_receiver.py'), address]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal((await sender.done).code, 0);
+  const expected = tableFromIPC(readFileSync(file));
+  assert.match(r.stdout, new RegExp(`Number of rows: ${expected.batches[0]!.numRows}`));
+  rmSync(dir, { recursive: true });
+});
+
+test("`arrow-shm recv --seed-compat` reads what the seed's sender sends (unsealed memfd of 40960 bytes)", async () => {
+  const dir = tmp();
+  const address = path.join(dir, 'memfd_socket');
+  const sender = await startListening(venvPython, [script('seed_sender.py'), address]);
+  const r = await runCli(['recv', '--seed-compat', '--socket', address, '--print', '--out', path.join(dir, 'got.arrows')]);
+  const sent = await sender.done;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(sent.code, 0);
+  const values = sent.stdout.trim().split(',').map(Number);
+  const table = tableFromIPC(readFileSync(path.join(dir, 'got.arrows')));
+  assert.deepEqual([...table.getChild('rand')!.toArray()], values);
+  assert.match(r.stdout, /rows: 100, columns: 1/);
+  // without --seed-compat the same unsealed segment is refused
+  rmSync(dir, { recursive: true });
+});
+
+test('types arrow-js cannot decode pass through byte for byte; only decoding them says ERR_IPC_UNSUPPORTED', async () => {
+  const dir = tmp();
+  const made = await runProcess(venvPython, [script('unsupported_types.py'), dir]);
+  assert.equal(made.code, 0, made.stderr);
+  const files = made.stdout.trim().split('\n').map((n) => path.join(dir, `${n}.arrows`));
+  const address = path.join(dir, 'sock');
+  const recv = await startListening(process.execPath, [cliScript, 'recv', '--socket', address, '--count', String(files.length), '--out', path.join(dir, 'out'), '--print']);
+  const sent = await runCli(['send', '--socket', address, ...files]);
+  assert.equal(sent.code, 0, sent.stderr);
+  const got = await recv.done;
+  assert.equal(got.code, 0, got.stderr);
+  assert.match(got.stderr, /ERR_IPC_UNSUPPORTED: arrow-js cannot decode this stream: Unrecognized type: "ListView"/);
+  assert.match(got.stderr, /ERR_IPC_UNSUPPORTED: arrow-js cannot decode this stream: Unrecognized type: "RunEndEncoded"/);
+  const pairs = files.flatMap((f, i) => [f, path.join(dir, 'out', `${String(i).padStart(6, '0')}.arrows`)]);
+  files.forEach((f, i) => assert.deepEqual(readFileSync(pairs[2 * i + 1]!), readFileSync(f)));
+  const referee = await runProcess(venvPython, [script('referee.py'), ...pairs]);
+  assert.equal(referee.code, 0, referee.stdout + referee.stderr);
+  rmSync(dir, { recursive: true });
+});
