@@ -15,7 +15,6 @@ echo "arrow-shm: preparing Python environment in .build/venv" >&2
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
 if [[ -f "$root/peers/python/pyproject.toml" ]]; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root/peers/python" \
-    || "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$root/peers/python"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root/peers/python"
 fi
 echo "$want" > "$stamp"

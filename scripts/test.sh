@@ -8,4 +8,5 @@ npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
 scripts/ensure-venv.sh
 status=0
 node --test dist/test/*.test.js || status=1
+.build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
 exit $status

@@ -551,6 +551,12 @@ export class Channel {
         }
         this.#acks.get(frame.correlationId)?.reject(error);
         this.#requests.get(frame.correlationId)?.reject(error);
+        // A refused leased segment was never mapped by the peer (§5.1): it is ours again.
+        const refused = this.#leases.get(frame.correlationId);
+        if (refused) {
+          this.#leases.delete(frame.correlationId);
+          this.#leasePool.giveBack(refused);
+        }
         return;
       }
       case FrameKind.Goodbye:

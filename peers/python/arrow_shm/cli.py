@@ -1,0 +1,246 @@
+"""``python -m arrow_shm send|recv ...`` — the command line of docs/CLI.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, List, NoReturn, Optional
+
+from .channel import Channel, connect, listen
+from .errors import ERR_INVALID_ARGUMENT, ERR_IPC_UNSUPPORTED, ArrowShmError
+from .ipc import read_ipc_file_as_stream
+from .message import Message
+from .seed import DEFAULT_SEED_SOCKET, SeedListener, seed_receive
+
+PROG = "arrow-shm"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (never argparse's two-line usage)
+        raise _UsageError(message)
+
+
+def _listening(addr: str) -> None:
+    sys.stderr.write(f"{PROG}: listening on {addr}\n")
+    sys.stderr.flush()
+
+
+def _timeout(args: argparse.Namespace) -> Optional[float]:
+    return None if args.timeout_ms is None else args.timeout_ms / 1000.0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Arrow tables between processes through sealed shared memory")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("send", help="send Arrow IPC stream/file(s), one TABLE each")
+    s.add_argument("--socket", dest="socket")
+    s.add_argument("--listen", action="store_true")
+    s.add_argument("--seed-compat", action="store_true")
+    s.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--timeout-ms", type=_non_negative_int)
+    s.add_argument("files", nargs="+", metavar="FILE")
+    r = sub.add_parser("recv", help="receive tables; write them and/or print a summary")
+    r.add_argument("--socket", dest="socket")
+    r.add_argument("--connect", action="store_true")
+    r.add_argument("--count", type=_positive_int, default=1)
+    r.add_argument("--out")
+    r.add_argument("--print", action="store_true")
+    r.add_argument("--seed-compat", action="store_true")
+    r.add_argument("--allow-unsealed", action="store_true")
+    r.add_argument("--timeout-ms", type=_non_negative_int)
+    return parser
+
+
+def _load(path: str) -> bytes:
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    if not data:
+        raise ArrowShmError(ERR_INVALID_ARGUMENT, f"{'standard input' if path == '-' else path} is empty")
+    if data.startswith(b"ARROW1"):
+        return read_ipc_file_as_stream(data)
+    return data  # a stream: sent byte for byte
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    meta = {}
+    for item in args.meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise _UsageError(f"--meta expects KEY=VALUE, got {item!r}")
+        meta[key] = value
+    for path in args.files:
+        if path != "-" and not os.path.isfile(path):
+            raise _UsageError(f"no such file: {path}")
+    payloads = [_load(p) for p in args.files]
+    timeout = _timeout(args)
+    if args.seed_compat:
+        address = args.socket or DEFAULT_SEED_SOCKET
+        with SeedListener(address) as lst:
+            _listening(address)
+            for data in payloads:
+                lst.send(data, timeout=timeout)
+        return 0
+    if not args.socket:
+        raise _UsageError("the following arguments are required: --socket")
+    if args.listen:
+        with listen(args.socket) as lst:
+            _listening(args.socket)
+            channel = lst.accept(timeout=timeout)
+    else:
+        channel = connect(args.socket, timeout=timeout)
+    with channel:
+        for data in payloads:
+            channel.send(data, meta or None, timeout=timeout)
+    return 0
+
+
+def _format_value(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _print_summary(message: Message, index: int) -> Optional[ArrowShmError]:
+    lines = [f"== table {index}: {message.ipc_length} bytes of Arrow IPC =="]
+    if message.metadata:
+        lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in message.metadata.items()))
+    error: Optional[ArrowShmError] = None
+    try:
+        table = message.table
+    except ArrowShmError as e:
+        error = e
+    else:
+        lines.append("schema: " + ", ".join(f"{f.name}: {f.type}" for f in table.schema))
+        lines.append(f"rows: {table.num_rows}, columns: {table.num_columns}, batches: {len(table.to_batches())}")
+        if table.num_rows:
+            lines.append("first rows:")
+            try:
+                for row in table.slice(0, 5).to_pylist():
+                    lines.append("  " + _format_value(row))
+            except Exception as e:  # noqa: BLE001 - a type pyarrow cannot convert to Python
+                lines.append(f"  (rows not printable: {type(e).__name__}: {e})")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+    return error
+
+
+class _Output:
+    def __init__(self, out: Optional[str], count: int) -> None:
+        self.out = out
+        self.as_dir = out is not None and (count > 1 or os.path.isdir(out))
+        if self.as_dir:
+            assert out is not None
+            os.makedirs(out, exist_ok=True)
+
+    def write(self, message: Message, index: int) -> None:
+        if self.out is None:
+            return
+        path = os.path.join(self.out, f"{index:06d}.arrows") if self.as_dir else self.out
+        tmp = path + ".arrows.tmp" if not path.endswith(".arrows") else path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(memoryview(message.ipc_bytes))
+        os.replace(tmp, path)
+
+
+def _cmd_recv(args: argparse.Namespace) -> int:
+    if not args.socket and not args.seed_compat:
+        raise _UsageError("the following arguments are required: --socket")
+    output = _Output(args.out, args.count)
+    timeout = _timeout(args)
+    status = 0
+
+    def handle(message: Message, index: int) -> None:
+        nonlocal status
+        with message:
+            output.write(message, index)
+            if args.print:
+                err = _print_summary(message, index)
+                if err is not None:
+                    sys.stderr.write(f"{PROG}: {err.code}: {err.message}\n")
+                    if err.code != ERR_IPC_UNSUPPORTED:
+                        status = 1
+
+    if args.seed_compat:
+        for i in range(args.count):
+            handle(seed_receive(args.socket or DEFAULT_SEED_SOCKET, timeout=timeout), i)
+        return status
+
+    options = {"allow_unsealed": args.allow_unsealed}
+    received = 0
+
+    def drain(channel: Channel) -> None:
+        nonlocal received
+        with channel:
+            while received < args.count:
+                try:
+                    message = channel.receive(timeout=timeout)
+                except ArrowShmError as e:
+                    if e.code == "ERR_PEER_CLOSED":
+                        return
+                    raise
+                handle(message, received)
+                received += 1
+
+    if args.connect:
+        drain(connect(args.socket, timeout=timeout, **options))
+        if received < args.count:
+            raise ArrowShmError("ERR_PEER_CLOSED", f"the peer hung up after {received} of {args.count} tables")
+        return status
+    with listen(args.socket, **options) as lst:
+        _listening(args.socket)
+        while received < args.count:
+            drain(lst.accept(timeout=timeout))
+    return status
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        command: Callable[[argparse.Namespace], int] = _cmd_send if args.command == "send" else _cmd_recv
+        return command(args)
+    except _UsageError as e:
+        sys.stderr.write(f"{PROG}: {e}\n")
+        return 2
+    except ArrowShmError as e:
+        sys.stderr.write(f"{PROG}: {e.code}: {e.message}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # noqa: BLE001 - the CLI never prints a stack trace
+        sys.stderr.write(f"{PROG}: unexpected failure: {type(e).__name__}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Frame header (64 bytes) and key/value block encoding, PROTOCOL.md §3.
+
+Every malformation found while decoding is a fatal ``ERR_PROTOCOL``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Dict, Mapping, Optional
+
+from .errors import ERR_INVALID_ARGUMENT, ERR_PROTOCOL, ArrowShmError
+
+MAGIC = b"ASHM"
+PROTOCOL_VERSION = 1
+HEADER_LENGTH = 64
+MAX_FRAME_BYTES = 65536
+#: The largest key/value block that fits in one frame.
+MAX_METADATA_BYTES = MAX_FRAME_BYTES - HEADER_LENGTH
+
+# magic, version, kind, flags, header_length, metadata_length, message_id, correlation_id,
+# ipc_offset, ipc_length, fd_count, reserved
+_HEADER = struct.Struct("<4sHBBIIQQQQI12s")
+assert _HEADER.size == HEADER_LENGTH
+_U32 = struct.Struct("<I")
+_U64_MAX = (1 << 64) - 1
+_U32_MAX = (1 << 32) - 1
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    TABLE = 3
+    ACK = 4
+    RELEASE = 5
+    ERROR = 6
+    GOODBYE = 7
+
+
+class Flags(IntFlag):
+    NONE = 0
+    LEASED = 0x01
+    REQUEST = 0x02
+    RESPONSE = 0x04
+
+
+KNOWN_FLAGS = int(Flags.LEASED | Flags.REQUEST | Flags.RESPONSE)
+
+
+@dataclass
+class Frame:
+    """One decoded (or to-be-encoded) frame. ``metadata`` is the decoded key/value block."""
+
+    kind: Kind
+    version: int = PROTOCOL_VERSION
+    flags: int = 0
+    message_id: int = 0
+    correlation_id: int = 0
+    ipc_offset: int = 0
+    ipc_length: int = 0
+    fd_count: int = 0
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+
+def _protocol(msg: str) -> ArrowShmError:
+    return ArrowShmError(ERR_PROTOCOL, msg)
+
+
+def encode_kv(kv: Optional[Mapping[str, str]]) -> bytes:
+    """Encode a key/value block; an empty map encodes as zero bytes (§3.1 SHOULD)."""
+    if not kv:
+        return b""
+    parts = [_U32.pack(len(kv))]
+    for key, value in kv.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, "metadata keys and values must be str")
+        kb = key.encode("utf-8")
+        vb = value.encode("utf-8")
+        parts += [_U32.pack(len(kb)), kb, _U32.pack(len(vb)), vb]
+    out = b"".join(parts)
+    if len(out) > MAX_METADATA_BYTES:
+        raise ArrowShmError(
+            ERR_INVALID_ARGUMENT,
+            f"metadata block of {len(out)} bytes exceeds the {MAX_METADATA_BYTES}-byte frame limit",
+        )
+    return out
+
+
+def decode_kv(block: bytes | memoryview) -> Dict[str, str]:
+    """Decode a key/value block that must fill ``block`` exactly."""
+    data = bytes(block)
+    n = len(data)
+    if n == 0:
+        return {}
+    if n < 4:
+        raise _protocol(f"key/value block of {n} bytes is shorter than its 4-byte count")
+    (count,) = _U32.unpack_from(data, 0)
+    # Each entry needs at least 8 bytes of lengths: reject absurd counts before looping.
+    if count > (n - 4) // 8:
+        raise _protocol(f"key/value count {count} does not fit in {n} bytes")
+    pos = 4
+    out: Dict[str, str] = {}
+    for _ in range(count):
+        strings = []
+        for what in ("key", "value"):
+            if pos + 4 > n:
+                raise _protocol(f"key/value block ends inside a {what} length")
+            (length,) = _U32.unpack_from(data, pos)
+            pos += 4
+            if length > n - pos:
+                raise _protocol(f"{what} of {length} bytes overruns the key/value block")
+            try:
+                strings.append(data[pos : pos + length].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise _protocol(f"{what} is not valid UTF-8") from None
+            pos += length
+        key, value = strings
+        if key in out:
+            raise _protocol(f"duplicate key {key!r} in key/value block")
+        out[key] = value
+    if pos != n:
+        raise _protocol(f"key/value block has {n - pos} trailing bytes")
+    return out
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode a frame (header + key/value block)."""
+    meta = encode_kv(frame.metadata)
+    for name in ("message_id", "correlation_id", "ipc_offset", "ipc_length"):
+        v = getattr(frame, name)
+        if not 0 <= v <= _U64_MAX:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"{name} {v} out of range")
+    if frame.flags & ~KNOWN_FLAGS:
+        raise ArrowShmError(ERR_INVALID_ARGUMENT, f"unknown flags 0x{frame.flags:x}")
+    header = _HEADER.pack(
+        MAGIC,
+        frame.version,
+        int(frame.kind),
+        int(frame.flags),
+        HEADER_LENGTH,
+        len(meta),
+        frame.message_id,
+        frame.correlation_id,
+        frame.ipc_offset,
+        frame.ipc_length,
+        frame.fd_count,
+        b"\0" * 12,
+    )
+    return header + meta
+
+
+def decode_frame(data: bytes | memoryview) -> Frame:
+    """Decode one received datagram; any malformation raises fatal ``ERR_PROTOCOL``.
+
+    The version is *not* checked here (the channel checks it against the handshake).
+    """
+    n = len(data)
+    if n < HEADER_LENGTH:
+        raise _protocol(f"frame of {n} bytes is shorter than the {HEADER_LENGTH}-byte header")
+    if n > MAX_FRAME_BYTES:
+        raise _protocol(f"frame of {n} bytes exceeds {MAX_FRAME_BYTES} bytes")
+    (
+        magic,
+        version,
+        kind,
+        flags,
+        header_length,
+        metadata_length,
+        message_id,
+        correlation_id,
+        ipc_offset,
+        ipc_length,
+        fd_count,
+        _reserved,
+    ) = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise _protocol(f"bad frame magic {bytes(magic)!r}, expected b'ASHM'")
+    if not Kind.HELLO <= kind <= Kind.GOODBYE:
+        raise _protocol(f"unknown frame kind {kind}")
+    if flags & ~KNOWN_FLAGS:
+        raise _protocol(f"unknown frame flags 0x{flags:x}")
+    if header_length != HEADER_LENGTH:
+        raise _protocol(f"header length {header_length}, expected {HEADER_LENGTH}")
+    if metadata_length != n - HEADER_LENGTH:
+        raise _protocol(
+            f"metadata length {metadata_length} does not match the {n - HEADER_LENGTH} bytes after the header"
+        )
+    kv = decode_kv(memoryview(data)[HEADER_LENGTH:])
+    return Frame(
+        kind=Kind(kind),
+        version=version,
+        flags=flags,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        ipc_offset=ipc_offset,
+        ipc_length=ipc_length,
+        fd_count=fd_count,
+        metadata=kv,
+    )

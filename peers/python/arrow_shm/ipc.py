@@ -1,0 +1,308 @@
+"""Arrow IPC stream framing validation (PROTOCOL.md §7) and decoding with pyarrow.
+
+:func:`validate_stream` walks every encapsulated message of a stream with bounds checks before any
+byte is handed to pyarrow: continuation / metadata_size, the flatbuffer ``Message`` table (a small
+bounds-checked flatbuffer reader, enough for the fields the framing depends on), ``bodyLength``
+and every buffer ``(offset, length)`` of record and dictionary batches. All arithmetic is on Python
+integers, so nothing can overflow.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import pyarrow as pa
+
+from .errors import (
+    ERR_IPC_INVALID,
+    ERR_IPC_TRUNCATED,
+    ERR_IPC_UNSUPPORTED,
+    ArrowShmError,
+)
+
+CONTINUATION = 0xFFFFFFFF
+EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+# MessageHeader union tags (Message.fbs)
+HEADER_SCHEMA = 1
+HEADER_DICTIONARY_BATCH = 2
+HEADER_RECORD_BATCH = 3
+_HEADER_NAMES = {0: "NONE", 1: "Schema", 2: "DictionaryBatch", 3: "RecordBatch", 4: "Tensor", 5: "SparseTensor"}
+
+_u8 = struct.Struct("<B")
+_u16 = struct.Struct("<H")
+_i32 = struct.Struct("<i")
+_u32 = struct.Struct("<I")
+_i64 = struct.Struct("<q")
+
+
+def _invalid(msg: str) -> ArrowShmError:
+    return ArrowShmError(ERR_IPC_INVALID, msg)
+
+
+class _FlatBuffer:
+    """Bounds-checked access to one flatbuffer (just the subset this module needs)."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.n = len(data)
+
+    def _read(self, fmt: struct.Struct, pos: int) -> int:
+        if pos < 0 or pos + fmt.size > self.n:
+            raise _invalid(f"flatbuffer read at {pos} outside its {self.n} bytes")
+        return fmt.unpack_from(self.data, pos)[0]
+
+    def root(self) -> int:
+        return self._table_at(self._read(_u32, 0))
+
+    def _table_at(self, pos: int) -> int:
+        if pos < 0 or pos + 4 > self.n or pos % 4:
+            raise _invalid(f"flatbuffer table at {pos} outside its {self.n} bytes or misaligned")
+        vtable = pos - self._read(_i32, pos)
+        if vtable < 0 or vtable % 2:
+            raise _invalid("flatbuffer vtable outside the buffer or misaligned")
+        vsize = self._read(_u16, vtable)
+        tsize = self._read(_u16, vtable + 2)
+        if vsize < 4 or vsize % 2 or vtable + vsize > self.n:
+            raise _invalid("flatbuffer vtable has a bad size")
+        if tsize < 4 or pos + tsize > self.n:
+            raise _invalid("flatbuffer table has a bad size")
+        return pos
+
+    def _field(self, table: int, index: int, size: int) -> Optional[int]:
+        vtable = table - self._read(_i32, table)
+        vsize = self._read(_u16, vtable)
+        tsize = self._read(_u16, vtable + 2)
+        slot = 4 + 2 * index
+        if slot + 2 > vsize:
+            return None
+        off = self._read(_u16, vtable + slot)
+        if off == 0:
+            return None
+        if off + size > tsize:
+            raise _invalid("flatbuffer field lies outside its table")
+        return table + off
+
+    def scalar(self, table: int, index: int, fmt: struct.Struct, default: int = 0) -> int:
+        pos = self._field(table, index, fmt.size)
+        return default if pos is None else self._read(fmt, pos)
+
+    def table(self, table: int, index: int) -> Optional[int]:
+        pos = self._field(table, index, 4)
+        if pos is None:
+            return None
+        return self._table_at(pos + self._read(_u32, pos))
+
+    def struct_vector(self, table: int, index: int, elem_size: int) -> tuple[int, int]:
+        """(position of the first element, count) of a vector of structs; (0, 0) if absent."""
+        pos = self._field(table, index, 4)
+        if pos is None:
+            return 0, 0
+        vec = pos + self._read(_u32, pos)
+        count = self._read(_u32, vec)
+        start = vec + 4
+        if start + count * elem_size > self.n:
+            raise _invalid(f"flatbuffer vector of {count} elements overruns the buffer")
+        return start, count
+
+
+@dataclass
+class StreamInfo:
+    """What :func:`validate_stream` learned about a stream."""
+
+    messages: int
+    record_batches: int
+    dictionary_batches: int
+    #: Offset just past the end-of-stream marker (or the end of the range if it has none).
+    end: int
+
+
+def _check_buffers(fb: _FlatBuffer, rb: int, body_length: int, where: str) -> None:
+    length = fb.scalar(rb, 0, _i64)
+    if length < 0:
+        raise _invalid(f"{where}: negative row count {length}")
+    _, _nodes = fb.struct_vector(rb, 1, 16)  # bounds-checked; values are checked by pyarrow
+    start, count = fb.struct_vector(rb, 2, 16)
+    for i in range(count):
+        off = _i64.unpack_from(fb.data, start + 16 * i)[0]
+        blen = _i64.unpack_from(fb.data, start + 16 * i + 8)[0]
+        if off < 0 or blen < 0 or off + blen > body_length:
+            raise _invalid(
+                f"{where}: buffer {i} (offset {off}, length {blen}) lies outside the {body_length}-byte body"
+            )
+
+
+def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
+    """Validate the framing of an IPC stream (§7). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
+
+    Accepts the pre-0.15 forms (no continuation marker, 4-byte zero end of stream) and treats the
+    end of the range as end of stream. Bytes after an end-of-stream marker are ignored.
+    """
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]
+    n = len(view)
+    pos = 0
+    messages = rbs = dicts = 0
+    while True:
+        if pos == n:
+            break
+        if n - pos < 4:
+            raise ArrowShmError(ERR_IPC_TRUNCATED, f"stream ends inside a message prefix at byte {pos}")
+        word = _u32.unpack_from(view, pos)[0]
+        if word == CONTINUATION:
+            if n - pos < 8:
+                raise ArrowShmError(ERR_IPC_TRUNCATED, f"stream ends inside a message prefix at byte {pos}")
+            meta_size = _i32.unpack_from(view, pos + 4)[0]
+            prefix = 8
+        else:
+            meta_size = _i32.unpack_from(view, pos)[0]
+            prefix = 4
+        if meta_size == 0:
+            pos += prefix
+            break
+        if meta_size < 0:
+            raise _invalid(f"negative metadata_size {meta_size} at byte {pos}")
+        meta_start = pos + prefix
+        if meta_size > n - meta_start:
+            raise ArrowShmError(
+                ERR_IPC_TRUNCATED,
+                f"message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream",
+            )
+        fb = _FlatBuffer(view[meta_start : meta_start + meta_size])
+        msg = fb.root()
+        header_type = fb.scalar(msg, 1, _u8)
+        header = fb.table(msg, 2)
+        body_length = fb.scalar(msg, 3, _i64)
+        where = f"message {messages} at byte {pos}"
+        if header_type not in (HEADER_SCHEMA, HEADER_DICTIONARY_BATCH, HEADER_RECORD_BATCH):
+            name = _HEADER_NAMES.get(header_type, str(header_type))
+            raise _invalid(f"{where}: header type {name} is not Schema/DictionaryBatch/RecordBatch")
+        if header is None:
+            raise _invalid(f"{where}: message without a header")
+        if (header_type == HEADER_SCHEMA) != (messages == 0):
+            raise _invalid(f"{where}: the first message, and only it, must be a Schema")
+        if body_length < 0:
+            raise _invalid(f"{where}: negative bodyLength {body_length}")
+        body_start = meta_start + meta_size
+        if body_length > n - body_start:
+            raise ArrowShmError(
+                ERR_IPC_TRUNCATED,
+                f"{where}: {body_length}-byte body runs past the end of the {n}-byte stream",
+            )
+        if header_type == HEADER_RECORD_BATCH:
+            _check_buffers(fb, header, body_length, where)
+            rbs += 1
+        elif header_type == HEADER_DICTIONARY_BATCH:
+            data_rb = fb.table(header, 1)
+            if data_rb is None:
+                raise _invalid(f"{where}: dictionary batch without data")
+            _check_buffers(fb, data_rb, body_length, where)
+            dicts += 1
+        messages += 1
+        pos = body_start + body_length
+    if messages == 0:
+        raise _invalid("stream has no Schema message")
+    return StreamInfo(messages=messages, record_batches=rbs, dictionary_batches=dicts, end=pos)
+
+
+def map_arrow_error(exc: BaseException) -> ArrowShmError:
+    """Translate a pyarrow decoding failure into the protocol's error codes."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, pa.ArrowNotImplementedError):
+        return ArrowShmError(ERR_IPC_UNSUPPORTED, text)
+    if isinstance(exc, EOFError) or "truncated" in text.lower() or "expected to read" in text.lower():
+        return ArrowShmError(ERR_IPC_TRUNCATED, text)
+    return ArrowShmError(ERR_IPC_INVALID, text)
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    """The same physical layout without value-range rules (date64/time/decimal -> ints/bytes)."""
+    if pa.types.is_date64(t) or pa.types.is_time64(t):
+        return pa.int64()
+    if pa.types.is_time32(t):
+        return pa.int32()
+    if pa.types.is_decimal(t):
+        return pa.binary(t.byte_width)
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_storage_type(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_storage_type(t.value_type)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_storage_type(t.value_type)), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(
+            t.key_field.with_type(_storage_type(t.key_type)),
+            t.item_field.with_type(_storage_type(t.item_type)),
+            t.keys_sorted,
+        )
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_storage_type(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_dictionary(t):
+        return pa.dictionary(t.index_type, _storage_type(t.value_type), t.ordered)
+    return t
+
+
+_VALUE_RULES = ("whole number of days", "acceptable range", "does not fit in precision")
+
+
+def _validate_full(table: pa.Table) -> None:
+    """``validate(full=True)``: offsets, lengths and indices are all checked against the buffers.
+
+    Arrow C++ also enforces value rules (date64 whole days, time-of-day range, decimal precision)
+    that Arrow's own integration files break and that are harmless to read. When only such a rule
+    fails, the column is validated again as its physical storage type (a zero-copy view), so every
+    memory-safety check still runs.
+    """
+    try:
+        table.validate(full=True)
+        return
+    except pa.ArrowInvalid as e:
+        if not any(rule in str(e) for rule in _VALUE_RULES):
+            raise
+        first = e
+    for column in table.columns:
+        storage = _storage_type(column.type)
+        for chunk in column.chunks:
+            try:
+                chunk.validate(full=True)
+                continue
+            except pa.ArrowInvalid as e:
+                if not any(rule in str(e) for rule in _VALUE_RULES) or storage == chunk.type:
+                    raise
+            try:
+                viewed = chunk.view(storage)
+            except (pa.ArrowException, TypeError) as e:
+                raise first from e
+            viewed.validate(full=True)
+
+
+def decode_table(buf: pa.Buffer, *, validate_full: bool = True) -> pa.Table:
+    """Decode an (already framing-validated) IPC stream in place; columns point into ``buf``.
+
+    With ``validate_full`` (default) the decoded table is checked with ``Table.validate(full=True)``
+    so that hostile offsets can never lead to an out-of-bounds read later.
+    """
+    try:
+        reader = pa.ipc.open_stream(buf)
+        table = reader.read_all()
+        if validate_full:
+            _validate_full(table)
+        return table
+    except ArrowShmError:
+        raise
+    except (pa.ArrowException, EOFError, ValueError, OSError, TypeError, IndexError, OverflowError) as e:
+        raise map_arrow_error(e) from None
+
+
+def read_ipc_file_as_stream(data: bytes) -> bytes:
+    """Re-frame an Arrow IPC *file* (``ARROW1`` magic) as a stream (batches and dictionaries)."""
+    try:
+        reader = pa.ipc.open_file(pa.py_buffer(data))
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, reader.schema) as writer:
+            for i in range(reader.num_record_batches):
+                writer.write_batch(reader.get_batch(i))
+        return sink.getvalue().to_pybytes()
+    except (pa.ArrowException, EOFError, ValueError, OSError) as e:
+        raise map_arrow_error(e) from None

@@ -1,0 +1,181 @@
+"""A received table: an IPC stream living in a read-only shared mapping."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import TYPE_CHECKING, Dict, Optional
+
+import pyarrow as pa
+
+from .errors import ERR_CLOSED, ArrowShmError, syscall_error
+from .frame import Flags
+from .ipc import StreamInfo, decode_table, validate_stream
+from .segment import DEFAULT_MAX_MESSAGE_BYTES, check_segment, map_readonly
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .channel import Channel
+
+
+def close_mapping(mapping: mmap.mmap) -> None:
+    """Unmap now if nothing references the mapping any more; otherwise when the last pyarrow
+    buffer over it is collected."""
+    try:
+        mapping.close()
+    except BufferError:
+        pass
+
+
+def open_segment(
+    fd: int,
+    ipc_offset: int,
+    ipc_length: Optional[int] = None,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    allow_unsealed: bool = False,
+    leased: bool = False,
+) -> tuple[mmap.mmap, StreamInfo]:
+    """PROTOCOL §5.1 steps 2-7 on a received fd (which the caller still owns and closes):
+    check, map the whole file read-only, validate the IPC framing. ``ipc_length=None`` means "to
+    the end of the file" (seed mode). Raises the typed error; nothing stays mapped on failure."""
+    if ipc_length is None:
+        try:
+            ipc_length = max(0, os.fstat(fd).st_size - ipc_offset)
+        except OSError as e:
+            raise syscall_error("fstat", e) from None
+    size = check_segment(
+        fd, ipc_offset, ipc_length, max_message_bytes=max_message_bytes, allow_unsealed=allow_unsealed, leased=leased
+    )
+    mapping = map_readonly(fd, size)
+    error: Optional[ArrowShmError] = None
+    try:
+        with memoryview(mapping) as view:
+            info = validate_stream(view[ipc_offset : ipc_offset + ipc_length])
+    except ArrowShmError as e:
+        error = ArrowShmError(e.code, e.message)  # without the traceback: it pins the mapping
+    if error is not None:
+        close_mapping(mapping)
+        raise error
+    return mapping, info
+
+
+class Message:
+    """One received TABLE.
+
+    ``table`` decodes lazily, in place: its column buffers point into the shared mapping (no copy;
+    compressed bodies are the exception, pyarrow decompresses them into new memory).
+
+    Lifetime: :meth:`close` (or leaving the ``with`` block) drops this object's references and, for
+    a leased segment, sends ``RELEASE``. The mapping itself is unmapped when the last reference to
+    it is gone: immediately at ``close()`` if nothing else holds it, otherwise when the last pyarrow
+    buffer built over it (the table, its columns, slices of ``ipc_bytes``) is garbage-collected.
+    A sealed segment's bytes can never change, so tables kept after ``close()`` stay valid; a
+    *leased* segment may be rewritten by its sender after ``RELEASE``, so do not use its table after
+    ``close()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        mapping: mmap.mmap,
+        ipc_offset: int,
+        ipc_length: int,
+        message_id: int = 0,
+        correlation_id: int = 0,
+        flags: int = 0,
+        metadata: Optional[Dict[str, str]] = None,
+        channel: Optional["Channel"] = None,
+        validate_full: bool = True,
+    ) -> None:
+        self._mapping: Optional[mmap.mmap] = mapping
+        self._buffer: Optional[pa.Buffer] = pa.py_buffer(mapping).slice(ipc_offset, ipc_length)
+        self._table: Optional[pa.Table] = None
+        self._error: Optional[ArrowShmError] = None
+        self._channel = channel
+        self._validate_full = validate_full
+        self.message_id = message_id
+        self.correlation_id = correlation_id
+        self.flags = flags
+        self.metadata: Dict[str, str] = dict(metadata or {})
+        self.ipc_offset = ipc_offset
+        self.ipc_length = ipc_length
+        self.closed = False
+
+    @property
+    def leased(self) -> bool:
+        return bool(self.flags & Flags.LEASED)
+
+    @property
+    def is_request(self) -> bool:
+        return bool(self.flags & Flags.REQUEST)
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & Flags.RESPONSE)
+
+    @property
+    def ipc_bytes(self) -> pa.Buffer:
+        """The IPC stream bytes, a zero-copy ``pyarrow.Buffer`` over the mapping."""
+        if self._buffer is None:
+            raise ArrowShmError(ERR_CLOSED, "message is closed")
+        return self._buffer
+
+    @property
+    def table(self) -> pa.Table:
+        """The decoded table (decoded once, on first access)."""
+        if self._buffer is None:
+            raise ArrowShmError(ERR_CLOSED, "message is closed")
+        if self._table is None:
+            if self._error is not None:
+                raise ArrowShmError(self._error.code, self._error.message)
+            try:
+                self._table = decode_table(self._buffer, validate_full=self._validate_full)
+            except ArrowShmError as e:
+                self._error = ArrowShmError(e.code, e.message)
+                raise
+        return self._table
+
+    def mapping_range(self) -> tuple[int, int]:
+        """(address, size) of the whole read-only mapping (for zero-copy checks)."""
+        if self._buffer is None:
+            raise ArrowShmError(ERR_CLOSED, "message is closed")
+        start = self._buffer.address - self.ipc_offset
+        assert self._mapping is not None
+        return start, len(self._mapping)
+
+    def respond(self, data: object, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None) -> int:
+        """Answer this REQUEST with a RESPONSE table (waits for the requester's ACK)."""
+        if self._channel is None:
+            raise ArrowShmError(ERR_CLOSED, "message has no channel to respond on")
+        return self._channel.respond(self, data, metadata, timeout=timeout)
+
+    def respond_error(self, code: str, message: str) -> None:
+        """Answer this REQUEST with an ERROR frame (flag RESPONSE)."""
+        if self._channel is None:
+            raise ArrowShmError(ERR_CLOSED, "message has no channel to respond on")
+        self._channel.respond_error(self, code, message)
+
+    def close(self) -> None:
+        """Release this message: drop references, unmap if nothing else holds the mapping, and
+        send ``RELEASE`` for a leased segment."""
+        if self.closed:
+            return
+        self.closed = True
+        self._table = None
+        self._buffer = None
+        mapping, self._mapping = self._mapping, None
+        if mapping is not None:
+            close_mapping(mapping)
+        channel, self._channel = self._channel, None
+        if channel is not None and self.leased:
+            channel._release(self.message_id)
+
+    def __enter__(self) -> "Message":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.ipc_length} bytes"
+        return f"<arrow_shm.Message id={self.message_id} {state} metadata={self.metadata!r}>"

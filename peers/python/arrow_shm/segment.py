@@ -1,0 +1,301 @@
+"""memfd segments: create, write, seal (sender) and check, map read-only (receiver).
+
+PROTOCOL.md §5 and §6.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import mmap
+import os
+import stat
+from typing import Optional, Union
+
+import pyarrow as pa
+
+from .errors import (
+    ERR_CLOSED,
+    ERR_INVALID_ARGUMENT,
+    ERR_SEGMENT_BOUNDS,
+    ERR_SEGMENT_INVALID,
+    ERR_SEGMENT_UNSEALED,
+    ERR_TOO_LARGE,
+    ArrowShmError,
+    syscall_error,
+)
+
+F_ADD_SEALS: int = getattr(fcntl, "F_ADD_SEALS", 1033)
+F_GET_SEALS: int = getattr(fcntl, "F_GET_SEALS", 1034)
+F_SEAL_SEAL: int = getattr(fcntl, "F_SEAL_SEAL", 0x0001)
+F_SEAL_SHRINK: int = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
+F_SEAL_GROW: int = getattr(fcntl, "F_SEAL_GROW", 0x0004)
+F_SEAL_WRITE: int = getattr(fcntl, "F_SEAL_WRITE", 0x0008)
+F_SEAL_FUTURE_WRITE: int = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
+
+#: Seals of a sealed (default) segment, §6.1.
+SEALS_SEALED = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
+#: Seals a LEASED segment must carry at least, §6.2.
+SEALS_LEASED = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW
+
+#: Default largest ipc_length a receiver accepts (16 GiB, as the TypeScript peer).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024**3
+
+#: Minimum size of a seed-compat segment (the seed receiver maps 4096 * 10 bytes), §10.
+SEED_SEGMENT_BYTES = 40960
+
+TableLike = Union[pa.Table, pa.RecordBatch, "list[pa.RecordBatch]"]
+
+
+def _memfd(name: str) -> int:
+    try:
+        return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError as e:
+        raise syscall_error("memfd_create", e) from None
+
+
+def _ftruncate(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        raise syscall_error("ftruncate", e) from None
+
+
+class Segment:
+    """A sender-side memfd segment (owns its fd until :meth:`detach_fd` or :meth:`close`).
+
+    Usage::
+
+        with Segment.create(n) as seg:
+            seg.write_at(0, data)      # or map it: seg.map_writable()
+            seg.seal()
+            send(seg.fd)
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd: Optional[int] = fd
+        self.size = size
+
+    @classmethod
+    def create(cls, size: int, name: str = "arrow-shm") -> "Segment":
+        if size < 0:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"negative segment size {size}")
+        fd = _memfd(name)
+        try:
+            _ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, size)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ArrowShmError(ERR_CLOSED, "segment is closed")
+        return self._fd
+
+    def write_at(self, offset: int, data: Union[bytes, bytearray, memoryview, pa.Buffer]) -> None:
+        """Copy ``data`` into the segment with ``pwrite`` (no mapping is created)."""
+        view = memoryview(data).cast("B")
+        if offset < 0 or offset + len(view) > self.size:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, "write outside the segment")
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], offset + done)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise syscall_error("pwrite", e) from None
+
+    def map_writable(self) -> mmap.mmap:
+        """A shared writable mapping; it must be closed before :meth:`seal` (EBUSY otherwise)."""
+        try:
+            # MAP_POPULATE: fault the fresh pages in one go instead of one fault per 4 KiB page.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            return mmap.mmap(self.fd, self.size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise syscall_error("mmap", e) from None
+
+    def seal(self, seals: int = SEALS_SEALED) -> None:
+        try:
+            fcntl.fcntl(self.fd, F_ADD_SEALS, seals)
+        except OSError as e:
+            raise syscall_error("fcntl(F_ADD_SEALS)", e) from None
+
+    def seals(self) -> int:
+        try:
+            return fcntl.fcntl(self.fd, F_GET_SEALS)
+        except OSError as e:
+            raise syscall_error("fcntl(F_GET_SEALS)", e) from None
+
+    def detach_fd(self) -> int:
+        """Give up ownership of the fd (the caller closes it)."""
+        fd = self.fd
+        self._fd = None
+        return fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> "Segment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _batches(data: TableLike) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    if isinstance(data, pa.Table):
+        return data.schema, data.to_batches()
+    if isinstance(data, pa.RecordBatch):
+        return data.schema, [data]
+    batches = list(data)
+    if not batches or not all(isinstance(b, pa.RecordBatch) for b in batches):
+        raise ArrowShmError(
+            ERR_INVALID_ARGUMENT,
+            "expected a pyarrow Table, RecordBatch, a non-empty list of RecordBatches, or IPC bytes",
+        )
+    return batches[0].schema, batches
+
+
+def _write_stream(sink: object, schema: pa.Schema, batches: list[pa.RecordBatch]) -> None:
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
+
+
+def stream_size(schema: pa.Schema, batches: list[pa.RecordBatch]) -> int:
+    """Exact size of the IPC stream pyarrow writes for these batches (incl. end-of-stream)."""
+    mock = pa.MockOutputStream()
+    _write_stream(mock, schema, batches)
+    return int(mock.size())
+
+
+def write_table_segment(
+    data: Union[TableLike, bytes, bytearray, memoryview, pa.Buffer],
+    *,
+    min_size: int = 0,
+    seal: bool = True,
+) -> tuple[Segment, int]:
+    """Write ``data`` as one IPC stream at offset 0 of a new segment and (by default) seal it.
+
+    ``data`` is a Table / RecordBatch / list of RecordBatches (written by pyarrow directly into the
+    shared mapping, no intermediate copy) or bytes of an IPC stream (copied byte for byte).
+    Returns the segment (owning its fd) and ``ipc_length``. The segment is at least ``min_size``
+    bytes; bytes after the stream are zero.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)):
+        raw = memoryview(data).cast("B")
+        length = len(raw)
+        if length == 0:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, "empty IPC stream")
+        seg = Segment.create(max(length, min_size))
+        try:
+            seg.write_at(0, raw)
+            if seal:
+                seg.seal()
+        except BaseException:
+            seg.close()
+            raise
+        return seg, length
+
+    schema, batches = _batches(data)
+    length = stream_size(schema, batches)
+    seg = Segment.create(max(length, min_size))
+    try:
+        mapping = seg.map_writable()
+        try:
+            pybuf = pa.py_buffer(mapping)
+            sink = pa.FixedSizeBufferWriter(pybuf)
+            _write_stream(sink, schema, batches)
+            written = sink.tell()
+            sink.close()
+            # Every export of the mapping must be gone before it can be closed (and sealed).
+            del sink, pybuf
+        finally:
+            mapping.close()
+        if written != length:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"stream size changed: {written} != {length}")
+        if seal:
+            seg.seal()
+    except BaseException:
+        seg.close()
+        raise
+    return seg, length
+
+
+# ---------------------------------------------------------------------------------------------
+# Receiver side
+
+
+def check_segment(
+    fd: int,
+    ipc_offset: int,
+    ipc_length: int,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    allow_unsealed: bool = False,
+    leased: bool = False,
+) -> int:
+    """PROTOCOL.md §5.1 steps 2-5 on a received fd. Returns ``st_size``.
+
+    Raises ``ERR_SEGMENT_INVALID``, ``ERR_SEGMENT_UNSEALED``, ``ERR_SEGMENT_BOUNDS`` or
+    ``ERR_TOO_LARGE``. ``leased`` accepts the lease seal set (no ``F_SEAL_WRITE``).
+    """
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        raise syscall_error("fstat", e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ArrowShmError(ERR_SEGMENT_INVALID, "the fd is not a regular file (not a memfd)")
+    try:
+        seals = fcntl.fcntl(fd, F_GET_SEALS)
+    except OSError as e:
+        if e.errno == _errno.EINVAL:
+            raise ArrowShmError(
+                ERR_SEGMENT_INVALID, "F_GET_SEALS failed with EINVAL: not a memfd/shmem file"
+            ) from None
+        raise syscall_error("fcntl(F_GET_SEALS)", e) from None
+    if not allow_unsealed:
+        required = SEALS_LEASED if leased else SEALS_SEALED
+        if seals & required != required:
+            missing = required & ~seals
+            raise ArrowShmError(
+                ERR_SEGMENT_UNSEALED,
+                f"segment seals 0x{seals:x} lack the required 0x{missing:x}"
+                + (" (leased segment)" if leased else ""),
+            )
+    size = st.st_size
+    if ipc_length <= 0:
+        raise ArrowShmError(ERR_SEGMENT_BOUNDS, "ipc_length is 0")
+    if ipc_offset % 8:
+        raise ArrowShmError(ERR_SEGMENT_BOUNDS, f"ipc_offset {ipc_offset} is not a multiple of 8")
+    if ipc_offset > size or ipc_length > size - ipc_offset:
+        raise ArrowShmError(
+            ERR_SEGMENT_BOUNDS,
+            f"IPC range [{ipc_offset}, +{ipc_length}) is outside the {size}-byte segment",
+        )
+    if ipc_length > max_message_bytes:
+        raise ArrowShmError(
+            ERR_TOO_LARGE, f"ipc_length {ipc_length} exceeds max_message_bytes {max_message_bytes}"
+        )
+    return size
+
+
+def map_readonly(fd: int, size: int) -> mmap.mmap:
+    """Map ``size`` bytes of ``fd`` PROT_READ / MAP_SHARED (§5.1 step 6)."""
+    if size <= 0:
+        raise ArrowShmError(ERR_SEGMENT_BOUNDS, "cannot map an empty segment")
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except OSError as e:
+        raise syscall_error("mmap", e) from None
