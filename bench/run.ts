@@ -106,17 +106,21 @@ async function measure(method: Method, payload: Payload, runs: number, read: boo
     cleanup = () => channel.close();
   }
   const warmups = 2;
-  for (let i = 0; i < runs + warmups; i++) {
-    before();
-    const t0 = now();
-    const [got] = await Promise.all([receiver.next(), sendOne()]);
-    if (i >= warmups) samples.push(got.t1 - t0);
-    after();
-    check(got, payload, read, method);
-    tick();
+  try {
+    for (let i = 0; i < runs + warmups; i++) {
+      before();
+      const t0 = now();
+      const [got] = await Promise.all([receiver.next(), sendOne()]);
+      if (i >= warmups) samples.push(got.t1 - t0);
+      after();
+      check(got, payload, read, method);
+      tick();
+    }
+    cleanup();
+    await exited(receiver.child);
+  } finally {
+    if (receiver.child.exitCode === null) receiver.child.kill('SIGKILL'); // never leave a receiver behind
   }
-  cleanup();
-  await exited(receiver.child);
   return samples;
 }
 
@@ -171,7 +175,7 @@ async function main(): Promise<void> {
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
     2 * methods.reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.length * (sweepRuns(b) + 2), 0);
-  const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true }, cliProgress.Presets.shades_classic);
+  const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
   const tick = () => bar.increment();
   try {

@@ -4,12 +4,20 @@ import { native } from '../native.js';
 import { Segment } from './segment.js';
 
 const MIN_CLASS = 64 * 1024;
+const PAGE = 4096;
 
-/** Size classes are powers of two from 64 KiB, so a pooled segment fits any request of its class. */
+/**
+ * Size classes: 64 KiB, then four steps per power of two (1, 1.25, 1.5, 1.75 × 2^k, page-aligned),
+ * so a pooled segment wastes at most a fifth of its size (a 1 GiB table does not take 2 GiB).
+ */
 export function sizeClass(bytes: number): number {
-  let c = MIN_CLASS;
-  while (c < bytes) c *= 2;
-  return c;
+  if (bytes <= MIN_CLASS) return MIN_CLASS;
+  const power = 2 ** Math.floor(Math.log2(bytes));
+  for (const step of [1, 1.25, 1.5, 1.75, 2]) {
+    const c = Math.ceil((power * step) / PAGE) * PAGE;
+    if (c >= bytes) return c;
+  }
+  return 2 * power;
 }
 
 export interface PoolLimits {

@@ -213,7 +213,7 @@ export class Channel {
   #waiters: Pending<Message | null>[] = [];
   #closeError: ArrowShmError | null = null;
   #spares: SparePool | null;
-  #leasePool = new LeasePool({ perClass: 4, maxBytes: 1024 ** 3 });
+  #leasePool = new LeasePool({ perClass: 4, maxBytes: 4 * 1024 ** 3 });
   #leases = new Map<bigint, Segment>();
 
   private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions) {
