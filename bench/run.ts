@@ -150,7 +150,7 @@ function byteTable(bytes: number): Table {
 async function memcpyLimit(bytes: number): Promise<number[]> {
   const src = new Uint8Array(bytes).fill(1);
   const dst = new Uint8Array(bytes).fill(0);
-  const bench = new Bench({ iterations: quick ? 20 : 100, warmupIterations: 5, retainSamples: true });
+  const bench = new Bench({ iterations: quick ? 20 : 100, time: 0, warmupIterations: 5, warmupTime: 0, retainSamples: true });
   bench.add('memcpy', () => dst.set(src));
   await bench.run();
   const task = bench.tasks[0]!;

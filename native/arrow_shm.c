@@ -348,6 +348,7 @@ struct mapping {
   void* addr;
   size_t length;
   bool mapped;
+  bool reported;       // counted in V8's external memory (see report_mapping_js)
   addon_state* owner;  // NULL once the environment's state is gone (teardown order varies)
   struct mapping* next;
 };
@@ -372,8 +373,11 @@ static void do_munmap(napi_env env, mapping* m) {
   if (!m->mapped) return;
   munmap(m->addr, m->length);
   m->mapped = false;
-  int64_t ignored;
-  napi_adjust_external_memory(env, -(int64_t)m->length, &ignored);
+  if (m->reported) {
+    int64_t ignored;
+    napi_adjust_external_memory(env, -(int64_t)m->length, &ignored);
+    m->reported = false;
+  }
 }
 
 static void finalize_mapping(napi_env env, void* data, void* hint) {
@@ -423,8 +427,6 @@ static napi_value mmap_js(napi_env env, napi_callback_info info) {
   m->owner = st;
   m->next = st->mappings;
   st->mappings = m;
-  int64_t ignored;
-  napi_adjust_external_memory(env, (int64_t)length, &ignored);
   return ab;
 }
 
@@ -455,6 +457,26 @@ static napi_value unmap_js(napi_env env, napi_callback_info info) {
   do_munmap(env, m);
   napi_get_boolean(env, true, &result);
   return result;
+}
+
+// reportMapping(arrayBuffer): counts a live mapping in V8's external memory, so that a mapping
+// nobody closes makes the garbage collector run (and its finalizer unmap it). Not done at mmap
+// time: a large report forces a collection on the spot (~5 ms for 1 GiB), which a hand-off whose
+// message is closed explicitly should never pay.
+static napi_value report_mapping_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void* data;
+  size_t len;
+  mapping* m = NULL;
+  if (napi_get_arraybuffer_info(env, argv[0], &data, &len) == napi_ok && data) m = find_mapping(env, data);
+  if (m && !m->reported) {
+    int64_t ignored;
+    napi_adjust_external_memory(env, (int64_t)m->length, &ignored);
+    m->reported = true;
+  }
+  return NULL;
 }
 
 // populate(arrayBuffer): fault in every page of a writable mapping now (pre-touch for pools)
@@ -938,6 +960,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"fallocateAsync", NULL, fallocate_async_js, NULL, NULL, NULL, napi_default, NULL},
       {"mmap", NULL, mmap_js, NULL, NULL, NULL, napi_default, NULL},
       {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_default, NULL},
+      {"reportMapping", NULL, report_mapping_js, NULL, NULL, NULL, napi_default, NULL},
       {"populate", NULL, populate_js, NULL, NULL, NULL, napi_default, NULL},
       {"socket", NULL, socket_js, NULL, NULL, NULL, napi_default, NULL},
       {"bind", NULL, bind_js, NULL, NULL, NULL, napi_default, NULL},

@@ -40,6 +40,7 @@ export interface NativeBinding {
   fallocateAsync(fd: number, length: number): Promise<void>;
   mmap(fd: number, length: number, writable: boolean): ArrayBuffer;
   unmap(buffer: ArrayBuffer): boolean;
+  reportMapping(buffer: ArrayBuffer): void;
   populate(buffer: ArrayBuffer): void;
   socket(seqpacket: boolean): number;
   bind(fd: number, address: string): void;

@@ -12,6 +12,7 @@ const SEALS_NO_SHRINK = F_SEAL_SHRINK | F_SEAL_GROW;
 export type SealPolicy = 'sealed' | 'leased' | 'unsealed';
 
 export const PAGE_SIZE = constants.PAGE_SIZE;
+const MAPPING_REPORT_DELAY_MS = 1000;
 
 export function describeSeals(seals: number): string {
   const names: string[] = [];
@@ -29,10 +30,20 @@ export class Mapping {
   readonly length: number;
   readonly writable: boolean;
 
+  #reportTimer: NodeJS.Timeout | null;
+
   constructor(fd: number, length: number, writable: boolean) {
-    this.#buffer = native.mmap(fd, length, writable);
+    const buffer = native.mmap(fd, length, writable);
+    this.#buffer = buffer;
     this.length = length;
     this.writable = writable;
+    // Still open after a while: tell V8 about the mapping so the GC eventually collects a
+    // forgotten one. The timer holds the buffer only weakly, and never keeps the process alive.
+    const weak = new WeakRef(buffer);
+    this.#reportTimer = setTimeout(() => {
+      const live = weak.deref();
+      if (live && live.byteLength > 0) native.reportMapping(live);
+    }, MAPPING_REPORT_DELAY_MS).unref();
   }
 
   get released(): boolean {
@@ -54,6 +65,8 @@ export class Mapping {
     const buffer = this.#buffer;
     if (!buffer) return;
     this.#buffer = null;
+    if (this.#reportTimer) clearTimeout(this.#reportTimer);
+    this.#reportTimer = null;
     native.unmap(buffer);
   }
 }
