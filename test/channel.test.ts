@@ -400,3 +400,13 @@ test('a table sent right behind the handshake is never mistaken for part of it',
     listener.close();
   }
 });
+
+test('safety net: messages dropped without close() are unmapped by the garbage collector', async () => {
+  const { runProcess } = await import('./helpers.js');
+  const script = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures', 'gc-safety-net.js');
+  const r = await runProcess(process.execPath, ['--expose-gc', script]);
+  assert.equal(r.code, 0, r.stderr);
+  const { before, held, after } = JSON.parse(r.stdout) as { before: number; held: number; after: number };
+  assert.ok(held >= before + 10, `the dropped messages were mapped while referenced (${before} -> ${held})`);
+  assert.equal(after, before, 'every forgotten mapping was released');
+});
