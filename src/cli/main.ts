@@ -4,6 +4,7 @@ import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ArrowShmError } from '../errors.js';
+import { withTimeout } from '../timeout.js';
 import { connect, listen, type Channel, type Message } from '../transport/channel.js';
 import { seedReceive, seedSend } from '../transport/seed.js';
 import type { KeyValues } from '../transport/frame.js';
@@ -151,21 +152,6 @@ async function recv(flags: RecvFlags): Promise<void> {
     }
   } finally {
     listener.close();
-  }
-}
-
-async function withTimeout<T>(promise: Promise<T>, ms: number | undefined, what: string): Promise<T> {
-  if (ms === undefined) return promise;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new ArrowShmError('ERR_TIMEOUT', `${what} within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

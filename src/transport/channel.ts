@@ -4,6 +4,7 @@
 import { lstatSync, unlinkSync, chmodSync } from 'node:fs';
 import type { RecordBatch, Table } from 'apache-arrow';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
+import { withTimeout } from '../timeout.js';
 import { native } from '../native.js';
 import { decodeBatches, decodeTable } from '../ipc/reader.js';
 import { validateIpcStream, type IpcSummary } from '../ipc/validate.js';
@@ -287,18 +288,10 @@ export class Channel {
     const id = this.#nextId;
     const response = new Promise<Message>((resolve, reject) => this.#requests.set(id, { resolve, reject }));
     response.catch(() => {});
-    let timer: NodeJS.Timeout | undefined;
     try {
       await this.sendFrameWithTable(data, { metadata: options.metadata }, FrameFlags.REQUEST, 0n);
-      if (options.timeoutMs === undefined) return await response;
-      return await Promise.race([
-        response,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(fail('ERR_TIMEOUT', `no response within ${options.timeoutMs} ms`)), options.timeoutMs);
-        }),
-      ]);
+      return await withTimeout(response, options.timeoutMs, 'no response');
     } finally {
-      if (timer) clearTimeout(timer);
       this.#requests.delete(id);
     }
   }
@@ -355,33 +348,17 @@ export class Channel {
       return this.#sendLeased(data, options, flags, correlationId);
     }
     const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data, this.#spares ?? undefined);
-    const id = this.#takeId();
-    const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
-    acked.catch(() => {});
+    // A segment made for this send is closed as soon as its fd is in flight (or the send failed).
+    const closeOwn = () => prepared !== data && prepared.close();
     try {
-      const frame = encodeFrame({
-        kind: FrameKind.Table,
-        flags,
-        messageId: id,
-        correlationId,
-        ipcOffset: BigInt(prepared.ipcOffset),
-        ipcLength: BigInt(prepared.ipcLength),
-        fdCount: 1,
-        metadata: options.metadata,
-      });
-      await this.#socket.send(frame, [prepared.segment.fd]);
-    } catch (e) {
-      this.#acks.delete(id);
-      throw e;
+      return await this.#sendTableFrame(prepared.segment.fd, prepared.ipcLength, flags, correlationId, options, closeOwn);
     } finally {
-      // The fd is in flight (or the send failed): our copy is no longer needed.
-      if (prepared !== data) prepared.close();
+      closeOwn();
     }
-    return this.#awaitAck(id, acked, options.timeoutMs);
   }
 
   /** §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE. */
-  async #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
+  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
     const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
     if (data instanceof Uint8Array) validateIpcStream(data);
     const length = layout ? layout.byteLength : (data as Uint8Array).byteLength;
@@ -389,35 +366,38 @@ export class Channel {
     const target = segment.writableBytes();
     if (layout) writeIpcLayout(layout, target, true);
     else target.set(data as Uint8Array);
+    return this.#sendTableFrame(segment.fd, length, flags | FrameFlags.LEASED, correlationId, options, undefined, {
+      registered: (id) => this.#leases.set(id, segment),
+      // The frame never left: nobody else maps the segment, it can be reused.
+      failed: (id) => this.#leases.delete(id) && this.#leasePool.giveBack(segment),
+    });
+  }
+
+  /** Sends one TABLE frame with `fd` attached and resolves when the peer acknowledges it. */
+  async #sendTableFrame(
+    fd: number,
+    ipcLength: number,
+    flags: number,
+    correlationId: bigint,
+    options: SendOptions,
+    sent?: () => void,
+    lease?: { registered: (id: bigint) => void; failed: (id: bigint) => void },
+  ): Promise<void> {
     const id = this.#takeId();
-    this.#leases.set(id, segment);
+    lease?.registered(id);
     const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
     acked.catch(() => {});
     try {
-      const frame = encodeFrame({ kind: FrameKind.Table, flags: flags | FrameFlags.LEASED, messageId: id, correlationId, ipcLength: BigInt(length), fdCount: 1, metadata: options.metadata });
-      await this.#socket.send(frame, [segment.fd]);
-    } catch (e) {
-      this.#acks.delete(id);
-      // The frame never left: nobody else maps the segment, it can be reused.
-      if (this.#leases.delete(id)) this.#leasePool.giveBack(segment);
-      throw e;
-    }
-    return this.#awaitAck(id, acked, options.timeoutMs);
-  }
-
-  async #awaitAck(id: bigint, acked: Promise<void>, timeoutMs: number | undefined): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const options = { timeoutMs };
-    try {
-      if (options.timeoutMs === undefined) return await acked;
-      await Promise.race([
-        acked,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(fail('ERR_TIMEOUT', `message ${id} not acknowledged within ${options.timeoutMs} ms`)), options.timeoutMs);
-        }),
-      ]);
+      try {
+        const frame = encodeFrame({ kind: FrameKind.Table, flags, messageId: id, correlationId, ipcLength: BigInt(ipcLength), fdCount: 1, metadata: options.metadata });
+        await this.#socket.send(frame, [fd]);
+      } catch (e) {
+        lease?.failed(id); // only a frame that never left may be reused
+        throw e;
+      }
+      sent?.();
+      await withTimeout(acked, options.timeoutMs, `message ${id} was not acknowledged`);
     } finally {
-      if (timer) clearTimeout(timer);
       this.#acks.delete(id);
     }
   }

@@ -33,7 +33,6 @@ export class PacketSocket {
   #buffer = new Uint8Array(RECEIVE_BUFFER);
   #reading = false;
   #closed = false;
-  #referenced = true;
 
   constructor(fd: number) {
     this.#fd = fd;
@@ -68,7 +67,6 @@ export class PacketSocket {
 
   /** Whether this socket keeps the Node process alive (like net.Socket#ref/unref). */
   ref(keep: boolean): void {
-    this.#referenced = keep;
     if (!this.#closed) native.pollerRef(this.#poller, keep);
   }
 
@@ -159,7 +157,6 @@ export class PacketSocket {
     native.close(this.#fd);
     const pending = this.#sendQueue.splice(0);
     for (const p of pending) p.reject(fail('ERR_PEER_CLOSED', 'the connection closed before the frame was sent'));
-    void this.#referenced;
   }
 }
 
