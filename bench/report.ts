@@ -15,7 +15,9 @@ const ms = (x: number) => (x < 1 ? x.toFixed(3) : x < 100 ? x.toFixed(2) : x.toF
 const human = (b: number) => (b >= 2 ** 30 ? `${b / 2 ** 30} GiB` : b >= 2 ** 20 ? `${b / 2 ** 20} MiB` : b >= 1024 ? `${b / 1024} KiB` : `${b} B`);
 
 function sweepChart(rows: Row[]): string {
-  const sweep = rows.filter((r) => r.scenario === 'sweep');
+  const sizes = new Set(rows.filter((r) => r.scenario === 'sweep').map((r) => r.bytes));
+  // memcpy of the same bytes in one process, drawn dashed: the floor a copying hand-off can reach
+  const sweep = rows.filter((r) => r.scenario === 'sweep' || (r.scenario === 'limits' && sizes.has(r.bytes) && r.median_ms > 0));
   const methods = [...new Set(sweep.map((r) => r.method))];
   const W = 720, H = 420, L = 70, B = 50, T = 20, R = 170;
   const xs = sweep.map((r) => Math.log10(r.bytes));
@@ -23,13 +25,14 @@ function sweepChart(rows: Row[]): string {
   const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.floor(Math.min(...ys)), Math.ceil(Math.max(...ys))];
   const px = (x: number) => L + ((x - x0) / (x1 - x0 || 1)) * (W - L - R);
   const py = (y: number) => H - B - ((y - y0) / (y1 - y0 || 1)) * (H - B - T);
-  const colors = ['#d62728', '#1f77b4', '#2ca02c', '#9467bd', '#ff7f0e'];
+  const colors = ['#d62728', '#1f77b4', '#2ca02c', '#9467bd', '#777777'];
   const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`, `<rect width="${W}" height="${H}" fill="white"/>`];
   for (let y = y0; y <= y1; y++) parts.push(`<line x1="${L}" x2="${W - R}" y1="${py(y)}" y2="${py(y)}" stroke="#ddd"/><text x="${L - 6}" y="${py(y) + 4}" text-anchor="end">${10 ** y >= 1 ? 10 ** y : (10 ** y).toFixed(-y)} ms</text>`);
-  for (const r of sweep.filter((r) => r.method === methods[0])) parts.push(`<text x="${px(Math.log10(r.bytes))}" y="${H - B + 16}" text-anchor="middle">${human(r.bytes)}</text>`);
+  for (const r of sweep.filter((r) => r.method === methods[0] && r.scenario === 'sweep')) parts.push(`<text x="${px(Math.log10(r.bytes))}" y="${H - B + 16}" text-anchor="middle">${human(r.bytes)}</text>`);
   methods.forEach((m, i) => {
     const pts = sweep.filter((r) => r.method === m).map((r) => `${px(Math.log10(r.bytes)).toFixed(1)},${py(Math.log10(Math.max(r.median_ms, 1e-3))).toFixed(1)}`);
-    parts.push(`<polyline fill="none" stroke="${colors[i % colors.length]}" stroke-width="2" points="${pts.join(' ')}"/>`);
+    const dash = m === 'memcpy' ? ' stroke-dasharray="5,4"' : '';
+    parts.push(`<polyline fill="none" stroke="${colors[i % colors.length]}" stroke-width="2"${dash} points="${pts.join(' ')}"/>`);
     parts.push(`<text x="${W - R + 10}" y="${T + 16 * (i + 1)}" fill="${colors[i % colors.length]}">${m}</text>`);
   });
   parts.push(`<text x="${(L + W - R) / 2}" y="${H - 10}" text-anchor="middle">table size (Arrow IPC bytes), hand-off median, log-log</text></svg>`);
