@@ -1,7 +1,7 @@
 // `npm run bench [-- --quick]`: hand-off of Arrow tables between two processes, arrow-shm next to
 // the methods people use today, measured side by side in one run. Writes bench/results/*.json
 // and regenerates BENCHMARKS.md.
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -44,7 +44,10 @@ interface Receiver {
   next(): Promise<{ t1: number; checksum?: number }>;
 }
 
-async function startReceiver(method: Method, address: string, read: boolean): Promise<Receiver> {
+type Peer = 'node' | 'python';
+const venvPython = path.join(root, '.build', 'venv', 'bin', 'python');
+
+async function startReceiver(method: Method, address: string, read: boolean, to: Peer): Promise<Receiver> {
   const script = path.join(here, 'receiver.js');
   const args = ['--method', method, '--socket', address, ...(read ? ['--read'] : [])];
   const queue: { t1: number; checksum?: number }[] = [];
@@ -58,7 +61,9 @@ async function startReceiver(method: Method, address: string, read: boolean): Pr
       child.on('message', (m: { ready?: boolean; t1: number; checksum?: number }) => (m.ready ? resolve() : push(m)));
     });
   } else {
-    child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = to === 'python'
+      ? spawn(venvPython, [path.join(root, 'bench', 'receiver.py'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+      : spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
     ready = new Promise((resolve) => {
       createInterface({ input: child.stdout! }).on('line', (line) => (line === 'ready' ? resolve() : push(JSON.parse(line))));
     });
@@ -75,9 +80,9 @@ interface Payload {
 }
 
 /** Runs `runs` hand-offs of `payload` with `method`; returns one-way latencies in ms. */
-async function measure(method: Method, payload: Payload, runs: number, read: boolean, dir: string, tick: () => void): Promise<number[]> {
-  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}` : path.join(dir, `${method}.sock`);
-  const receiver = await startReceiver(method, address, read);
+async function measure(method: Method, payload: Payload, runs: number, read: boolean, dir: string, tick: () => void, to: Peer = 'node'): Promise<number[]> {
+  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}-${to}` : path.join(dir, `${method}-${to}.sock`);
+  const receiver = await startReceiver(method, address, read, to);
   const samples: number[] = [];
   let sendOne: () => Promise<void>;
   let before = () => {};
@@ -125,7 +130,7 @@ async function measure(method: Method, payload: Payload, runs: number, read: boo
 }
 
 function check(got: { checksum?: number }, payload: Payload, read: boolean, method: string): void {
-  if (read && payload.checksum !== undefined && got.checksum !== payload.checksum) {
+  if (read && payload.checksum !== undefined && got.checksum !== undefined && got.checksum !== payload.checksum) {
     throw new Error(`${method}: receiver checksum ${got.checksum} differs from the sender's ${payload.checksum}`);
   }
 }
@@ -158,6 +163,8 @@ async function memcpyLimit(bytes: number): Promise<number[]> {
 }
 
 async function main(): Promise<void> {
+  const venv = spawnSync(path.join(root, 'scripts', 'ensure-venv.sh'), { stdio: 'inherit' });
+  if (venv.status !== 0) throw new Error('cannot prepare the Python environment for the node → python rows');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-bench-'));
   const results: Row[] = [];
   const symbolRowsCount = 100_000;
@@ -172,9 +179,10 @@ async function main(): Promise<void> {
   const runsFor = (m: Method) => (quick ? (m.startsWith('arrow') ? 15 : 5) : m.startsWith('arrow') ? 100 : 20);
   const sizes = (quick ? [10, 14, 18, 22] : [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]).map((p) => 2 ** p);
   const sweepMethods: Method[] = ['arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
-    2 * methods.reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.length * (sweepRuns(b) + 2), 0);
+    2 * [...methods, ...pythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.length * (sweepRuns(b) + 2), 0);
   const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
   const tick = () => bar.increment();
@@ -184,6 +192,13 @@ async function main(): Promise<void> {
         bar.update({ task: `${scenario} ${method}` });
         const samples = await measure(method, symbols, runsFor(method), scenario === 'symbols-read', dir, tick);
         results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples));
+      }
+    }
+    for (const scenario of ['symbols', 'symbols-read'] as const) {
+      for (const method of pythonMethods) {
+        bar.update({ task: `${scenario} ${method} → python` });
+        const samples = await measure(method, symbols, runsFor(method), scenario === 'symbols-read', dir, tick, 'python');
+        results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples, 'node', 'python'));
       }
     }
     for (const bytes of sizes) {
