@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The test command (`npm test`): builds what is missing, then runs every suite.
+# The test command (`npm test`): builds what is missing (addon, TypeScript, Python venv, peers),
+# then runs every suite; each runner prints its own summary line.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 [[ -f build/Release/arrow_shm.node ]] || node scripts/build-native.mjs
 npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
 scripts/ensure-venv.sh
+peers/rust/build.sh
 status=0
 node --test dist/test/*.test.js || status=1
 .build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
+cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
 exit $status

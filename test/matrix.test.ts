@@ -10,7 +10,7 @@ import { generateSymbolTable } from '../src/symbols.js';
 import { goldStreams, repoRoot, runProcess, startListening } from './helpers.js';
 
 const run = path.join(repoRoot, 'peers', 'run');
-const peers = ['node', 'python'] as const;
+const peers = ['node', 'python', 'rust'] as const;
 
 for (const sender of peers) {
   for (const receiver of peers) {

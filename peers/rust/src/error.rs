@@ -1,0 +1,145 @@
+//! The stable error codes of PROTOCOL.md §9 and the crate's error type.
+
+use std::fmt;
+
+/// A stable error code, shared by every arrow-shm peer (PROTOCOL.md §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Protocol,
+    ProtocolVersion,
+    PeerCredentials,
+    PeerClosed,
+    SegmentInvalid,
+    SegmentUnsealed,
+    SegmentBounds,
+    TooLarge,
+    IpcTruncated,
+    IpcInvalid,
+    IpcUnsupported,
+    Timeout,
+    Closed,
+    InvalidArgument,
+    Syscall,
+    Remote,
+}
+
+impl ErrorCode {
+    /// All codes, in the order of the table in PROTOCOL.md §9.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::Protocol,
+        ErrorCode::ProtocolVersion,
+        ErrorCode::PeerCredentials,
+        ErrorCode::PeerClosed,
+        ErrorCode::SegmentInvalid,
+        ErrorCode::SegmentUnsealed,
+        ErrorCode::SegmentBounds,
+        ErrorCode::TooLarge,
+        ErrorCode::IpcTruncated,
+        ErrorCode::IpcInvalid,
+        ErrorCode::IpcUnsupported,
+        ErrorCode::Timeout,
+        ErrorCode::Closed,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Syscall,
+        ErrorCode::Remote,
+    ];
+
+    /// The code as it travels in `ERROR` frames, e.g. `"ERR_PROTOCOL"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Protocol => "ERR_PROTOCOL",
+            ErrorCode::ProtocolVersion => "ERR_PROTOCOL_VERSION",
+            ErrorCode::PeerCredentials => "ERR_PEER_CREDENTIALS",
+            ErrorCode::PeerClosed => "ERR_PEER_CLOSED",
+            ErrorCode::SegmentInvalid => "ERR_SEGMENT_INVALID",
+            ErrorCode::SegmentUnsealed => "ERR_SEGMENT_UNSEALED",
+            ErrorCode::SegmentBounds => "ERR_SEGMENT_BOUNDS",
+            ErrorCode::TooLarge => "ERR_TOO_LARGE",
+            ErrorCode::IpcTruncated => "ERR_IPC_TRUNCATED",
+            ErrorCode::IpcInvalid => "ERR_IPC_INVALID",
+            ErrorCode::IpcUnsupported => "ERR_IPC_UNSUPPORTED",
+            ErrorCode::Timeout => "ERR_TIMEOUT",
+            ErrorCode::Closed => "ERR_CLOSED",
+            ErrorCode::InvalidArgument => "ERR_INVALID_ARGUMENT",
+            ErrorCode::Syscall => "ERR_SYSCALL",
+            ErrorCode::Remote => "ERR_REMOTE",
+        }
+    }
+
+    /// Parses a code received in an `ERROR` frame; `None` for a code outside the table.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| c.as_str() == text)
+    }
+
+    /// Frame-level errors close the connection (PROTOCOL.md §9).
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Protocol | ErrorCode::ProtocolVersion | ErrorCode::PeerCredentials
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error type of every fallible operation of this crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Set for `ERR_SYSCALL`.
+    pub errno: Option<i32>,
+    /// Set for `ERR_SYSCALL`: the failing system call.
+    pub syscall: Option<&'static str>,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error { code, message: message.into(), errno: None, syscall: None }
+    }
+
+    /// An `ERR_SYSCALL` from `errno` (read right away, before anything else can change it).
+    pub fn last_os(syscall: &'static str) -> Error {
+        let err = std::io::Error::last_os_error();
+        Error::from_errno(syscall, err.raw_os_error().unwrap_or(0))
+    }
+
+    pub fn from_errno(syscall: &'static str, errno: i32) -> Error {
+        let text = std::io::Error::from_raw_os_error(errno);
+        Error {
+            code: ErrorCode::Syscall,
+            message: format!("{syscall} failed: {text}"),
+            errno: Some(errno),
+            syscall: Some(syscall),
+        }
+    }
+
+    pub fn from_io(syscall: &'static str, err: &std::io::Error) -> Error {
+        match err.raw_os_error() {
+            Some(errno) => Error::from_errno(syscall, errno),
+            None => Error::new(ErrorCode::Syscall, format!("{syscall} failed: {err}")),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T> {
+    Err(Error::new(code, message))
+}

@@ -1,0 +1,313 @@
+//! The 64-byte frame header and the key/value block (PROTOCOL.md §3).
+
+use crate::error::{err, ErrorCode, Result};
+
+pub const MAGIC: [u8; 4] = *b"ASHM";
+pub const VERSION: u16 = 1;
+pub const HEADER_LENGTH: usize = 64;
+/// Largest frame (header + key/values), and the receive buffer size.
+pub const MAX_FRAME: usize = 65_536;
+
+pub const FLAG_LEASED: u8 = 0x01;
+pub const FLAG_REQUEST: u8 = 0x02;
+pub const FLAG_RESPONSE: u8 = 0x04;
+pub const KNOWN_FLAGS: u8 = FLAG_LEASED | FLAG_REQUEST | FLAG_RESPONSE;
+
+/// Frame kinds (PROTOCOL.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Table = 3,
+    Ack = 4,
+    Release = 5,
+    Error = 6,
+    Goodbye = 7,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Hello,
+            2 => Kind::Welcome,
+            3 => Kind::Table,
+            4 => Kind::Ack,
+            5 => Kind::Release,
+            6 => Kind::Error,
+            7 => Kind::Goodbye,
+            _ => return None,
+        })
+    }
+}
+
+/// An ordered key/value map (keys unique).
+pub type KeyValues = Vec<(String, String)>;
+
+/// Looks a key up in a key/value list.
+pub fn kv_get<'a>(kv: &'a KeyValues, key: &str) -> Option<&'a str> {
+    kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A decoded frame header plus its key/value block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub version: u16,
+    pub kind: Kind,
+    pub flags: u8,
+    pub message_id: u64,
+    pub correlation_id: u64,
+    pub ipc_offset: u64,
+    pub ipc_length: u64,
+    pub fd_count: u32,
+    pub metadata: KeyValues,
+}
+
+impl Frame {
+    pub fn new(kind: Kind) -> Frame {
+        Frame {
+            version: VERSION,
+            kind,
+            flags: 0,
+            message_id: 0,
+            correlation_id: 0,
+            ipc_offset: 0,
+            ipc_length: 0,
+            fd_count: 0,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Encodes header + key/value block. Fails with `ERR_INVALID_ARGUMENT` if the frame would
+    /// exceed 65,536 bytes or the metadata has duplicate keys.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let kv = encode_kv(&self.metadata)?;
+        let total = HEADER_LENGTH + kv.len();
+        if total > MAX_FRAME {
+            return err(
+                ErrorCode::InvalidArgument,
+                format!("frame of {total} bytes exceeds {MAX_FRAME} (metadata too large)"),
+            );
+        }
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.push(self.kind as u8);
+        out.push(self.flags);
+        out.extend_from_slice(&(HEADER_LENGTH as u32).to_le_bytes());
+        out.extend_from_slice(&(kv.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.message_id.to_le_bytes());
+        out.extend_from_slice(&self.correlation_id.to_le_bytes());
+        out.extend_from_slice(&self.ipc_offset.to_le_bytes());
+        out.extend_from_slice(&self.ipc_length.to_le_bytes());
+        out.extend_from_slice(&self.fd_count.to_le_bytes());
+        out.extend_from_slice(&[0u8; 12]);
+        debug_assert_eq!(out.len(), HEADER_LENGTH);
+        out.extend_from_slice(&kv);
+        Ok(out)
+    }
+
+    /// Decodes one datagram strictly; every failure is `ERR_PROTOCOL`.
+    pub fn decode(buf: &[u8]) -> Result<Frame> {
+        if buf.len() < HEADER_LENGTH {
+            return err(
+                ErrorCode::Protocol,
+                format!("frame of {} bytes is shorter than the {HEADER_LENGTH}-byte header", buf.len()),
+            );
+        }
+        if buf.len() > MAX_FRAME {
+            return err(ErrorCode::Protocol, format!("frame of {} bytes exceeds {MAX_FRAME}", buf.len()));
+        }
+        if buf[0..4] != MAGIC {
+            return err(ErrorCode::Protocol, format!("bad frame magic {:02x?}", &buf[0..4]));
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([buf[o], buf[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap());
+        let version = u16_at(4);
+        let kind = Kind::from_u8(buf[6])
+            .ok_or_else(|| crate::Error::new(ErrorCode::Protocol, format!("unknown frame kind {}", buf[6])))?;
+        let flags = buf[7];
+        if flags & !KNOWN_FLAGS != 0 {
+            return err(ErrorCode::Protocol, format!("unknown frame flags 0x{flags:02x}"));
+        }
+        let header_length = u32_at(8);
+        if header_length as usize != HEADER_LENGTH {
+            return err(ErrorCode::Protocol, format!("header_length {header_length}, expected {HEADER_LENGTH}"));
+        }
+        let metadata_length = u32_at(12) as usize;
+        if HEADER_LENGTH.checked_add(metadata_length) != Some(buf.len()) {
+            return err(
+                ErrorCode::Protocol,
+                format!(
+                    "metadata_length {metadata_length} does not match the frame's {} bytes after the header",
+                    buf.len() - HEADER_LENGTH
+                ),
+            );
+        }
+        let metadata = decode_kv(&buf[HEADER_LENGTH..])?;
+        Ok(Frame {
+            version,
+            kind,
+            flags,
+            message_id: u64_at(16),
+            correlation_id: u64_at(24),
+            ipc_offset: u64_at(32),
+            ipc_length: u64_at(40),
+            fd_count: u32_at(48),
+            metadata,
+        })
+    }
+}
+
+/// Encodes a key/value block; an empty map encodes as zero bytes.
+pub fn encode_kv(kv: &KeyValues) -> Result<Vec<u8>> {
+    if kv.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let count = u32::try_from(kv.len())
+        .map_err(|_| crate::Error::new(ErrorCode::InvalidArgument, "too many metadata keys"))?;
+    out.extend_from_slice(&count.to_le_bytes());
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if kv[..i].iter().any(|(k2, _)| k2 == k) {
+            return err(ErrorCode::InvalidArgument, format!("duplicate metadata key {k:?}"));
+        }
+        for s in [k, v] {
+            let len = u32::try_from(s.len())
+                .map_err(|_| crate::Error::new(ErrorCode::InvalidArgument, "metadata entry too long"))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes a key/value block that must fill `buf` exactly; failures are `ERR_PROTOCOL`.
+pub fn decode_kv(buf: &[u8]) -> Result<KeyValues> {
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pos = 0usize;
+    let read_u32 = |pos: &mut usize| -> Result<u32> {
+        let end = pos.checked_add(4).filter(|&e| e <= buf.len());
+        match end {
+            Some(e) => {
+                let v = u32::from_le_bytes(buf[*pos..e].try_into().unwrap());
+                *pos = e;
+                Ok(v)
+            }
+            None => err(ErrorCode::Protocol, format!("key/value block overrun at byte {pos}")),
+        }
+    };
+    let read_str = |pos: &mut usize| -> Result<String> {
+        let len = read_u32(pos)? as usize;
+        let end = pos.checked_add(len).filter(|&e| e <= buf.len());
+        let Some(e) = end else {
+            return err(ErrorCode::Protocol, format!("key/value string of {len} bytes overruns the block"));
+        };
+        let s = std::str::from_utf8(&buf[*pos..e])
+            .map_err(|_| crate::Error::new(ErrorCode::Protocol, "key/value string is not valid UTF-8"))?;
+        *pos = e;
+        Ok(s.to_owned())
+    };
+    let count = read_u32(&mut pos)? as usize;
+    // Each entry takes at least 8 bytes: a count larger than that cannot fit.
+    if count > (buf.len() - 4) / 8 {
+        return err(ErrorCode::Protocol, format!("key/value count {count} cannot fit in {} bytes", buf.len()));
+    }
+    let mut out: KeyValues = Vec::with_capacity(count);
+    for _ in 0..count {
+        let k = read_str(&mut pos)?;
+        let v = read_str(&mut pos)?;
+        if out.iter().any(|(k2, _)| *k2 == k) {
+            return err(ErrorCode::Protocol, format!("duplicate key {k:?} in key/value block"));
+        }
+        out.push((k, v));
+    }
+    if pos != buf.len() {
+        return err(ErrorCode::Protocol, format!("{} trailing bytes after the key/value block", buf.len() - pos));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Frame {
+        let mut f = Frame::new(Kind::Table);
+        f.flags = FLAG_REQUEST;
+        f.message_id = 7;
+        f.correlation_id = 3;
+        f.ipc_offset = 0;
+        f.ipc_length = 1234;
+        f.fd_count = 1;
+        f.metadata = vec![("name".into(), "symbols".into()), ("é".into(), "".into())];
+        f
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = sample();
+        let bytes = f.encode().unwrap();
+        assert_eq!(&bytes[0..4], b"ASHM");
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+        let empty = Frame::new(Kind::Ack).encode().unwrap();
+        assert_eq!(empty.len(), 64);
+        assert!(Frame::decode(&empty).unwrap().metadata.is_empty());
+    }
+
+    #[test]
+    fn header_validation() {
+        let good = sample().encode().unwrap();
+        let bad = |mutate: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            mutate(&mut b);
+            Frame::decode(&b).unwrap_err().code
+        };
+        assert_eq!(bad(&|b| b[0] = b'X'), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[6] = 0), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[6] = 8), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[7] = 0x08), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[8] = 65), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[12] = b[12].wrapping_add(1)), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b.truncate(63)), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b.push(0)), ErrorCode::Protocol);
+        // reserved bytes are ignored
+        let mut b = good.clone();
+        b[52..64].fill(0xAB);
+        assert!(Frame::decode(&b).is_ok());
+        let mut big = vec![0u8; MAX_FRAME + 1];
+        big[..64].copy_from_slice(&good[..64]);
+        assert_eq!(Frame::decode(&big).unwrap_err().code, ErrorCode::Protocol);
+    }
+
+    #[test]
+    fn kv_validation() {
+        let kv = |parts: &[&[u8]]| parts.concat();
+        let le = |v: u32| v.to_le_bytes().to_vec();
+        // good
+        let ok = kv(&[&le(1), &le(1), b"a", &le(2), b"bc"]);
+        assert_eq!(decode_kv(&ok).unwrap(), vec![("a".to_string(), "bc".to_string())]);
+        assert_eq!(decode_kv(&le(0)).unwrap(), vec![]);
+        assert_eq!(decode_kv(&[]).unwrap(), vec![]);
+        let cases: Vec<Vec<u8>> = vec![
+            kv(&[&le(1), &le(1), b"a", &le(3), b"bc"]),            // overrun
+            kv(&[&le(1), &le(1), b"a", &le(2), b"bc", b"x"]),      // trailing
+            kv(&[&le(1), &le(1), &[0xff], &le(0)]),                // invalid utf-8
+            kv(&[&le(2), &le(1), b"a", &le(0), &le(1), b"a", &le(0)]), // duplicate
+            kv(&[&le(u32::MAX)]),                                   // huge count
+            kv(&[&le(1), &le(u32::MAX), b"a"]),                     // huge length
+            vec![1, 0],                                             // short count
+        ];
+        for c in cases {
+            assert_eq!(decode_kv(&c).unwrap_err().code, ErrorCode::Protocol, "{c:?}");
+        }
+        let dup = vec![("a".to_string(), "1".to_string()), ("a".to_string(), "2".to_string())];
+        assert_eq!(encode_kv(&dup).unwrap_err().code, ErrorCode::InvalidArgument);
+        let mut f = Frame::new(Kind::Table);
+        f.metadata = vec![("k".into(), "x".repeat(MAX_FRAME))];
+        assert_eq!(f.encode().unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+}

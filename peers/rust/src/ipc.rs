@@ -1,0 +1,335 @@
+//! Arrow IPC stream framing validation (PROTOCOL.md §7), zero-copy decoding over a mapping, and
+//! writing streams into segments.
+
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::{FileReader, StreamDecoder};
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_ipc::{MessageHeader, MetadataVersion};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+
+use crate::error::{err, Error, ErrorCode, Result};
+use crate::segment::{CountingSink, Mapping, SliceWriter, WritableSegment};
+
+const CONTINUATION: u32 = 0xFFFF_FFFF;
+/// The end-of-stream marker written by arrow-shm peers.
+pub const EOS: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+/// Alignment of every message body and buffer written by this peer.
+pub const ALIGNMENT: usize = 64;
+
+/// What [`validate_stream`] learned about a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamInfo {
+    pub messages: usize,
+    pub record_batches: usize,
+    pub dictionary_batches: usize,
+    /// Offset just past the end-of-stream marker (or the end of the range if it has none).
+    pub end: usize,
+}
+
+fn truncated<T>(msg: String) -> Result<T> {
+    err(ErrorCode::IpcTruncated, msg)
+}
+
+fn invalid<T>(msg: String) -> Result<T> {
+    err(ErrorCode::IpcInvalid, msg)
+}
+
+fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body_length: u64, where_: &str) -> Result<()> {
+    if rb.length() < 0 {
+        return invalid(format!("{where_}: negative row count {}", rb.length()));
+    }
+    if let Some(buffers) = rb.buffers() {
+        for (i, b) in buffers.iter().enumerate() {
+            let (off, len) = (b.offset(), b.length());
+            let inside = off >= 0
+                && len >= 0
+                && (off as u64).checked_add(len as u64).is_some_and(|e| e <= body_length);
+            if !inside {
+                return invalid(format!(
+                    "{where_}: buffer {i} (offset {off}, length {len}) lies outside the {body_length}-byte body"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates the framing of an IPC stream (PROTOCOL.md §7) without decoding any data:
+/// prefixes, the flatbuffer `Message` (run through the flatbuffers verifier), header types,
+/// body and buffer bounds, with checked arithmetic. Accepts the pre-0.15 forms and treats the end
+/// of `data` as end of stream. Errors are `ERR_IPC_TRUNCATED` / `ERR_IPC_INVALID`.
+pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
+    let n = data.len();
+    let mut pos = 0usize;
+    let mut info = StreamInfo::default();
+    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
+    loop {
+        if pos == n {
+            break;
+        }
+        if n - pos < 4 {
+            return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+        }
+        let word = u32_at(pos);
+        let (meta_size, prefix) = if word == CONTINUATION {
+            if n - pos < 8 {
+                return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+            }
+            (u32_at(pos + 4) as i32, 8usize)
+        } else {
+            (word as i32, 4usize)
+        };
+        if meta_size == 0 {
+            pos += prefix;
+            break;
+        }
+        if meta_size < 0 {
+            return invalid(format!("negative metadata_size {meta_size} at byte {pos}"));
+        }
+        let meta_size = meta_size as usize;
+        let meta_start = pos + prefix;
+        if meta_size > n - meta_start {
+            return truncated(format!(
+                "message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream"
+            ));
+        }
+        let where_ = format!("message {} at byte {pos}", info.messages);
+        let msg = arrow_ipc::root_as_message(&data[meta_start..meta_start + meta_size])
+            .map_err(|e| Error::new(ErrorCode::IpcInvalid, format!("{where_}: bad flatbuffer: {e}")))?;
+        let header_type = msg.header_type();
+        let body_length = msg.bodyLength();
+        if body_length < 0 {
+            return invalid(format!("{where_}: negative bodyLength {body_length}"));
+        }
+        let body_length = body_length as u64;
+        let body_start = meta_start + meta_size;
+        if body_length > (n - body_start) as u64 {
+            return truncated(format!(
+                "{where_}: {body_length}-byte body runs past the end of the {n}-byte stream"
+            ));
+        }
+        let is_schema = header_type == MessageHeader::Schema;
+        if is_schema != (info.messages == 0)
+            && matches!(
+                header_type,
+                MessageHeader::Schema | MessageHeader::RecordBatch | MessageHeader::DictionaryBatch
+            )
+        {
+            return invalid(format!("{where_}: the first message, and only it, must be a Schema"));
+        }
+        match header_type {
+            MessageHeader::Schema => {
+                if msg.header_as_schema().is_none() {
+                    return invalid(format!("{where_}: message without a header"));
+                }
+            }
+            MessageHeader::RecordBatch => {
+                let Some(rb) = msg.header_as_record_batch() else {
+                    return invalid(format!("{where_}: message without a header"));
+                };
+                check_buffers(rb, body_length, &where_)?;
+                info.record_batches += 1;
+            }
+            MessageHeader::DictionaryBatch => {
+                let Some(db) = msg.header_as_dictionary_batch() else {
+                    return invalid(format!("{where_}: message without a header"));
+                };
+                let Some(rb) = db.data() else {
+                    return invalid(format!("{where_}: dictionary batch without data"));
+                };
+                check_buffers(rb, body_length, &where_)?;
+                info.dictionary_batches += 1;
+            }
+            other => {
+                return invalid(format!(
+                    "{where_}: header type {other:?} is not Schema/DictionaryBatch/RecordBatch"
+                ))
+            }
+        }
+        info.messages += 1;
+        pos = body_start + body_length as usize;
+    }
+    if info.messages == 0 {
+        return invalid("stream has no Schema message".to_string());
+    }
+    info.end = pos;
+    Ok(info)
+}
+
+/// A decoded stream: its schema and record batches (which borrow the mapping when zero-copy).
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// True if some buffer was not aligned for its type and had to be copied (realigned).
+    pub realigned: bool,
+}
+
+impl Table {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// Maps an arrow-rs error to the protocol's codes.
+pub fn map_arrow_error(e: &ArrowError) -> Error {
+    let text = e.to_string();
+    let code = match e {
+        ArrowError::NotYetImplemented(_) => ErrorCode::IpcUnsupported,
+        _ if text.contains("not supported")
+            || text.contains("unsupported")
+            || text.contains("Unsupported")
+            || text.contains("Unable to get field named") =>
+        {
+            ErrorCode::IpcUnsupported
+        }
+        _ => ErrorCode::IpcInvalid,
+    };
+    // Keep it to one line.
+    let line = text.lines().next().unwrap_or("").to_string();
+    Error::new(code, line)
+}
+
+fn decode_with(stream: &Buffer, require_alignment: bool) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut decoder = StreamDecoder::new().with_require_alignment(require_alignment);
+    let mut buf = stream.clone();
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf) {
+            Ok(Some(b)) => batches.push(b),
+            Ok(None) => {}
+            Err(e) => return Err(map_arrow_error(&e)),
+        }
+    }
+    decoder.finish().map_err(|e| Error::new(ErrorCode::IpcTruncated, e.to_string()))?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| Error::new(ErrorCode::IpcInvalid, "stream has no schema"))?;
+    Ok((schema, batches))
+}
+
+/// Decodes a validated stream held in `stream` (an Arrow `Buffer`, typically over a read-only
+/// mapping) without copying: array buffers are slices of `stream`. If a buffer is not aligned
+/// for its type (a writer that aligned to 8 and a 16-byte type), decoding is retried allowing
+/// arrow-rs to copy those buffers into aligned memory and `realigned` is set.
+pub fn decode_stream(stream: &Buffer) -> Result<Table> {
+    let info = validate_stream(stream.as_slice())?;
+    let stream = stream.slice_with_length(0, info.end);
+    let attempt = |require: bool| {
+        catch_unwind(AssertUnwindSafe(|| decode_with(&stream, require))).unwrap_or_else(|_| {
+            Err(Error::new(ErrorCode::IpcInvalid, "the Arrow decoder rejected the stream (panic)"))
+        })
+    };
+    match attempt(true) {
+        Ok((schema, batches)) => Ok(Table { schema, batches, realigned: false }),
+        Err(e) if e.message.contains("align") => {
+            let (schema, batches) = attempt(false)?;
+            Ok(Table { schema, batches, realigned: true })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Wraps a mapping as an Arrow `Buffer` over `[offset, offset + len)` that keeps it alive.
+pub fn mapping_buffer(map: &Arc<Mapping>, offset: usize, len: usize) -> Result<Buffer> {
+    match offset.checked_add(len) {
+        Some(e) if e <= map.len() => {}
+        _ => return err(ErrorCode::SegmentBounds, "range outside the mapping"),
+    }
+    let whole = {
+        let ptr = NonNull::new(map.as_ptr() as *mut u8).expect("mapping pointer");
+        // SAFETY: the mapping is `map.len()` readable bytes that stay mapped as long as the
+        // `Arc<Mapping>` owner lives, and it is never written through while shared.
+        unsafe { Buffer::from_custom_allocation(ptr, map.len(), map.clone()) }
+    };
+    Ok(whole.slice_with_length(offset, len))
+}
+
+/// Write options of this peer: 64-byte alignment, no legacy format, metadata V5.
+pub fn write_options() -> IpcWriteOptions {
+    IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5).expect("valid IPC write options")
+}
+
+fn write_batches<W: std::io::Write>(w: W, schema: &Schema, batches: &[RecordBatch]) -> std::result::Result<W, ArrowError> {
+    let mut writer = StreamWriter::try_new_with_options(w, schema, write_options())?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    writer.into_inner()
+}
+
+/// Writes `schema` + `batches` as an IPC stream (64-byte aligned, with EOS) into a new memfd
+/// segment of at least `min_size` bytes, through a shared mapping. Returns the still-unsealed,
+/// unmapped segment fd's owner and the stream length.
+pub fn write_batches_segment(schema: &Schema, batches: &[RecordBatch], min_size: usize) -> Result<(WritableSegment, usize)> {
+    let counted = write_batches(CountingSink::default(), schema, batches)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))?;
+    let len = usize::try_from(counted.0).map_err(|_| Error::new(ErrorCode::TooLarge, "stream too large"))?;
+    let mut seg = WritableSegment::new(len.max(min_size))?;
+    let written = write_batches(SliceWriter::new(seg.bytes_mut()), schema, batches)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))?;
+    if written.position() != len {
+        return err(ErrorCode::InvalidArgument, "IPC writer produced a different size on the second pass");
+    }
+    Ok((seg, len))
+}
+
+/// Copies raw IPC stream bytes into a new segment of at least `min_size` bytes.
+pub fn write_bytes_segment(bytes: &[u8], min_size: usize) -> Result<(WritableSegment, usize)> {
+    let mut seg = WritableSegment::new(bytes.len().max(min_size).max(1))?;
+    seg.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+    Ok((seg, bytes.len()))
+}
+
+/// True if `bytes` is an Arrow IPC *file* (starts with `ARROW1`).
+pub fn is_ipc_file(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"ARROW1")
+}
+
+/// Reads an IPC file (footer format) into its schema and record batches.
+pub fn read_ipc_file(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let run = || -> std::result::Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
+        let reader = FileReader::try_new(Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok((schema, batches))
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(r) => r.map_err(|e| map_arrow_error(&e)),
+        Err(_) => err(ErrorCode::IpcInvalid, "the Arrow file reader rejected the file (panic)"),
+    }
+}
+
+/// Converts an IPC file to stream bytes (for tests and tools; `send` writes directly into the
+/// segment instead).
+pub fn file_to_stream(bytes: &[u8]) -> Result<Vec<u8>> {
+    let (schema, batches) = read_ipc_file(bytes)?;
+    write_batches(Vec::new(), &schema, &batches)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))
+}
+
+/// Encodes batches as stream bytes in memory (tests and tools).
+pub fn batches_to_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    write_batches(Vec::new(), schema, batches)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrow_errors_map_to_protocol_codes() {
+        let e = map_arrow_error(&ArrowError::NotYetImplemented("type ListView".into()));
+        assert_eq!(e.code, ErrorCode::IpcUnsupported);
+        assert!(e.message.contains("ListView"));
+        assert_eq!(map_arrow_error(&ArrowError::IpcError("bad".into())).code, ErrorCode::IpcInvalid);
+    }
+}

@@ -1,0 +1,16 @@
+//! arrow-shm, the Rust peer: Apache Arrow tables between processes on one Linux machine through
+//! sealed `memfd` segments passed over `SOCK_SEQPACKET` sockets (see docs/PROTOCOL.md).
+
+pub mod channel;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod frame;
+pub mod ipc;
+pub mod seed;
+pub mod segment;
+pub mod sys;
+
+pub use channel::{connect, Channel, Listener, Message, Options};
+pub use error::{Error, ErrorCode, Result};
+pub use ipc::Table;

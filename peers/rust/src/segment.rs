@@ -1,0 +1,279 @@
+//! memfd segments: creation, writing through a shared mapping, sealing, and the receiver's
+//! checks of PROTOCOL.md §5.1 before a read-only mapping.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use crate::error::{err, Error, ErrorCode, Result};
+
+/// The seals a sealed segment must carry (PROTOCOL.md §6.1).
+pub const REQUIRED_SEALS: i32 =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+/// Default largest `ipc_length` a receiver accepts: 16 GiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 << 30;
+/// Size of the seed proof of concept's segment (4096 × 10).
+pub const SEED_SEGMENT_BYTES: usize = 40_960;
+
+/// A memory mapping that is unmapped when dropped.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; shared access only reads it
+// (read-only mappings) or goes through `&mut self` (writable ones).
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+impl std::panic::RefUnwindSafe for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-only or read-write.
+    pub fn map(fd: RawFd, len: usize, writable: bool) -> Result<Mapping> {
+        if len == 0 {
+            return err(ErrorCode::InvalidArgument, "cannot map 0 bytes");
+        }
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::last_os("mmap"));
+        }
+        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len, writable })
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, writable. Panics on a read-only mapping (a programming error).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        assert!(self.writable, "read-only mapping");
+        // SAFETY: writable mapping of `len` bytes, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Whether `[p, p + n)` lies inside this mapping.
+    pub fn contains(&self, p: *const u8, n: usize) -> bool {
+        let start = self.ptr.as_ptr() as usize;
+        let p = p as usize;
+        p >= start && p.checked_add(n).is_some_and(|e| e <= start + self.len)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)` sized to `size` bytes.
+pub fn create_memfd(name: &CStr, size: u64) -> Result<OwnedFd> {
+    // SAFETY: plain syscall with a valid C string.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(Error::last_os("memfd_create"));
+    }
+    // SAFETY: a new fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = libc::off_t::try_from(size)
+        .map_err(|_| Error::new(ErrorCode::TooLarge, format!("segment of {size} bytes is too large")))?;
+    // SAFETY: valid fd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+        return Err(Error::last_os("ftruncate"));
+    }
+    Ok(fd)
+}
+
+/// Adds `seals` with `F_ADD_SEALS`.
+pub fn add_seals(fd: RawFd, seals: i32) -> Result<()> {
+    // SAFETY: plain fcntl.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(Error::last_os("fcntl(F_ADD_SEALS)"));
+    }
+    Ok(())
+}
+
+/// A segment being written: an fd and a writable shared mapping of it.
+pub struct WritableSegment {
+    fd: OwnedFd,
+    map: Option<Mapping>,
+    size: usize,
+}
+
+impl WritableSegment {
+    /// A new memfd segment of `size` bytes (> 0), mapped read-write.
+    pub fn new(size: usize) -> Result<WritableSegment> {
+        if size == 0 {
+            return err(ErrorCode::InvalidArgument, "a segment needs at least 1 byte");
+        }
+        let fd = create_memfd(c"arrow-shm", size as u64)?;
+        let map = Mapping::map(fd.as_raw_fd(), size, true)?;
+        Ok(WritableSegment { fd, map: Some(map), size })
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.map.as_mut().expect("segment mapping").as_mut_slice()
+    }
+
+    /// Unmaps, then seals with the §6.1 set if `seal`, and returns the fd.
+    pub fn finish(mut self, seal: bool) -> Result<OwnedFd> {
+        drop(self.map.take());
+        if seal {
+            add_seals(self.fd.as_raw_fd(), REQUIRED_SEALS)?;
+        }
+        Ok(self.fd)
+    }
+}
+
+/// An `io::Write` over a byte slice that fails instead of growing.
+pub struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> SliceWriter<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        SliceWriter { buf, pos: 0 }
+    }
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+impl io::Write for SliceWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let end = self.pos.checked_add(data.len()).filter(|&e| e <= self.buf.len());
+        let Some(end) = end else {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "segment full"));
+        };
+        self.buf[self.pos..end].copy_from_slice(data);
+        self.pos = end;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An `io::Write` that only counts bytes (to size a segment before writing it).
+#[derive(Default)]
+pub struct CountingSink(pub u64);
+
+impl io::Write for CountingSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0 += data.len() as u64;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the receiver learned from the §5.1 checks.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentInfo {
+    pub size: u64,
+    pub seals: i32,
+}
+
+/// Checks 2–5 of PROTOCOL.md §5.1 on a received fd. `ipc_length` `None` means "to the end of
+/// the file" (seed compatibility).
+pub fn check_segment(
+    fd: RawFd,
+    ipc_offset: u64,
+    ipc_length: Option<u64>,
+    max_message_bytes: u64,
+    allow_unsealed: bool,
+) -> Result<(SegmentInfo, u64)> {
+    // SAFETY: fstat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(Error::last_os("fstat"));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return err(ErrorCode::SegmentInvalid, "the fd is not a regular file (memfd expected)");
+    }
+    // SAFETY: plain fcntl.
+    let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+    if seals < 0 {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if errno == libc::EINVAL {
+            return err(ErrorCode::SegmentInvalid, "the fd is not a memfd/shmem file (F_GET_SEALS: EINVAL)");
+        }
+        return Err(Error::from_errno("fcntl(F_GET_SEALS)", errno));
+    }
+    if !allow_unsealed && seals & REQUIRED_SEALS != REQUIRED_SEALS {
+        return err(
+            ErrorCode::SegmentUnsealed,
+            format!("segment seals 0x{seals:x} lack the required 0x{REQUIRED_SEALS:x} (SEAL|SHRINK|GROW|WRITE)"),
+        );
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    let length = match ipc_length {
+        Some(l) => l,
+        None => size.saturating_sub(ipc_offset),
+    };
+    if length == 0 {
+        return err(ErrorCode::SegmentBounds, "ipc_length is 0");
+    }
+    if ipc_offset % 8 != 0 {
+        return err(ErrorCode::SegmentBounds, format!("ipc_offset {ipc_offset} is not a multiple of 8"));
+    }
+    match ipc_offset.checked_add(length) {
+        Some(end) if end <= size => {}
+        _ => {
+            return err(
+                ErrorCode::SegmentBounds,
+                format!("ipc range {ipc_offset}+{length} lies outside the {size}-byte segment"),
+            )
+        }
+    }
+    if length > max_message_bytes {
+        return err(
+            ErrorCode::TooLarge,
+            format!("ipc_length {length} exceeds max_message_bytes {max_message_bytes}"),
+        );
+    }
+    if usize::try_from(size).is_err() {
+        return err(ErrorCode::TooLarge, format!("segment of {size} bytes cannot be mapped"));
+    }
+    Ok((SegmentInfo { size, seals }, length))
+}
+
+/// Checks a received segment (§5.1 steps 2–6) and maps the whole file read-only.
+/// Returns the mapping and the effective `ipc_length`.
+pub fn open_segment(
+    fd: RawFd,
+    ipc_offset: u64,
+    ipc_length: Option<u64>,
+    max_message_bytes: u64,
+    allow_unsealed: bool,
+) -> Result<(Mapping, u64)> {
+    let (info, length) = check_segment(fd, ipc_offset, ipc_length, max_message_bytes, allow_unsealed)?;
+    let map = Mapping::map(fd, info.size as usize, false)?;
+    Ok((map, length))
+}
