@@ -8,8 +8,10 @@ cd "$root"
 npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
 scripts/ensure-venv.sh
 peers/rust/build.sh
+peers/cpp/build.sh
 status=0
 node --test dist/test/*.test.js || status=1
 .build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
 cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
+peers/cpp/test.sh || status=1
 exit $status

@@ -407,3 +407,29 @@ test('safety net: messages dropped without close() are unmapped by the garbage c
   assert.ok(held >= before + 10, `the dropped messages were mapped while referenced (${before} -> ${held})`);
   assert.equal(after, before, 'every forgotten mapping was released');
 });
+
+test('tables acknowledged just before the peer says GOODBYE (or hangs up) are still received', async () => {
+  const good = new Uint8Array(readFileSync(goldStreams()[0]!));
+  for (const ending of ['goodbye', 'hangup'] as const) {
+    const address = uniqueAddress('goodbye');
+    const listener = listen(address);
+    const accepted = listener.accept();
+    const raw = await RawPeer.connect(address);
+    const server = await accepted;
+    const segments = [sealedSegmentWith(good), sealedSegmentWith(good)];
+    for (const s of segments) raw.send({ kind: FrameKind.Table, ipcLength: BigInt(good.length), fdCount: 1 }, [s.fd]);
+    if (ending === 'goodbye') raw.send({ kind: FrameKind.Goodbye });
+    raw.close();
+    segments.forEach((s) => s.close());
+    await sleep(50); // everything has arrived and the channel has seen the end
+    const received = [];
+    for await (const m of server) {
+      assert.deepEqual(Buffer.from(m.bytes), Buffer.from(good));
+      received.push(m);
+      m.close();
+    }
+    assert.equal(received.length, 2, ending);
+    await assert.rejects(server.receive(), code('ERR_PEER_CLOSED'));
+    listener.close();
+  }
+});

@@ -1,4 +1,4 @@
-// Cross-language matrix (the peers that exist so far): every gold stream and the 100k-symbol table,
+// Cross-language matrix, all 16 pairs of node, python, rust, cpp: every gold stream and the 100k-symbol table,
 // sent by one peer's CLI and received by another's, arrive byte for byte and decode at the receiver.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,11 +10,10 @@ import { generateSymbolTable } from '../src/symbols.js';
 import { goldStreams, repoRoot, runProcess, startListening } from './helpers.js';
 
 const run = path.join(repoRoot, 'peers', 'run');
-const peers = ['node', 'python', 'rust'] as const;
+const peers = ['node', 'python', 'rust', 'cpp'] as const;
 
 for (const sender of peers) {
   for (const receiver of peers) {
-    if (sender === 'node' && receiver === 'node') continue; // covered by cli.test.ts
     test(`${sender} → ${receiver}: gold streams and the symbol table arrive byte for byte`, async () => {
       const dir = mkdtempSync(path.join(os.tmpdir(), `arrow-shm-${sender}-${receiver}-`));
       const symbols = path.join(dir, 'symbols.arrows');

@@ -622,7 +622,10 @@ export class Channel {
     for (const p of this.#requests.values()) p.reject(closedError);
     this.#acks.clear();
     this.#requests.clear();
-    for (const m of this.#inbox.splice(0)) m.close();
+    // Messages already acknowledged stay receivable after the peer leaves: nothing ACKed is lost.
+    // Only our own close() (or a fatal error) gives them up.
+    const peerLeft = error.code === 'ERR_PEER_CLOSED';
+    if (!peerLeft) for (const m of this.#inbox.splice(0)) m.close();
     for (const w of this.#waiters.splice(0)) w.resolve(null);
     // Segments still leased may be mapped by the peer: never reuse them, just drop our handle.
     for (const segment of this.#leases.values()) segment.close();

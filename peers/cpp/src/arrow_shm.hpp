@@ -1,0 +1,152 @@
+// arrow-shm C++ peer: shared declarations (docs/PROTOCOL.md).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace arrow_shm {
+
+// One typed error; `code` is a PROTOCOL.md §9 code.
+class Error : public std::runtime_error {
+ public:
+  Error(std::string code, const std::string& message)
+      : std::runtime_error(message), code_(std::move(code)) {}
+  const std::string& code() const { return code_; }
+
+ private:
+  std::string code_;
+};
+
+[[noreturn]] void throw_errno(const char* syscall, int err);
+
+// Owning file descriptor.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+using Clock = std::chrono::steady_clock;
+using Deadline = std::optional<Clock::time_point>;
+Deadline deadline_after_ms(std::optional<int64_t> ms);
+int poll_timeout_ms(const Deadline& d);  // -1 = forever
+
+constexpr uint64_t kDefaultMaxMessageBytes = 16ull << 30;
+constexpr uint64_t kSeedSegmentBytes = 40960;
+constexpr const char* kDefaultSeedSocket = "/tmp/memfd_socket";
+constexpr const char* kImplementation = "arrow-shm-cpp/0.1.0";
+
+// ---- frames (§3) ----
+enum class Kind : uint8_t { Hello = 1, Welcome, Table, Ack, Release, Error, Goodbye };
+enum Flags : uint8_t { kLeased = 1, kRequest = 2, kResponse = 4 };
+constexpr uint32_t kHeaderLength = 64;
+constexpr size_t kMaxFrameBytes = 65536;
+
+using KV = std::vector<std::pair<std::string, std::string>>;  // insertion order kept
+
+struct Frame {
+  Kind kind = Kind::Goodbye;
+  uint16_t version = 1;
+  uint8_t flags = 0;
+  uint64_t message_id = 0;
+  uint64_t correlation_id = 0;
+  uint64_t ipc_offset = 0;
+  uint64_t ipc_length = 0;
+  uint32_t fd_count = 0;
+  KV metadata;
+  std::optional<std::string> get(const std::string& key) const;
+};
+
+std::vector<uint8_t> encode_frame(const Frame& f);
+Frame decode_frame(const uint8_t* data, size_t n);  // throws fatal ERR_PROTOCOL
+
+// ---- sockets (§2) ----
+Fd listen_socket(const std::string& addr, int type);       // bind, chmod 0600, listen
+void unlink_socket(const std::string& addr);
+Fd accept_socket(int listen_fd, const Deadline& d);
+Fd connect_socket(const std::string& addr, int type, const Deadline& d);
+uint32_t peer_uid(int fd);
+
+// ---- segments (§5, §6) ----
+// Creates a memfd of max(length, min_size) bytes holding `length` bytes produced by `fill`
+// (called with a writable mapping), and optionally seals it.
+Fd make_segment(uint64_t length, uint64_t min_size, bool seal,
+                const std::function<void(uint8_t*, uint64_t)>& fill);
+
+// A read-only mapping of a whole received segment.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(const uint8_t* p, size_t n) : p_(p), n_(n) {}
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  Mapping(Mapping&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  Mapping& operator=(Mapping&& o) noexcept {
+    if (this != &o) {
+      reset();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  ~Mapping() { reset(); }
+  void reset();
+  const uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  const uint8_t* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// §5.1 steps 2-6. to_end: ipc_length is "to the end of the file" (seed mode) and is filled in.
+Mapping open_segment(int fd, uint64_t ipc_offset, uint64_t& ipc_length, bool allow_unsealed,
+                     uint64_t max_message_bytes = kDefaultMaxMessageBytes, bool to_end = false);
+
+// ---- Arrow IPC (§7) ----
+struct StreamInfo {
+  uint64_t end = 0;  // bytes up to and including the end-of-stream marker
+  std::string schema;   // "a: int64, b: string"
+  int64_t rows = 0;
+  int num_columns = 0;
+  int64_t batches = 0;
+  std::optional<Error> unsupported;  // valid framing, but a type Arrow C++ cannot decode
+};
+// Validates (zero copy) and summarises an IPC stream; throws ERR_IPC_TRUNCATED / ERR_IPC_INVALID.
+StreamInfo validate_stream(const uint8_t* data, uint64_t length);
+// Input file bytes -> IPC stream to send: streams unchanged, ARROW1 files re-framed (alignment 64).
+// Returns the segment fd and ipc_length.
+std::pair<Fd, uint64_t> segment_from_file_bytes(const std::vector<uint8_t>& bytes, uint64_t min_size,
+                                                bool seal);
+
+}  // namespace arrow_shm

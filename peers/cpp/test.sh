@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Smoke test of the C++ peer: gold streams node->cpp, cpp->node, cpp->cpp (bytes compared with cmp),
+# ARROW1 files cpp->cpp (re-framed stream validated), every fuzz file through `validate` and through
+# cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, and hostile frames.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+run="$root/peers/run"
+bin="$root/.build/cpp/arrow-shm-cpp"
+gold="${ARROW_GOLD:-/work/shared/testdata/arrow-gold}"
+fuzz="${ARROW_FUZZ:-/work/shared/testdata/arrow-fuzz}"
+
+"$here/build.sh" || { echo "build failed"; exit 1; }
+[[ -f "$root/dist/src/cli/main.js" ]] || (cd "$root" && npm run --silent build >&2)
+
+tmp="$(mktemp -d /tmp/arrow-shm-cpp-test.XXXXXX)"
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0 n=0
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
+
+# Waits until the process $2 printed "listening on" into file $1 (10 s at most).
+wait_listening() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    grep -q "listening on" "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+# transfer RECV_LANG SEND_LANG FILE [send flags...]: sets $out, $src (send status), $rrc (recv status)
+transfer() {
+  local rl="$1" sl="$2" file="$3"
+  shift 3
+  n=$((n + 1))
+  local sock="@arrow-shm-cpp-test-$$-$n"
+  out="$tmp/$n.arrows"
+  "$run" "$rl" recv --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>"$tmp/$n.recv.err" &
+  local pid=$!
+  if ! wait_listening "$tmp/$n.recv.err" "$pid"; then
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    src=99 rrc=99
+    return
+  fi
+  timeout 30 "$run" "$sl" send --socket "$sock" --timeout-ms 20000 "$@" "$file" >/dev/null 2>"$tmp/$n.send.err"
+  src=$?
+  wait "$pid"
+  rrc=$?
+}
+
+# 1. gold streams, byte for byte
+for f in "$gold"/*/*.stream; do
+  name="${f#"$gold"/}"
+  for pair in "cpp node" "node cpp" "cpp cpp"; do
+    set -- $pair
+    transfer "$1" "$2" "$f" --meta name=gold
+    if [[ $src == 0 && $rrc == 0 ]] && cmp -s "$f" "$out"; then pass; else
+      fail "$2 -> $1 $name (send $src, recv $rrc): $(cat "$tmp/$n.send.err" "$tmp/$n.recv.err" | grep -v listening | head -2)"
+    fi
+  done
+done
+
+# 2. gold ARROW1 files: re-framed as a stream by cpp send, received by cpp, validated
+for f in "$gold"/*/*.arrow_file; do
+  [[ -e "$f" ]] || continue
+  transfer cpp cpp "$f"
+  if [[ $src == 0 && $rrc == 0 ]] && "$bin" validate "$out" >/dev/null 2>&1; then pass; else
+    fail "arrow_file cpp -> cpp ${f#"$gold"/} (send $src, recv $rrc): $(cat "$tmp/$n.send.err" "$tmp/$n.recv.err" | grep -v listening | head -2)"
+  fi
+done
+
+# 3. fuzz files: validate and a real transfer must end with status 0 or 1 (1 = a typed error)
+for f in "$fuzz"/*; do
+  [[ -f "$f" && -s "$f" ]] || continue
+  name="$(basename "$f")"
+  timeout 20 "$bin" validate "$f" >/dev/null 2>"$tmp/validate.err"
+  rc=$?
+  if [[ $rc == 0 ]] || { [[ $rc == 1 ]] && grep -q '^arrow-shm: ERR_' "$tmp/validate.err"; }; then pass; else
+    fail "validate $name: status $rc $(head -1 "$tmp/validate.err")"
+  fi
+  transfer cpp cpp "$f"
+  if [[ ($src == 0 && $rrc == 0) || ($src == 1 && $rrc == 1) ]]; then pass; else
+    fail "fuzz cpp -> cpp $name (send $src, recv $rrc)"
+  fi
+done
+
+# 4. seed compatibility, both ways with node
+seed_check() {  # SENDER RECEIVER FILE
+  n=$((n + 1))
+  local sock="$tmp/seed-$n" out="$tmp/seed-$n.arrows"
+  "$run" "$1" send --seed-compat --socket "$sock" --timeout-ms 20000 "$3" >/dev/null 2>"$tmp/seed-$n.err" &
+  local pid=$! rrc=99
+  if wait_listening "$tmp/seed-$n.err" "$pid"; then
+    timeout 30 "$run" "$2" recv --seed-compat --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>&1
+    rrc=$?
+  fi
+  wait "$pid"
+  local src=$?
+  if [[ $src == 0 && $rrc == 0 ]] && cmp -s "$3" "$out"; then pass; else fail "seed $1 -> $2 (send $src, recv $rrc)"; fi
+}
+first="$(ls "$gold"/*/*.stream | head -1)"
+seed_check cpp node "$first"
+seed_check node cpp "$first"
+seed_check cpp cpp "$first"
+
+# 5. hostile TABLE frames (hostile.py): the receiver answers the right ERROR code (exit 1, no crash)
+py="$root/.build/venv/bin/python"
+hostile() {  # CASE EXPECTED [recv flags...]
+  local c="$1" want="$2"
+  shift 2
+  n=$((n + 1))
+  "$bin" recv --socket "@arrow-shm-cpp-test-$$-$n" --timeout-ms 10000 "$@" >/dev/null 2>"$tmp/h$n.err" &
+  local pid=$! got=none
+  if wait_listening "$tmp/h$n.err" "$pid"; then
+    got="$(timeout 10 "$py" "$here/hostile.py" "@arrow-shm-cpp-test-$$-$n" "$c" "$first" 2>&1 | tail -1)"
+  fi
+  wait "$pid"
+  local rc=$?
+  if [[ $got == "$want" && ($rc == 0 || $rc == 1) ]]; then pass; else fail "hostile $c: got '$got', recv status $rc"; fi
+}
+hostile ok ACK
+hostile unsealed ERR_SEGMENT_UNSEALED
+hostile unsealed ACK --allow-unsealed
+hostile notmemfd ERR_SEGMENT_INVALID
+hostile misaligned ERR_SEGMENT_BOUNDS
+hostile outside ERR_SEGMENT_BOUNDS
+hostile zero ERR_SEGMENT_BOUNDS
+hostile leased ERR_SEGMENT_UNSEALED
+hostile nofd ERR_PROTOCOL
+
+echo "$passed passed, $failed failed"
+[[ $failed == 0 ]]
