@@ -9,7 +9,7 @@ import { connect, listen, PreparedTable, type Channel, type Listener } from '../
 import { FrameFlags, FrameKind, encodeFrame } from '../src/transport/frame.js';
 import { Segment } from '../src/shm/segment.js';
 import { generateSymbolTable, checksumSymbolTable } from '../src/symbols.js';
-import { fuzzFiles, goldStreams, memfdMappings, openFds, RawPeer, sleep, uniqueAddress } from './helpers.js';
+import { fuzzFiles, goldStreams, memfdMappings, openFds, RawPeer, sleep, uniqueAddress, waitFor } from './helpers.js';
 
 async function pair(options: Parameters<typeof listen>[1] = {}): Promise<{ listener: Listener; server: Channel; client: Channel; address: string }> {
   const address = uniqueAddress('pair');
@@ -277,7 +277,7 @@ test('credentials: a uid outside the allowed set is refused with ERR_PEER_CREDEN
   const errors: string[] = [];
   const listener = listen(address, { allowedUids: [process.geteuid!() + 12345], onConnectionError: (e) => errors.push(e.code) });
   await assert.rejects(connect(address), (e: unknown) => e instanceof ArrowShmError && (e.code === 'ERR_PEER_CREDENTIALS' || e.code === 'ERR_PEER_CLOSED'));
-  await sleep(20);
+  await waitFor(() => errors.length > 0, 'the listener to report the refused peer');
   assert.deepEqual(errors, ['ERR_PEER_CREDENTIALS']);
   listener.close();
 });
@@ -341,8 +341,7 @@ test('leased segments: reused after RELEASE, dropped (never reused) while a rece
   assert.equal(checksumSymbolTable(first.table), checksumSymbolTable(table));
   assert.equal(client.poolStats.leasesOutstanding, 1);
   first.close(); // sends RELEASE
-  await sleep(20);
-  assert.equal(client.poolStats.leasesOutstanding, 0);
+  await waitFor(() => client.poolStats.leasesOutstanding === 0, 'the RELEASE to arrive');
   assert.ok(client.poolStats.leaseBytes > 0, 'the released segment is back in the pool');
   // 50 more: the pool recycles, memfd mappings stay flat
   const maps = memfdMappings();
@@ -350,9 +349,8 @@ test('leased segments: reused after RELEASE, dropped (never reused) while a rece
     const [m] = await Promise.all([server.receive(), client.send(table)]);
     assert.equal(m.table.numRows, 2000);
     m.close();
-    await sleep(1);
+    await waitFor(() => client.poolStats.leasesOutstanding === 0, 'the RELEASE to arrive');
   }
-  await sleep(20);
   assert.ok(memfdMappings() <= maps + 1, `memfd mappings grew from ${maps} to ${memfdMappings()}`);
   // a message held across the channel's end keeps its bytes intact
   const [held] = await Promise.all([server.receive(), client.send(table)]);

@@ -45,6 +45,15 @@ export function uniqueAddress(tag: string): string {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `condition` until it holds (or fails the test after `ms`): no fixed sleeps in assertions. */
+export async function waitFor(condition: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await sleep(5);
+  }
+}
+
 /** A hand-driven peer for hostile-input tests: raw frames and fds, no library logic. */
 export class RawPeer {
   private nextId = 1n;
