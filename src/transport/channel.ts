@@ -1,7 +1,6 @@
 // Channels: a connection between two arrow-shm peers over a UNIX SOCK_SEQPACKET socket
 // (docs/PROTOCOL.md). Either side may send tables; the listener/connector roles only matter for
 // the handshake.
-import { lstatSync, unlinkSync, chmodSync } from 'node:fs';
 import type { RecordBatch, Table } from 'apache-arrow';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
@@ -12,7 +11,7 @@ import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.j
 import { LeasePool, SparePool } from '../shm/pool.js';
 import { Mapping, Segment, checkReceivedSegment, type SealPolicy } from '../shm/segment.js';
 import { decodeFrame, encodeFrame, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type KeyValues } from './frame.js';
-import { PacketSocket, connectSocket, type Datagram } from './socket.js';
+import { PacketSocket, closeListeningSocket, connectSocket, listenSocket, type Datagram } from './socket.js';
 
 const IMPLEMENTATION = 'arrow-shm-node/0.1.0';
 const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 ** 3;
@@ -699,7 +698,6 @@ export class Listener {
   #ready: Channel[] = [];
   #waiters: Pending<Channel | null>[] = [];
   #closed = false;
-  #ownsPath: boolean;
 
   private constructor(
     readonly address: string,
@@ -708,25 +706,13 @@ export class Listener {
   ) {
     this.#fd = fd;
     this.#options = options;
-    this.#ownsPath = !address.startsWith('@');
     this.#poller = native.pollerCreate(fd, () => this.#acceptAll());
     native.pollerStart(this.#poller, true, false);
   }
 
   static create(address: string, options: ListenerOptions = {}): Listener {
     normalizeOptions(options); // validate early
-    if (!address.startsWith('@')) removeStaleSocket(address);
-    const fd = native.socket(true);
-    try {
-      native.bind(fd, address);
-      // No connection can arrive before listen(): tightening the mode here leaves no window.
-      if (!address.startsWith('@')) chmodSync(address, 0o600);
-      native.listen(fd, options.backlog ?? 64);
-    } catch (e) {
-      native.close(fd);
-      throw e;
-    }
-    return new Listener(address, fd, options);
+    return new Listener(address, listenSocket(address, true, options.backlog ?? 64), options);
   }
 
   #acceptAll(): void {
@@ -782,14 +768,7 @@ export class Listener {
     if (this.#closed) return;
     this.#closed = true;
     native.pollerClose(this.#poller);
-    native.close(this.#fd);
-    if (this.#ownsPath) {
-      try {
-        unlinkSync(this.address);
-      } catch {
-        // already gone
-      }
-    }
+    closeListeningSocket(this.#fd, this.address);
     for (const c of this.#ready.splice(0)) c.close();
     for (const w of this.#waiters.splice(0)) w.resolve(null);
   }
@@ -797,18 +776,6 @@ export class Listener {
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/** Removes a leftover socket file at `path`; refuses to touch anything that is not a socket. */
-export function removeStaleSocket(path: string): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
-  if (!st.isSocket()) throw fail('ERR_INVALID_ARGUMENT', `${path} exists and is not a socket; refusing to replace it`);
-  unlinkSync(path);
 }
 
 export function listen(address: string, options: ListenerOptions = {}): Listener {

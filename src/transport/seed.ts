@@ -1,31 +1,15 @@
 // The seed proof of concept's protocol (docs/PROTOCOL.md §10), for interoperating with it:
 // SOCK_STREAM, the sender listens and sends one byte 'F' with an unsealed memfd; no handshake.
-import { chmodSync, unlinkSync } from 'node:fs';
 import { fail } from '../errors.js';
 import { native } from '../native.js';
 import { validateIpcStream } from '../ipc/validate.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
 import { Segment } from '../shm/segment.js';
-import { Message, removeStaleSocket } from './channel.js';
-import { connectSocket } from './socket.js';
+import { Message } from './channel.js';
+import { closeListeningSocket, connectSocket, listenSocket, waitForFd } from './socket.js';
 
 export const SEED_SOCKET_PATH = '/tmp/memfd_socket';
 export const SEED_SEGMENT_SIZE = 4096 * 10;
-
-function waitReadable(fd: number, timeoutMs?: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const poller = native.pollerCreate(fd, () => {
-      native.pollerClose(poller);
-      if (timer) clearTimeout(timer);
-      resolve();
-    });
-    const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-      native.pollerClose(poller);
-      reject(fail('ERR_TIMEOUT', `nothing arrived within ${timeoutMs} ms`));
-    }, timeoutMs);
-    native.pollerStart(poller, true, false);
-  });
-}
 
 export interface SeedSendOptions {
   timeoutMs?: number;
@@ -35,50 +19,32 @@ export interface SeedSendOptions {
 
 /** Listens at `address`, accepts one connection and hands it the stream in an unsealed memfd. */
 export async function seedSend(address: string, data: TableLike | Uint8Array, options: SeedSendOptions = {}): Promise<void> {
-  let bytes: Uint8Array | null = null;
-  let size: number;
   const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
-  if (data instanceof Uint8Array) {
-    validateIpcStream(data);
-    bytes = data;
-    size = data.byteLength;
-  } else {
-    size = layout!.byteLength;
-  }
-  const fd = native.memfdCreate('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size), false);
-  const segment = Segment.adopt(fd);
-  const listener = native.socket(false);
-  const ownsPath = !address.startsWith('@');
+  if (data instanceof Uint8Array) validateIpcStream(data);
+  const size = layout ? layout.byteLength : (data as Uint8Array).byteLength;
+  const segment = Segment.adopt(native.memfdCreate('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size), false));
+  let listener = -1;
   try {
     const target = segment.writableBytes();
-    if (bytes) target.set(bytes);
-    else writeIpcLayout(layout!, target);
-    if (ownsPath) removeStaleSocket(address);
-    native.bind(listener, address);
-    if (ownsPath) chmodSync(address, 0o600);
-    native.listen(listener, 1);
+    if (layout) writeIpcLayout(layout, target);
+    else target.set(data as Uint8Array);
+    listener = listenSocket(address, false, 1);
     options.onListening?.();
     let conn = native.accept(listener);
     while (conn < 0) {
-      await waitReadable(listener, options.timeoutMs);
+      await waitForFd(listener, false, options.timeoutMs, 'no seed receiver connected');
       conn = native.accept(listener);
     }
     try {
-      let sent = native.sendmsg(conn, Uint8Array.of(0x46 /* 'F' */), [segment.fd]);
-      while (sent < 0) sent = native.sendmsg(conn, Uint8Array.of(0x46), [segment.fd]);
+      while (native.sendmsg(conn, Uint8Array.of(0x46 /* 'F' */), [segment.fd]) < 0) {
+        await waitForFd(conn, true, options.timeoutMs, 'the seed receiver did not take the segment');
+      }
     } finally {
       native.close(conn);
     }
   } finally {
-    native.close(listener);
+    if (listener >= 0) closeListeningSocket(listener, address);
     segment.close();
-    if (ownsPath) {
-      try {
-        unlinkSync(address);
-      } catch {
-        // already gone
-      }
-    }
   }
 }
 
@@ -91,7 +57,7 @@ export async function seedReceive(address: string, options: { timeoutMs?: number
     for (;;) {
       received = native.recvmsg(fd, buffer);
       if (received) break;
-      await waitReadable(fd, options.timeoutMs);
+      await waitForFd(fd, false, options.timeoutMs, 'nothing arrived from the seed sender');
     }
   } finally {
     native.close(fd);

@@ -1,5 +1,6 @@
 // A non-blocking AF_UNIX socket driven by libuv readiness events: datagrams (SOCK_SEQPACKET)
 // with attached fds in, queued sends out. Nothing here blocks the event loop.
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { ArrowShmError, fail } from '../errors.js';
 import { constants, native, type Credentials, type PollerHandle } from '../native.js';
 
@@ -160,30 +161,85 @@ export class PacketSocket {
   }
 }
 
+/**
+ * Waits (without blocking the event loop) until `fd` is readable, or writable, once.
+ * ERR_TIMEOUT with `what` after `timeoutMs`; no limit when it is undefined.
+ */
+export function waitForFd(fd: number, writable: boolean, timeoutMs: number | undefined, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const poller = native.pollerCreate(fd, () => {
+      native.pollerClose(poller);
+      if (timer) clearTimeout(timer);
+      resolve();
+    });
+    const timer =
+      timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            native.pollerClose(poller);
+            reject(fail('ERR_TIMEOUT', `${what} within ${timeoutMs} ms`));
+          }, timeoutMs);
+    native.pollerStart(poller, !writable, writable);
+  });
+}
+
 /** Connects a non-blocking socket, waiting (without blocking) if the listener's backlog is full. */
 export async function connectSocket(address: string, seqpacket = true, timeoutMs?: number): Promise<number> {
   const fd = native.socket(seqpacket);
   try {
-    if (native.connect(fd, address) === 0) return fd;
-    await new Promise<void>((resolve, reject) => {
-      const poller = native.pollerCreate(fd, () => {
-        native.pollerClose(poller);
-        if (timer) clearTimeout(timer);
-        const err = native.socketError(fd);
-        if (err === 0) resolve();
-        else reject(new ArrowShmError('ERR_SYSCALL', `connect to ${address} failed (errno ${err})`, err, 'connect'));
-      });
-      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
-        native.pollerClose(poller);
-        reject(fail('ERR_TIMEOUT', `connecting to ${address} timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
-      native.pollerStart(poller, false, true);
-    });
+    if (native.connect(fd, address) !== 0) {
+      await waitForFd(fd, true, timeoutMs, `could not connect to ${address}`);
+      const err = native.socketError(fd);
+      if (err !== 0) throw new ArrowShmError('ERR_SYSCALL', `connect to ${address} failed (errno ${err})`, err, 'connect');
+    }
     return fd;
   } catch (e) {
     native.close(fd);
     throw describeConnectError(e, address);
   }
+}
+
+/**
+ * A listening socket at `address` (a path, or "@name"). A path gets mode 0600 between bind and
+ * listen, where no connection can arrive yet, so there is no window; a stale socket file is
+ * replaced, anything else at the path is refused.
+ */
+export function listenSocket(address: string, seqpacket: boolean, backlog: number): number {
+  const isPath = !address.startsWith('@');
+  if (isPath) removeStaleSocket(address);
+  const fd = native.socket(seqpacket);
+  try {
+    native.bind(fd, address);
+    if (isPath) chmodSync(address, 0o600);
+    native.listen(fd, backlog);
+  } catch (e) {
+    native.close(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** Closes a socket from listenSocket() and removes its file. */
+export function closeListeningSocket(fd: number, address: string): void {
+  native.close(fd);
+  if (address.startsWith('@')) return;
+  try {
+    unlinkSync(address);
+  } catch {
+    // already gone
+  }
+}
+
+/** Removes a leftover socket file at `path`; refuses to touch anything that is not a socket. */
+export function removeStaleSocket(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw fail('ERR_INVALID_ARGUMENT', `${path} exists and is not a socket; refusing to replace it`);
+  unlinkSync(path);
 }
 
 export function describeConnectError(e: unknown, address: string): unknown {
