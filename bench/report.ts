@@ -67,11 +67,11 @@ function targets(rows: Row[]): string[] {
     '|---|---:|---:|:---:|',
     ...out.map(([what, measured, ok], i) => `| ${what} | ${measured} | ${labels[i]} | ${ok === undefined ? '?' : ok ? 'yes' : 'no'} |`),
     '',
-    'What limits the misses, measured here: a fixed cost of ~0.45–0.6 ms per hand-off between two Node processes whatever the size',
-    '(event-loop wake-up, recvmsg, checks and mmap ≈ 0.29 ms; apache-arrow\'s `RecordBatchReader` ≈ 0.2 ms even for 10 rows),',
-    'and, for sealed copy-in, the kernel allocating and zeroing fresh shmem pages (≈ 2 GB/s here; transparent huge pages for shmem',
-    'are off on this machine). Leased segments avoid the fresh pages (copy into warm pages). The copying baselines lose by 3–60× at',
-    '6 MB and by 10–300× at 1 GiB.',
+    'What limits the misses, read off this run: every method, arrow-shm included, takes about half a millisecond at 1 KiB (the',
+    'sweep\'s first rows), a fixed cost per hand-off between two Node processes (event-loop wake-up, recvmsg, checks, mmap and',
+    'apache-arrow\'s `RecordBatchReader`; not yet broken down by a committed benchmark); and sealed copy-in runs at the speed of',
+    'the kernel allocating fresh shmem pages (the `arrow-shm` column of the sweep; transparent huge pages for shmem are off on this',
+    'machine), which leased segments avoid by copying into warm pages.',
     '',
   ];
 }
