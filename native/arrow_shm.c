@@ -388,21 +388,27 @@ static void finalize_mapping(napi_env env, void* data, void* hint) {
   free(m);
 }
 
-// mmap(fd, length, writable): ArrayBuffer over MAP_SHARED pages of the whole range [0, length)
+// mmap(fd, length, writable, offset = 0): ArrayBuffer over MAP_SHARED pages of [offset, offset + length).
+// The offset lets a ring's consumer map its header read-write and its data read-only.
 static napi_value mmap_js(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int fd;
-  int64_t length;
+  int64_t length, offset = 0;
   bool writable;
   if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, (int64_t)(SIZE_MAX >> 1), &length)) return NULL;
   if (napi_get_value_bool(env, argv[2], &writable) != napi_ok) {
     throw_arg(env, "writable must be a boolean");
     return NULL;
   }
+  if (argc > 3 && !arg_int(env, argv[3], "offset", 0, (int64_t)(SIZE_MAX >> 1), &offset)) return NULL;
+  if (offset % sysconf(_SC_PAGESIZE) != 0) {
+    throw_arg(env, "offset must be a multiple of the page size");
+    return NULL;
+  }
   int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
-  void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, 0);
+  void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, (off_t)offset);
   if (addr == MAP_FAILED) {
     throw_errno(env, "mmap", errno);
     return NULL;
@@ -762,6 +768,48 @@ static napi_value eventfd_js(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
+// eventfdWrite(fd): adds 1 to the counter, waking whoever polls it. A counter at its maximum
+// (EAGAIN) already means "wake up", so that is not an error.
+static napi_value eventfd_write_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  uint64_t one = 1;
+  ssize_t n;
+  do n = write(fd, &one, sizeof one);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) {
+    throw_errno(env, "write(eventfd)", errno);
+    return NULL;
+  }
+  return NULL;
+}
+
+// eventfdRead(fd): reads and resets the counter; 0 when nothing was pending (EAGAIN).
+static napi_value eventfd_read_js(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  uint64_t value = 0;
+  ssize_t n;
+  do n = read(fd, &value, sizeof value);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return make_int(env, 0);
+    throw_errno(env, "read(eventfd)", errno);
+    return NULL;
+  }
+  if (n != sizeof value) {
+    throw_shm_error(env, "ERR_INVALID_ARGUMENT", "not an eventfd: read returned a short count", 0, "read");
+    return NULL;
+  }
+  return make_int(env, value > INT32_MAX ? INT32_MAX : (int64_t)value);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Poller: libuv readiness watch on an fd, so the event loop never blocks in a syscall.
 
@@ -973,6 +1021,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       {"sendmsg", NULL, sendmsg_js, NULL, NULL, NULL, napi_default, NULL},
       {"recvmsg", NULL, recvmsg_js, NULL, NULL, NULL, napi_default, NULL},
       {"eventfd", NULL, eventfd_js, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfdWrite", NULL, eventfd_write_js, NULL, NULL, NULL, napi_default, NULL},
+      {"eventfdRead", NULL, eventfd_read_js, NULL, NULL, NULL, napi_default, NULL},
       {"pollerCreate", NULL, poller_create_js, NULL, NULL, NULL, napi_default, NULL},
       {"pollerStart", NULL, poller_start_js, NULL, NULL, NULL, napi_default, NULL},
       {"pollerRef", NULL, poller_ref_js, NULL, NULL, NULL, napi_default, NULL},

@@ -16,6 +16,9 @@ export const ErrorCodes = [
   'ERR_INVALID_ARGUMENT',
   'ERR_SYSCALL',
   'ERR_REMOTE',
+  'ERR_RING_FULL',
+  'ERR_NO_READER_SLOT',
+  'ERR_RING_INVALID',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

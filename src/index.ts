@@ -20,3 +20,6 @@ export {
 export { FrameKind, FrameFlags, PROTOCOL_VERSION, type KeyValues } from './transport/frame.js';
 export { seedSend, seedReceive, SEED_SOCKET_PATH } from './transport/seed.js';
 export { generateSymbolTable, checksumSymbolTable, SYMBOL_SCHEMA } from './symbols.js';
+export { StreamReader, StreamBatch, type StreamReaderOptions } from './stream/consumer.js';
+export { StreamWriter, type StreamWriterOptions } from './stream/producer.js';
+export { Publication, publish, subscribe, type PublicationOptions } from './stream/pubsub.js';

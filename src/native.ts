@@ -38,7 +38,7 @@ export interface NativeBinding {
   close(fd: number): void;
   pwrite(fd: number, bytes: Uint8Array, offset: number): void;
   fallocateAsync(fd: number, length: number): Promise<void>;
-  mmap(fd: number, length: number, writable: boolean): ArrayBuffer;
+  mmap(fd: number, length: number, writable: boolean, offset?: number): ArrayBuffer;
   unmap(buffer: ArrayBuffer): boolean;
   reportMapping(buffer: ArrayBuffer): void;
   populate(buffer: ArrayBuffer): void;
@@ -53,6 +53,8 @@ export interface NativeBinding {
   sendmsg(fd: number, bytes: Uint8Array, fds: number[]): number;
   recvmsg(fd: number, buffer: Uint8Array): Received | null;
   eventfd(): number;
+  eventfdWrite(fd: number): void;
+  eventfdRead(fd: number): number;
   pollerCreate(fd: number, callback: (status: number, events: number) => void): PollerHandle;
   pollerStart(handle: PollerHandle, readable: boolean, writable: boolean): void;
   pollerRef(handle: PollerHandle, keepsLoopAlive: boolean): void;

@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { tableFromIPC } from 'apache-arrow';
+import { tableFromIPC, type Table } from 'apache-arrow';
+import { connect } from '../src/transport/channel.js';
+import { generateSymbolTable } from '../src/symbols.js';
 import { layoutIpcStream, writeIpcLayout } from '../src/ipc/writer.js';
 import { goldStreams, repoRoot, runCli, runProcess, startListening, venvPython, cliScript } from './helpers.js';
 
@@ -85,3 +87,39 @@ test('types arrow-js cannot decode pass through byte for byte; only decoding the
   assert.equal(referee.code, 0, referee.stdout + referee.stderr);
   rmSync(dir, { recursive: true });
 });
+
+test('Node asks the Rust engine to summarize 100,000 symbols: request/response through shared memory', async () => {
+  const engine = path.join(repoRoot, '.build', 'rust', 'release', 'arrow-shm-rs');
+  const address = `@arrow-shm-test-engine-${process.pid}`;
+  const server = await startListening(engine, ['engine', '--socket', address, '--count', '1', '--timeout-ms', '30000']);
+  const channel = await connect(address, { timeoutMs: 10_000 });
+  try {
+    const symbols = generateSymbolTable(100_000);
+    using response = await channel.request(symbols, { timeoutMs: 20_000 });
+    const got = response.table.toArray().map((r) => ({ ...r.toJSON(), count: Number(r.count) }));
+    assert.deepEqual(got, expectedSummary(symbols));
+  } finally {
+    channel.close();
+  }
+  assert.equal((await server.done).code, 0);
+});
+
+/** The engine's answer computed here, independently: per file_id then per kind, keys ascending. */
+function expectedSummary(table: Table) {
+  const rows: { group: string; key: number; count: number; min_start_line: number; max_end_line: number }[] = [];
+  const start = table.getChild('start_line')!.toArray() as Uint32Array;
+  const end = table.getChild('end_line')!.toArray() as Uint32Array;
+  for (const group of ['file_id', 'kind']) {
+    const keys = table.getChild(group)!.toArray() as Uint16Array | Uint8Array;
+    const acc = new Map<number, { count: number; min: number; max: number }>();
+    keys.forEach((k, i) => {
+      const a = acc.get(k) ?? { count: 0, min: Infinity, max: 0 };
+      a.count++;
+      a.min = Math.min(a.min, start[i]!);
+      a.max = Math.max(a.max, end[i]!);
+      acc.set(k, a);
+    });
+    for (const [key, a] of [...acc].sort((x, y) => x[0] - y[0])) rows.push({ group, key, count: a.count, min_start_line: a.min, max_end_line: a.max });
+  }
+  return rows;
+}

@@ -10,6 +10,7 @@ import { seedReceive, seedSend } from '../transport/seed.js';
 import type { KeyValues } from '../transport/frame.js';
 import { readInput, sendableFromFile, UsageError } from './files.js';
 import { runDemo, runDemoReceiver, runDemoSender } from './demo.js';
+import { pub, recvStream, sendStream, sub, type StreamRecvFlags, type StreamSendFlags } from './stream.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -27,7 +28,8 @@ function listening(address: string): void {
   process.stderr.write(`arrow-shm: listening on ${address}\n`);
 }
 
-interface SendFlags {
+interface SendFlags extends StreamSendFlags {
+  stream?: boolean;
   socket: string;
   listen?: boolean;
   seedCompat?: boolean;
@@ -35,7 +37,17 @@ interface SendFlags {
   timeoutMs?: number;
 }
 
+function powerOfTwo(value: string): number {
+  const n = positiveInt(value);
+  if (!Number.isInteger(Math.log2(n)) || n < 65536) throw new InvalidArgumentError('expected a power of two, at least 65536');
+  return n;
+}
+
 async function send(files: string[], flags: SendFlags): Promise<void> {
+  if (flags.stream) {
+    if (flags.seedCompat) throw new UsageError('--stream and --seed-compat do not go together');
+    return sendStream(files, flags, () => listening(flags.socket));
+  }
   const inputs = files.map((f) => ({ name: f, data: sendableFromFile(readInput(f)) }));
   if (flags.seedCompat) {
     if (inputs.length !== 1) throw new UsageError('--seed-compat sends exactly one FILE');
@@ -61,7 +73,8 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
   }
 }
 
-interface RecvFlags {
+interface RecvFlags extends StreamRecvFlags {
+  stream?: boolean;
   socket: string;
   connect?: boolean;
   count: number;
@@ -116,6 +129,10 @@ function handle(message: Message, index: number, flags: RecvFlags): void {
 }
 
 async function recv(flags: RecvFlags): Promise<void> {
+  if (flags.stream) {
+    if (flags.seedCompat || flags.count !== 1) throw new UsageError('--stream receives one stream: no --seed-compat, no --count');
+    return recvStream(flags, () => listening(flags.socket));
+  }
   if (flags.seedCompat) {
     for (let i = 0; i < flags.count; i++) handle(await seedReceive(flags.socket, { timeoutMs: flags.timeoutMs }), i, flags);
     return;
@@ -171,6 +188,8 @@ function program(): Command {
     .option('--seed-compat', "speak the seed proof of concept's protocol (listen, send 'F' + unsealed memfd)")
     .option('--meta <key=value>', 'user metadata for every message (repeatable)', keyValue)
     .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .option('--stream', 'send every batch of the FILEs as one stream through a shared ring')
+    .option('--ring-bytes <n>', 'ring capacity for --stream (a power of two)', powerOfTwo)
     .argument('<files...>')
     .action((files: string[], flags: SendFlags) => send(files, flags));
 
@@ -185,7 +204,28 @@ function program(): Command {
     .option('--seed-compat', "speak the seed proof of concept's protocol (connect, accept an unsealed memfd)")
     .option('--allow-unsealed', 'accept segments without seals (unsafe with untrusted senders)')
     .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .option('--stream', 'receive one stream; --out writes it as one IPC stream file')
     .action((flags: RecvFlags) => recv(flags));
+
+  cli
+    .command('pub')
+    .description('publish every batch of the FILEs once N subscribers have joined')
+    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .option('--subscribers <n>', 'subscribers to wait for', positiveInt, 1)
+    .option('--meta <key=value>', 'user metadata for the stream (repeatable)', keyValue)
+    .option('--ring-bytes <n>', 'ring capacity (a power of two)', powerOfTwo)
+    .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .argument('<files...>')
+    .action((files: string[], flags: StreamSendFlags) => pub(files, flags, () => listening(flags.socket)));
+
+  cli
+    .command('sub')
+    .description('subscribe to a publication and write what it publishes as one IPC stream file')
+    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .option('--out <file>', 'write the stream to FILE')
+    .option('--print', 'print schema and row counts')
+    .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .action((flags: StreamRecvFlags) => sub(flags));
 
   cli
     .command('demo')

@@ -8,7 +8,7 @@ import './codecs.js';
 // arrow-js's wording for types and features it does not implement.
 const UNSUPPORTED = /unrecognized type|not (yet )?(supported|implemented)|unsupported|no codec|codec not found|codec for compression/i;
 
-function classify(e: unknown): ArrowShmError {
+export function classify(e: unknown): ArrowShmError {
   if (e instanceof ArrowShmError) return e;
   const message = e instanceof Error ? e.message : String(e);
   if (UNSUPPORTED.test(message)) return fail('ERR_IPC_UNSUPPORTED', `arrow-js cannot decode this stream: ${message}`, e);

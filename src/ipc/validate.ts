@@ -19,7 +19,20 @@ function asNumber(x: bigint | number): number {
   return typeof x === 'bigint' ? (x <= BigInt(Number.MAX_SAFE_INTEGER) && x >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(x) : Number.NaN) : x;
 }
 
-export function validateIpcStream(bytes: Uint8Array): IpcSummary {
+/** One checked encapsulated message: its decoded metadata and where its body lies in the bytes. */
+export interface IpcMessage {
+  message: Message;
+  bodyStart: number;
+  bodyLength: number;
+}
+
+/**
+ * Walks and checks every encapsulated message of `bytes`. `'stream'`: an IPC stream (a Schema
+ * first, an optional end-of-stream marker). `'batches'`: the messages of a stream record
+ * (§12.2): dictionary and record batches only, no Schema, no end-of-stream marker.
+ * `onMessage` sees each message once it is checked.
+ */
+export function walkIpcMessages(bytes: Uint8Array, mode: 'stream' | 'batches', onMessage?: (m: IpcMessage) => void): IpcSummary {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const end = bytes.length;
   const summary: IpcSummary = { messages: 0, recordBatches: 0, dictionaryBatches: 0, streamLength: end };
@@ -34,6 +47,7 @@ export function validateIpcStream(bytes: Uint8Array): IpcSummary {
       prefix = 8;
     }
     if (size === 0) {
+      if (mode === 'batches') throw fail('ERR_IPC_INVALID', `end-of-stream marker inside a stream record at offset ${pos}`);
       summary.streamLength = pos + prefix;
       break;
     }
@@ -53,41 +67,50 @@ export function validateIpcStream(bytes: Uint8Array): IpcSummary {
     if (!(bodyLength >= 0)) throw fail('ERR_IPC_INVALID', `invalid body length ${String(message.bodyLength)} at offset ${pos}`);
     if (bodyLength > end - bodyStart) throw fail('ERR_IPC_TRUNCATED', `message body of ${bodyLength} bytes at offset ${bodyStart} runs past the end of the ${end}-byte stream`);
     const header = message.headerType;
-    if (summary.messages === 0 && header !== MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `IPC stream must start with a Schema message, got ${MessageHeader[header] ?? header}`);
-    if (summary.messages > 0 && header === MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `second Schema message at offset ${pos}`);
+    if (mode === 'stream' && summary.messages === 0 && header !== MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `IPC stream must start with a Schema message, got ${MessageHeader[header] ?? header}`);
+    if ((mode === 'batches' || summary.messages > 0) && header === MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `unexpected Schema message at offset ${pos}`);
     if (header === MessageHeader.RecordBatch || header === MessageHeader.DictionaryBatch) {
-      let decoded: { data?: unknown };
-      try {
-        decoded = message.header() as unknown as { data?: unknown };
-      } catch (e) {
-        throw fail('ERR_IPC_INVALID', `undecodable batch header at offset ${metaStart}: ${(e as Error).message}`, e);
-      }
-      const batch = (header === MessageHeader.RecordBatch ? decoded : decoded?.data) as
-        | { length: bigint | number; nodes: { length: bigint | number; nullCount: bigint | number }[]; buffers: { offset: bigint | number; length: bigint | number }[] }
-        | undefined;
-      if (!batch) throw fail('ERR_IPC_INVALID', `batch message without a header at offset ${pos}`);
-      const length = asNumber(batch.length);
-      if (!(length >= 0)) throw fail('ERR_IPC_INVALID', `invalid batch length ${String(batch.length)} at offset ${pos}`);
-      for (const node of batch.nodes) {
-        const n = asNumber(node.length);
-        const nulls = asNumber(node.nullCount);
-        if (!(n >= 0) || !(nulls >= 0) || nulls > n) throw fail('ERR_IPC_INVALID', `invalid field node (length ${String(node.length)}, nulls ${String(node.nullCount)}) at offset ${pos}`);
-      }
-      for (const region of batch.buffers) {
-        const offset = asNumber(region.offset);
-        const length = asNumber(region.length);
-        if (!(offset >= 0) || !(length >= 0) || offset + length > bodyLength) {
-          throw fail('ERR_IPC_INVALID', `buffer [${String(region.offset)}, +${String(region.length)}) outside its ${bodyLength}-byte body at offset ${bodyStart}`);
-        }
-      }
+      checkBatchHeader(message, header, pos, bodyStart, bodyLength);
       if (header === MessageHeader.RecordBatch) summary.recordBatches++;
       else summary.dictionaryBatches++;
     } else if (header !== MessageHeader.Schema) {
       throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
     }
     summary.messages++;
+    onMessage?.({ message, bodyStart, bodyLength });
     pos = bodyStart + bodyLength;
   }
-  if (summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
+  if (mode === 'stream' && summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
   return summary;
+}
+
+function checkBatchHeader(message: Message, header: MessageHeader, pos: number, bodyStart: number, bodyLength: number): void {
+  let decoded: { data?: unknown };
+  try {
+    decoded = message.header() as unknown as { data?: unknown };
+  } catch (e) {
+    throw fail('ERR_IPC_INVALID', `undecodable batch header at offset ${pos}: ${(e as Error).message}`, e);
+  }
+  const batch = (header === MessageHeader.RecordBatch ? decoded : decoded?.data) as
+    | { length: bigint | number; nodes: { length: bigint | number; nullCount: bigint | number }[]; buffers: { offset: bigint | number; length: bigint | number }[] }
+    | undefined;
+  if (!batch) throw fail('ERR_IPC_INVALID', `batch message without a header at offset ${pos}`);
+  const length = asNumber(batch.length);
+  if (!(length >= 0)) throw fail('ERR_IPC_INVALID', `invalid batch length ${String(batch.length)} at offset ${pos}`);
+  for (const node of batch.nodes) {
+    const n = asNumber(node.length);
+    const nulls = asNumber(node.nullCount);
+    if (!(n >= 0) || !(nulls >= 0) || nulls > n) throw fail('ERR_IPC_INVALID', `invalid field node (length ${String(node.length)}, nulls ${String(node.nullCount)}) at offset ${pos}`);
+  }
+  for (const region of batch.buffers) {
+    const offset = asNumber(region.offset);
+    const length = asNumber(region.length);
+    if (!(offset >= 0) || !(length >= 0) || offset + length > bodyLength) {
+      throw fail('ERR_IPC_INVALID', `buffer [${String(region.offset)}, +${String(region.length)}) outside its ${bodyLength}-byte body at offset ${bodyStart}`);
+    }
+  }
+}
+
+export function validateIpcStream(bytes: Uint8Array): IpcSummary {
+  return walkIpcMessages(bytes, 'stream');
 }

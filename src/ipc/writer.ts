@@ -32,16 +32,18 @@ export interface IpcLayout {
 
 export type TableLike = Table | RecordBatch | RecordBatch[];
 
-function toBatches(input: TableLike): { schema: Schema; batches: RecordBatch[] } {
+export function toBatches(input: TableLike): { schema: Schema; batches: RecordBatch[] } {
   if (input instanceof Table) return { schema: input.schema, batches: input.batches };
   if (input instanceof RecordBatch) return { schema: input.schema, batches: [input] };
   if (Array.isArray(input) && input.length > 0 && input.every((b) => b instanceof RecordBatch)) return { schema: input[0]!.schema, batches: input };
   throw fail('ERR_INVALID_ARGUMENT', 'expected an apache-arrow Table, RecordBatch or non-empty RecordBatch[]');
 }
 
-class LayoutBuilder {
+/** Plans encapsulated messages one after the other, starting at `position`. */
+export class LayoutBuilder {
   readonly chunks: IpcChunk[] = [];
-  position = 0;
+
+  constructor(public position = 0) {}
 
   private prefix(metadataSize: number): Uint8Array {
     return new Uint8Array(Int32Array.of(-1, metadataSize).buffer);
@@ -57,6 +59,10 @@ class LayoutBuilder {
       if (bytes.byteLength > 0) this.chunks.push({ offset: bodyStart + Number(regions[i]!.offset), bytes, body: true });
     });
     this.position = bodyStart + Number(message.bodyLength);
+  }
+
+  schema(schema: Schema): void {
+    this.message(Message.from(schema), [], []);
   }
 
   endOfStream(): void {
@@ -87,30 +93,53 @@ function batchMessage(data: RecordBatch | Vector, length: number, metadata?: Map
 }
 
 /**
- * Plans the IPC stream of `input`. Dictionaries follow the Arrow spec: the first batch that uses a
- * dictionary writes it whole; later batches write only new chunks as deltas, or a replacement when
- * the dictionary changed entirely.
+ * Dictionary state across the batches of one stream, as the Arrow spec has it: the first batch
+ * that uses a dictionary writes it whole; later batches write only new chunks as deltas, or a
+ * replacement when the dictionary changed entirely.
  */
-export function layoutIpcStream(input: TableLike): IpcLayout {
-  const { schema, batches } = toBatches(input);
-  const out = new LayoutBuilder();
-  out.message(Message.from(schema), [], []);
-  const seen = new Map<number, { first: Data | undefined; chunks: number }>();
-  for (const batch of batches) {
+export class DictionaryTracker {
+  #seen = new Map<number, { first: Data | undefined; chunks: number }>();
+
+  /**
+   * Plans the dictionary messages `batch` needs before it, as (id, isDelta, start, end). The
+   * tracker only learns they were sent on `commit()`, so a write that fails can be retried.
+   */
+  plan(batch: RecordBatch, out: LayoutBuilder): { written: { id: number; isDelta: boolean; start: number; end: number }[]; commit: () => void } {
+    const written: { id: number; isDelta: boolean; start: number; end: number }[] = [];
+    const updates: [number, { first: Data | undefined; chunks: number }][] = [];
     for (const [id, dictionary] of batch.dictionaries) {
       const chunks = dictionary?.data ?? [];
-      const previous = seen.get(id);
+      const previous = this.#seen.get(id);
       const replacing = !previous || previous.first !== chunks[0];
       const from = replacing ? 0 : previous.chunks;
       chunks.slice(from).forEach((chunk, i) => {
         const { header, body, regions, bodyLength } = batchMessage(new Vector([chunk]), chunk.length);
         const isDelta = !replacing || from + i > 0;
+        const start = out.position;
         out.message(Message.from(new DictionaryBatchHeader(header, id, isDelta), bodyLength), body, regions);
+        written.push({ id, isDelta, start, end: out.position });
       });
-      seen.set(id, { first: chunks[0], chunks: chunks.length });
+      updates.push([id, { first: chunks[0], chunks: chunks.length }]);
     }
-    const { header, body, regions, bodyLength } = batchMessage(batch, batch.numRows, batch.metadata);
-    out.message(Message.from(header, bodyLength), body, regions);
+    return { written, commit: () => updates.forEach(([id, state]) => this.#seen.set(id, state)) };
+  }
+}
+
+/** Plans one RecordBatch message (without its dictionaries). */
+export function writeRecordBatchMessage(batch: RecordBatch, out: LayoutBuilder): void {
+  const { header, body, regions, bodyLength } = batchMessage(batch, batch.numRows, batch.metadata);
+  out.message(Message.from(header, bodyLength), body, regions);
+}
+
+/** Plans the IPC stream of `input` (dictionaries as DictionaryTracker writes them). */
+export function layoutIpcStream(input: TableLike): IpcLayout {
+  const { schema, batches } = toBatches(input);
+  const out = new LayoutBuilder();
+  out.schema(schema);
+  const dictionaries = new DictionaryTracker();
+  for (const batch of batches) {
+    dictionaries.plan(batch, out).commit();
+    writeRecordBatchMessage(batch, out);
   }
   out.endOfStream();
   return { byteLength: out.position, chunks: out.chunks, schema, recordBatches: batches.length };

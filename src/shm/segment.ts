@@ -32,8 +32,8 @@ export class Mapping {
 
   #reportTimer: NodeJS.Timeout | null;
 
-  constructor(fd: number, length: number, writable: boolean) {
-    const buffer = native.mmap(fd, length, writable);
+  constructor(fd: number, length: number, writable: boolean, offset = 0) {
+    const buffer = native.mmap(fd, length, writable, offset);
     this.#buffer = buffer;
     this.length = length;
     this.writable = writable;

@@ -1,7 +1,7 @@
 // Channels: a connection between two arrow-shm peers over a UNIX SOCK_SEQPACKET socket
 // (docs/PROTOCOL.md). Either side may send tables; the listener/connector roles only matter for
 // the handshake.
-import type { RecordBatch, Table } from 'apache-arrow';
+import type { RecordBatch, Schema, Table } from 'apache-arrow';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
 import { native } from '../native.js';
@@ -10,7 +10,9 @@ import { validateIpcStream, type IpcSummary } from '../ipc/validate.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
 import { LeasePool, SparePool } from '../shm/pool.js';
 import { Mapping, Segment, checkReceivedSegment, type SealPolicy } from '../shm/segment.js';
-import { decodeFrame, encodeFrame, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type KeyValues } from './frame.js';
+import { decodeFrame, encodeFrame, FRAME_FDS, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type FrameInit, type KeyValues } from './frame.js';
+import { StreamReader, type StreamReaderOptions } from '../stream/consumer.js';
+import { RingProducer, StreamWriter, type StreamWriterOptions } from '../stream/producer.js';
 import { PacketSocket, closeListeningSocket, connectSocket, listenSocket, type Datagram } from './socket.js';
 
 const IMPLEMENTATION = 'arrow-shm-node/0.1.0';
@@ -34,6 +36,8 @@ export interface ChannelOptions {
   lease?: boolean;
   /** Pre-allocated spare segments kept per size class for sealed sends (0 disables). Default 1. */
   spareSegments?: number;
+  /** @internal A publication's answer to SUBSCRIBE frames (set from the first frame on). */
+  onSubscribe?: ((channel: Channel, frame: Frame) => void) | null;
 }
 
 export interface PeerInfo {
@@ -215,6 +219,11 @@ export class Channel {
   #spares: SparePool | null;
   #leasePool = new LeasePool({ perClass: 4, maxBytes: 4 * 1024 ** 3 });
   #leases = new Map<bigint, Segment>();
+  #streamOffers: { frame: Frame; fds: number[] }[] = [];
+  #streamWaiters: Pending<{ frame: Frame; fds: number[] } | null>[] = [];
+  #streamReader: StreamReader | null = null;
+  #subscriptions = new Set<bigint>();
+  #closeListeners = new Set<(error: ArrowShmError) => void>();
 
   private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions) {
     this.#socket = socket;
@@ -312,6 +321,87 @@ export class Channel {
       }
       yield next;
     }
+  }
+
+  /**
+   * Opens a stream of record batches to the peer (docs/PROTOCOL.md §12), which receives it with
+   * `acceptStream()`. Resolves once the peer has mapped the ring.
+   */
+  async openStream(schema: Schema, options: StreamWriterOptions = {}): Promise<StreamWriter> {
+    if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
+    if (!this.#peer.capabilities.includes('stream')) throw fail('ERR_PROTOCOL', `the peer (${this.#peer.implementation}) does not accept streams`);
+    const producer = new RingProducer(schema, options, 1);
+    try {
+      await producer.attach(this);
+    } catch (e) {
+      producer.close();
+      throw e;
+    }
+    return new StreamWriter(producer, this);
+  }
+
+  /** The next stream the peer opens on this channel (its batches are read in place). */
+  async acceptStream(options: StreamReaderOptions & { timeoutMs?: number } = {}): Promise<StreamReader> {
+    const offer = this.#streamOffers.shift() ?? (this.#state === 'closed' ? null : await withTimeout(new Promise<{ frame: Frame; fds: number[] } | null>((resolve, reject) => this.#streamWaiters.push({ resolve, reject })), options.timeoutMs, 'no stream offered'));
+    if (!offer) throw this.#closeError ?? fail('ERR_PEER_CLOSED', 'the peer closed the channel');
+    let reader: StreamReader;
+    try {
+      reader = StreamReader.open(this, offer.frame, offer.fds, options);
+    } catch (e) {
+      const error = asError(e);
+      this.sendError(error.code, error.message, offer.frame.messageId).catch(() => {});
+      throw error;
+    }
+    this.#streamReader = reader;
+    this.#socket.send(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: offer.frame.messageId })).catch(() => {});
+    return reader;
+  }
+
+  /** Asks a publishing peer for its stream (SUBSCRIBE, §12.1). */
+  async subscribe(options: StreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number } = {}): Promise<StreamReader> {
+    if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
+    const id = this.#takeId();
+    this.#subscriptions.add(id);
+    try {
+      await this.#socket.send(encodeFrame({ kind: FrameKind.Subscribe, messageId: id, metadata: options.metadata }));
+      return await this.acceptStream(options);
+    } finally {
+      this.#subscriptions.delete(id);
+    }
+  }
+
+  /** @internal Calls `listener` once when the channel closes, for whatever reason. Returns an unsubscribe. */
+  onClose(listener: (error: ArrowShmError) => void): () => void {
+    if (this.#state === 'closed') {
+      const error = this.#closeError!;
+      queueMicrotask(() => listener(error));
+      return () => {};
+    }
+    this.#closeListeners.add(listener);
+    return () => this.#closeListeners.delete(listener);
+  }
+
+  /**
+   * @internal Sends a stream frame with `fds` (which stay the caller's). With `ackTimeoutMs`,
+   * `acked` resolves on the peer's ACK and rejects on its ERROR.
+   */
+  sendStreamFrame(init: Omit<FrameInit, 'messageId'>, fds: number[], ackTimeoutMs?: number): { sent: Promise<void>; acked: Promise<void> } {
+    if (this.#state !== 'open') {
+      const error = this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
+      const rejected = Promise.reject(error);
+      rejected.catch(() => {});
+      return { sent: rejected, acked: rejected };
+    }
+    const id = this.#takeId();
+    let acked: Promise<void> = Promise.resolve();
+    if (ackTimeoutMs !== undefined) {
+      const pending = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
+      acked = withTimeout(pending, ackTimeoutMs, `stream frame ${id} was not acknowledged`).finally(() => this.#acks.delete(id));
+      acked.catch(() => {});
+    }
+    const sent = this.#socket.send(encodeFrame({ ...init, messageId: id }), fds);
+    sent.catch(() => {});
+    return { sent, acked };
   }
 
   /** Keeps (default) or stops keeping the Node process alive while the channel is open. */
@@ -418,7 +508,7 @@ export class Channel {
   }
 
   #localCapabilities(): string[] {
-    return this.#options.acceptLeased ? ['lease'] : [];
+    return this.#options.acceptLeased ? ['lease', 'stream'] : ['stream'];
   }
 
   #next(): Promise<Message | null> {
@@ -443,7 +533,7 @@ export class Channel {
       if (this.#state === 'open' && frame.version !== this.#version) {
         throw fail('ERR_PROTOCOL_VERSION', `frame of protocol version ${frame.version}, agreed version ${this.#version}`);
       }
-      if (frame.kind !== FrameKind.Table && d.fds.length > 0) throw fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries ${d.fds.length} file descriptors`);
+      if (!FRAME_FDS[frame.kind] && d.fds.length > 0) throw fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries ${d.fds.length} file descriptors`);
     } catch (e) {
       closeAll(d.fds);
       this.#fatal(asError(e), true);
@@ -530,6 +620,7 @@ export class Channel {
         }
         this.#acks.get(frame.correlationId)?.reject(error);
         this.#requests.get(frame.correlationId)?.reject(error);
+        if (this.#subscriptions.has(frame.correlationId)) for (const w of this.#streamWaiters.splice(0)) w.reject(error);
         // A refused leased segment was never mapped by the peer (§5.1): it is ours again.
         const refused = this.#leases.get(frame.correlationId);
         if (refused) {
@@ -540,6 +631,24 @@ export class Channel {
       }
       case FrameKind.Goodbye:
         this.#fatal(fail('ERR_PEER_CLOSED', 'the peer closed the channel'), false);
+        return;
+      case FrameKind.StreamOpen: {
+        const offer = { frame, fds };
+        const waiter = this.#streamWaiters.shift();
+        if (waiter) waiter.resolve(offer);
+        else this.#streamOffers.push(offer);
+        return;
+      }
+      case FrameKind.StreamSegment:
+        if (this.#streamReader) this.#streamReader.onSegment(frame, fds);
+        else {
+          closeAll(fds);
+          this.sendError('ERR_PROTOCOL', 'STREAM_SEGMENT without an open stream', frame.messageId).catch(() => {});
+        }
+        return;
+      case FrameKind.Subscribe:
+        if (this.#options.onSubscribe) this.#options.onSubscribe(this, frame);
+        else this.sendError('ERR_INVALID_ARGUMENT', 'this side publishes no stream', frame.messageId).catch(() => {});
         return;
       default:
         throw fail('ERR_PROTOCOL', `unexpected ${FrameKind[frame.kind]} frame after the handshake`);
@@ -626,6 +735,11 @@ export class Channel {
     const peerLeft = error.code === 'ERR_PEER_CLOSED';
     if (!peerLeft) for (const m of this.#inbox.splice(0)) m.close();
     for (const w of this.#waiters.splice(0)) w.resolve(null);
+    for (const w of this.#streamWaiters.splice(0)) w.resolve(null);
+    for (const offer of this.#streamOffers.splice(0)) closeAll(offer.fds);
+    const listeners = [...this.#closeListeners];
+    this.#closeListeners.clear();
+    for (const listener of listeners) listener(error);
     // Segments still leased may be mapped by the peer: never reuse them, just drop our handle.
     for (const segment of this.#leases.values()) segment.close();
     this.#leases.clear();
@@ -655,6 +769,7 @@ function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
     handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
     lease: o.lease ?? false,
     spareSegments: o.spareSegments ?? 1,
+    onSubscribe: o.onSubscribe ?? null,
   };
 }
 

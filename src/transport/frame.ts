@@ -14,7 +14,13 @@ export enum FrameKind {
   Release = 5,
   Error = 6,
   Goodbye = 7,
+  StreamOpen = 8,
+  StreamSegment = 9,
+  Subscribe = 10,
 }
+
+/** How many fds each kind carries (docs/PROTOCOL.md §3, §12.1); every other kind carries none. */
+export const FRAME_FDS: Partial<Record<FrameKind, number>> = { [FrameKind.Table]: 1, [FrameKind.StreamOpen]: 4, [FrameKind.StreamSegment]: 1 };
 
 export const FrameFlags = {
   LEASED: 0x01,
@@ -132,7 +138,7 @@ export function decodeFrame(bytes: Uint8Array): Frame {
   const magic = view.getUint32(0, true);
   if (magic !== MAGIC) throw fail('ERR_PROTOCOL', `bad frame magic 0x${magic.toString(16).padStart(8, '0')}, expected 0x${MAGIC.toString(16)} ("ASHM")`);
   const kind = view.getUint8(6);
-  if (kind < FrameKind.Hello || kind > FrameKind.Goodbye) throw fail('ERR_PROTOCOL', `unknown frame kind ${kind}`);
+  if (kind < FrameKind.Hello || kind > FrameKind.Subscribe) throw fail('ERR_PROTOCOL', `unknown frame kind ${kind}`);
   const flags = view.getUint8(7);
   if (flags & ~KNOWN_FLAGS) throw fail('ERR_PROTOCOL', `unknown frame flags 0x${flags.toString(16)}`);
   const headerLength = view.getUint32(8, true);
