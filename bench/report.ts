@@ -1,5 +1,5 @@
 // BENCHMARKS.md and its chart, regenerated from a results document.
-import { writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Row } from './run.js';
 
@@ -150,14 +150,17 @@ export function writeReport(doc: Doc, root: string): void {
     const mc = find('limits', 'memcpy', bytes);
     lines.push(`| ${human(bytes)} | ${cells.join(' | ')} | ${mc ? ms(mc.median_ms) + ' ms' : ''} |`);
   }
-  lines.push('', ...targets(rows), 'Not measured yet: other directions (node↔python, python→rust), streams, and the C ping-pong limit (issues #4, #5, #6).', '');
-  writeFileSync(path.join(root, 'BENCHMARKS.md'), lines.join('\n'));
+  lines.push('', ...targets(rows), 'Not measured yet: other directions (node↔python, python→rust) and the C ping-pong limit (issues #4, #6). Streams: see below (`npm run bench:stream`).', '');
+  // The Streams section comes from `npm run bench:stream`: keep it.
+  const file = path.join(root, 'BENCHMARKS.md');
+  const previous = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const streams = /<!-- streams:[\s\S]*?<!-- \/streams -->/.exec(previous)?.[0];
+  writeFileSync(file, lines.join('\n') + (streams ? `\n${streams}\n` : ''));
   writeFileSync(path.join(root, 'docs', 'bench-sweep.svg'), sweepChart(rows));
 }
 
 // `node dist/bench/report.js bench/results/<file>.json`: regenerate BENCHMARKS.md from a saved run.
 if (process.argv[1] && import.meta.url.endsWith(path.basename(process.argv[1])) && process.argv[2]) {
-  const { readFileSync } = await import('node:fs');
   const doc = JSON.parse(readFileSync(process.argv[2], 'utf8')) as Doc;
   writeReport(doc, path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..'));
 }
