@@ -123,3 +123,21 @@ function expectedSummary(table: Table) {
   }
   return rows;
 }
+
+test('pyarrow, arrow-rs and Arrow C++ decode the types arrow-js lacks, and views, float16, decimal32, unions', async () => {
+  const dir = tmp();
+  const made = await runProcess(venvPython, [script('unsupported_types.py'), dir, '--more']);
+  assert.equal(made.code, 0, made.stderr);
+  const files = made.stdout.trim().split('\n').map((n) => path.join(dir, `${n}.arrows`));
+  for (const peer of ['python', 'rust', 'cpp']) {
+    const address = path.join(dir, `${peer}.sock`);
+    const recv = await startListening(path.join(repoRoot, 'peers', 'run'), [peer, 'recv', '--socket', address, '--count', String(files.length), '--print']);
+    const sent = await runCli(['send', '--socket', address, ...files]);
+    assert.equal(sent.code, 0, sent.stderr);
+    const got = await recv.done;
+    assert.equal(got.code, 0, got.stderr);
+    assert.doesNotMatch(got.stderr, /ERR_/, `${peer}: ${got.stderr}`);
+    assert.equal(got.stdout.match(/^rows: /gm)?.length, files.length, `${peer} decoded every file`);
+  }
+  rmSync(dir, { recursive: true });
+});
