@@ -359,6 +359,18 @@ static mapping* find_mapping(napi_env env, void* addr) {
   return NULL;
 }
 
+// The live mapping behind an ArrayBuffer argument, or NULL (not an ArrayBuffer, not ours, unmapped,
+// or a buffer whose length no longer matches, i.e. detached).
+static mapping* arg_mapping(napi_env env, napi_value value) {
+  bool is_ab = false;
+  if (napi_is_arraybuffer(env, value, &is_ab) != napi_ok || !is_ab) return NULL;
+  void* data;
+  size_t len;
+  if (napi_get_arraybuffer_info(env, value, &data, &len) != napi_ok || !data) return NULL;
+  mapping* m = find_mapping(env, data);
+  return m && m->length == len ? m : NULL;
+}
+
 static void unlink_mapping(mapping* target) {
   if (!target->owner) return;
   for (mapping** p = &target->owner->mappings; *p; p = &(*p)->next) {
@@ -447,12 +459,9 @@ static napi_value unmap_js(napi_env env, napi_callback_info info) {
     throw_arg(env, "expected the ArrayBuffer returned by mmap()");
     return NULL;
   }
-  void* data;
-  size_t len;
-  napi_get_arraybuffer_info(env, argv[0], &data, &len);
-  mapping* m = data ? find_mapping(env, data) : NULL;
+  mapping* m = arg_mapping(env, argv[0]);
   napi_value result;
-  if (!m || m->length != len) {
+  if (!m) {
     napi_get_boolean(env, false, &result);
     return result;
   }
@@ -473,10 +482,7 @@ static napi_value report_mapping_js(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  void* data;
-  size_t len;
-  mapping* m = NULL;
-  if (napi_get_arraybuffer_info(env, argv[0], &data, &len) == napi_ok && data) m = find_mapping(env, data);
+  mapping* m = arg_mapping(env, argv[0]);
   if (m && !m->reported) {
     int64_t ignored;
     napi_adjust_external_memory(env, (int64_t)m->length, &ignored);
@@ -490,12 +496,13 @@ static napi_value populate_js(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  void* data;
-  size_t len;
-  if (napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok || !find_mapping(env, data)) {
+  mapping* m = arg_mapping(env, argv[0]);
+  if (!m) {
     throw_arg(env, "expected a live mapping");
     return NULL;
   }
+  void* data = m->addr;
+  size_t len = m->length;
   if (madvise(data, len, MADV_POPULATE_WRITE) != 0) {
     if (errno != EINVAL) {
       throw_errno(env, "madvise(MADV_POPULATE_WRITE)", errno);

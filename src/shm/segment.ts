@@ -24,26 +24,45 @@ export function describeSeals(seals: number): string {
   return names.length ? names.join('|') : 'none';
 }
 
+// Mappings still open a while after they were made are counted in V8's external memory, so that
+// the GC eventually collects a forgotten one. One timer serves all of them; it holds the buffers
+// only weakly and never keeps the process alive. Entries are queued in due order.
+const pendingReports: { buffer: WeakRef<ArrayBuffer>; due: number }[] = [];
+let reportTimer: NodeJS.Timeout | null = null;
+
+function reportLater(buffer: ArrayBuffer): void {
+  pendingReports.push({ buffer: new WeakRef(buffer), due: performance.now() + MAPPING_REPORT_DELAY_MS });
+  if (!reportTimer) armReportTimer();
+}
+
+function armReportTimer(): void {
+  const next = pendingReports[0];
+  reportTimer = next ? setTimeout(reportDue, Math.max(0, next.due - performance.now())).unref() : null;
+}
+
+function reportDue(): void {
+  const now = performance.now();
+  let due = 0;
+  while (due < pendingReports.length && pendingReports[due]!.due <= now) {
+    const live = pendingReports[due++]!.buffer.deref();
+    if (live && live.byteLength > 0) native.reportMapping(live); // released ones are detached: length 0
+  }
+  pendingReports.splice(0, due);
+  armReportTimer();
+}
+
 /** A mapping of a segment, exposed as an ArrayBuffer; `release()` detaches every view first. */
 export class Mapping {
   #buffer: ArrayBuffer | null;
   readonly length: number;
   readonly writable: boolean;
 
-  #reportTimer: NodeJS.Timeout | null;
-
   constructor(fd: number, length: number, writable: boolean, offset = 0) {
     const buffer = native.mmap(fd, length, writable, offset);
     this.#buffer = buffer;
     this.length = length;
     this.writable = writable;
-    // Still open after a while: tell V8 about the mapping so the GC eventually collects a
-    // forgotten one. The timer holds the buffer only weakly, and never keeps the process alive.
-    const weak = new WeakRef(buffer);
-    this.#reportTimer = setTimeout(() => {
-      const live = weak.deref();
-      if (live && live.byteLength > 0) native.reportMapping(live);
-    }, MAPPING_REPORT_DELAY_MS).unref();
+    reportLater(buffer);
   }
 
   get released(): boolean {
@@ -65,8 +84,6 @@ export class Mapping {
     const buffer = this.#buffer;
     if (!buffer) return;
     this.#buffer = null;
-    if (this.#reportTimer) clearTimeout(this.#reportTimer);
-    this.#reportTimer = null;
     native.unmap(buffer);
   }
 }

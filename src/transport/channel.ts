@@ -293,14 +293,16 @@ export class Channel {
 
   /** Sends a request and resolves with the peer's response (or rejects with its error). */
   async request(data: Sendable, options: SendOptions = {}): Promise<Message> {
-    const id = this.#nextId;
-    const response = new Promise<Message>((resolve, reject) => this.#requests.set(id, { resolve, reject }));
+    let pending!: Pending<Message>;
+    const response = new Promise<Message>((resolve, reject) => (pending = { resolve, reject }));
     response.catch(() => {});
+    let id: bigint | undefined;
+    const register = (frameId: bigint) => this.#requests.set((id = frameId), pending);
     try {
-      await this.sendFrameWithTable(data, { metadata: options.metadata }, FrameFlags.REQUEST, 0n);
+      await this.sendFrameWithTable(data, { metadata: options.metadata }, FrameFlags.REQUEST, 0n, register);
       return await withTimeout(response, options.timeoutMs, 'no response');
     } finally {
-      this.#requests.delete(id);
+      if (id !== undefined) this.#requests.delete(id);
     }
   }
 
@@ -431,23 +433,24 @@ export class Channel {
   // -------------------------------------------------------------------------------------------
 
   /** @internal */
-  async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
+  /** `onId` learns the frame's message id before the frame leaves (requests wait on it). */
+  async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> {
     if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
     if (!(data instanceof PreparedTable) && this.#options.lease && this.#peer.capabilities.includes('lease')) {
-      return this.#sendLeased(data, options, flags, correlationId);
+      return this.#sendLeased(data, options, flags, correlationId, onId);
     }
     const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data, this.#spares ?? undefined);
     // A segment made for this send is closed as soon as its fd is in flight (or the send failed).
     const closeOwn = () => prepared !== data && prepared.close();
     try {
-      return await this.#sendTableFrame(prepared.segment.fd, prepared.ipcLength, flags, correlationId, options, closeOwn);
+      return await this.#sendTableFrame(prepared.segment.fd, prepared.ipcLength, flags, correlationId, options, closeOwn, { registered: (id) => onId?.(id) });
     } finally {
       closeOwn();
     }
   }
 
   /** §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE. */
-  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint): Promise<void> {
+  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> {
     const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
     if (data instanceof Uint8Array) validateIpcStream(data);
     const length = layout ? layout.byteLength : (data as Uint8Array).byteLength;
@@ -456,7 +459,10 @@ export class Channel {
     if (layout) writeIpcLayout(layout, target, true);
     else target.set(data as Uint8Array);
     return this.#sendTableFrame(segment.fd, length, flags | FrameFlags.LEASED, correlationId, options, undefined, {
-      registered: (id) => this.#leases.set(id, segment),
+      registered: (id) => {
+        this.#leases.set(id, segment);
+        onId?.(id);
+      },
       // The frame never left: nobody else maps the segment, it can be reused.
       failed: (id) => this.#leases.delete(id) && this.#leasePool.giveBack(segment),
     });
@@ -470,10 +476,10 @@ export class Channel {
     correlationId: bigint,
     options: SendOptions,
     sent?: () => void,
-    lease?: { registered: (id: bigint) => void; failed: (id: bigint) => void },
+    hooks?: { registered: (id: bigint) => void; failed?: (id: bigint) => void },
   ): Promise<void> {
     const id = this.#takeId();
-    lease?.registered(id);
+    hooks?.registered(id);
     const acked = new Promise<void>((resolve, reject) => this.#acks.set(id, { resolve, reject }));
     acked.catch(() => {});
     try {
@@ -481,7 +487,7 @@ export class Channel {
         const frame = encodeFrame({ kind: FrameKind.Table, flags, messageId: id, correlationId, ipcLength: BigInt(ipcLength), fdCount: 1, metadata: options.metadata });
         await this.#socket.send(frame, [fd]);
       } catch (e) {
-        lease?.failed(id); // only a frame that never left may be reused
+        hooks?.failed?.(id); // only a frame that never left may be reused
         throw e;
       }
       sent?.();
