@@ -28,6 +28,8 @@
 #endif
 
 #define MAX_FDS_PER_MESSAGE 16
+// V8 refuses external ArrayBuffers over 4 GiB.
+#define MAX_MAPPING_BYTES ((int64_t)1 << 32)
 
 // ---------------------------------------------------------------------------------------------
 // Error plumbing
@@ -392,9 +394,14 @@ static void do_munmap(napi_env env, mapping* m) {
   }
 }
 
+// Set by finalize_mapping: when napi_create_external_arraybuffer fails, Node may or may not have
+// run the finalizer already; this tells the failure path which.
+static _Thread_local mapping* last_finalized;
+
 static void finalize_mapping(napi_env env, void* data, void* hint) {
   (void)data;
   mapping* m = hint;
+  last_finalized = m;
   do_munmap(env, m);
   unlink_mapping(m);
   free(m);
@@ -419,6 +426,10 @@ static napi_value mmap_js(napi_env env, napi_callback_info info) {
     throw_arg(env, "offset must be a multiple of the page size");
     return NULL;
   }
+  if (length > MAX_MAPPING_BYTES) {
+    throw_shm_error(env, "ERR_TOO_LARGE", "a mapping over 4 GiB cannot be exposed to JavaScript (V8's limit for an external ArrayBuffer)", 0, "mmap");
+    return NULL;
+  }
   int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
   void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, (off_t)offset);
   if (addr == MAP_FAILED) {
@@ -435,9 +446,12 @@ static napi_value mmap_js(napi_env env, napi_callback_info info) {
   m->length = (size_t)length;
   m->mapped = true;
   napi_value ab;
+  last_finalized = NULL;
   if (napi_create_external_arraybuffer(env, addr, (size_t)length, finalize_mapping, m, &ab) != napi_ok) {
-    munmap(addr, (size_t)length);
-    free(m);
+    if (last_finalized != m) {
+      munmap(addr, (size_t)length);
+      free(m);
+    }
     throw_shm_error(env, "ERR_SYSCALL", "cannot expose the mapping as an external ArrayBuffer", 0, "napi_create_external_arraybuffer");
     return NULL;
   }

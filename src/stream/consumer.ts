@@ -28,7 +28,7 @@ export interface StreamReaderOptions {
   spinMicros?: number;
   /** `read()` fails with ERR_TIMEOUT after this many ms without a batch. Default: wait forever. */
   readTimeoutMs?: number;
-  /** Largest batch accepted through its own segment (EXTERNAL records). Default 16 GiB. */
+  /** Largest batch accepted through its own segment (EXTERNAL records). Default 4 GiB (V8's limit for one ArrayBuffer). */
   maxMessageBytes?: number;
 }
 
@@ -321,7 +321,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
       if (!Number.isSafeInteger(sequence) || sequence < 0) throw fail('ERR_PROTOCOL', `STREAM_SEGMENT without a valid sequence`);
       const segment = Segment.adopt(fds.pop()!);
       try {
-        checkReceivedSegment(segment, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes ?? 16 * 1024 ** 3 });
+        checkReceivedSegment(segment, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes ?? 2 ** 32 });
         result = { mapping: segment.takeReadOnlyMapping(), offset: Number(frame.ipcOffset), length: Number(frame.ipcLength) };
       } finally {
         segment.closeFd();
@@ -339,6 +339,15 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
       return;
     }
     this.#segments.set(sequence, result);
+    this.#waiter.interrupt();
+  }
+
+  /** @internal The kernel dropped a STREAM_SEGMENT's fd (this process ran out of fds): that batch fails, the stream goes on. */
+  onSegmentLost(frame: Frame, error: ArrowShmError): void {
+    const sequence = Number(frame.metadata.sequence ?? NaN);
+    this.#channel.sendError(error.code, error.message, frame.messageId).catch(() => {});
+    if (!Number.isSafeInteger(sequence) || this.#closed) return;
+    this.#segments.set(sequence, error);
     this.#waiter.interrupt();
   }
 

@@ -1,6 +1,7 @@
 // Channels: a connection between two arrow-shm peers over a UNIX SOCK_SEQPACKET socket
 // (docs/PROTOCOL.md). Either side may send tables; the listener/connector roles only matter for
 // the handshake.
+import { openSync } from 'node:fs';
 import type { RecordBatch, Schema, Table } from 'apache-arrow';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
 import { withTimeout } from '../timeout.js';
@@ -16,12 +17,16 @@ import { RingProducer, StreamWriter, type StreamWriterOptions } from '../stream/
 import { PacketSocket, closeListeningSocket, connectSocket, listenSocket, type Datagram } from './socket.js';
 
 const IMPLEMENTATION = 'arrow-shm-node/0.1.0';
-const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 ** 3;
+/** V8 exposes at most 4 GiB of one mapping as an ArrayBuffer, so that is the most a Node receiver can take. */
+export const MAX_NODE_MESSAGE_BYTES = 2 ** 32;
+const DEFAULT_MAX_MESSAGE_BYTES = MAX_NODE_MESSAGE_BYTES;
+/** Room for fds in every receive (docs/PROTOCOL.md §9: at least 16). */
+const MAX_FRAME_FDS = 16;
 
 export interface ChannelOptions {
   /** Peer uids allowed to connect (SO_PEERCRED). Default: this process's effective uid. */
   allowedUids?: number[];
-  /** Largest IPC stream accepted, in bytes. Default 16 GiB. */
+  /** Largest IPC stream accepted, in bytes. Default and maximum 4 GiB (V8's limit for one ArrayBuffer). */
   maxMessageBytes?: number;
   /** Accept segments without seals (unsafe: a hostile sender can truncate them). Default false. */
   allowUnsealed?: boolean;
@@ -534,8 +539,15 @@ export class Channel {
     let frame: Frame;
     try {
       if (d.truncated) throw fail('ERR_PROTOCOL', 'frame larger than 65536 bytes');
-      if (d.controlTruncated) throw fail('ERR_PROTOCOL', `too many file descriptors attached to one frame`);
       frame = decodeFrame(d.bytes);
+      if (d.controlTruncated) {
+        // More fds than a frame may carry is the sender's fault; fewer, that this process could
+        // not take them (RLIMIT_NOFILE): a message-level failure, the channel goes on.
+        if (frame.fdCount > MAX_FRAME_FDS || d.fds.length >= MAX_FRAME_FDS || this.#state !== 'open') throw fail('ERR_PROTOCOL', `too many file descriptors attached to one frame (${frame.fdCount})`);
+        closeAll(d.fds);
+        this.#onFdsDropped(frame);
+        return;
+      }
       if (this.#state === 'open' && frame.version !== this.#version) {
         throw fail('ERR_PROTOCOL_VERSION', `frame of protocol version ${frame.version}, agreed version ${this.#version}`);
       }
@@ -551,6 +563,15 @@ export class Channel {
     } catch (e) {
       this.#fatal(asError(e), true);
     }
+  }
+
+  /** A frame whose fds the kernel dropped because this process is out of file descriptors. */
+  #onFdsDropped(frame: Frame): void {
+    const error = new ArrowShmError('ERR_SYSCALL', `this receiver is out of file descriptors (RLIMIT_NOFILE): the ${frame.fdCount} fd(s) of ${FrameKind[frame.kind] ?? 'a'} frame ${frame.messageId} were dropped`, 24 /* EMFILE */, 'recvmsg');
+    if (frame.kind === FrameKind.StreamSegment && this.#streamReader) this.#streamReader.onSegmentLost(frame, error);
+    else if (frame.kind === FrameKind.Table || frame.kind === FrameKind.StreamOpen || frame.kind === FrameKind.StreamSegment) {
+      this.sendError(error.code, error.message, frame.messageId, frame.flags & FrameFlags.REQUEST ? FrameFlags.RESPONSE : 0).catch(() => {});
+    } else this.#fatal(fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries file descriptors`), true);
   }
 
   #onHandshakeFrame(frame: Frame): void {
@@ -766,7 +787,7 @@ export class Channel {
 
 function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
   const maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-  if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0) throw fail('ERR_INVALID_ARGUMENT', `maxMessageBytes must be a positive integer, got ${maxMessageBytes}`);
+  if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0 || maxMessageBytes > MAX_NODE_MESSAGE_BYTES) throw fail('ERR_INVALID_ARGUMENT', `maxMessageBytes must be a positive integer up to 4 GiB, got ${maxMessageBytes}`);
   return {
     allowedUids: o.allowedUids ?? [process.geteuid?.() ?? 0],
     maxMessageBytes,
@@ -799,6 +820,17 @@ function closeAll(fds: number[]): void {
   }
 }
 
+const EMFILE = 24;
+const ENFILE = 23;
+
+function openReserve(): number | null {
+  try {
+    return openSync('/dev/null', 'r');
+  } catch {
+    return null;
+  }
+}
+
 /** Connects to a listening peer and completes the handshake. */
 export async function connect(address: string, options: ChannelOptions & { timeoutMs?: number } = {}): Promise<Channel> {
   const fd = await connectSocket(address, true, options.timeoutMs);
@@ -819,6 +851,8 @@ export class Listener {
   #ready: Channel[] = [];
   #waiters: Pending<Channel | null>[] = [];
   #closed = false;
+  /** Held so that one fd is free to refuse connections when the process runs out (EMFILE). */
+  #reserveFd: number | null = openReserve();
 
   private constructor(
     readonly address: string,
@@ -842,7 +876,15 @@ export class Listener {
       try {
         fd = native.accept(this.#fd);
       } catch (e) {
-        this.#options.onConnectionError?.(asError(e));
+        const error = asError(e);
+        if (error.errno === EMFILE || error.errno === ENFILE) {
+          // accept(2) fails this way even with no connection pending (it needs an fd first).
+          const shed = this.#shedOne(error);
+          if (shed === 'shed') continue;
+          if (shed === 'none-pending') return;
+          this.#backOff();
+        }
+        this.#options.onConnectionError?.(error);
         return;
       }
       if (fd < 0) return;
@@ -856,6 +898,45 @@ export class Listener {
         (e) => this.#options.onConnectionError?.(asError(e)),
       );
     }
+  }
+
+  /**
+   * Out of fds, a pending connection would make the poller fire forever: close the reserve fd,
+   * accept that connection, tell it why in an ERROR frame, close it, take the reserve back.
+   */
+  #shedOne(error: ArrowShmError): 'shed' | 'none-pending' | 'no-reserve' {
+    if (this.#reserveFd === null) return 'no-reserve';
+    closeAll([this.#reserveFd]);
+    this.#reserveFd = null;
+    let fd = -1;
+    try {
+      fd = native.accept(this.#fd);
+    } catch {
+      // still out of fds (another thread took the one we freed): back off
+    }
+    if (fd >= 0) {
+      const frame = encodeFrame({ kind: FrameKind.Error, messageId: 1n, metadata: { code: 'ERR_SYSCALL', message: `the listener is out of file descriptors (errno ${error.errno}); try again later` } });
+      try {
+        native.sendmsg(fd, frame, []);
+      } catch {
+        // it may be gone already
+      }
+      native.close(fd);
+      this.#options.onConnectionError?.(error);
+    }
+    this.#reserveFd = openReserve();
+    if (this.#reserveFd === null) return 'no-reserve';
+    return fd >= 0 ? 'shed' : 'none-pending';
+  }
+
+  /** Without a reserve fd, stop polling for a moment instead of spinning on EMFILE. */
+  #backOff(): void {
+    native.pollerStart(this.#poller, false, false);
+    setTimeout(() => {
+      if (this.#closed) return;
+      this.#reserveFd ??= openReserve();
+      native.pollerStart(this.#poller, true, false);
+    }, 100);
   }
 
   /** The next connected (and handshaken) channel. */
@@ -890,6 +971,8 @@ export class Listener {
     this.#closed = true;
     native.pollerClose(this.#poller);
     closeListeningSocket(this.#fd, this.address);
+    if (this.#reserveFd !== null) closeAll([this.#reserveFd]);
+    this.#reserveFd = null;
     for (const c of this.#ready.splice(0)) c.close();
     for (const w of this.#waiters.splice(0)) w.resolve(null);
   }

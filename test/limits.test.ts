@@ -1,0 +1,78 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { freemem } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Binary, Field, RecordBatch, Schema, Struct, makeData } from 'apache-arrow';
+import { ArrowShmError } from '../src/errors.js';
+import { connect, listen, PreparedTable } from '../src/transport/channel.js';
+import { goldStreams, memfdMappings, openFds, repoRoot, runCli, startListening, uniqueAddress, venvPython } from './helpers.js';
+
+const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'fd-starved-receiver.js');
+const gold = goldStreams().find((f) => f.endsWith('generated_primitive.stream'))!;
+
+for (const mode of ['accept', 'receive'] as const) {
+  test(`a receiver out of file descriptors (RLIMIT_NOFILE) at ${mode} time: a typed error for the sender, no crash, no spin, then it serves again`, async () => {
+    const address = uniqueAddress(`nofile-${mode}`);
+    const receiver = await startListening('prlimit', ['--nofile=200:200', process.execPath, fixture, address, mode, '1500']);
+    const refused = await runCli(['send', '--socket', address, '--timeout-ms', '5000', gold]);
+    assert.equal(refused.code, 1);
+    const expected = mode === 'accept' ? /ERR_SYSCALL: .*the listener is out of file descriptors/ : /ERR_SYSCALL: .*this receiver is out of file descriptors \(RLIMIT_NOFILE\)/;
+    assert.match(refused.stderr, expected);
+    // Once it has fds again, the same receiver takes the next table.
+    let sent;
+    for (let attempt = 0; attempt < 40; attempt++) {
+      sent = await runCli(['send', '--socket', address, '--timeout-ms', '5000', gold]);
+      if (sent.code === 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(sent!.code, 0, sent!.stderr);
+    const done = await receiver.done;
+    assert.equal(done.code, 0, done.stderr);
+    const events = done.stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; rows?: number });
+    assert.deepEqual(events.at(-1), { event: 'table', rows: 37 });
+    assert.ok(events.filter((e) => e.event === 'connection-error').length < 50, 'the listener does not spin on EMFILE');
+  });
+}
+
+test('a table over 4 GiB (offsets past 32 bits) hands off to Python and reads correctly; a Node receiver refuses it with ERR_TOO_LARGE', { timeout: 300_000 }, async (t) => {
+  const size = 4 * 1024 ** 3 + 4 * 4096;
+  if (freemem() < 2.5 * size) {
+    t.skip(`needs ~${Math.round((2.5 * size) / 1024 ** 3)} GiB of free memory, ${Math.round(freemem() / 1024 ** 3)} GiB free`);
+    return;
+  }
+  // A Binary column's 32-bit offsets stop at 2 GiB: four batches of one ~1 GiB value each.
+  const schema = new Schema([new Field('blob', new Binary(), false)]);
+  const quarter = size / 4;
+  const batches = [0, 1, 2, 3].map((i) => {
+    const value = new Uint8Array(quarter);
+    value[0] = i + 1;
+    value[quarter - 1] = 10 + i;
+    const data = makeData({ type: new Binary(), length: 1, nullCount: 0, valueOffsets: Int32Array.of(0, quarter), data: value });
+    return new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: 1, nullCount: 0, children: [data] }));
+  });
+  const fds = openFds();
+  const maps = memfdMappings();
+  const prepared = PreparedTable.from(batches); // written once, sent twice
+  assert.ok(prepared.ipcLength > 2 ** 32, `${prepared.ipcLength} bytes of IPC`);
+
+  const address = uniqueAddress('4gib');
+  const python = await startListening(venvPython, [path.join(repoRoot, 'test', 'python', 'big_receiver.py'), address]);
+  const toPython = await connect(address, { timeoutMs: 10_000 });
+  await toPython.send(prepared, { timeoutMs: 120_000 });
+  toPython.close();
+  const printed = await python.done;
+  assert.equal(printed.code, 0, printed.stderr);
+  assert.deepEqual(printed.stdout.trim().split('\n'), [0, 1, 2, 3].map((i) => `${quarter} ${i + 1} ${10 + i} in-place`));
+
+  const nodeAddress = uniqueAddress('4gib-node');
+  const listener = listen(nodeAddress);
+  const [server, client] = await Promise.all([listener.accept(), connect(nodeAddress)]);
+  await assert.rejects(client.send(prepared, { timeoutMs: 60_000 }), (e: unknown) => e instanceof ArrowShmError && e.code === 'ERR_TOO_LARGE' && e.remote);
+  prepared.close();
+  server.close();
+  client.close();
+  listener.close();
+  assert.equal(openFds(), fds);
+  assert.equal(memfdMappings(), maps);
+});
