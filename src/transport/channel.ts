@@ -273,7 +273,12 @@ export class Channel {
           pid: String(process.pid),
         },
       });
-      socket.send(hello).catch((e) => channel.#fatal(asError(e), false));
+      // A listener that refuses us may have closed already: then its ERROR frame, still queued on
+      // our side, explains why, and the read path reports it (or the hang-up) instead.
+      socket.send(hello).catch((e) => {
+        const error = asError(e);
+        if (error.code !== 'ERR_PEER_CLOSED') channel.#fatal(error, false);
+      });
     }
     try {
       await channel.#ready.promise;
