@@ -73,6 +73,8 @@ export class RingProducer {
   #sequence = 0;
   /** End positions of published records, oldest first (for maxMessages). */
   #unreleased: number[] = [];
+  /** Index of the oldest unreleased entry (a moving head: shift() would be O(n) per release). */
+  #unreleasedHead = 0;
   #dictionaries = new DictionaryTracker();
   #schemaBytes: Uint8Array;
   /** Dictionary messages a late joiner needs, in order (PROTOCOL.md §12.4). */
@@ -287,6 +289,10 @@ export class RingProducer {
     for (const r of this.#readers.values()) wakeIfWaiting(this.#header.readerWaiting(r.slot), r.dataEvent);
   }
 
+  get #unreleasedCount(): number {
+    return this.#unreleased.length - this.#unreleasedHead;
+  }
+
   /** The lowest position some attached reader still holds (clamped: a reader cannot claim more). */
   #oldestHeld(): number {
     let oldest = this.#writePosition;
@@ -294,18 +300,22 @@ export class RingProducer {
       const p = Math.max(Math.min(this.#header.readPosition(r.slot), this.#writePosition), this.#writePosition - this.capacity);
       if (p < oldest) oldest = p;
     }
-    while (this.#unreleased.length > 0 && this.#unreleased[0]! <= oldest) this.#unreleased.shift();
+    while (this.#unreleasedHead < this.#unreleased.length && this.#unreleased[this.#unreleasedHead]! <= oldest) this.#unreleasedHead++;
+    if (this.#unreleasedHead > 1024 && this.#unreleasedHead * 2 > this.#unreleased.length) {
+      this.#unreleased = this.#unreleased.slice(this.#unreleasedHead);
+      this.#unreleasedHead = 0;
+    }
     return oldest;
   }
 
   /** Room for `length` contiguous bytes: returns their data offset, padding to the end first if needed. */
-  async #reserve(length: number): Promise<number> {
+  async #reserve(length: number, wait = false): Promise<number> {
     const deadline = this.#options.writeTimeoutMs === undefined ? undefined : performance.now() + this.#options.writeTimeoutMs;
     for (;;) {
       const offset = this.#writePosition % this.capacity;
       const tail = this.capacity - offset;
       const needed = length <= tail ? length : tail + length;
-      const fits = () => this.capacity - (this.#writePosition - this.#oldestHeld()) >= needed && this.#unreleased.length < this.#options.maxMessages;
+      const fits = () => this.capacity - (this.#writePosition - this.#oldestHeld()) >= needed && this.#unreleasedCount < this.#options.maxMessages;
       if (fits() || spinUntil(fits, this.#options.spinMicros)) {
         if (length > tail) {
           writeRecordHeader(this.#view, offset, { length: tail, kind: RecordKind.Padding, sequence: 0, ipcLength: 0 });
@@ -314,9 +324,9 @@ export class RingProducer {
         }
         return offset;
       }
-      if (this.#options.onFull === 'error') {
-        const byMessages = this.#unreleased.length >= this.#options.maxMessages;
-        throw fail('ERR_RING_FULL', byMessages ? `${this.#unreleased.length} records are not released yet (maxMessages ${this.#options.maxMessages})` : `the ring has no room for a ${length}-byte record (${this.capacity} bytes, ${this.#writePosition - this.#oldestHeld()} held by readers)`);
+      if (this.#options.onFull === 'error' && !wait) {
+        const byMessages = this.#unreleasedCount >= this.#options.maxMessages;
+        throw fail('ERR_RING_FULL', byMessages ? `${this.#unreleasedCount} records are not released yet (maxMessages ${this.#options.maxMessages})` : `the ring has no room for a ${length}-byte record (${this.capacity} bytes, ${this.#writePosition - this.#oldestHeld()} held by readers)`);
       }
       await this.#sleep(fits, deadline, 'room in the ring');
     }
@@ -347,7 +357,7 @@ export class RingProducer {
     await this.#writing;
     if (this.#closed) throw fail('ERR_CLOSED', 'the stream is closed');
     if (!this.#ended) {
-      const offset = await this.#reserve(RECORD_HEADER_BYTES);
+      const offset = await this.#reserve(RECORD_HEADER_BYTES, true); // the end always waits for room
       writeRecordHeader(this.#view, offset, { length: RECORD_HEADER_BYTES, kind: RecordKind.End, sequence: this.#sequence, ipcLength: 0 });
       this.#ended = true;
       this.#header.markEnded();

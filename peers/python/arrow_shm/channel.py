@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Union
 
 from . import __version__
 from .errors import (
@@ -44,9 +44,16 @@ from .frame import (
 from .message import Message, open_segment
 from .segment import DEFAULT_MAX_MESSAGE_BYTES, write_table_segment
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+    from .stream import StreamReader, StreamWriter
+
 IMPLEMENTATION = f"arrow-shm-python/{__version__}"
+#: Frame kinds that carry file descriptors.
+_FD_KINDS = (Kind.TABLE, Kind.STREAM_OPEN, Kind.STREAM_SEGMENT)
 #: Capabilities this peer accepts as a receiver.
-CAPABILITIES = ("lease",)
+CAPABILITIES = ("lease", "stream")
 HANDSHAKE_TIMEOUT = 5.0
 _MAX_FDS = 16  # ancillary room: more fds than a frame may carry are still received, then closed
 _PEERCRED = struct.Struct("3i")
@@ -181,6 +188,10 @@ def recv_with_fds(sock: socket.socket, bufsize: int, deadline: Optional[float]) 
     return data, fds, msg_flags
 
 
+def _error_frame(code: str, message: str, correlation_id: int) -> Frame:
+    return Frame(kind=Kind.ERROR, correlation_id=correlation_id, metadata={"code": code, "message": message[:4096]})
+
+
 class _Pending:
     __slots__ = ("acked", "error", "response", "request")
 
@@ -231,6 +242,11 @@ class Channel:
         self._failure: Optional[ArrowShmError] = None
         self._incoming: Deque[Union[Message, ArrowShmError]] = deque()
         self._pending: Dict[int, _Pending] = {}
+        self._stream_offers: Deque[tuple[Frame, list[int]]] = deque()
+        self._stream_reader: Optional["StreamReader"] = None
+        #: SUBSCRIBE frames waiting for a publication to answer them.
+        self._subscribe_requests: Deque[Frame] = deque()
+        self._accept_subscribe = False
         try:
             self._check_credentials()
             self._handshake(handshake_timeout)
@@ -335,7 +351,12 @@ class Channel:
                 pass
 
     def _send_frame(
-        self, frame: Frame, fd: Optional[int] = None, register: Optional[Callable[[int], None]] = None
+        self,
+        frame: Frame,
+        fd: Optional[int] = None,
+        register: Optional[Callable[[int], None]] = None,
+        *,
+        fds: Sequence[int] = (),
     ) -> int:
         """Assign the next message_id, send the frame. Returns the id.
 
@@ -348,9 +369,10 @@ class Channel:
                 raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
             frame.message_id = self._next_id
             frame.version = self.version
-            frame.fd_count = 0 if fd is None else 1
+            passed = list(fds) if fd is None else [fd]
+            frame.fd_count = len(passed)
             data = encode_frame(frame)
-            anc = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", passed))] if passed else []
             if register is not None:
                 register(frame.message_id)
             try:
@@ -428,7 +450,7 @@ class Channel:
                     ERR_PROTOCOL_VERSION,
                     f"frame of protocol version {frame.version}, agreed version {self.version}",
                 )
-            elif frame.kind != Kind.TABLE and fds:
+            elif frame.kind not in _FD_KINDS and fds:
                 raise ArrowShmError(ERR_PROTOCOL, f"{frame.kind.name} frame carries {len(fds)} file descriptors")
         except ArrowShmError as e:
             _close_fds(fds)
@@ -508,6 +530,19 @@ class Channel:
             if self._failure is None:
                 self._failure = ArrowShmError(ERR_PEER_CLOSED, "the peer said GOODBYE")
             return True
+        elif kind == Kind.STREAM_OPEN:
+            self._stream_offers.append((frame, fds))
+        elif kind == Kind.STREAM_SEGMENT:
+            if self._stream_reader is not None:
+                self._stream_reader._on_segment(frame, fds, outbox)
+            else:
+                _close_fds(fds)
+                outbox.append(_error_frame(ERR_PROTOCOL, "STREAM_SEGMENT without an open stream", frame.message_id))
+        elif kind == Kind.SUBSCRIBE:
+            if self._accept_subscribe:
+                self._subscribe_requests.append(frame)
+            else:
+                outbox.append(_error_frame(ERR_INVALID_ARGUMENT, "this side publishes no stream", frame.message_id))
         else:
             return ArrowShmError(ERR_PROTOCOL, f"unexpected {kind.name} frame after the handshake")
         return None
@@ -758,6 +793,101 @@ class Channel:
             answered += 1
         return answered
 
+    # ------------------------------------------------------------------ streams (§12)
+
+    def open_stream(self, schema: "pa.Schema", **options: Any) -> "StreamWriter":
+        """Open a stream of record batches to the peer (which reads it with ``accept_stream``);
+        returns once the peer mapped the ring. Options: see :class:`arrow_shm.stream.RingProducer`."""
+        from .stream import open_stream
+
+        return open_stream(self, schema, **options)
+
+    def accept_stream(self, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None) -> "StreamReader":
+        """The next stream the peer opens on this channel; its batches are read in place."""
+        self._wait(lambda: bool(self._stream_offers), _deadline(timeout), "a stream")
+        with self._cond:
+            frame, fds = self._stream_offers.popleft()
+        return self._open_reader(frame, fds, validate_full)
+
+    def subscribe(
+        self, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None
+    ) -> "StreamReader":
+        """Ask a publishing peer for its stream (SUBSCRIBE, §12.1)."""
+        pending = _Pending(False)
+
+        def register(message_id: int) -> None:
+            with self._cond:
+                self._pending[message_id] = pending
+
+        message_id = self._send_frame(Frame(kind=Kind.SUBSCRIBE, metadata=dict(metadata or {})), register=register)
+        try:
+            self._wait(lambda: bool(self._stream_offers) or pending.error is not None, _deadline(timeout), "a stream")
+        finally:
+            with self._cond:
+                self._pending.pop(message_id, None)
+        if pending.error is not None and not self._stream_offers:
+            raise pending.error
+        with self._cond:
+            frame, fds = self._stream_offers.popleft()
+        return self._open_reader(frame, fds, validate_full)
+
+    def _open_reader(self, frame: Frame, fds: list[int], validate_full: Optional[bool]) -> "StreamReader":
+        from .stream import StreamReader
+
+        if self._stream_reader is not None:
+            _close_fds(fds)
+            err = ArrowShmError(ERR_PROTOCOL, "a second stream while one is open on this connection")
+            self._send_error_quietly(err, frame.message_id)
+            raise err
+        try:
+            reader = StreamReader(
+                self,
+                frame,
+                fds,
+                validate_full=self.validate_full if validate_full is None else validate_full,
+                max_message_bytes=self.max_message_bytes,
+            )
+        except ArrowShmError as e:
+            self._send_error_quietly(e, frame.message_id)
+            raise
+        self._stream_reader = reader
+        self._send_frame(Frame(kind=Kind.ACK, correlation_id=frame.message_id))
+        return reader
+
+    def _send_and_wait_ack(self, frame: Frame, fds: Sequence[int], timeout: Optional[float]) -> int:
+        """Send a frame with ``fds`` and wait for its ACK (an ERROR answer is raised)."""
+        pending = _Pending(False)
+
+        def register(message_id: int) -> None:
+            with self._cond:
+                self._pending[message_id] = pending
+
+        message_id = self._send_frame(frame, register=register, fds=fds)
+        try:
+            self._wait(lambda: pending.acked or pending.error is not None, _deadline(timeout), f"the ACK of {frame.kind.name}")
+        finally:
+            with self._cond:
+                self._pending.pop(message_id, None)
+        if pending.error is not None:
+            raise pending.error
+        return message_id
+
+    def _pump_available(self) -> None:
+        """Dispatch one frame if the socket has one and no other thread is reading it."""
+        with self._cond:
+            if self._pumping or self._sock is None:
+                return
+            self._pumping = True
+        try:
+            self._pump_one(time.monotonic() + 1.0, "a frame")
+        except ArrowShmError as e:
+            if e.code != ERR_TIMEOUT:
+                raise
+        finally:
+            with self._cond:
+                self._pumping = False
+                self._cond.notify_all()
+
     def close(self) -> None:
         """Say GOODBYE and close the socket. Received messages stay valid until closed."""
         if self._sock is not None:
@@ -770,7 +900,11 @@ class Channel:
                 self._failure = ArrowShmError(ERR_CLOSED, "channel is closed")
             queued = list(self._incoming)
             self._incoming.clear()
+            offers = list(self._stream_offers)
+            self._stream_offers.clear()
         self._drop_socket()
+        for _, fds in offers:
+            _close_fds(fds)
         for item in queued:
             if isinstance(item, Message):
                 item.close()

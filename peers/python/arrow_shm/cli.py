@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
+from . import stream_cli
 from .channel import Channel, connect, listen
 from .errors import ERR_INVALID_ARGUMENT, ERR_IPC_UNSUPPORTED, ArrowShmError
 from .ipc import read_ipc_file_as_stream
@@ -55,6 +56,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _power_of_two(text: str) -> int:
+    value = _positive_int(text)
+    if value & (value - 1):
+        raise argparse.ArgumentTypeError(f"expected a power of two, got {text!r}")
+    return value
+
+
 def _build_parser() -> _Parser:
     parser = _Parser(prog=PROG, description="Arrow tables between processes through sealed shared memory")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -64,6 +72,8 @@ def _build_parser() -> _Parser:
     s.add_argument("--seed-compat", action="store_true")
     s.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--timeout-ms", type=_non_negative_int)
+    s.add_argument("--stream", action="store_true")
+    s.add_argument("--ring-bytes", type=_power_of_two)
     s.add_argument("files", nargs="+", metavar="FILE")
     r = sub.add_parser("recv", help="receive tables; write them and/or print a summary")
     r.add_argument("--socket", dest="socket")
@@ -74,6 +84,19 @@ def _build_parser() -> _Parser:
     r.add_argument("--seed-compat", action="store_true")
     r.add_argument("--allow-unsealed", action="store_true")
     r.add_argument("--timeout-ms", type=_non_negative_int)
+    r.add_argument("--stream", action="store_true")
+    p = sub.add_parser("pub", help="publish every batch of FILE(s) as one stream to subscribers")
+    p.add_argument("--socket", required=True)
+    p.add_argument("--subscribers", type=_positive_int, default=1)
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--ring-bytes", type=_power_of_two)
+    p.add_argument("--timeout-ms", type=_non_negative_int)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    b = sub.add_parser("sub", help="subscribe to a publication; write it as one IPC stream file")
+    b.add_argument("--socket", required=True)
+    b.add_argument("--out")
+    b.add_argument("--print", action="store_true")
+    b.add_argument("--timeout-ms", type=_non_negative_int)
     return parser
 
 
@@ -90,16 +113,29 @@ def _load(path: str) -> bytes:
     return data  # a stream: sent byte for byte
 
 
-def _cmd_send(args: argparse.Namespace) -> int:
+def _meta(args: argparse.Namespace) -> Dict[str, str]:
     meta = {}
     for item in args.meta:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise _UsageError(f"--meta expects KEY=VALUE, got {item!r}")
         meta[key] = value
-    for path in args.files:
+    return meta
+
+
+def _check_files(files: List[str]) -> None:
+    for path in files:
         if path != "-" and not os.path.isfile(path):
             raise _UsageError(f"no such file: {path}")
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    meta = _meta(args)
+    _check_files(args.files)
+    if args.stream:
+        if args.seed_compat:
+            raise _UsageError("--stream and --seed-compat do not go together")
+        return stream_cli.send_stream(args, meta, [_load(p) for p in args.files])
     payloads = [_load(p) for p in args.files]
     timeout = _timeout(args)
     if args.seed_compat:
@@ -172,6 +208,10 @@ class _Output:
 def _cmd_recv(args: argparse.Namespace) -> int:
     if not args.socket and not args.seed_compat:
         raise _UsageError("the following arguments are required: --socket")
+    if args.stream:
+        if args.seed_compat or args.count != 1:
+            raise _UsageError("--stream receives one stream: no --seed-compat, no --count")
+        return stream_cli.recv_stream(args)
     output = _Output(args.out, args.count)
     timeout = _timeout(args)
     status = 0
@@ -224,6 +264,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "pub":
+            _check_files(args.files)
+            return stream_cli.pub(args, _meta(args), [_load(p) for p in args.files])
+        if args.command == "sub":
+            return stream_cli.sub(args)
         command: Callable[[argparse.Namespace], int] = _cmd_send if args.command == "send" else _cmd_recv
         return command(args)
     except _UsageError as e:

@@ -36,6 +36,9 @@ class Kind(IntEnum):
     RELEASE = 5
     ERROR = 6
     GOODBYE = 7
+    STREAM_OPEN = 8
+    STREAM_SEGMENT = 9
+    SUBSCRIBE = 10
 
 
 class Flags(IntFlag):
@@ -176,7 +179,7 @@ def decode_frame(data: bytes | memoryview) -> Frame:
     ) = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise _protocol(f"bad frame magic {bytes(magic)!r}, expected b'ASHM'")
-    if not Kind.HELLO <= kind <= Kind.GOODBYE:
+    if not Kind.HELLO <= kind <= Kind.SUBSCRIBE:
         raise _protocol(f"unknown frame kind {kind}")
     if flags & ~KNOWN_FLAGS:
         raise _protocol(f"unknown frame flags 0x{flags:x}")

@@ -134,19 +134,31 @@ def _check_buffers(fb: _FlatBuffer, rb: int, body_length: int, where: str) -> No
             )
 
 
-def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
-    """Validate the framing of an IPC stream (§7). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
+@dataclass
+class MessageSpan:
+    """Where one encapsulated message lies in a stream: ``[start, end)``, prefix to end of body."""
 
-    Accepts the pre-0.15 forms (no continuation marker, 4-byte zero end of stream) and treats the
-    end of the range as end of stream. Bytes after an end-of-stream marker are ignored.
+    header_type: int
+    start: int
+    end: int
+    #: DictionaryBatch only: the dictionary id and whether it is a delta.
+    dictionary_id: int = 0
+    is_delta: bool = False
+
+
+def walk_messages(data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream") -> tuple[list[MessageSpan], int]:
+    """Walk the encapsulated messages of ``data`` with bounds checks; returns them and the offset
+    where the walk stopped (just past an end-of-stream marker, or the end of ``data``).
+
+    ``mode="stream"``: a whole IPC stream, first message (only) a Schema. ``mode="batches"``: the
+    payload of a stream record (PROTOCOL.md §12.2): DictionaryBatches then exactly one RecordBatch,
+    no Schema, no end-of-stream marker. Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
     """
     view = memoryview(data).cast("B")  # type: ignore[arg-type]
     n = len(view)
     pos = 0
-    messages = rbs = dicts = 0
-    while True:
-        if pos == n:
-            break
+    spans: list[MessageSpan] = []
+    while pos < n:
         if n - pos < 4:
             raise ArrowShmError(ERR_IPC_TRUNCATED, f"stream ends inside a message prefix at byte {pos}")
         word = _u32.unpack_from(view, pos)[0]
@@ -159,6 +171,8 @@ def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
             meta_size = _i32.unpack_from(view, pos)[0]
             prefix = 4
         if meta_size == 0:
+            if mode == "batches":
+                raise _invalid(f"end-of-stream marker inside a stream record at byte {pos}")
             pos += prefix
             break
         if meta_size < 0:
@@ -174,14 +188,16 @@ def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
         header_type = fb.scalar(msg, 1, _u8)
         header = fb.table(msg, 2)
         body_length = fb.scalar(msg, 3, _i64)
-        where = f"message {messages} at byte {pos}"
+        where = f"message {len(spans)} at byte {pos}"
         if header_type not in (HEADER_SCHEMA, HEADER_DICTIONARY_BATCH, HEADER_RECORD_BATCH):
             name = _HEADER_NAMES.get(header_type, str(header_type))
             raise _invalid(f"{where}: header type {name} is not Schema/DictionaryBatch/RecordBatch")
         if header is None:
             raise _invalid(f"{where}: message without a header")
-        if (header_type == HEADER_SCHEMA) != (messages == 0):
+        if mode == "stream" and (header_type == HEADER_SCHEMA) != (not spans):
             raise _invalid(f"{where}: the first message, and only it, must be a Schema")
+        if mode == "batches" and header_type == HEADER_SCHEMA:
+            raise _invalid(f"{where}: a Schema inside a stream record")
         if body_length < 0:
             raise _invalid(f"{where}: negative bodyLength {body_length}")
         body_start = meta_start + meta_size
@@ -190,20 +206,41 @@ def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
                 ERR_IPC_TRUNCATED,
                 f"{where}: {body_length}-byte body runs past the end of the {n}-byte stream",
             )
+        span = MessageSpan(header_type, pos, body_start + body_length)
         if header_type == HEADER_RECORD_BATCH:
             _check_buffers(fb, header, body_length, where)
-            rbs += 1
         elif header_type == HEADER_DICTIONARY_BATCH:
             data_rb = fb.table(header, 1)
             if data_rb is None:
                 raise _invalid(f"{where}: dictionary batch without data")
             _check_buffers(fb, data_rb, body_length, where)
-            dicts += 1
-        messages += 1
-        pos = body_start + body_length
-    if messages == 0:
+            span.dictionary_id = fb.scalar(header, 0, _i64)
+            span.is_delta = bool(fb.scalar(header, 2, _u8))
+        spans.append(span)
+        pos = span.end
+        if mode == "batches" and header_type == HEADER_RECORD_BATCH:
+            break
+    if mode == "batches":
+        if not spans or spans[-1].header_type != HEADER_RECORD_BATCH:
+            raise _invalid("a stream record must end with one RecordBatch message")
+    elif not spans:
         raise _invalid("stream has no Schema message")
-    return StreamInfo(messages=messages, record_batches=rbs, dictionary_batches=dicts, end=pos)
+    return spans, pos
+
+
+def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
+    """Validate the framing of an IPC stream (§7). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
+
+    Accepts the pre-0.15 forms (no continuation marker, 4-byte zero end of stream) and treats the
+    end of the range as end of stream. Bytes after an end-of-stream marker are ignored.
+    """
+    spans, end = walk_messages(data, "stream")
+    return StreamInfo(
+        messages=len(spans),
+        record_batches=sum(1 for s in spans if s.header_type == HEADER_RECORD_BATCH),
+        dictionary_batches=sum(1 for s in spans if s.header_type == HEADER_DICTIONARY_BATCH),
+        end=end,
+    )
 
 
 def map_arrow_error(exc: BaseException) -> ArrowShmError:
