@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Smoke test of the C++ peer: gold streams node->cpp, cpp->node, cpp->cpp (bytes compared with cmp),
+# Smoke test of the C++ peer: the library's selftest (zero copy, unmapping, request/response),
+# gold streams node->cpp, cpp->node, cpp->cpp (bytes compared with cmp),
 # ARROW1 files cpp->cpp (re-framed stream validated), every fuzz file through `validate` and through
 # cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, and hostile frames.
 set -uo pipefail
@@ -49,6 +50,17 @@ transfer() {
   wait "$pid"
   rrc=$?
 }
+
+# 0. the library in one process: each "PASS:"/"FAIL:" line of the selftest counts
+selftest="$(timeout 60 "$root/.build/cpp/arrow-shm-cpp-selftest" 2>&1)"
+st=$?
+while IFS= read -r line; do
+  case "$line" in
+    PASS:*) pass ;;
+    FAIL:*) fail "selftest ${line#FAIL: }" ;;
+  esac
+done <<<"$selftest"
+grep -q '^PASS:' <<<"$selftest" && [[ $st == 0 ]] || fail "selftest exited with status $st: $(tail -1 <<<"$selftest")"
 
 # 1. gold streams, byte for byte
 for f in "$gold"/*/*.stream; do

@@ -11,6 +11,7 @@
 #include <arrow/ipc/writer.h>
 #include <arrow/record_batch.h>
 #include <arrow/status.h>
+#include <arrow/table.h>
 #include <arrow/type.h>
 
 namespace arrow_shm {
@@ -111,6 +112,32 @@ void validate_batch(const arrow::RecordBatch& batch) {
   }
 }
 
+// Writes schema + batches as an IPC stream (buffers 64-byte aligned) into a new segment:
+// sized first with a mock stream, then written in place into the mapping (no extra copy).
+std::pair<Fd, uint64_t> write_segment(const std::shared_ptr<arrow::Schema>& schema,
+                                      const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches,
+                                      uint64_t min_size, bool seal) {
+  auto options = arrow::ipc::IpcWriteOptions::Defaults();
+  options.alignment = 64;
+  auto write = [&](arrow::io::OutputStream* sink) {
+    auto writer = unwrap(arrow::ipc::MakeStreamWriter(sink, schema, options));
+    for (auto& b : batches) check(writer->WriteRecordBatch(*b));
+    check(writer->Close());
+  };
+  arrow::io::MockOutputStream mock;
+  write(&mock);
+  const uint64_t length = static_cast<uint64_t>(unwrap(mock.Tell()));
+  Fd fd = make_segment(length, min_size, seal, [&](uint8_t* p, uint64_t n) {
+    auto target = std::make_shared<arrow::MutableBuffer>(p, static_cast<int64_t>(n));
+    arrow::io::FixedSizeBufferWriter sink(target);
+    write(&sink);
+    if (static_cast<uint64_t>(unwrap(sink.Tell())) != n)
+      throw Error("ERR_INVALID_ARGUMENT", "IPC stream size changed while writing");
+    check(sink.Close());
+  });
+  return {std::move(fd), length};
+}
+
 }  // namespace
 
 StreamInfo validate_stream(const uint8_t* data, uint64_t length) {
@@ -155,25 +182,26 @@ std::pair<Fd, uint64_t> segment_from_file_bytes(const std::vector<uint8_t>& byte
     validate_batch(*batch);
     batches.push_back(std::move(batch));
   }
-  auto options = arrow::ipc::IpcWriteOptions::Defaults();
-  options.alignment = 64;
-  auto write = [&](arrow::io::OutputStream* sink) {
-    auto writer = unwrap(arrow::ipc::MakeStreamWriter(sink, file->schema(), options));
-    for (auto& b : batches) check(writer->WriteRecordBatch(*b));
-    check(writer->Close());
-  };
-  arrow::io::MockOutputStream mock;
-  write(&mock);
-  const uint64_t length = static_cast<uint64_t>(unwrap(mock.Tell()));
-  Fd fd = make_segment(length, min_size, seal, [&](uint8_t* p, uint64_t n) {
-    auto target = std::make_shared<arrow::MutableBuffer>(p, static_cast<int64_t>(n));
-    arrow::io::FixedSizeBufferWriter sink(target);
-    write(&sink);
-    if (static_cast<uint64_t>(unwrap(sink.Tell())) != n)
-      throw Error("ERR_INVALID_ARGUMENT", "IPC stream size changed while writing");
-    check(sink.Close());
-  });
-  return {std::move(fd), length};
+  return write_segment(file->schema(), batches, min_size, seal);
+}
+
+std::pair<Fd, uint64_t> segment_from_table(const arrow::Table& table) {
+  arrow::TableBatchReader reader(table);
+  std::vector<std::shared_ptr<arrow::RecordBatch>> batches;
+  for (;;) {
+    std::shared_ptr<arrow::RecordBatch> batch;
+    check(reader.ReadNext(&batch));
+    if (!batch) break;
+    batches.push_back(std::move(batch));
+  }
+  return write_segment(table.schema(), batches, 0, /*seal=*/true);
+}
+
+std::shared_ptr<arrow::Table> decode_table(const std::shared_ptr<arrow::Buffer>& ipc) {
+  // BufferReader hands out slices of `ipc` (no copy): every column keeps `ipc` alive.
+  auto input = std::make_shared<arrow::io::BufferReader>(ipc);
+  auto reader = unwrap(arrow::ipc::RecordBatchStreamReader::Open(input, arrow::ipc::IpcReadOptions::Defaults()));
+  return unwrap(reader->ToTable());
 }
 
 }  // namespace arrow_shm

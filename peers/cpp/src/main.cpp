@@ -1,14 +1,17 @@
-// arrow-shm-cpp: the command line of docs/CLI.md over the protocol of docs/PROTOCOL.md.
-#include "arrow_shm.hpp"
+// arrow-shm-cpp: the command line of docs/CLI.md over the arrow_shm library (arrow_shm/channel.hpp).
+#include "arrow_shm/channel.hpp"
+#include "engine.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 
-#include <poll.h>
+#include <arrow/scalar.h>
+#include <arrow/type_traits.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -22,283 +25,7 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// ---------------------------------------------------------------------------------------------
-// One connection: frames with optional fds, handshake, TABLE/ACK/ERROR (PROTOCOL §3-§5).
-
-struct Received {
-  Frame frame;
-  std::vector<Fd> fds;
-};
-
-// Waits for readability (POLLIN) until the deadline.
-void wait_readable(int fd, const Deadline& d, const char* what) {
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, poll_timeout_ms(d));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) throw_errno("poll", errno);
-    if (r == 0) throw Error("ERR_TIMEOUT", std::string("timed out waiting for ") + what);
-    return;
-  }
-}
-
-// recvmsg with SCM_RIGHTS; returns bytes read (0 = peer closed), fds, and msg_flags.
-size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, int& flags) {
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
-  iovec iov{buf, cap};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == ECONNRESET) return 0;
-    throw_errno("recvmsg", errno);
-  }
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; i++) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.emplace_back(fd);
-    }
-  }
-  flags = msg.msg_flags;
-  return static_cast<size_t>(n);
-}
-
-void send_with_fd(int sock, const void* data, size_t n, int pass_fd) {
-  iovec iov{const_cast<void*>(data), n};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (pass_fd >= 0) {
-    std::memset(control, 0, sizeof control);
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof pass_fd);
-  }
-  ssize_t r;
-  do {
-    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    if (errno == EPIPE || errno == ECONNRESET) throw Error("ERR_PEER_CLOSED", "the peer hung up");
-    throw_errno("sendmsg", errno);
-  }
-}
-
-class Channel {
- public:
-  explicit Channel(Fd fd) : fd_(std::move(fd)) {}
-  ~Channel() { close(); }
-
-  uint64_t peer_max_message_bytes = kDefaultMaxMessageBytes;
-
-  uint64_t send(Frame f, int pass_fd = -1) {
-    f.message_id = next_id_++;
-    auto bytes = encode_frame(f);
-    send_with_fd(fd_.get(), bytes.data(), bytes.size(), pass_fd);
-    return f.message_id;
-  }
-
-  void send_error(const Error& e, uint64_t correlation_id, uint8_t flags = 0) {
-    Frame f;
-    f.kind = Kind::Error;
-    f.flags = flags;
-    f.correlation_id = correlation_id;
-    f.metadata = {{"code", e.code()}, {"message", std::string(e.what()).substr(0, 4096)}};
-    try {
-      send(f);
-    } catch (const Error&) {
-    }
-  }
-
-  // A frame-level failure: ERROR with correlation_id 0 if possible, close, throw.
-  [[noreturn]] void fatal(const Error& e) {
-    if (fd_) send_error(e, 0);
-    fd_.reset();
-    throw e;
-  }
-
-  // The next frame, or nullopt when the peer hung up.
-  std::optional<Received> receive(const Deadline& d) {
-    if (!fd_) return std::nullopt;
-    wait_readable(fd_.get(), d, "the peer");
-    std::vector<uint8_t> buf(kMaxFrameBytes);
-    Received r;
-    int flags = 0;
-    size_t n = recv_with_fds(fd_.get(), buf.data(), buf.size(), r.fds, flags);
-    if (n == 0 && r.fds.empty()) {
-      fd_.reset();
-      return std::nullopt;
-    }
-    if (flags & MSG_TRUNC) fatal(Error("ERR_PROTOCOL", "frame larger than 65536 bytes (MSG_TRUNC)"));
-    if (flags & MSG_CTRUNC) fatal(Error("ERR_PROTOCOL", "too many file descriptors (MSG_CTRUNC)"));
-    try {
-      r.frame = decode_frame(buf.data(), n);
-    } catch (const Error& e) {
-      fatal(e);
-    }
-    if (handshaken_ && r.frame.version != 1)
-      fatal(Error("ERR_PROTOCOL_VERSION", "frame of version " + std::to_string(r.frame.version) + ", agreed 1"));
-    return r;
-  }
-
-  void handshake_as_connector(const Deadline& d) {
-    check_peer();
-    Frame hello;
-    hello.kind = Kind::Hello;
-    hello.metadata = {{"min_version", "1"},
-                      {"max_version", "1"},
-                      {"capabilities", ""},
-                      {"implementation", kImplementation},
-                      {"pid", std::to_string(::getpid())}};
-    send(hello);
-    auto r = receive(d);
-    if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up during the handshake");
-    const Frame& f = r->frame;
-    if (f.kind == Kind::Error) {
-      fd_.reset();
-      throw Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or("handshake refused"));
-    }
-    if (f.kind != Kind::Welcome || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected WELCOME"));
-    if (f.version != 1 || f.get("version").value_or("1") != "1")
-      fatal(Error("ERR_PROTOCOL_VERSION", "the listener chose an unknown version"));
-    if (auto m = f.get("max_message_bytes")) {
-      try {
-        peer_max_message_bytes = std::stoull(*m);
-      } catch (...) {
-        fatal(Error("ERR_PROTOCOL", "bad max_message_bytes in WELCOME"));
-      }
-    }
-    handshaken_ = true;
-  }
-
-  void handshake_as_listener(const Deadline& user) {
-    if (peer_uid(fd_.get()) != ::geteuid()) {
-      send_error(Error("ERR_PEER_CREDENTIALS", "peer uid not allowed"), 0);
-      fd_.reset();
-      throw Error("ERR_PEER_CREDENTIALS", "the peer's uid is not allowed");
-    }
-    Deadline d = Clock::now() + std::chrono::seconds(5);
-    if (user && *user < *d) d = user;
-    auto r = receive(d);
-    if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before HELLO");
-    const Frame& f = r->frame;
-    if (f.kind != Kind::Hello || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected HELLO"));
-    uint64_t lo = 0, hi = 0;
-    try {
-      lo = std::stoull(f.get("min_version").value_or("x"));
-      hi = std::stoull(f.get("max_version").value_or("x"));
-    } catch (...) {
-      fatal(Error("ERR_PROTOCOL", "HELLO lacks a decimal min_version/max_version"));
-    }
-    if (lo > 1 || hi < 1) fatal(Error("ERR_PROTOCOL_VERSION", "no common protocol version (this side speaks 1)"));
-    Frame welcome;
-    welcome.kind = Kind::Welcome;
-    welcome.metadata = {{"version", "1"},
-                        {"capabilities", ""},
-                        {"implementation", kImplementation},
-                        {"pid", std::to_string(::getpid())},
-                        {"max_message_bytes", std::to_string(kDefaultMaxMessageBytes)}};
-    send(welcome);
-    handshaken_ = true;
-  }
-
-  void close() {
-    if (!fd_) return;
-    Frame bye;
-    bye.kind = Kind::Goodbye;
-    try {
-      send(bye);
-    } catch (const Error&) {
-    }
-    fd_.reset();
-  }
-
- private:
-  void check_peer() {
-    if (peer_uid(fd_.get()) != ::geteuid()) {
-      fd_.reset();
-      throw Error("ERR_PEER_CREDENTIALS", "the peer's uid is not allowed");
-    }
-  }
-
-  Fd fd_;
-  uint64_t next_id_ = 1;
-  bool handshaken_ = false;
-};
-
-// Handles a frame that neither side of the CLI expects: returns true to continue, throws if fatal.
-bool common_frame(Channel& ch, Received& r) {
-  const Frame& f = r.frame;
-  switch (f.kind) {
-    case Kind::Error:
-      if (f.correlation_id == 0)
-        throw Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or("the peer failed"));
-      return true;
-    case Kind::Ack:
-    case Kind::Release:
-      return true;
-    case Kind::Hello:
-    case Kind::Welcome:
-      ch.fatal(Error("ERR_PROTOCOL", "handshake frame after the handshake"));
-    default:
-      return false;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Received tables
-
-struct Table {
-  Mapping mapping;
-  uint64_t offset = 0;
-  uint64_t length = 0;  // bytes handed to --out
-  KV metadata;
-  StreamInfo info;
-  const uint8_t* bytes() const { return mapping.data() + offset; }
-};
-
-// PROTOCOL §5.1 on a received TABLE: ACK and return it, or ERROR and throw.
-Table accept_table(Channel& ch, Received& r, bool allow_unsealed) {
-  const Frame& f = r.frame;
-  uint8_t reply_flags = (f.flags & kRequest) ? kResponse : 0;
-  try {
-    if (f.fd_count != 1 || r.fds.size() != 1)
-      throw Error("ERR_PROTOCOL", "TABLE with fd_count " + std::to_string(f.fd_count) + " and " +
-                                      std::to_string(r.fds.size()) + " fds received");
-    if (f.flags & kLeased) throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
-    Table t;
-    t.offset = f.ipc_offset;
-    t.length = f.ipc_length;
-    t.mapping = open_segment(r.fds[0].get(), f.ipc_offset, t.length, allow_unsealed);
-    r.fds.clear();  // the mapping stays valid without the fd
-    t.info = validate_stream(t.bytes(), t.length);
-    t.metadata = f.metadata;
-    Frame ack;
-    ack.kind = Kind::Ack;
-    ack.correlation_id = f.message_id;
-    ch.send(ack);
-    return t;
-  } catch (const Error& e) {
-    r.fds.clear();
-    ch.send_error(e, f.message_id, reply_flags);
-    throw;
-  }
-}
-
+// Writes received IPC streams to --out (a file, or DIR/000000.arrows, ...).
 class Output {
  public:
   Output(std::optional<std::string> out, int count) : out_(std::move(out)) {
@@ -339,7 +66,7 @@ struct Options {
   bool listen = false, connect = false, print = false, seed_compat = false, allow_unsealed = false;
   KV meta;
   std::optional<int64_t> timeout_ms;
-  int count = 1;
+  std::optional<int64_t> count;  // recv: default 1; engine: default forever
   std::vector<std::string> files;
 };
 
@@ -357,17 +84,17 @@ int64_t parse_int(const std::string& flag, const std::string& v, int64_t min) {
 }
 
 Options parse(int argc, char** argv) {
-  if (argc < 2) throw UsageError("usage: arrow-shm-cpp send|recv|validate ...");
+  if (argc < 2) throw UsageError("usage: arrow-shm-cpp send|recv|validate|engine ...");
   Options o;
   o.command = argv[1];
-  if (o.command != "send" && o.command != "recv" && o.command != "validate")
-    throw UsageError("unknown command '" + o.command + "' (send, recv, validate)");
-  const bool send = o.command == "send", recv = o.command == "recv";
+  if (o.command != "send" && o.command != "recv" && o.command != "validate" && o.command != "engine")
+    throw UsageError("unknown command '" + o.command + "' (send, recv, validate, engine)");
+  const bool send = o.command == "send", recv = o.command == "recv", engine = o.command == "engine";
   bool positional_only = false;
   for (int i = 2; i < argc; i++) {
     std::string a = argv[i];
     if (positional_only || a == "-" || a.rfind("--", 0) != 0) {
-      if (recv) throw UsageError("unrecognized argument: " + a);
+      if (recv || engine) throw UsageError("unrecognized argument: " + a);
       o.files.push_back(a);
       continue;
     }
@@ -389,8 +116,8 @@ Options parse(int argc, char** argv) {
       if (!allowed || inline_value) throw UsageError("unrecognized argument: " + std::string(argv[i]));
       target = true;
     };
-    if (a == "--socket" && (send || recv)) o.socket = value();
-    else if (a == "--timeout-ms" && (send || recv)) o.timeout_ms = parse_int(a, value(), 0);
+    if (a == "--socket" && (send || recv || engine)) o.socket = value();
+    else if (a == "--timeout-ms" && (send || recv || engine)) o.timeout_ms = parse_int(a, value(), 0);
     else if (a == "--seed-compat") flag(send || recv, o.seed_compat);
     else if (a == "--listen") flag(send, o.listen);
     else if (a == "--meta" && send) {
@@ -405,13 +132,13 @@ Options parse(int argc, char** argv) {
     } else if (a == "--connect") flag(recv, o.connect);
     else if (a == "--print") flag(recv, o.print);
     else if (a == "--allow-unsealed") flag(recv, o.allow_unsealed);
-    else if (a == "--count" && recv) o.count = static_cast<int>(parse_int(a, value(), 1));
+    else if (a == "--count" && (recv || engine)) o.count = parse_int(a, value(), 1);
     else if (a == "--out" && recv) o.out = value();
     else throw UsageError("unrecognized argument: " + std::string(argv[i]));
   }
   if (send && o.files.empty()) throw UsageError("the following arguments are required: FILE");
   if (o.command == "validate" && o.files.size() != 1) throw UsageError("usage: arrow-shm-cpp validate FILE");
-  if ((send || recv) && !o.socket && !o.seed_compat) throw UsageError("the following arguments are required: --socket");
+  if ((send || recv || engine) && !o.socket && !o.seed_compat) throw UsageError("the following arguments are required: --socket");
   for (auto& f : o.files) {
     struct stat st {};
     if (f != "-" && (::stat(f.c_str(), &st) != 0 || !S_ISREG(st.st_mode))) throw UsageError("no such file: " + f);
@@ -424,9 +151,14 @@ std::vector<uint8_t> load(const std::string& path) {
   if (path == "-") {
     data.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   } else {
-    std::ifstream f(path, std::ios::binary);
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
     if (!f) throw UsageError("no such file: " + path);
-    data.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    // Sized once: growing by doubling would peak at up to 3x the file on the heap.
+    data.resize(static_cast<size_t>(f.tellg()));
+    f.seekg(0);
+    if (!f.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(data.size()))) {
+      throw Error("ERR_SYSCALL", "cannot read " + path);
+    }
   }
   if (data.empty()) throw Error("ERR_INVALID_ARGUMENT", (path == "-" ? std::string("standard input") : path) + " is empty");
   return data;
@@ -436,7 +168,12 @@ void listening(const std::string& addr) {
   std::cerr << kProg << ": listening on " << addr << std::endl;
 }
 
-// Removes the listener's socket file on every exit path.
+Timeout timeout(const Options& o) {
+  if (!o.timeout_ms) return std::nullopt;
+  return std::chrono::milliseconds(*o.timeout_ms);
+}
+
+// Removes the seed listener's socket file on every exit path.
 struct SocketFileGuard {
   std::string addr;
   ~SocketFileGuard() { unlink_socket(addr); }
@@ -460,83 +197,94 @@ int cmd_send(const Options& o) {
     return 0;
   }
 
+  // A sending CLI refuses tables sent to it (ERR_IPC_UNSUPPORTED) instead of queueing them.
+  ChannelOptions options;
+  options.receives_tables = false;
   std::unique_ptr<Channel> ch;
   if (o.listen) {
-    Fd lst = listen_socket(*o.socket, SOCK_SEQPACKET);
-    SocketFileGuard guard{*o.socket};
+    Listener listener(*o.socket);
     listening(*o.socket);
-    ch = std::make_unique<Channel>(accept_socket(lst.get(), deadline_after_ms(o.timeout_ms)));
-    ch->handshake_as_listener(deadline_after_ms(o.timeout_ms));
+    ch = listener.accept(timeout(o), options);
   } else {
-    ch = std::make_unique<Channel>(connect_socket(*o.socket, SOCK_SEQPACKET, deadline_after_ms(o.timeout_ms)));
-    ch->handshake_as_connector(deadline_after_ms(o.timeout_ms));
+    ch = Channel::connect(*o.socket, timeout(o), options);
   }
   for (auto& data : inputs) {
-    auto [seg, length] = segment_from_file_bytes(data, 0, /*seal=*/true);
-    if (length > ch->peer_max_message_bytes)
-      throw Error("ERR_TOO_LARGE", "IPC stream of " + std::to_string(length) + " bytes exceeds the peer's max_message_bytes");
-    Frame table;
-    table.kind = Kind::Table;
-    table.ipc_offset = 0;
-    table.ipc_length = length;
-    table.fd_count = 1;
-    table.metadata = o.meta;
-    uint64_t id = ch->send(table, seg.get());
-    seg.reset();  // ownership passed with the fd
-    Deadline d = deadline_after_ms(o.timeout_ms);
-    for (;;) {
-      auto r = ch->receive(d);
-      if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before acknowledging message " + std::to_string(id));
-      const Frame& f = r->frame;
-      if (f.kind == Kind::Ack && f.correlation_id == id) break;
-      if (f.kind == Kind::Error && f.correlation_id == id)
-        throw Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or("the peer refused the table"));
-      if (f.kind == Kind::Goodbye) throw Error("ERR_PEER_CLOSED", "the peer said GOODBYE before acknowledging");
-      if (f.kind == Kind::Table) {  // this CLI side only sends
-        ch->send_error(Error("ERR_IPC_UNSUPPORTED", "arrow-shm-cpp send does not receive tables"), f.message_id);
-        continue;
-      }
-      common_frame(*ch, *r);
-    }
+    auto [segment, length] = segment_from_file_bytes(data, 0, /*seal=*/true);
+    ch->send_segment(std::move(segment), length, o.meta, timeout(o));
   }
   ch->close();
   return 0;
 }
 
+// One JSON value for a `first rows:` line: numbers and booleans bare, everything else quoted.
+std::string json_value(const arrow::Scalar& s) {
+  if (!s.is_valid) return "null";
+  const auto id = s.type->id();
+  if (id == arrow::Type::BOOL || arrow::is_integer(id)) return s.ToString();
+  if (arrow::is_floating(id)) {
+    const std::string text = s.ToString();
+    return std::isfinite(std::strtod(text.c_str(), nullptr)) ? text : "null";
+  }
+  std::string out = "\"";
+  for (unsigned char c : s.ToString()) {
+    if (c == '"' || c == '\\') out += '\\', out += static_cast<char>(c);
+    else if (c < 0x20) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\u%04x", c);
+      out += esc;
+    } else out += static_cast<char>(c);
+  }
+  return out + "\"";
+}
 
-// Prints the summary of docs/CLI.md (an undecodable table: ERR_IPC_UNSUPPORTED on stderr).
-void print_summary(const Table& t, int index, int& status) {
-  std::cout << "== table " << index << ": " << t.length << " bytes of Arrow IPC ==\n";
-  if (!t.metadata.empty()) {
+std::string json_quote(const std::string& s) { return json_value(arrow::StringScalar(s)); }
+
+// Prints the summary of docs/CLI.md, with up to 5 first rows as JSON objects like the Node CLI
+// (an undecodable table: ERR_IPC_UNSUPPORTED on stderr).
+void print_summary(const Message& m, int index) {
+  std::cout << "== table " << index << ": " << m.ipc->size() << " bytes of Arrow IPC ==\n";
+  if (!m.metadata.empty()) {
     std::cout << "metadata: ";
-    for (size_t i = 0; i < t.metadata.size(); i++)
-      std::cout << (i ? ", " : "") << t.metadata[i].first << "=" << t.metadata[i].second;
+    for (size_t i = 0; i < m.metadata.size(); i++)
+      std::cout << (i ? ", " : "") << m.metadata[i].first << "=" << m.metadata[i].second;
     std::cout << "\n";
   }
-  if (t.info.unsupported) {
+  if (m.info.unsupported) {
     std::cout.flush();
-    std::cerr << kProg << ": " << t.info.unsupported->code() << ": " << t.info.unsupported->what() << std::endl;
+    std::cerr << kProg << ": " << m.info.unsupported->code() << ": " << m.info.unsupported->what() << std::endl;
     return;
   }
-  std::cout << "schema: " << t.info.schema << "\n";
-  std::cout << "rows: " << t.info.rows << ", columns: " << t.info.num_columns << ", batches: " << t.info.batches
-            << std::endl;
-  (void)status;
+  std::cout << "schema: " << m.info.schema << "\n";
+  std::cout << "rows: " << m.info.rows << ", columns: " << m.info.num_columns << ", batches: " << m.info.batches
+            << "\n";
+  auto table = m.table();  // zero copy: the columns point into the mapping
+  const int64_t head = std::min<int64_t>(5, table->num_rows());
+  if (head > 0) std::cout << "first rows:\n";
+  for (int64_t row = 0; row < head; row++) {
+    std::cout << "  {";
+    for (int c = 0; c < table->num_columns(); c++) {
+      auto scalar = table->column(c)->GetScalar(row);
+      std::cout << (c ? "," : "") << json_quote(table->field(c)->name()) << ":"
+                << (scalar.ok() ? json_value(**scalar) : "null");
+    }
+    std::cout << "}\n";
+  }
+  std::cout.flush();
 }
 
 int cmd_recv(const Options& o) {
-  Output output(o.out, o.count);
-  int status = 0;
+  const int64_t count = o.count.value_or(1);
+  Output output(o.out, static_cast<int>(count));
   int received = 0;
-  auto handle = [&](const Table& t) {
-    output.write(t.bytes(), t.length, received);
-    if (o.print) print_summary(t, received, status);
+  auto handle = [&](const Message& m) {
+    output.write(m.ipc->data(), static_cast<uint64_t>(m.ipc->size()), received);
+    if (o.print) print_summary(m, received);
     received++;
   };
 
   if (o.seed_compat) {
     const std::string addr = o.socket.value_or(kDefaultSeedSocket);
-    while (received < o.count) {
+    while (received < count) {
       Deadline d = deadline_after_ms(o.timeout_ms);
       Fd sock = connect_socket(addr, SOCK_STREAM, d);
       wait_readable(sock.get(), d, "the seed sender");
@@ -551,47 +299,68 @@ int cmd_recv(const Options& o) {
       if (n != 1 || byte != 'F' || fds.size() != 1)
         throw Error("ERR_PROTOCOL", "expected 'F' with one fd, got " + std::to_string(n) + " bytes and " +
                                         std::to_string(fds.size()) + " fds");
-      Table t;
-      t.mapping = open_segment(fds[0].get(), 0, t.length, /*allow_unsealed=*/true, kDefaultMaxMessageBytes, /*to_end=*/true);
-      t.info = validate_stream(t.bytes(), t.length);
-      t.length = t.info.end;  // the rest of the segment is zero padding
-      handle(t);
+      uint64_t length = 0;
+      Mapping mapping = open_segment(fds[0].get(), 0, length, /*allow_unsealed=*/true, kDefaultMaxMessageBytes,
+                                     /*to_end=*/true);
+      Message m;
+      m.info = validate_stream(mapping.data(), length);
+      // The rest of the segment is zero padding.
+      m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), 0, m.info.end);
+      handle(m);
     }
-    return status;
+    return 0;
   }
 
+  ChannelOptions options;
+  options.allow_unsealed = o.allow_unsealed;
   auto drain = [&](Channel& ch) {
-    while (received < o.count) {
-      auto r = ch.receive(deadline_after_ms(o.timeout_ms));
-      if (!r || r->frame.kind == Kind::Goodbye) return;
-      if (r->frame.kind == Kind::Table) {
-        handle(accept_table(ch, *r, o.allow_unsealed));
-        continue;
-      }
-      if (!r->fds.empty()) ch.fatal(Error("ERR_PROTOCOL", "file descriptors attached to a non-TABLE frame"));
-      common_frame(ch, *r);
+    while (received < count) {
+      auto m = ch.receive_message(timeout(o));
+      if (!m) return;
+      handle(*m);
     }
     ch.close();
   };
 
   if (o.connect) {
-    Channel ch(connect_socket(*o.socket, SOCK_SEQPACKET, deadline_after_ms(o.timeout_ms)));
-    ch.handshake_as_connector(deadline_after_ms(o.timeout_ms));
-    drain(ch);
-    if (received < o.count)
+    auto ch = Channel::connect(*o.socket, timeout(o), options);
+    drain(*ch);
+    if (received < count)
       throw Error("ERR_PEER_CLOSED", "the peer hung up after " + std::to_string(received) + " of " +
-                                         std::to_string(o.count) + " tables");
-    return status;
+                                         std::to_string(count) + " tables");
+    return 0;
   }
-  Fd lst = listen_socket(*o.socket, SOCK_SEQPACKET);
-  SocketFileGuard guard{*o.socket};
+  Listener listener(*o.socket);
   listening(*o.socket);
-  while (received < o.count) {
-    Channel ch(accept_socket(lst.get(), deadline_after_ms(o.timeout_ms)));
-    ch.handshake_as_listener(deadline_after_ms(o.timeout_ms));
-    drain(ch);
+  while (received < count) drain(*listener.accept(timeout(o), options));
+  return 0;
+}
+
+// `engine --socket ADDR [--count N]`: answers symbol-table requests (like peers/rust's engine),
+// connection after connection, until N requests were answered (default: forever).
+int cmd_engine(const Options& o) {
+  Listener listener(*o.socket);
+  listening(*o.socket);
+  auto answer = [](const Message& request) { return engine_answer(*request.table()); };
+  uint64_t served = 0;
+  while (!o.count || served < static_cast<uint64_t>(*o.count)) {
+    std::unique_ptr<Channel> ch;
+    try {
+      ch = listener.accept(timeout(o));
+    } catch (const Error& e) {
+      if (e.code() == "ERR_TIMEOUT" || e.code() == "ERR_SYSCALL") throw;
+      std::cerr << kProg << ": " << e.code() << ": " << e.what() << std::endl;
+      continue;  // a peer that failed its handshake
+    }
+    std::optional<uint64_t> left;
+    if (o.count) left = static_cast<uint64_t>(*o.count) - served;
+    try {
+      served += ch->serve(answer, left);
+    } catch (const Error& e) {
+      if (e.code() != "ERR_PEER_CLOSED") std::cerr << kProg << ": " << e.code() << ": " << e.what() << std::endl;
+    }
   }
-  return status;
+  return 0;
 }
 
 // `validate FILE`: the receiver's IPC validation on a file; prints `ok` or the typed error.
@@ -610,6 +379,7 @@ int main(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.command == "send") return cmd_send(o);
     if (o.command == "recv") return cmd_recv(o);
+    if (o.command == "engine") return cmd_engine(o);
     return cmd_validate(o);
   } catch (const UsageError& e) {
     std::cerr << kProg << ": " << e.what() << std::endl;

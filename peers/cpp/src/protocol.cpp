@@ -229,6 +229,74 @@ Fd connect_socket(const std::string& addr, int type, const Deadline& d) {
   }
 }
 
+// Waits for readability (POLLIN) until the deadline.
+void wait_readable(int fd, const Deadline& d, const char* what) {
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    int r = ::poll(&p, 1, poll_timeout_ms(d));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_errno("poll", errno);
+    if (r == 0) throw Error("ERR_TIMEOUT", std::string("timed out waiting for ") + what);
+    return;
+  }
+}
+
+// recvmsg with SCM_RIGHTS; returns bytes read (0 = peer closed), fds, and msg_flags.
+size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, int& flags) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+  iovec iov{buf, cap};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == ECONNRESET) return 0;
+    throw_errno("recvmsg", errno);
+  }
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds.emplace_back(fd);
+    }
+  }
+  flags = msg.msg_flags;
+  return static_cast<size_t>(n);
+}
+
+void send_with_fd(int sock, const void* data, size_t n, int pass_fd) {
+  iovec iov{const_cast<void*>(data), n};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  if (pass_fd >= 0) {
+    std::memset(control, 0, sizeof control);
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof pass_fd);
+  }
+  ssize_t r;
+  do {
+    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EPIPE || errno == ECONNRESET) throw Error("ERR_PEER_CLOSED", "the peer hung up");
+    throw_errno("sendmsg", errno);
+  }
+}
+
 uint32_t peer_uid(int fd) {
   ucred cred{};
   socklen_t len = sizeof cred;

@@ -1,4 +1,5 @@
-// arrow-shm C++ peer: shared declarations (docs/PROTOCOL.md).
+// arrow-shm C++ peer: frames, sockets, segments and IPC checks (docs/PROTOCOL.md).
+// The connection-level API is arrow_shm/channel.hpp.
 #pragma once
 
 #include <chrono>
@@ -13,6 +14,10 @@
 #include <vector>
 
 #include <unistd.h>
+
+namespace arrow {
+class Table;
+}
 
 namespace arrow_shm {
 
@@ -96,6 +101,12 @@ void unlink_socket(const std::string& addr);
 Fd accept_socket(int listen_fd, const Deadline& d);
 Fd connect_socket(const std::string& addr, int type, const Deadline& d);
 uint32_t peer_uid(int fd);
+// Waits until `fd` is readable; ERR_TIMEOUT ("timed out waiting for <what>") at the deadline.
+void wait_readable(int fd, const Deadline& d, const char* what);
+// recvmsg with SCM_RIGHTS: bytes read (0 = peer closed), the fds received, and msg_flags.
+size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, int& msg_flags);
+// sendmsg of one datagram with an optional fd (-1: none); ERR_PEER_CLOSED if the peer hung up.
+void send_with_fd(int sock, const void* data, size_t n, int pass_fd);
 
 // ---- segments (§5, §6) ----
 // Creates a memfd of max(length, min_size) bytes holding `length` bytes produced by `fill`
@@ -148,5 +159,7 @@ StreamInfo validate_stream(const uint8_t* data, uint64_t length);
 // Returns the segment fd and ipc_length.
 std::pair<Fd, uint64_t> segment_from_file_bytes(const std::vector<uint8_t>& bytes, uint64_t min_size,
                                                 bool seal);
+// A table written as an IPC stream (alignment 64) into a new, sealed segment: fd and ipc_length.
+std::pair<Fd, uint64_t> segment_from_table(const arrow::Table& table);
 
 }  // namespace arrow_shm

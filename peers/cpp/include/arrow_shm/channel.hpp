@@ -1,0 +1,148 @@
+// arrow-shm C++ library: one connection that sends and receives Arrow tables through sealed
+// memfd segments (docs/PROTOCOL.md §4-§9). Received tables are zero copy: their columns point
+// into the received mapping, which stays mapped exactly as long as anything references it.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <sys/socket.h>
+
+#include <arrow/buffer.h>
+#include <arrow/table.h>
+
+#include "arrow_shm.hpp"
+
+namespace arrow_shm {
+
+// A whole received segment mapping, exposed as the IPC bytes [offset, offset + length) of it.
+// Arrow slices of this buffer keep it alive; the last reference unmaps the segment.
+class MappedBuffer : public arrow::Buffer {
+ public:
+  MappedBuffer(Mapping mapping, uint64_t offset, uint64_t length)
+      : arrow::Buffer(mapping.data() + offset, static_cast<int64_t>(length)), mapping_(std::move(mapping)) {}
+  // The whole mapping (the segment), e.g. to check that a column lies inside it.
+  const uint8_t* mapping_data() const { return mapping_.data(); }
+  size_t mapping_size() const { return mapping_.size(); }
+
+ private:
+  Mapping mapping_;  // munmap in its destructor
+};
+
+// Decodes an IPC stream without copying: the table's buffers are slices of `ipc`.
+// Throws ERR_IPC_TRUNCATED / ERR_IPC_INVALID / ERR_IPC_UNSUPPORTED.
+std::shared_ptr<arrow::Table> decode_table(const std::shared_ptr<arrow::Buffer>& ipc);
+
+// One received TABLE, already checked (§5.1, §7) and acknowledged.
+struct Message {
+  uint64_t message_id = 0;
+  uint8_t flags = 0;
+  KV metadata;
+  std::shared_ptr<MappedBuffer> ipc;  // the IPC stream bytes
+  StreamInfo info;                    // schema line, row/batch counts, or the unsupported type
+  bool is_request() const { return flags & kRequest; }
+  // Decodes the bytes again on each call (cheap: no copy, the columns point into `ipc`).
+  std::shared_ptr<arrow::Table> table() const { return decode_table(ipc); }
+};
+
+using Timeout = std::optional<std::chrono::milliseconds>;  // nullopt = wait forever
+
+struct ChannelOptions {
+  bool allow_unsealed = false;  // accept segments without seals (§6.3)
+  bool receives_tables = true;  // false: refuse incoming non-response tables (ERR_IPC_UNSUPPORTED)
+};
+
+class Channel {
+ public:
+  // Connects to a listening peer and performs the HELLO/WELCOME handshake (§4).
+  static std::unique_ptr<Channel> connect(const std::string& addr, Timeout timeout = {}, ChannelOptions options = {});
+  // Wraps an accepted (or socketpair) SOCK_SEQPACKET socket and answers its HELLO.
+  static std::unique_ptr<Channel> accept(Fd socket, Timeout timeout = {}, ChannelOptions options = {});
+  // Wraps a connected socket and sends HELLO (the connecting side of a socketpair).
+  static std::unique_ptr<Channel> handshake(Fd socket, Timeout timeout = {}, ChannelOptions options = {});
+
+  // A connected socket before its handshake: use the factories above.
+  Channel(Fd socket, ChannelOptions options) : fd_(std::move(socket)), options_(options) {}
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  ~Channel() { close(); }
+
+  // Sends a table (written into a new sealed segment) and waits for its ACK; returns its id.
+  uint64_t send(const arrow::Table& table, const KV& metadata = {}, Timeout timeout = {});
+  // Sends `ipc_length` bytes of IPC stream held by `segment` (ownership passes to the peer).
+  uint64_t send_segment(Fd segment, uint64_t ipc_length, const KV& metadata = {}, Timeout timeout = {});
+
+  // The next table sent to this side (zero copy). Throws ERR_PEER_CLOSED once the peer has gone,
+  // or the table's typed error if it failed the checks (the sender got an ERROR; still open).
+  std::shared_ptr<arrow::Table> receive(Timeout timeout = {});
+  // The same with the frame's id, flags and metadata; nullopt once the peer said GOODBYE or hung up.
+  std::optional<Message> receive_message(Timeout timeout = {});
+
+  // §8: sends `table` as a REQUEST and returns the RESPONSE table (or throws the peer's ERROR).
+  std::shared_ptr<arrow::Table> request(const arrow::Table& table, Timeout timeout = {}, const KV& metadata = {});
+  void respond(const Message& request, const arrow::Table& response, const KV& metadata = {}, Timeout timeout = {});
+  void respond_error(const Message& request, const Error& error);
+  // Answers requests with `handler` until the peer hangs up or `count` were answered; an Error
+  // the handler throws goes back as an ERROR, any other exception as ERR_REMOTE. Returns the count.
+  using Handler = std::function<std::shared_ptr<arrow::Table>(const Message&)>;
+  uint64_t serve(const Handler& handler, std::optional<uint64_t> count = std::nullopt);
+
+  // Sends GOODBYE and closes (idempotent).
+  void close();
+  bool is_open() const { return static_cast<bool>(fd_); }
+  uint64_t peer_max_message_bytes() const { return peer_max_message_bytes_; }
+
+ private:
+  struct Received {
+    Frame frame;
+    std::vector<Fd> fds;
+  };
+  uint64_t send_frame(Frame f, int pass_fd = -1);
+  void send_error(const Error& e, uint64_t correlation_id, uint8_t flags = 0);
+  [[noreturn]] void fatal(const Error& e);
+  std::optional<Received> read_frame(const Deadline& d);
+  void handshake_as_connector(const Deadline& d);
+  void handshake_as_listener(const Deadline& d);
+  Message accept_table(Received& r);
+  uint64_t send_table(Fd segment, uint64_t ipc_length, const KV& metadata, uint8_t flags, uint64_t correlation_id);
+  void await_ack(uint64_t id, const Deadline& d);
+  // Handles a frame the caller does not wait for; returns false if it was GOODBYE.
+  bool handle_other(Received& r);
+
+  Fd fd_;
+  ChannelOptions options_;
+  uint64_t next_id_ = 1;
+  bool handshaken_ = false;
+  bool peer_gone_ = false;
+  uint64_t peer_max_message_bytes_ = kDefaultMaxMessageBytes;
+  // Tables that arrived while this side waited for something else (already ACKed, or the typed
+  // error their sender was told), handed out in order by receive_message().
+  struct Incoming {
+    std::optional<Message> message;
+    std::optional<Error> error;
+  };
+  std::deque<Incoming> inbox_;
+};
+
+// A listening SOCK_SEQPACKET socket (a path, chmod 0600, or "@name": abstract); the socket file
+// is removed by the destructor.
+class Listener {
+ public:
+  explicit Listener(std::string addr) : addr_(std::move(addr)), fd_(listen_socket(addr_, SOCK_SEQPACKET)) {}
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+  ~Listener() { unlink_socket(addr_); }
+  // Waits for the next peer and answers its handshake.
+  std::unique_ptr<Channel> accept(Timeout timeout = {}, ChannelOptions options = {});
+  const std::string& address() const { return addr_; }
+
+ private:
+  std::string addr_;
+  Fd fd_;
+};
+
+}  // namespace arrow_shm

@@ -1,0 +1,370 @@
+// One connection: handshake, TABLE/ACK/ERROR/GOODBYE and request/response (PROTOCOL §4-§9).
+#include "arrow_shm/channel.hpp"
+
+#include <unistd.h>
+
+namespace arrow_shm {
+
+namespace {
+
+Deadline deadline_of(Timeout t) {
+  if (!t) return std::nullopt;
+  return Clock::now() + *t;
+}
+
+Error remote_error(const Frame& f, const char* fallback) {
+  return Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or(fallback));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+
+std::unique_ptr<Channel> Channel::connect(const std::string& addr, Timeout timeout, ChannelOptions options) {
+  auto ch = std::make_unique<Channel>(connect_socket(addr, SOCK_SEQPACKET, deadline_of(timeout)), options);
+  ch->handshake_as_connector(deadline_of(timeout));
+  return ch;
+}
+
+std::unique_ptr<Channel> Channel::accept(Fd socket, Timeout timeout, ChannelOptions options) {
+  auto ch = std::make_unique<Channel>(std::move(socket), options);
+  ch->handshake_as_listener(deadline_of(timeout));
+  return ch;
+}
+
+std::unique_ptr<Channel> Channel::handshake(Fd socket, Timeout timeout, ChannelOptions options) {
+  auto ch = std::make_unique<Channel>(std::move(socket), options);
+  ch->handshake_as_connector(deadline_of(timeout));
+  return ch;
+}
+
+std::unique_ptr<Channel> Listener::accept(Timeout timeout, ChannelOptions options) {
+  return Channel::accept(accept_socket(fd_.get(), deadline_of(timeout)), timeout, options);
+}
+
+void Channel::handshake_as_connector(const Deadline& d) {
+  if (peer_uid(fd_.get()) != ::geteuid()) {
+    fd_.reset();
+    throw Error("ERR_PEER_CREDENTIALS", "the peer's uid is not allowed");
+  }
+  Frame hello;
+  hello.kind = Kind::Hello;
+  hello.metadata = {{"min_version", "1"},
+                    {"max_version", "1"},
+                    {"capabilities", ""},
+                    {"implementation", kImplementation},
+                    {"pid", std::to_string(::getpid())}};
+  send_frame(hello);
+  auto r = read_frame(d);
+  if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up during the handshake");
+  const Frame& f = r->frame;
+  if (f.kind == Kind::Error) {
+    fd_.reset();
+    throw remote_error(f, "handshake refused");
+  }
+  if (f.kind != Kind::Welcome || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected WELCOME"));
+  if (f.version != 1 || f.get("version").value_or("1") != "1")
+    fatal(Error("ERR_PROTOCOL_VERSION", "the listener chose an unknown version"));
+  if (auto m = f.get("max_message_bytes")) {
+    try {
+      peer_max_message_bytes_ = std::stoull(*m);
+    } catch (...) {
+      fatal(Error("ERR_PROTOCOL", "bad max_message_bytes in WELCOME"));
+    }
+  }
+  handshaken_ = true;
+}
+
+void Channel::handshake_as_listener(const Deadline& user) {
+  if (peer_uid(fd_.get()) != ::geteuid()) {
+    send_error(Error("ERR_PEER_CREDENTIALS", "peer uid not allowed"), 0);
+    fd_.reset();
+    throw Error("ERR_PEER_CREDENTIALS", "the peer's uid is not allowed");
+  }
+  // A connected peer gets 5 s to say HELLO, whatever the caller's timeout.
+  Deadline d = Clock::now() + std::chrono::seconds(5);
+  if (user && *user < *d) d = user;
+  auto r = read_frame(d);
+  if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before HELLO");
+  const Frame& f = r->frame;
+  if (f.kind != Kind::Hello || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected HELLO"));
+  uint64_t lo = 0, hi = 0;
+  try {
+    lo = std::stoull(f.get("min_version").value_or("x"));
+    hi = std::stoull(f.get("max_version").value_or("x"));
+  } catch (...) {
+    fatal(Error("ERR_PROTOCOL", "HELLO lacks a decimal min_version/max_version"));
+  }
+  if (lo > 1 || hi < 1) fatal(Error("ERR_PROTOCOL_VERSION", "no common protocol version (this side speaks 1)"));
+  Frame welcome;
+  welcome.kind = Kind::Welcome;
+  welcome.metadata = {{"version", "1"},
+                      {"capabilities", ""},
+                      {"implementation", kImplementation},
+                      {"pid", std::to_string(::getpid())},
+                      {"max_message_bytes", std::to_string(kDefaultMaxMessageBytes)}};
+  send_frame(welcome);
+  handshaken_ = true;
+}
+
+void Channel::close() {
+  if (!fd_) return;
+  Frame bye;
+  bye.kind = Kind::Goodbye;
+  try {
+    send_frame(bye);
+  } catch (const Error&) {
+  }
+  fd_.reset();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+uint64_t Channel::send_frame(Frame f, int pass_fd) {
+  if (!fd_) throw Error("ERR_CLOSED", "the channel is closed");
+  f.message_id = next_id_++;
+  auto bytes = encode_frame(f);
+  send_with_fd(fd_.get(), bytes.data(), bytes.size(), pass_fd);
+  return f.message_id;
+}
+
+void Channel::send_error(const Error& e, uint64_t correlation_id, uint8_t flags) {
+  Frame f;
+  f.kind = Kind::Error;
+  f.flags = flags;
+  f.correlation_id = correlation_id;
+  f.metadata = {{"code", e.code()}, {"message", std::string(e.what()).substr(0, 4096)}};
+  try {
+    send_frame(f);
+  } catch (const Error&) {
+  }
+}
+
+// A frame-level failure (§9): ERROR with correlation_id 0 if possible, close, throw.
+void Channel::fatal(const Error& e) {
+  if (fd_) send_error(e, 0);
+  fd_.reset();
+  throw e;
+}
+
+std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
+  if (!fd_) return std::nullopt;
+  wait_readable(fd_.get(), d, "the peer");
+  std::vector<uint8_t> buf(kMaxFrameBytes);
+  Received r;
+  int flags = 0;
+  size_t n = recv_with_fds(fd_.get(), buf.data(), buf.size(), r.fds, flags);
+  if (n == 0 && r.fds.empty()) {
+    fd_.reset();
+    return std::nullopt;
+  }
+  if (flags & MSG_TRUNC) fatal(Error("ERR_PROTOCOL", "frame larger than 65536 bytes (MSG_TRUNC)"));
+  if (flags & MSG_CTRUNC) fatal(Error("ERR_PROTOCOL", "too many file descriptors (MSG_CTRUNC)"));
+  try {
+    r.frame = decode_frame(buf.data(), n);
+  } catch (const Error& e) {
+    fatal(e);
+  }
+  if (handshaken_ && r.frame.version != 1)
+    fatal(Error("ERR_PROTOCOL_VERSION", "frame of version " + std::to_string(r.frame.version) + ", agreed 1"));
+  return r;
+}
+
+bool Channel::handle_other(Received& r) {
+  const Frame& f = r.frame;
+  if (f.kind != Kind::Table && !r.fds.empty())
+    fatal(Error("ERR_PROTOCOL", "file descriptors attached to a non-TABLE frame"));
+  switch (f.kind) {
+    case Kind::Table:
+      if (f.flags & kResponse) {  // a late response to a request that timed out: ACK and drop
+        try {
+          accept_table(r);
+        } catch (const Error&) {
+        }
+      } else if (!options_.receives_tables) {
+        send_error(Error("ERR_IPC_UNSUPPORTED", "this side does not receive tables"), f.message_id);
+      } else {
+        try {
+          inbox_.push_back({accept_table(r), std::nullopt});
+        } catch (const Error& e) {
+          inbox_.push_back({std::nullopt, e});
+        }
+      }
+      return true;
+    case Kind::Error:
+      if (f.correlation_id == 0) throw remote_error(f, "the peer failed");
+      return true;  // about a message nobody waits for any more
+    case Kind::Hello:
+    case Kind::Welcome:
+      fatal(Error("ERR_PROTOCOL", "handshake frame after the handshake"));
+    case Kind::Goodbye:
+      peer_gone_ = true;
+      return false;
+    default:  // ACK / RELEASE of nothing pending
+      return true;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sending
+
+uint64_t Channel::send_table(Fd segment, uint64_t ipc_length, const KV& metadata, uint8_t flags,
+                             uint64_t correlation_id) {
+  if (ipc_length > peer_max_message_bytes_)
+    throw Error("ERR_TOO_LARGE", "IPC stream of " + std::to_string(ipc_length) +
+                                     " bytes exceeds the peer's max_message_bytes");
+  Frame table;
+  table.kind = Kind::Table;
+  table.flags = flags;
+  table.correlation_id = correlation_id;
+  table.ipc_offset = 0;
+  table.ipc_length = ipc_length;
+  table.fd_count = 1;
+  table.metadata = metadata;
+  return send_frame(table, segment.get());
+  // `segment` closes here: the peer holds its own fd, and the seals make it immutable.
+}
+
+void Channel::await_ack(uint64_t id, const Deadline& d) {
+  for (;;) {
+    auto r = read_frame(d);
+    if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before acknowledging message " + std::to_string(id));
+    const Frame& f = r->frame;
+    if (f.kind == Kind::Ack && f.correlation_id == id) return;
+    if (f.kind == Kind::Error && f.correlation_id == id) throw remote_error(f, "the peer refused the table");
+    if (!handle_other(*r)) throw Error("ERR_PEER_CLOSED", "the peer said GOODBYE before acknowledging");
+  }
+}
+
+uint64_t Channel::send_segment(Fd segment, uint64_t ipc_length, const KV& metadata, Timeout timeout) {
+  uint64_t id = send_table(std::move(segment), ipc_length, metadata, 0, 0);
+  await_ack(id, deadline_of(timeout));
+  return id;
+}
+
+uint64_t Channel::send(const arrow::Table& table, const KV& metadata, Timeout timeout) {
+  auto [segment, length] = segment_from_table(table);
+  return send_segment(std::move(segment), length, metadata, timeout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiving
+
+// §5.1 on a received TABLE: map, validate, ACK and return it; or ERROR (same id) and throw.
+Message Channel::accept_table(Received& r) {
+  const Frame& f = r.frame;
+  const uint8_t reply_flags = (f.flags & kRequest) ? kResponse : 0;
+  try {
+    if (f.fd_count != 1 || r.fds.size() != 1)
+      throw Error("ERR_PROTOCOL", "TABLE with fd_count " + std::to_string(f.fd_count) + " and " +
+                                      std::to_string(r.fds.size()) + " fds received");
+    if (f.flags & kLeased) throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
+    uint64_t length = f.ipc_length;
+    Mapping mapping = open_segment(r.fds[0].get(), f.ipc_offset, length, options_.allow_unsealed);
+    r.fds.clear();  // the mapping stays valid without the fd
+    Message m;
+    m.message_id = f.message_id;
+    m.flags = f.flags;
+    m.metadata = f.metadata;
+    m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), f.ipc_offset, length);
+    m.info = validate_stream(m.ipc->data(), length);
+    Frame ack;
+    ack.kind = Kind::Ack;
+    ack.correlation_id = f.message_id;
+    send_frame(ack);
+    return m;
+  } catch (const Error& e) {
+    r.fds.clear();
+    send_error(e, f.message_id, reply_flags);
+    throw;
+  }
+}
+
+std::optional<Message> Channel::receive_message(Timeout timeout) {
+  const Deadline d = deadline_of(timeout);
+  for (;;) {
+    if (!inbox_.empty()) {
+      Incoming next = std::move(inbox_.front());
+      inbox_.pop_front();
+      if (next.error) throw *next.error;
+      return std::move(next.message);
+    }
+    if (peer_gone_) return std::nullopt;
+    auto r = read_frame(d);
+    if (!r) return std::nullopt;
+    handle_other(*r);
+  }
+}
+
+std::shared_ptr<arrow::Table> Channel::receive(Timeout timeout) {
+  auto m = receive_message(timeout);
+  if (!m) throw Error("ERR_PEER_CLOSED", "the peer has gone");
+  return m->table();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request / response (§8)
+
+std::shared_ptr<arrow::Table> Channel::request(const arrow::Table& table, Timeout timeout, const KV& metadata) {
+  auto [segment, length] = segment_from_table(table);
+  const uint64_t id = send_table(std::move(segment), length, metadata, kRequest, 0);
+  const Deadline d = deadline_of(timeout);
+  for (;;) {
+    auto r = read_frame(d);
+    if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before answering request " + std::to_string(id));
+    const Frame& f = r->frame;
+    if (f.kind == Kind::Table && (f.flags & kResponse) && f.correlation_id == id) return accept_table(*r).table();
+    if (f.kind == Kind::Error && f.correlation_id == id) throw remote_error(f, "the peer failed the request");
+    if (f.kind == Kind::Ack && f.correlation_id == id) continue;  // the request arrived; the answer follows
+    if (!handle_other(*r))
+      throw Error("ERR_PEER_CLOSED", "the peer said GOODBYE before answering request " + std::to_string(id));
+  }
+}
+
+void Channel::respond(const Message& request, const arrow::Table& response, const KV& metadata, Timeout timeout) {
+  auto [segment, length] = segment_from_table(response);
+  const uint64_t id = send_table(std::move(segment), length, metadata, kResponse, request.message_id);
+  await_ack(id, deadline_of(timeout));
+}
+
+void Channel::respond_error(const Message& request, const Error& error) {
+  Frame f;
+  f.kind = Kind::Error;
+  f.flags = kResponse;
+  f.correlation_id = request.message_id;
+  f.metadata = {{"code", error.code()}, {"message", std::string(error.what()).substr(0, 4096)}};
+  send_frame(f);
+}
+
+uint64_t Channel::serve(const Handler& handler, std::optional<uint64_t> count) {
+  uint64_t answered = 0;
+  while (!count || answered < *count) {
+    std::optional<Message> m;
+    try {
+      m = receive_message();
+    } catch (const Error&) {
+      if (!is_open()) throw;
+      continue;  // a table that failed the checks: its sender got the ERROR
+    }
+    if (!m) break;
+    if (!m->is_request()) continue;
+    answered++;
+    std::shared_ptr<arrow::Table> response;
+    std::optional<Error> failure;
+    try {
+      response = handler(*m);
+      if (!response) failure = Error("ERR_INVALID_ARGUMENT", "the request handler returned no table");
+    } catch (const Error& e) {
+      failure = e;
+    } catch (const std::exception& e) {
+      failure = Error("ERR_REMOTE", e.what());
+    }
+    if (failure) respond_error(*m, *failure);
+    else respond(*m, *response);
+  }
+  return answered;
+}
+
+}  // namespace arrow_shm
