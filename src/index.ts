@@ -23,3 +23,4 @@ export { generateSymbolTable, checksumSymbolTable, SYMBOL_SCHEMA } from './symbo
 export { StreamReader, StreamBatch, type StreamReaderOptions } from './stream/consumer.js';
 export { StreamWriter, type StreamWriterOptions } from './stream/producer.js';
 export { Publication, publish, subscribe, type PublicationOptions } from './stream/pubsub.js';
+export { FlightClient, FlightServer, FlightMessage, isFlightAddress, type FlightClientOptions, type FlightServerOptions } from './transport/flight.js';

@@ -133,21 +133,21 @@ export function runProcess(cmd: string, args: string[], options: { input?: Uint8
 }
 
 /** Starts a listening CLI process and resolves once it printed its "listening" line. */
-export async function startListening(cmd: string, args: string[]): Promise<{ child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }> }> {
+export async function startListening(cmd: string, args: string[]): Promise<{ child: ChildProcess; done: Promise<{ code: number | null; stdout: string; stderr: string }>; line: string }> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
   const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
-  await new Promise<void>((resolve, reject) => {
+  const line = await new Promise<string>((resolve, reject) => {
     const rl = createInterface({ input: child.stderr! });
     rl.on('line', (line) => {
       stderr += line + '\n';
-      if (line.includes('arrow-shm: listening on')) resolve();
+      if (line.includes('arrow-shm: listening on')) resolve(line);
     });
     child.on('close', (code) => reject(new Error(`exited (${code}) before listening: ${stderr}`)));
   });
-  return { child, done };
+  return { child, done, line };
 }
 
 export const hasVenv = (): boolean => existsSync(venvPython);

@@ -9,8 +9,11 @@ import { connect, listen, type Channel, type Message } from '../transport/channe
 import { seedReceive, seedSend } from '../transport/seed.js';
 import type { KeyValues } from '../transport/frame.js';
 import { readInput, sendableFromFile, UsageError } from './files.js';
+import { tableFromIpcBytes } from '../ipc/reader.js';
+import { toBatches } from '../ipc/writer.js';
 import { runDemo, runDemoReceiver, runDemoSender } from './demo.js';
 import { pub, recvStream, sendStream, sub, type StreamRecvFlags, type StreamSendFlags } from './stream.js';
+import { FlightClient, FlightServer, flightName, isFlightAddress, type FlightMessage } from '../transport/flight.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -44,6 +47,7 @@ function powerOfTwo(value: string): number {
 }
 
 async function send(files: string[], flags: SendFlags): Promise<void> {
+  if (isFlightAddress(flags.socket)) return sendFlight(files, flags);
   if (flags.stream) {
     if (flags.seedCompat) throw new UsageError('--stream and --seed-compat do not go together');
     return sendStream(files, flags, () => listening(flags.socket));
@@ -73,6 +77,23 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
   }
 }
 
+/** Over Arrow Flight: one DoPut per FILE (or one for all with --stream), named after the file. */
+async function sendFlight(files: string[], flags: SendFlags): Promise<void> {
+  if (flags.listen || flags.seedCompat) throw new UsageError('--listen and --seed-compat are for local sockets, not grpc:// addresses');
+  const inputs = files.map((f) => ({ name: flightName(f), data: sendableFromFile(readInput(f)) }));
+  const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN });
+  try {
+    if (flags.stream) {
+      const batches = inputs.flatMap((i) => (i.data instanceof Uint8Array ? tableFromIpcBytes(i.data).batches : toBatches(i.data).batches));
+      await client.doPut(inputs.map((i) => i.name).join('+'), batches, { metadata: flags.meta });
+    } else {
+      for (const input of inputs) await client.doPut(input.name, input.data, { metadata: flags.meta });
+    }
+  } finally {
+    client.close();
+  }
+}
+
 interface RecvFlags extends StreamRecvFlags {
   stream?: boolean;
   socket: string;
@@ -98,7 +119,7 @@ function outputPath(flags: RecvFlags, index: number): string | null {
   return path.join(flags.out, `${String(index).padStart(6, '0')}.arrows`);
 }
 
-function printSummary(message: Message, index: number): void {
+function printSummary(message: Message | FlightMessage, index: number): void {
   const lines: string[] = [`== table ${index}: ${message.bytes.byteLength} bytes of Arrow IPC ==`];
   const meta = Object.entries(message.metadata);
   if (meta.length) lines.push(`metadata: ${meta.map(([k, v]) => `${k}=${v}`).join(', ')}`);
@@ -118,7 +139,7 @@ function printSummary(message: Message, index: number): void {
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-function handle(message: Message, index: number, flags: RecvFlags): void {
+function handle(message: Message | FlightMessage, index: number, flags: RecvFlags): void {
   try {
     const out = outputPath(flags, index);
     if (out) writeFileSync(out, message.bytes);
@@ -128,7 +149,21 @@ function handle(message: Message, index: number, flags: RecvFlags): void {
   }
 }
 
+/** A Flight server: each DoPut is one table (--stream: the one stream); they stay available to DoGet until exit. */
+async function recvFlight(flags: RecvFlags): Promise<void> {
+  if (flags.connect || flags.seedCompat) throw new UsageError('--connect and --seed-compat are for local sockets, not grpc:// addresses');
+  const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN });
+  listening(server.address);
+  try {
+    const count = flags.stream ? 1 : flags.count;
+    for (let received = 0; received < count; received++) handle(await withTimeout(server.receive(), flags.timeoutMs, 'no table arrived'), received, flags);
+  } finally {
+    await server.close();
+  }
+}
+
 async function recv(flags: RecvFlags): Promise<void> {
+  if (isFlightAddress(flags.socket)) return recvFlight(flags);
   if (flags.stream) {
     if (flags.seedCompat || flags.count !== 1) throw new UsageError('--stream receives one stream: no --seed-compat, no --count');
     return recvStream(flags, () => listening(flags.socket));

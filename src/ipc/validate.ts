@@ -22,6 +22,9 @@ function asNumber(x: bigint | number): number {
 /** One checked encapsulated message: its decoded metadata and where its body lies in the bytes. */
 export interface IpcMessage {
   message: Message;
+  /** The flatbuffer Message (after the continuation marker and length), padding included. */
+  metadataStart: number;
+  metadataLength: number;
   bodyStart: number;
   bodyLength: number;
 }
@@ -77,7 +80,7 @@ export function walkIpcMessages(bytes: Uint8Array, mode: 'stream' | 'batches', o
       throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
     }
     summary.messages++;
-    onMessage?.({ message, bodyStart, bodyLength });
+    onMessage?.({ message, metadataStart: metaStart, metadataLength: size, bodyStart, bodyLength });
     pos = bodyStart + bodyLength;
   }
   if (mode === 'stream' && summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');

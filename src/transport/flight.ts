@@ -1,0 +1,444 @@
+// The network transport: Arrow Flight over gRPC (docs/PROTOCOL.md §13), for peers on other hosts.
+// A table travels as one Flight stream: each IPC message becomes one FlightData (its flatbuffer
+// header in data_header, its body in data_body). Interoperable with pyarrow.flight.
+import { basename } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { RecordBatch, Table } from 'apache-arrow';
+import { ArrowShmError, fail, type ErrorCode } from '../errors.js';
+import { decodeBatches, decodeTable } from '../ipc/reader.js';
+import { walkIpcMessages, type IpcSummary } from '../ipc/validate.js';
+import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
+import type { KeyValues } from './frame.js';
+
+const PROTO = fileURLToPath(new URL('../../../proto/flight.proto', import.meta.url));
+const CONTINUATION = 0xffffffff;
+const END_OF_STREAM = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+/** gRPC's default 4 MiB message limit would refuse most tables: no limit besides ours. */
+const CHANNEL_OPTIONS = { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 };
+const DEFAULT_MAX_MESSAGE_BYTES = 2 ** 32;
+
+export interface FlightDescriptor {
+  type: 'UNKNOWN' | 'PATH' | 'CMD';
+  cmd: Buffer;
+  path: string[];
+}
+
+export interface FlightData {
+  flight_descriptor?: FlightDescriptor | null;
+  data_header: Buffer;
+  app_metadata: Buffer;
+  data_body: Buffer;
+}
+
+type ServiceClient = grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientDuplexStream<unknown, unknown> & grpc.ClientReadableStream<unknown>>;
+let service: { client: new (address: string, credentials: grpc.ChannelCredentials, options: object) => ServiceClient; definition: grpc.ServiceDefinition } | null = null;
+
+function flightService() {
+  if (!service) {
+    const definition = protoLoader.loadSync(PROTO, { keepCase: true, longs: String, enums: String, bytes: Buffer, defaults: true });
+    const pkg = grpc.loadPackageDefinition(definition) as unknown as { arrow: { flight: { protocol: { FlightService: grpc.ServiceClientConstructor } } } };
+    const ctor = pkg.arrow.flight.protocol.FlightService;
+    service = { client: ctor as unknown as NonNullable<typeof service>['client'], definition: ctor.service };
+  }
+  return service;
+}
+
+/** `grpc://host:port` (plain) or `grpc+tls://host:port`; anything else is a local socket address. */
+export function isFlightAddress(address: string): boolean {
+  return /^grpc(\+tls)?:\/\//.test(address);
+}
+
+function parseAddress(address: string): { target: string; tls: boolean } {
+  const m = /^grpc(\+tls)?:\/\/([^/]+)\/?$/.exec(address);
+  if (!m) throw fail('ERR_INVALID_ARGUMENT', `not a Flight address (grpc://host:port): ${address}`);
+  return { target: m[2]!, tls: m[1] !== undefined };
+}
+
+// ---------------------------------------------------------------------------------- FlightData
+
+/** The IPC messages of `data` (a table or IPC stream bytes) as FlightData, `appMetadata` on the first batch. */
+export function toFlightData(data: TableLike | Uint8Array, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
+  let bytes: Uint8Array;
+  if (data instanceof Uint8Array) bytes = data;
+  else {
+    const layout = layoutIpcStream(data);
+    bytes = new Uint8Array(layout.byteLength);
+    writeIpcLayout(layout, bytes);
+  }
+  const out: FlightData[] = [];
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  walkIpcMessages(bytes, 'stream', (m) => {
+    const isBatch = m.message.headerType === 3; // RecordBatch
+    out.push({
+      flight_descriptor: out.length === 0 ? descriptor : null,
+      data_header: buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength),
+      app_metadata: isBatch && appMetadata && !out.some((d) => d.app_metadata.length) ? Buffer.from(appMetadata) : Buffer.alloc(0),
+      data_body: buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength),
+    });
+  });
+  return out;
+}
+
+const pad8 = (n: number) => (8 - (n % 8)) % 8;
+
+/**
+ * Re-frames received FlightData as one IPC stream (continuation, length, header, body, each padded
+ * to 8 bytes, then the end-of-stream marker). This is the one copy a Flight receive makes: gRPC
+ * hands each message over in its own buffer, at whatever alignment protobuf left the body.
+ */
+export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX_MESSAGE_BYTES): Uint8Array {
+  let total = END_OF_STREAM.length;
+  for (const m of messages) {
+    if (m.data_header.length === 0) continue; // metadata-only message
+    total += 8 + m.data_header.length + pad8(m.data_header.length) + m.data_body.length + pad8(m.data_body.length);
+  }
+  if (total > maxBytes) throw fail('ERR_TOO_LARGE', `Flight stream of ${total} bytes exceeds the ${maxBytes}-byte limit`);
+  const out = new Uint8Array(total);
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const m of messages) {
+    if (m.data_header.length === 0) continue;
+    const headerLength = m.data_header.length + pad8(m.data_header.length);
+    view.setUint32(at, CONTINUATION, true);
+    view.setInt32(at + 4, headerLength, true);
+    out.set(m.data_header, at + 8);
+    at += 8 + headerLength;
+    out.set(m.data_body, at);
+    at += m.data_body.length + pad8(m.data_body.length);
+  }
+  out.set(END_OF_STREAM, at);
+  return out;
+}
+
+// ----------------------------------------------------------------------------------- received
+
+/** A table received through Flight: the same surface as a shared-memory `Message`. */
+export class FlightMessage {
+  #table: Table | undefined;
+  #closed = false;
+
+  constructor(
+    /** The IPC stream, checked (§7): schema, dictionaries, batches, end-of-stream marker. */
+    readonly bytes: Uint8Array,
+    readonly metadata: KeyValues,
+    readonly summary: IpcSummary,
+    /** The descriptor's path (DoPut) or the ticket (DoGet). */
+    readonly name: string,
+  ) {}
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get table(): Table {
+    if (this.#closed) throw fail('ERR_CLOSED', 'the message was closed');
+    this.#table ??= decodeTable(this.bytes);
+    return this.#table;
+  }
+
+  get batches(): RecordBatch[] {
+    if (this.#closed) throw fail('ERR_CLOSED', 'the message was closed');
+    return this.#table?.batches ?? decodeBatches(this.bytes);
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#table = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function received(messages: FlightData[], name: string, maxBytes?: number): FlightMessage {
+  const bytes = ipcFromFlightData(messages, maxBytes);
+  const summary = walkIpcMessages(bytes, 'stream');
+  const batch = messages.find((m) => m.app_metadata.length > 0);
+  return new FlightMessage(bytes, batch ? decodeMetadata(batch.app_metadata) : {}, summary, name);
+}
+
+/** User metadata travels as a JSON object of strings in the first batch's app_metadata. */
+function encodeMetadata(metadata: KeyValues | undefined): Uint8Array | undefined {
+  return metadata && Object.keys(metadata).length > 0 ? Buffer.from(JSON.stringify(metadata)) : undefined;
+}
+
+function decodeMetadata(bytes: Uint8Array): KeyValues {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    if (value && typeof value === 'object' && Object.values(value).every((v) => typeof v === 'string')) return value as KeyValues;
+  } catch {
+    // not ours: an application's own app_metadata
+  }
+  return { app_metadata: Buffer.from(bytes).toString('base64') };
+}
+
+// ------------------------------------------------------------------------------------- errors
+
+const STATUS_CODES: Partial<Record<grpc.status, ErrorCode>> = {
+  [grpc.status.UNAVAILABLE]: 'ERR_PEER_CLOSED',
+  [grpc.status.DEADLINE_EXCEEDED]: 'ERR_TIMEOUT',
+  [grpc.status.UNAUTHENTICATED]: 'ERR_PEER_CREDENTIALS',
+  [grpc.status.PERMISSION_DENIED]: 'ERR_PEER_CREDENTIALS',
+  [grpc.status.INVALID_ARGUMENT]: 'ERR_INVALID_ARGUMENT',
+  [grpc.status.NOT_FOUND]: 'ERR_INVALID_ARGUMENT',
+  [grpc.status.RESOURCE_EXHAUSTED]: 'ERR_TOO_LARGE',
+  [grpc.status.CANCELLED]: 'ERR_CLOSED',
+};
+
+/** A gRPC failure as a typed error; an arrow-shm server's "ERR_X: message" details keep their code. */
+function fromGrpc(e: unknown, what: string): ArrowShmError {
+  if (e instanceof ArrowShmError) return e;
+  const err = e as grpc.ServiceError;
+  const details = err?.details ?? String(e);
+  const ours = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(details);
+  if (ours && (ours[1] as ErrorCode)) return new ArrowShmError(ours[1] as ErrorCode, ours[2]!, undefined, undefined, { remote: true, cause: e });
+  const code = STATUS_CODES[err?.code as grpc.status] ?? 'ERR_REMOTE';
+  return new ArrowShmError(code, `${what}: ${grpc.status[err?.code] ?? 'error'}: ${details}`, undefined, undefined, { remote: true, cause: e });
+}
+
+function toStatus(e: unknown): Partial<grpc.StatusObject> {
+  const error = e instanceof ArrowShmError ? e : fail('ERR_REMOTE', String(e));
+  const code = error.code === 'ERR_PEER_CREDENTIALS' ? grpc.status.UNAUTHENTICATED : error.code === 'ERR_TOO_LARGE' ? grpc.status.RESOURCE_EXHAUSTED : grpc.status.INVALID_ARGUMENT;
+  return { code, details: `${error.code}: ${error.message}` };
+}
+
+// ------------------------------------------------------------------------------------- client
+
+export interface FlightClientOptions {
+  /** Sent as `authorization: Bearer <token>` with every call. */
+  token?: string;
+  /** PEM of the CA that signed the server's certificate (grpc+tls://). Default: the system's. */
+  rootCertificate?: Uint8Array;
+  /** Deadline of each call, in ms. */
+  timeoutMs?: number;
+  /** Largest table accepted from DoGet. Default 4 GiB. */
+  maxMessageBytes?: number;
+}
+
+/** A Flight client: `doPut` sends a table, `doGet` fetches one, as with any Flight server. */
+export class FlightClient {
+  readonly address: string;
+  #client: ServiceClient;
+  #options: FlightClientOptions;
+
+  private constructor(address: string, client: ServiceClient, options: FlightClientOptions) {
+    this.address = address;
+    this.#client = client;
+    this.#options = options;
+  }
+
+  /** Connects to `grpc://host:port` (or `grpc+tls://`); resolves once the connection is up. */
+  static async connect(address: string, options: FlightClientOptions = {}): Promise<FlightClient> {
+    const { target, tls } = parseAddress(address);
+    const credentials = tls ? grpc.credentials.createSsl(options.rootCertificate ? Buffer.from(options.rootCertificate) : null) : grpc.credentials.createInsecure();
+    const client = new (flightService().client)(target, credentials, CHANNEL_OPTIONS);
+    const deadline = Date.now() + (options.timeoutMs ?? 10_000);
+    await new Promise<void>((resolve, reject) =>
+      client.waitForReady(deadline, (e) => (e ? reject(fail(options.timeoutMs === undefined ? 'ERR_PEER_CLOSED' : 'ERR_TIMEOUT', `no Flight server at ${address}: ${e.message}`, e)) : resolve())),
+    ).catch((e) => {
+      client.close();
+      throw e;
+    });
+    return new FlightClient(address, client, options);
+  }
+
+  #callOptions(): { metadata: grpc.Metadata; options: grpc.CallOptions } {
+    const metadata = new grpc.Metadata();
+    if (this.#options.token) metadata.set('authorization', `Bearer ${this.#options.token}`);
+    return { metadata, options: this.#options.timeoutMs === undefined ? {} : { deadline: Date.now() + this.#options.timeoutMs } };
+  }
+
+  /** Sends a table (or IPC stream bytes) under the descriptor path `name`; resolves once the server has it all. */
+  async doPut(name: string | string[], data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<Uint8Array[]> {
+    const path = Array.isArray(name) ? name : [name];
+    return this.putFlightData(toFlightData(data, { type: 'PATH', cmd: Buffer.alloc(0), path }, encodeMetadata(options.metadata)));
+  }
+
+  /** @internal DoPut of ready FlightData (tests send hostile ones with it). */
+  async putFlightData(messages: FlightData[]): Promise<Uint8Array[]> {
+    const { metadata, options: callOptions } = this.#callOptions();
+    const call = (this.#client.DoPut as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, { app_metadata: Buffer }>).call(this.#client, metadata, callOptions);
+    const results: Uint8Array[] = [];
+    let failed = false;
+    const done = new Promise<Uint8Array[]>((resolve, reject) => {
+      call.on('data', (r: { app_metadata: Buffer }) => results.push(r.app_metadata));
+      call.on('error', (e) => {
+        failed = true;
+        call.emit('drain'); // a writer waiting for room stops waiting
+        reject(fromGrpc(e, `DoPut to ${this.address}`));
+      });
+      call.on('end', () => resolve(results));
+    });
+    for (const m of messages) {
+      if (failed) break;
+      if (!call.write(m)) await new Promise((r) => call.once('drain', r));
+    }
+    if (!failed) call.end();
+    return done;
+  }
+
+  /** Fetches the table the server holds for `ticket`. */
+  async doGet(ticket: string | Uint8Array): Promise<FlightMessage> {
+    const bytes = typeof ticket === 'string' ? Buffer.from(ticket) : Buffer.from(ticket);
+    const { metadata, options } = this.#callOptions();
+    const call = (this.#client.DoGet as unknown as (t: { ticket: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightData>).call(this.#client, { ticket: bytes }, metadata, options);
+    const messages: FlightData[] = [];
+    await new Promise<void>((resolve, reject) => {
+      call.on('data', (m: FlightData) => messages.push(m));
+      call.on('error', (e) => reject(fromGrpc(e, `DoGet from ${this.address}`)));
+      call.on('end', resolve);
+    });
+    return received(messages, bytes.toString('utf8'), this.#options.maxMessageBytes);
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}
+
+// ------------------------------------------------------------------------------------- server
+
+/** Ends a server call with an error status (grpc-js: an 'error' event carrying the status). */
+function refuse(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
+  call.emit('error', status);
+}
+
+export interface FlightServerOptions {
+  /** Calls must carry `authorization: Bearer <token>`; others fail with UNAUTHENTICATED. */
+  token?: string;
+  /** PEM key and certificate: serve grpc+tls:// (required for a grpc+tls:// address). */
+  tls?: { key: Uint8Array; certificate: Uint8Array };
+  /** Largest table accepted through DoPut. Default 4 GiB. */
+  maxMessageBytes?: number;
+}
+
+/**
+ * A Flight server. Tables clients DoPut are queued for `receive()` and kept, under their
+ * descriptor path joined by "/", for DoGet; `serve(name, table)` offers more tables for DoGet.
+ */
+export class FlightServer {
+  readonly address: string;
+  readonly port: number;
+  #server: grpc.Server;
+  #options: FlightServerOptions;
+  #tables = new Map<string, Uint8Array>();
+  #inbox: (FlightMessage | ArrowShmError)[] = [];
+  #waiting: ((item: FlightMessage | ArrowShmError | null) => void)[] = [];
+  #closed = false;
+
+  private constructor(address: string, port: number, server: grpc.Server, options: FlightServerOptions) {
+    this.address = address;
+    this.port = port;
+    this.#server = server;
+    this.#options = options;
+  }
+
+  /** Listens on `grpc://host:port` (port 0: any free port, see `address`). */
+  static async listen(address: string, options: FlightServerOptions = {}): Promise<FlightServer> {
+    const { target, tls } = parseAddress(address);
+    if (tls && !options.tls) throw fail('ERR_INVALID_ARGUMENT', 'a grpc+tls:// address needs options.tls (key and certificate)');
+    const server = new grpc.Server(CHANNEL_OPTIONS);
+    const credentials = options.tls ? grpc.ServerCredentials.createSsl(null, [{ private_key: Buffer.from(options.tls.key), cert_chain: Buffer.from(options.tls.certificate) }]) : grpc.ServerCredentials.createInsecure();
+    let self: FlightServer | null = null;
+    const handlers = {
+      DoPut: (call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>) => self!.#doPut(call),
+      DoGet: (call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>) => self!.#doGet(call),
+      Handshake: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end(),
+      GetFlightInfo: (_: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'GetFlightInfo: use DoGet with the table name as ticket' }),
+      DoExchange: (call: grpc.ServerDuplexStream<unknown, unknown>) => refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'DoExchange is not implemented yet' }),
+      ListActions: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
+    };
+    server.addService(flightService().definition, handlers as unknown as grpc.UntypedServiceImplementation);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(target, credentials, (e, p) => (e ? reject(fail('ERR_SYSCALL', `cannot listen on ${address}: ${e.message}`, e)) : resolve(p))),
+    );
+    const host = target.slice(0, target.lastIndexOf(':'));
+    self = new FlightServer(`grpc${tls ? '+tls' : ''}://${host}:${port}`, port, server, options);
+    return self;
+  }
+
+  #authorized(metadata: grpc.Metadata): boolean {
+    return !this.#options.token || metadata.get('authorization')[0] === `Bearer ${this.#options.token}`;
+  }
+
+  #doPut(call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>): void {
+    if (!this.#authorized(call.metadata)) return refuse(call, { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
+    const messages: FlightData[] = [];
+    let bytes = 0;
+    const limit = this.#options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    call.on('data', (m: FlightData) => {
+      messages.push(m);
+      bytes += m.data_header.length + m.data_body.length;
+      if (bytes > limit) refuse(call, { code: grpc.status.RESOURCE_EXHAUSTED, details: `ERR_TOO_LARGE: more than ${limit} bytes` });
+    });
+    call.on('end', () => {
+      const name = (messages[0]?.flight_descriptor?.path ?? []).join('/');
+      let message: FlightMessage;
+      try {
+        message = received(messages, name, limit);
+      } catch (e) {
+        this.#deliver(e as ArrowShmError);
+        return refuse(call, toStatus(e));
+      }
+      this.#tables.set(name, message.bytes);
+      call.write({ app_metadata: Buffer.alloc(0) });
+      call.end();
+      this.#deliver(message);
+    });
+    call.on('error', () => {}); // the client went away: nothing was delivered
+  }
+
+  #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void {
+    const fault = (status: Partial<grpc.StatusObject>): void => refuse(call, status);
+    if (!this.#authorized(call.metadata)) return fault({ code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
+    const name = call.request.ticket.toString('utf8');
+    const bytes = this.#tables.get(name);
+    if (!bytes) return fault({ code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
+    void (async () => {
+      for (const m of toFlightData(bytes, null)) if (!call.write(m)) await new Promise((r) => call.once('drain', r));
+      call.end();
+    })();
+  }
+
+  #deliver(item: FlightMessage | ArrowShmError): void {
+    const waiter = this.#waiting.shift();
+    if (waiter) waiter(item);
+    else this.#inbox.push(item);
+  }
+
+  /** Offers `data` for DoGet under `name`. */
+  serve(name: string, data: TableLike | Uint8Array): void {
+    if (data instanceof Uint8Array) {
+      walkIpcMessages(data, 'stream');
+      this.#tables.set(name, data);
+    } else {
+      const layout = layoutIpcStream(data);
+      const bytes = new Uint8Array(layout.byteLength);
+      writeIpcLayout(layout, bytes);
+      this.#tables.set(name, bytes);
+    }
+  }
+
+  /** The next table a client sent with DoPut (a bad one throws its typed error; the server goes on). */
+  async receive(): Promise<FlightMessage> {
+    const item = this.#inbox.shift() ?? (this.#closed ? null : await new Promise<FlightMessage | ArrowShmError | null>((resolve) => this.#waiting.push(resolve)));
+    if (item === null) throw fail('ERR_CLOSED', 'the Flight server is closed');
+    if (item instanceof ArrowShmError) throw item;
+    return item;
+  }
+
+  /** Stops listening; calls in flight are cut. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const w of this.#waiting.splice(0)) w(null);
+    await Promise.race([new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve())), new Promise((r) => setTimeout(r, 1000).unref())]);
+    this.#server.forceShutdown();
+  }
+}
+
+/** The descriptor name of a CLI input file. */
+export const flightName = (file: string): string => (file === '-' ? 'stdin' : basename(file));
