@@ -10,7 +10,7 @@ export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 export const SOCKET_METHODS = ['json', 'msgpack', 'msgpackr-records', 'arrow-socket'] as const;
 export const SHM_METHODS = ['arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'] as const;
-export type Method = (typeof SOCKET_METHODS)[number] | (typeof SHM_METHODS)[number] | 'v8';
+export type Method = (typeof SOCKET_METHODS)[number] | (typeof SHM_METHODS)[number] | 'v8' | 'flight';
 
 const plain = new Packr({ useRecords: false });
 const records = new Packr({ useRecords: true });

@@ -2,6 +2,7 @@
 // line per hand-off: { t1, checksum } where t1 is when the data became usable (CLOCK_MONOTONIC).
 import net from 'node:net';
 import { listen } from '../src/transport/channel.js';
+import { FlightServer } from '../src/transport/flight.js';
 import { SOCKET_METHODS, checksumOf, decodeFromSocket, now, readFramed, type Method } from './methods.js';
 import type { SymbolRow } from '../src/symbols.js';
 
@@ -36,6 +37,15 @@ if (method === 'v8') {
     socket.on('close', () => server.close());
   });
   server.listen(address, () => process.stdout.write('ready\n'));
+} else if (method === 'flight') {
+  // Arrow Flight over loopback: each DoPut is one hand-off; usable once the Table is built.
+  const server = await FlightServer.listen(address);
+  process.stdout.write('ready\n');
+  for (;;) {
+    const message = await server.receive();
+    const table = message.table;
+    report(now(), table);
+  }
 } else {
   const listener = listen(address, { acceptLeased: true });
   process.stdout.write('ready\n');

@@ -103,9 +103,17 @@ export function writeReport(doc: Doc, root: string): void {
       lines.push(`| ${r.method} | ${ms(r.median_ms)} ms | ${ms(r.p99_ms)} ms | ${base ? (r.median_ms / base.median_ms).toFixed(1) + '×' : ''} | ${memcpy ? (r.median_ms / memcpy.median_ms).toFixed(1) + '×' : ''} |`);
     }
     if (memcpy) lines.push('', `One memcpy of the same ${((base?.bytes ?? 0) / 1e6).toFixed(1)} MB in one process (the limit): ${ms(memcpy.median_ms)} ms.`);
+    const anchor = rows.find((r) => r.scenario === scenario && r.method === 'pyarrow-flight');
+    if (anchor) {
+      lines.push(
+        '',
+        `Anchor for the \`flight\` row (arrow-shm's Flight transport over loopback gRPC): pyarrow.flight's own client and server, python → python, same table, ` +
+          `until the server read the table and answered the put: ${ms(anchor.median_ms)} ms (p99 ${ms(anchor.p99_ms)} ms)${base ? `, ${(anchor.median_ms / base.median_ms).toFixed(1)}× arrow-shm` : ''}.`,
+      );
+    }
     lines.push('');
   }
-  const toPython = rows.filter((r) => r.to === 'python');
+  const toPython = rows.filter((r) => r.to === 'python' && r.from === 'node');
   if (toPython.length) {
     const base = (scenario: string) => toPython.find((r) => r.scenario === scenario && r.method === 'arrow-shm');
     lines.push(

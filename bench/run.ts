@@ -8,10 +8,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { makeData, RecordBatch, Schema, Field, Struct, Table, Uint8 } from 'apache-arrow';
+import { makeData, RecordBatch, Schema, Field, Struct, Table, Uint8, tableToIPC } from 'apache-arrow';
 import cliProgress from 'cli-progress';
 import { Bench } from 'tinybench';
 import { connect, PreparedTable, type Channel } from '../src/transport/channel.js';
+import { FlightClient } from '../src/transport/flight.js';
 import { layoutIpcStream } from '../src/ipc/writer.js';
 import { generateSymbolColumns, symbolRows, symbolTableFromColumns, type SymbolRow } from '../src/symbols.js';
 import { SOCKET_METHODS, encodeForSocket, now, writeFramed, type Method } from './methods.js';
@@ -81,7 +82,11 @@ interface Payload {
 
 /** Runs `runs` hand-offs of `payload` with `method`; returns one-way latencies in ms. */
 async function measure(method: Method, payload: Payload, runs: number, read: boolean, dir: string, tick: () => void, to: Peer = 'node'): Promise<number[]> {
-  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}-${to}` : path.join(dir, `${method}-${to}.sock`);
+  const address = method.startsWith('arrow-shm')
+    ? `@arrow-shm-bench-${process.pid}-${method}-${to}`
+    : method === 'flight'
+      ? `grpc://127.0.0.1:${await freePort()}`
+      : path.join(dir, `${method}-${to}.sock`);
   const receiver = await startReceiver(method, address, read, to);
   const samples: number[] = [];
   let sendOne: () => Promise<void>;
@@ -96,6 +101,13 @@ async function measure(method: Method, payload: Payload, runs: number, read: boo
     await new Promise((r) => socket.once('connect', r));
     sendOne = async () => writeFramed(socket, 0, encodeForSocket(method as (typeof SOCKET_METHODS)[number], payload.rows, payload.table));
     cleanup = () => socket.end();
+  } else if (method === 'flight') {
+    const client = await FlightClient.connect(address);
+    sendOne = async () => void (await client.doPut('bench', payload.table));
+    cleanup = () => {
+      client.close();
+      receiver.child.kill(); // a Flight server has no connection to see closing
+    };
   } else {
     const channel: Channel = await connect(address, { lease: method === 'arrow-shm-leased' });
     let prepared: PreparedTable | null = null;
@@ -127,6 +139,26 @@ async function measure(method: Method, payload: Payload, runs: number, read: boo
     if (receiver.child.exitCode === null) receiver.child.kill('SIGKILL'); // never leave a receiver behind
   }
   return samples;
+}
+
+/** pyarrow.flight client -> pyarrow.flight server, two processes, the same table (bench/flight_anchor.py). */
+function flightAnchor(table: Table, runs: number, dir: string): number[] {
+  const file = path.join(dir, 'symbols.arrows');
+  writeFileSync(file, tableToIPC(table, 'stream'));
+  const r = spawnSync(venvPython, [path.join(root, 'bench', 'flight_anchor.py'), file, String(runs)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`pyarrow.flight anchor failed: ${r.stderr}`);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as number[];
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 function check(got: { checksum?: number }, payload: Payload, read: boolean, method: string): void {
@@ -175,14 +207,16 @@ async function main(): Promise<void> {
   const symbols: Payload = { table, rows, bytes: ipcBytes };
   const { checksumSymbolTable } = await import('../src/symbols.js');
   symbols.checksum = checksumSymbolTable(table);
-  const methods: Method[] = ['json', 'v8', 'msgpack', 'msgpackr-records', 'arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  const methods: Method[] = ['json', 'v8', 'msgpack', 'msgpackr-records', 'arrow-socket', 'flight', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const runsFor = (m: Method) => (quick ? (m.startsWith('arrow') ? 15 : 5) : m.startsWith('arrow') ? 100 : 20);
   const sizes = (quick ? [10, 14, 18, 22] : [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]).map((p) => 2 ** p);
-  const sweepMethods: Method[] = ['arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  const sweepMethods: Method[] = ['arrow-socket', 'flight', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  // gRPC holds a whole message in memory several times over: Flight stops at 256 MiB in the sweep.
+  const inSweep = (method: Method, bytes: number) => method !== 'flight' || bytes <= 2 ** 28;
   const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
-    2 * [...methods, ...pythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.length * (sweepRuns(b) + 2), 0);
+    2 * [...methods, ...pythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + 2), 0);
   const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
   const tick = () => bar.increment();
@@ -203,12 +237,14 @@ async function main(): Promise<void> {
     }
     for (const bytes of sizes) {
       const payload: Payload = { table: byteTable(bytes), rows: null, bytes };
-      for (const method of sweepMethods) {
+      for (const method of sweepMethods.filter((m) => inSweep(m, bytes))) {
         bar.update({ task: `sweep ${bytes} B ${method}` });
         const samples = await measure(method, payload, sweepRuns(bytes), false, dir, tick);
         results.push(row('sweep', method, bytes, bytes, samples));
       }
     }
+    bar.update({ task: 'pyarrow.flight anchor' });
+    results.push(row('symbols', 'pyarrow-flight', ipcBytes, symbolRowsCount, flightAnchor(table, runsFor('flight'), dir), 'python', 'python'));
     bar.update({ task: 'limits' });
     for (const bytes of [ipcBytes, ...sizes]) results.push(row('limits', 'memcpy', bytes, 0, await memcpyLimit(bytes), 'node', 'node'));
   } finally {

@@ -7,8 +7,8 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { tableToIPC } from 'apache-arrow';
-import { ArrowShmError } from '../src/errors.js';
+import { Table, makeVector, tableToIPC } from 'apache-arrow';
+import { ArrowShmError, fail } from '../src/errors.js';
 import { FlightClient, FlightServer, toFlightData } from '../src/transport/flight.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { cliScript, goldStreams, hasVenv, repoRoot, runProcess, startListening, venvPython } from './helpers.js';
@@ -168,3 +168,50 @@ test('tokens, TLS and typed errors: wrong or missing token, unknown ticket, refu
     rmSync(dir, { recursive: true });
   }
 });
+
+/** Rows per kind of a symbol table, as the Python peer computes it (count_by_kind in flight_peer.py). */
+function countByKind(table: Table): Table {
+  const counts = new Map<number, number>();
+  const kind = table.getChild('kind')!;
+  for (let i = 0; i < table.numRows; i++) counts.set(kind.get(i) as number, (counts.get(kind.get(i) as number) ?? 0) + 1);
+  const kinds = [...counts.keys()].sort((a, b) => a - b);
+  return new Table({ kind: makeVector(Uint8Array.from(kinds)), count: makeVector(BigInt64Array.from(kinds.map((k) => BigInt(counts.get(k)!)))) });
+}
+
+test('request/response over DoExchange: Node asks a pyarrow.flight server, pyarrow asks a Node server; errors come back typed', { skip, timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-x-'));
+  const symbols = generateSymbolTable(100_000);
+  const file = path.join(dir, 'symbols.arrows');
+  writeFileSync(file, tableToIPC(symbols, 'stream'));
+  const py = await startListening(venvPython, [peer, 'server', dir]);
+  const node = await FlightServer.listen('grpc://127.0.0.1:0', {
+    onExchange: (request) => {
+      if (!request.table.getChild('kind')) throw fail('ERR_INVALID_ARGUMENT', 'the request has no kind column');
+      return countByKind(request.table);
+    },
+  });
+  try {
+    const client = await FlightClient.connect(/grpc:\/\/\S+/.exec(py.line)![0], { timeoutMs: 60_000 });
+    const expected = countByKind(symbols);
+    // Several requests in flight at once, each its own call.
+    const answers = await Promise.all([1, 2, 3].map(() => client.exchange('count-by-kind', symbols)));
+    for (const a of answers) assert.deepEqual(rows(a.table), rows(expected));
+    await assert.rejects(client.exchange('count-by-kind', new Table({ x: makeVector(Int32Array.from([1])) })), (e) => code('ERR_INVALID_ARGUMENT')(e) && /no kind column/.test((e as Error).message));
+    client.close();
+
+    const asked = await runProcess(venvPython, [peer, 'exchange', node.address, file], { timeoutMs: 60_000 });
+    assert.equal(asked.stdout.trim(), 'match', asked.stdout + asked.stderr);
+    const nodeClient = await FlightClient.connect(node.address);
+    await assert.rejects(nodeClient.exchange('x', new Table({ x: makeVector(Int32Array.from([1])) })), (e) => code('ERR_INVALID_ARGUMENT')(e) && (e as ArrowShmError).remote);
+    nodeClient.close();
+  } finally {
+    py.child.kill();
+    await py.done;
+    await node.close();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+function rows(table: Table): unknown[] {
+  return JSON.parse(JSON.stringify(table.toArray(), (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
+}

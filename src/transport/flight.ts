@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { RecordBatch, Table } from 'apache-arrow';
-import { ArrowShmError, fail, type ErrorCode } from '../errors.js';
+import { ArrowShmError, fail, isErrorCode, type ErrorCode } from '../errors.js';
 import { decodeBatches, decodeTable } from '../ipc/reader.js';
 import { walkIpcMessages, type IpcSummary } from '../ipc/validate.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
@@ -194,14 +194,15 @@ function fromGrpc(e: unknown, what: string): ArrowShmError {
   const err = e as grpc.ServiceError;
   const details = err?.details ?? String(e);
   const ours = /^(ERR_[A-Z_]+): ([\s\S]*)$/.exec(details);
-  if (ours && (ours[1] as ErrorCode)) return new ArrowShmError(ours[1] as ErrorCode, ours[2]!, undefined, undefined, { remote: true, cause: e });
+  if (ours && isErrorCode(ours[1]!)) return new ArrowShmError(ours[1], ours[2]!, undefined, undefined, { remote: true, cause: e });
   const code = STATUS_CODES[err?.code as grpc.status] ?? 'ERR_REMOTE';
   return new ArrowShmError(code, `${what}: ${grpc.status[err?.code] ?? 'error'}: ${details}`, undefined, undefined, { remote: true, cause: e });
 }
 
 function toStatus(e: unknown): Partial<grpc.StatusObject> {
   const error = e instanceof ArrowShmError ? e : fail('ERR_REMOTE', String(e));
-  const code = error.code === 'ERR_PEER_CREDENTIALS' ? grpc.status.UNAUTHENTICATED : error.code === 'ERR_TOO_LARGE' ? grpc.status.RESOURCE_EXHAUSTED : grpc.status.INVALID_ARGUMENT;
+  const code =
+    error.code === 'ERR_PEER_CREDENTIALS' ? grpc.status.UNAUTHENTICATED : error.code === 'ERR_TOO_LARGE' ? grpc.status.RESOURCE_EXHAUSTED : error.code === 'ERR_REMOTE' ? grpc.status.INTERNAL : grpc.status.INVALID_ARGUMENT;
   return { code, details: `${error.code}: ${error.message}` };
 }
 
@@ -280,6 +281,34 @@ export class FlightClient {
     return done;
   }
 
+  /**
+   * Request/response (DoExchange): sends `data` as the request table and resolves with the table
+   * the server answers; the server's failure arrives as its typed error. Each exchange is its own
+   * gRPC call, so any number may be in flight at once.
+   */
+  async exchange(name: string, data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<FlightMessage> {
+    const messages = toFlightData(data, { type: 'CMD', cmd: Buffer.from(name), path: [] }, encodeMetadata(options.metadata));
+    const { metadata, options: callOptions } = this.#callOptions();
+    const call = (this.#client.DoExchange as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, FlightData>).call(this.#client, metadata, callOptions);
+    const answer: FlightData[] = [];
+    let failed = false;
+    const done = new Promise<FlightData[]>((resolve, reject) => {
+      call.on('data', (m: FlightData) => answer.push(m));
+      call.on('error', (e) => {
+        failed = true;
+        call.emit('drain');
+        reject(fromGrpc(e, `DoExchange with ${this.address}`));
+      });
+      call.on('end', () => resolve(answer));
+    });
+    for (const m of messages) {
+      if (failed) break;
+      if (!call.write(m)) await new Promise((r) => call.once('drain', r));
+    }
+    if (!failed) call.end();
+    return received(await done, name, this.#options.maxMessageBytes);
+  }
+
   /** Fetches the table the server holds for `ticket`. */
   async doGet(ticket: string | Uint8Array): Promise<FlightMessage> {
     const bytes = typeof ticket === 'string' ? Buffer.from(ticket) : Buffer.from(ticket);
@@ -313,6 +342,11 @@ export interface FlightServerOptions {
   tls?: { key: Uint8Array; certificate: Uint8Array };
   /** Largest table accepted through DoPut. Default 4 GiB. */
   maxMessageBytes?: number;
+  /**
+   * Answers DoExchange requests (request/response): the returned table is the response; an
+   * ArrowShmError it throws reaches the client with its code, any other error as ERR_REMOTE.
+   */
+  onExchange?: (request: FlightMessage) => TableLike | Uint8Array | Promise<TableLike | Uint8Array>;
 }
 
 /**
@@ -348,7 +382,7 @@ export class FlightServer {
       DoGet: (call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>) => self!.#doGet(call),
       Handshake: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end(),
       GetFlightInfo: (_: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'GetFlightInfo: use DoGet with the table name as ticket' }),
-      DoExchange: (call: grpc.ServerDuplexStream<unknown, unknown>) => refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'DoExchange is not implemented yet' }),
+      DoExchange: (call: grpc.ServerDuplexStream<FlightData, FlightData>) => self!.#doExchange(call),
       ListActions: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
     };
     server.addService(flightService().definition, handlers as unknown as grpc.UntypedServiceImplementation);
@@ -389,6 +423,36 @@ export class FlightServer {
       this.#deliver(message);
     });
     call.on('error', () => {}); // the client went away: nothing was delivered
+  }
+
+  #doExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>): void {
+    const handler = this.#options.onExchange;
+    if (!handler) return refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'ERR_INVALID_ARGUMENT: this server answers no requests (no onExchange)' });
+    if (!this.#authorized(call.metadata)) return refuse(call, { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
+    const messages: FlightData[] = [];
+    let bytes = 0;
+    const limit = this.#options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    call.on('data', (m: FlightData) => {
+      messages.push(m);
+      bytes += m.data_header.length + m.data_body.length;
+      if (bytes > limit) refuse(call, { code: grpc.status.RESOURCE_EXHAUSTED, details: `ERR_TOO_LARGE: more than ${limit} bytes` });
+    });
+    call.on('error', () => {});
+    call.on('end', () => {
+      void (async () => {
+        let answer: FlightData[];
+        try {
+          const descriptor = messages[0]?.flight_descriptor;
+          const name = descriptor?.type === 'CMD' ? descriptor.cmd.toString('utf8') : (descriptor?.path ?? []).join('/');
+          const response = await handler(received(messages, name, limit));
+          answer = toFlightData(response, null);
+        } catch (e) {
+          return refuse(call, toStatus(e instanceof ArrowShmError ? e : fail('ERR_REMOTE', e instanceof Error ? `${e.name}: ${e.message}` : String(e))));
+        }
+        for (const m of answer) if (!call.write(m)) await new Promise((r) => call.once('drain', r));
+        call.end();
+      })();
+    });
   }
 
   #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void {

@@ -6,12 +6,22 @@
                                OUTDIR under its name. Runs until killed.
   put ADDRESS FILE...          DoPut each IPC stream FILE (descriptor path = the file's name)
   get ADDRESS NAME OUT         DoGet ticket NAME, write the stream to OUT
+  exchange ADDRESS FILE        DoExchange FILE's table (command "count-by-kind"); print "match" if
+                               the answer equals count_by_kind computed here, else the difference
+
+The server answers DoExchange with count_by_kind of the request table (or an error without "kind").
 """
 import os
 import sys
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
+
+def count_by_kind(table):
+    """Rows per value of the "kind" column: {kind, count} sorted by kind."""
+    counts = table.group_by("kind").aggregate([("kind", "count")]).sort_by("kind")
+    return pa.table({"kind": counts["kind"], "count": counts["kind_count"].cast(pa.int64())})
 
 
 class Server(flight.FlightServerBase):
@@ -36,6 +46,14 @@ class Server(flight.FlightServerBase):
         with pa.OSFile(os.path.join(self.outdir, name.replace("/", "_") + ".arrows"), "wb") as f:
             with pa.ipc.new_stream(f, table.schema) as w:
                 w.write_table(table)
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        table = reader.read_all()
+        if "kind" not in table.column_names:
+            raise flight.FlightServerError("ERR_INVALID_ARGUMENT: the request has no kind column")
+        answer = count_by_kind(table)
+        writer.begin(answer.schema)
+        writer.write_table(answer)
 
     def do_get(self, context, ticket):
         name = ticket.ticket.decode()
@@ -68,6 +86,18 @@ def main():
         with pa.OSFile(sys.argv[4], "wb") as f:
             with pa.ipc.new_stream(f, table.schema) as w:
                 w.write_table(table)
+        client.close()
+    elif mode == "exchange":
+        client = flight.connect(sys.argv[2])
+        table = pa.ipc.open_stream(pa.memory_map(sys.argv[3])).read_all()
+        writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b"count-by-kind"))
+        writer.begin(table.schema)
+        writer.write_table(table)
+        writer.done_writing()
+        answer = reader.read_all()
+        writer.close()
+        expected = count_by_kind(table)
+        print("match" if answer.to_pylist() == expected.to_pylist() else f"mismatch: {answer} vs {expected}", flush=True)
         client.close()
     else:
         sys.exit(f"unknown mode {mode}")
