@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Table, makeVector, tableToIPC } from 'apache-arrow';
 import { ArrowShmError, fail } from '../src/errors.js';
-import { FlightClient, FlightServer, toFlightData } from '../src/transport/flight.js';
+import { FlightClient, FlightServer, receivedName, toFlightData } from '../src/transport/flight.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { cliScript, goldStreams, hasVenv, repoRoot, runProcess, startListening, venvPython } from './helpers.js';
 
@@ -68,7 +68,7 @@ test('pyarrow.flight client -> Node server: DoPut then DoGet of every gold strea
     const names: string[] = [];
     for (const { name, file } of all) {
       const message = await server.receive();
-      names.push(message.name);
+      names.push(receivedName(message));
       writeFileSync(path.join(dir, `got-${name}`), message.bytes);
       void file;
     }
@@ -139,7 +139,7 @@ test('tokens, TLS and typed errors: wrong or missing token, unknown ticket, refu
     await assert.rejects(client.putFlightData(garbage), (e) => e instanceof ArrowShmError && e.code.startsWith('ERR_IPC'));
     await assert.rejects(server.receive(), (e) => e instanceof ArrowShmError && e.code.startsWith('ERR_IPC'));
     await client.doPut('t2', table);
-    assert.equal((await server.receive()).name, 't2');
+    assert.equal(receivedName(await server.receive()), 't2');
     client.close();
   } finally {
     await server.close();
@@ -215,3 +215,44 @@ test('request/response over DoExchange: Node asks a pyarrow.flight server, pyarr
 function rows(table: Table): unknown[] {
   return JSON.parse(JSON.stringify(table.toArray(), (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
 }
+
+test('same-host upgrade: a client offering it puts tables through shared memory (zero copy), others stay on gRPC', async () => {
+  const shm = `@arrow-shm-flight-upgrade-${process.pid}`;
+  const server = await FlightServer.listen('grpc://127.0.0.1:0', { shm });
+  const table = generateSymbolTable(10_000);
+  try {
+    const upgraded = await FlightClient.connect(server.address, { upgrade: true });
+    assert.equal(upgraded.transport, 'shm');
+    await upgraded.doPut(['symbols', 'a'], table, { metadata: { k: 'v' } });
+    const viaShm = await server.receive();
+    assert.equal(receivedName(viaShm), 'symbols/a');
+    assert.equal(viaShm.metadata.k, 'v');
+    assert.ok('sharedBuffer' in viaShm, 'a shared-memory Message');
+    const buffers = viaShm.table.getChild('start_line')!.data[0]!.values as Uint32Array;
+    assert.equal(buffers.buffer, (viaShm as import('../src/transport/channel.js').Message).sharedBuffer, 'the column is a view of the shared mapping');
+    assert.equal(checksumSymbolTable(viaShm.table), checksumSymbolTable(table));
+    viaShm.close();
+    upgraded.close();
+
+    const plain = await FlightClient.connect(server.address);
+    assert.equal(plain.transport, 'grpc');
+    await plain.doPut('b', table);
+    const viaGrpc = await server.receive();
+    assert.equal(receivedName(viaGrpc), 'b');
+    assert.ok(!('sharedBuffer' in viaGrpc));
+    plain.close();
+  } finally {
+    await server.close();
+  }
+  // A server without a shared-memory address: the offer is declined, the client stays on gRPC.
+  const other = await FlightServer.listen('grpc://127.0.0.1:0');
+  try {
+    const client = await FlightClient.connect(other.address, { upgrade: true });
+    assert.equal(client.transport, 'grpc');
+    await client.doPut('c', table);
+    assert.equal(receivedName(await other.receive()), 'c');
+    client.close();
+  } finally {
+    await other.close();
+  }
+});

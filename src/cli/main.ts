@@ -81,7 +81,8 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
 async function sendFlight(files: string[], flags: SendFlags): Promise<void> {
   if (flags.listen || flags.seedCompat) throw new UsageError('--listen and --seed-compat are for local sockets, not grpc:// addresses');
   const inputs = files.map((f) => ({ name: flightName(f), data: sendableFromFile(readInput(f)) }));
-  const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN });
+  // Offers the same-host upgrade: a receiver on this machine gets the tables through shared memory.
+  const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN, upgrade: true });
   try {
     if (flags.stream) {
       const batches = inputs.flatMap((i) => (i.data instanceof Uint8Array ? tableFromIpcBytes(i.data).batches : toBatches(i.data).batches));
@@ -152,7 +153,7 @@ function handle(message: Message | FlightMessage, index: number, flags: RecvFlag
 /** A Flight server: each DoPut is one table (--stream: the one stream); they stay available to DoGet until exit. */
 async function recvFlight(flags: RecvFlags): Promise<void> {
   if (flags.connect || flags.seedCompat) throw new UsageError('--connect and --seed-compat are for local sockets, not grpc:// addresses');
-  const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN });
+  const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN, shm: `@arrow-shm-flight-${process.pid}` });
   listening(server.address);
   try {
     const count = flags.stream ? 1 : flags.count;

@@ -1,6 +1,7 @@
 // The network transport: Arrow Flight over gRPC (docs/PROTOCOL.md §13), for peers on other hosts.
 // A table travels as one Flight stream: each IPC message becomes one FlightData (its flatbuffer
 // header in data_header, its body in data_body). Interoperable with pyarrow.flight.
+import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -11,6 +12,7 @@ import { decodeBatches, decodeTable } from '../ipc/reader.js';
 import { walkIpcMessages, type IpcSummary } from '../ipc/validate.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
 import type { KeyValues } from './frame.js';
+import { connect as connectShm, listen as listenShm, type Channel, type Listener, type Message } from './channel.js';
 
 const PROTO = fileURLToPath(new URL('../../../proto/flight.proto', import.meta.url));
 const CONTINUATION = 0xffffffff;
@@ -55,6 +57,24 @@ function parseAddress(address: string): { target: string; tls: boolean } {
   if (!m) throw fail('ERR_INVALID_ARGUMENT', `not a Flight address (grpc://host:port): ${address}`);
   return { target: m[2]!, tls: m[1] !== undefined };
 }
+
+// ------------------------------------------------------------------------- same-host upgrade
+
+/** This boot of this machine: two processes that share it can share memory (if they reach the socket). */
+function hostIdentity(): string {
+  const read = (f: string) => {
+    try {
+      return readFileSync(f, 'utf8').trim();
+    } catch {
+      return '';
+    }
+  };
+  return `${read('/etc/machine-id')}/${read('/proc/sys/kernel/random/boot_id')}`;
+}
+
+/** The metadata key that carries the Flight descriptor path of a table sent over the upgraded channel. */
+const PATH_KEY = 'flight.path';
+const UPGRADE_VERSION = 1;
 
 // ---------------------------------------------------------------------------------- FlightData
 
@@ -217,6 +237,12 @@ export interface FlightClientOptions {
   timeoutMs?: number;
   /** Largest table accepted from DoGet. Default 4 GiB. */
   maxMessageBytes?: number;
+  /**
+   * Offer the server, during the Flight Handshake, to move DoPut to shared memory. The upgrade
+   * happens only if the server answers with an arrow-shm address, reports the same host (machine
+   * id and boot), and that address accepts the connection; otherwise everything stays on gRPC.
+   */
+  upgrade?: boolean;
 }
 
 /** A Flight client: `doPut` sends a table, `doGet` fetches one, as with any Flight server. */
@@ -224,11 +250,44 @@ export class FlightClient {
   readonly address: string;
   #client: ServiceClient;
   #options: FlightClientOptions;
+  #shm: Channel | null = null;
 
   private constructor(address: string, client: ServiceClient, options: FlightClientOptions) {
     this.address = address;
     this.#client = client;
     this.#options = options;
+  }
+
+  /** 'shm' once the connection was upgraded to shared memory (DoPut goes through it), else 'grpc'. */
+  get transport(): 'grpc' | 'shm' {
+    return this.#shm ? 'shm' : 'grpc';
+  }
+
+  /** The Flight Handshake carrying the upgrade offer; the server's shared-memory address, if it has one here. */
+  async #negotiate(): Promise<void> {
+    const { metadata, options } = this.#callOptions();
+    const call = (this.#client.Handshake as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<unknown, { payload: Buffer }>).call(this.#client, metadata, options);
+    const offer = { 'arrow-shm': UPGRADE_VERSION, host: hostIdentity() };
+    const answer = await new Promise<{ address?: string; host?: string } | null>((resolve) => {
+      let reply: { address?: string; host?: string } | null = null;
+      call.on('data', (r: { payload: Buffer }) => {
+        try {
+          reply ??= JSON.parse(r.payload.toString('utf8')) as { address?: string; host?: string };
+        } catch {
+          // not an arrow-shm server: no upgrade
+        }
+      });
+      call.on('error', () => resolve(null)); // a Flight server without Handshake: no upgrade
+      call.on('end', () => resolve(reply));
+      call.write({ protocol_version: 0, payload: Buffer.from(JSON.stringify(offer)) });
+      call.end();
+    });
+    if (!answer?.address || answer.host !== offer.host) return;
+    try {
+      this.#shm = await connectShm(answer.address, { timeoutMs: 2000 });
+    } catch {
+      this.#shm = null; // same host, but not the same socket namespace (containers): stay on gRPC
+    }
   }
 
   /** Connects to `grpc://host:port` (or `grpc+tls://`); resolves once the connection is up. */
@@ -243,7 +302,9 @@ export class FlightClient {
       client.close();
       throw e;
     });
-    return new FlightClient(address, client, options);
+    const flightClient = new FlightClient(address, client, options);
+    if (options.upgrade) await flightClient.#negotiate();
+    return flightClient;
   }
 
   #callOptions(): { metadata: grpc.Metadata; options: grpc.CallOptions } {
@@ -255,6 +316,10 @@ export class FlightClient {
   /** Sends a table (or IPC stream bytes) under the descriptor path `name`; resolves once the server has it all. */
   async doPut(name: string | string[], data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<Uint8Array[]> {
     const path = Array.isArray(name) ? name : [name];
+    if (this.#shm) {
+      await this.#shm.send(data, { metadata: { ...options.metadata, [PATH_KEY]: path.join('/') }, timeoutMs: this.#options.timeoutMs });
+      return [];
+    }
     return this.putFlightData(toFlightData(data, { type: 'PATH', cmd: Buffer.alloc(0), path }, encodeMetadata(options.metadata)));
   }
 
@@ -324,6 +389,8 @@ export class FlightClient {
   }
 
   close(): void {
+    this.#shm?.close();
+    this.#shm = null;
     this.#client.close();
   }
 }
@@ -347,6 +414,20 @@ export interface FlightServerOptions {
    * ArrowShmError it throws reaches the client with its code, any other error as ERR_REMOTE.
    */
   onExchange?: (request: FlightMessage) => TableLike | Uint8Array | Promise<TableLike | Uint8Array>;
+  /**
+   * Also listen on this arrow-shm address (a path or @name) and offer it, in the Flight Handshake,
+   * to clients on the same host: their DoPuts then arrive through shared memory, zero copy, and
+   * `receive()` returns them as shared-memory `Message`s.
+   */
+  shm?: string;
+}
+
+/** What `FlightServer.receive()` returns: through gRPC, or through shared memory after an upgrade. */
+export type ReceivedTable = FlightMessage | Message;
+
+/** The descriptor path a received table was put under, whichever way it came. */
+export function receivedName(item: ReceivedTable): string {
+  return item instanceof FlightMessage ? item.name : (item.metadata[PATH_KEY] ?? '');
 }
 
 /**
@@ -359,9 +440,11 @@ export class FlightServer {
   #server: grpc.Server;
   #options: FlightServerOptions;
   #tables = new Map<string, Uint8Array>();
-  #inbox: (FlightMessage | ArrowShmError)[] = [];
-  #waiting: ((item: FlightMessage | ArrowShmError | null) => void)[] = [];
+  #inbox: (ReceivedTable | ArrowShmError)[] = [];
+  #waiting: ((item: ReceivedTable | ArrowShmError | null) => void)[] = [];
   #closed = false;
+  #shm: Listener | null = null;
+  #shmChannels = new Set<Channel>();
 
   private constructor(address: string, port: number, server: grpc.Server, options: FlightServerOptions) {
     this.address = address;
@@ -380,7 +463,7 @@ export class FlightServer {
     const handlers = {
       DoPut: (call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>) => self!.#doPut(call),
       DoGet: (call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>) => self!.#doGet(call),
-      Handshake: (call: grpc.ServerDuplexStream<unknown, unknown>) => call.end(),
+      Handshake: (call: grpc.ServerDuplexStream<{ payload: Buffer }, { protocol_version: number; payload: Buffer }>) => self!.#handshake(call),
       GetFlightInfo: (_: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'GetFlightInfo: use DoGet with the table name as ticket' }),
       DoExchange: (call: grpc.ServerDuplexStream<FlightData, FlightData>) => self!.#doExchange(call),
       ListActions: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
@@ -391,7 +474,55 @@ export class FlightServer {
     );
     const host = target.slice(0, target.lastIndexOf(':'));
     self = new FlightServer(`grpc${tls ? '+tls' : ''}://${host}:${port}`, port, server, options);
+    if (options.shm) {
+      try {
+        self.#listenShm(options.shm);
+      } catch (e) {
+        server.forceShutdown();
+        throw e;
+      }
+    }
     return self;
+  }
+
+  /** Answers an upgrade offer from a client on this host with the shared-memory address; anything else with nothing. */
+  #handshake(call: grpc.ServerDuplexStream<{ payload: Buffer }, { protocol_version: number; payload: Buffer }>): void {
+    let answered = false;
+    call.on('data', (request: { payload: Buffer }) => {
+      if (answered) return;
+      answered = true;
+      let offer: { 'arrow-shm'?: number; host?: string } = {};
+      try {
+        offer = JSON.parse(request.payload.toString('utf8')) as typeof offer;
+      } catch {
+        // another client's handshake payload: nothing to offer
+      }
+      const host = hostIdentity();
+      const upgrade = this.#shm && this.#authorized(call.metadata) && offer['arrow-shm'] === UPGRADE_VERSION && offer.host === host;
+      call.write({ protocol_version: 0, payload: Buffer.from(upgrade ? JSON.stringify({ 'arrow-shm': UPGRADE_VERSION, host, address: this.#shm!.address }) : '') });
+    });
+    call.on('end', () => call.end());
+    call.on('error', () => {});
+  }
+
+  #listenShm(address: string): void {
+    const listener = listenShm(address);
+    this.#shm = listener;
+    void (async () => {
+      for await (const channel of listener) {
+        this.#shmChannels.add(channel);
+        void (async () => {
+          try {
+            for await (const message of channel) this.#deliver(message);
+          } catch (e) {
+            if (e instanceof ArrowShmError && e.code !== 'ERR_PEER_CLOSED' && e.code !== 'ERR_CLOSED') this.#deliver(e);
+          } finally {
+            this.#shmChannels.delete(channel);
+            channel.close();
+          }
+        })();
+      }
+    })();
   }
 
   #authorized(metadata: grpc.Metadata): boolean {
@@ -467,7 +598,7 @@ export class FlightServer {
     })();
   }
 
-  #deliver(item: FlightMessage | ArrowShmError): void {
+  #deliver(item: ReceivedTable | ArrowShmError): void {
     const waiter = this.#waiting.shift();
     if (waiter) waiter(item);
     else this.#inbox.push(item);
@@ -486,9 +617,12 @@ export class FlightServer {
     }
   }
 
-  /** The next table a client sent with DoPut (a bad one throws its typed error; the server goes on). */
-  async receive(): Promise<FlightMessage> {
-    const item = this.#inbox.shift() ?? (this.#closed ? null : await new Promise<FlightMessage | ArrowShmError | null>((resolve) => this.#waiting.push(resolve)));
+  /**
+   * The next table a client sent with DoPut (a bad one throws its typed error; the server goes
+   * on). Its name is `name` (gRPC) or `metadata['flight.path']` (shared memory).
+   */
+  async receive(): Promise<ReceivedTable> {
+    const item = this.#inbox.shift() ?? (this.#closed ? null : await new Promise<ReceivedTable | ArrowShmError | null>((resolve) => this.#waiting.push(resolve)));
     if (item === null) throw fail('ERR_CLOSED', 'the Flight server is closed');
     if (item instanceof ArrowShmError) throw item;
     return item;
@@ -499,6 +633,9 @@ export class FlightServer {
     if (this.#closed) return;
     this.#closed = true;
     for (const w of this.#waiting.splice(0)) w(null);
+    this.#shm?.close();
+    for (const channel of this.#shmChannels) channel.close();
+    for (const item of this.#inbox.splice(0)) if (!(item instanceof ArrowShmError)) item.close();
     await Promise.race([new Promise<void>((resolve) => this.#server.tryShutdown(() => resolve())), new Promise((r) => setTimeout(r, 1000).unref())]);
     this.#server.forceShutdown();
   }
