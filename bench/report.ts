@@ -41,7 +41,7 @@ function sweepChart(rows: Row[]): string {
 
 /** The targets of issue #6, checked against this run. */
 function targets(rows: Row[]): string[] {
-  const get = (scenario: string, method: string, bytes?: number) => rows.find((r) => r.to === 'node' && r.scenario === scenario && r.method === method && (bytes === undefined || r.bytes === bytes))?.median_ms;
+  const get = (scenario: string, method: string, bytes?: number) => rows.find((r) => r.from === 'node' && r.to === 'node' && r.scenario === scenario && r.method === method && (bytes === undefined || r.bytes === bytes))?.median_ms;
   const shm = get('symbols', 'arrow-shm');
   const bytes = rows.find((r) => r.scenario === 'symbols')?.bytes;
   const memcpy = get('limits', 'memcpy', bytes);
@@ -78,7 +78,7 @@ function targets(rows: Row[]): string[] {
 
 export function writeReport(doc: Doc, root: string): void {
   const rows = doc.rows;
-  const find = (scenario: string, method: string, bytes?: number) => rows.find((r) => r.to === 'node' && r.scenario === scenario && r.method === method && (bytes === undefined || r.bytes === bytes));
+  const find = (scenario: string, method: string, bytes?: number) => rows.find((r) => r.from === 'node' && r.to === 'node' && r.scenario === scenario && r.method === method && (bytes === undefined || r.bytes === bytes));
   const lines: string[] = [
     '# Benchmarks',
     '',
@@ -99,7 +99,7 @@ export function writeReport(doc: Doc, root: string): void {
       '| method | median | p99 | vs arrow-shm | vs one memcpy of the IPC bytes |',
       '|---|---:|---:|---:|---:|',
     );
-    for (const r of rows.filter((r) => r.scenario === scenario && r.to === 'node')) {
+    for (const r of rows.filter((r) => r.scenario === scenario && r.from === 'node' && r.to === 'node')) {
       lines.push(`| ${r.method} | ${ms(r.median_ms)} ms | ${ms(r.p99_ms)} ms | ${base ? (r.median_ms / base.median_ms).toFixed(1) + '×' : ''} | ${memcpy ? (r.median_ms / memcpy.median_ms).toFixed(1) + '×' : ''} |`);
     }
     if (memcpy) lines.push('', `One memcpy of the same ${((base?.bytes ?? 0) / 1e6).toFixed(1)} MB in one process (the limit): ${ms(memcpy.median_ms)} ms.`);
@@ -112,6 +112,22 @@ export function writeReport(doc: Doc, root: string): void {
       );
     }
     lines.push('');
+  }
+  const fromPython = rows.filter((r) => r.from === 'python' && r.to === 'node');
+  if (fromPython.length) {
+    const base = (scenario: string) => fromPython.find((r) => r.scenario === scenario && r.method === 'arrow-shm');
+    const ratio = (x: Row | undefined, b: Row | undefined) => (x && b ? (x.median_ms / b.median_ms).toFixed(1) + '×' : '');
+    lines.push(
+      '## Symbol table, python → node (the Python sender starts from a pyarrow Table; the Node receiver builds an apache-arrow Table, or parses JSON)',
+      '',
+      '| method | usable: median | p99 | vs arrow-shm | + read every value: median | vs arrow-shm |',
+      '|---|---:|---:|---:|---:|---:|',
+    );
+    for (const r of fromPython.filter((r) => r.scenario === 'symbols')) {
+      const read = fromPython.find((x) => x.scenario === 'symbols-read' && x.method === r.method);
+      lines.push(`| ${r.method} | ${ms(r.median_ms)} ms | ${ms(r.p99_ms)} ms | ${ratio(r, base('symbols'))} | ${read ? ms(read.median_ms) + ' ms' : ''} | ${ratio(read, base('symbols-read'))} |`);
+    }
+    lines.push('', 'Sender: `bench/sender.py` (JSON text from rows converted before the clock starts; Arrow IPC written per hand-off; arrow-shm copies the table once into a sealed segment).', '');
   }
   const toPython = rows.filter((r) => r.to === 'python' && r.from === 'node');
   if (toPython.length) {

@@ -161,6 +161,37 @@ function freePort(): Promise<number> {
   });
 }
 
+/** python → node: bench/sender.py hands the table to the Node receiver `runs` times, one "go" at a time. */
+async function measureFromPython(method: Method, payload: Payload, file: string, runs: number, read: boolean, dir: string, tick: () => void): Promise<number[]> {
+  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}-from-python` : path.join(dir, `${method}-from-python.sock`);
+  const receiver = await startReceiver(method, address, read, 'node');
+  const sender = spawn(venvPython, [path.join(root, 'bench', 'sender.py'), '--method', method, '--socket', address, '--file', file], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines: string[] = [];
+  const waiters: ((line: string) => void)[] = [];
+  createInterface({ input: sender.stdout! }).on('line', (line) => (waiters.length ? waiters.shift()!(line) : lines.push(line)));
+  const nextLine = () => (lines.length ? Promise.resolve(lines.shift()!) : new Promise<string>((r) => waiters.push(r)));
+  const samples: number[] = [];
+  const warmups = 2;
+  try {
+    if ((await nextLine()) !== 'ready') throw new Error(`python sender for ${method} did not start`);
+    for (let i = 0; i < runs + warmups; i++) {
+      sender.stdin!.write('go\n');
+      const [line, got] = await Promise.all([nextLine(), receiver.next()]);
+      const { t0 } = JSON.parse(line) as { t0: number };
+      if (i >= warmups) samples.push(got.t1 - t0);
+      check(got, payload, read, `${method} from python`);
+      tick();
+    }
+    sender.stdin!.end();
+    await exited(sender);
+    await exited(receiver.child);
+  } finally {
+    if (sender.exitCode === null) sender.kill('SIGKILL');
+    if (receiver.child.exitCode === null) receiver.child.kill('SIGKILL');
+  }
+  return samples;
+}
+
 function check(got: { checksum?: number }, payload: Payload, read: boolean, method: string): void {
   if (read && payload.checksum !== undefined && got.checksum !== undefined && got.checksum !== payload.checksum) {
     throw new Error(`${method}: receiver checksum ${got.checksum} differs from the sender's ${payload.checksum}`);
@@ -214,9 +245,10 @@ async function main(): Promise<void> {
   // gRPC holds a whole message in memory several times over: Flight stops at 256 MiB in the sweep.
   const inSweep = (method: Method, bytes: number) => method !== 'flight' || bytes <= 2 ** 28;
   const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  const fromPythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm'];
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
-    2 * [...methods, ...pythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + 2), 0);
+    2 * [...methods, ...pythonMethods, ...fromPythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + 2), 0);
   const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
   const tick = () => bar.increment();
@@ -233,6 +265,15 @@ async function main(): Promise<void> {
         bar.update({ task: `${scenario} ${method} → python` });
         const samples = await measure(method, symbols, runsFor(method), scenario === 'symbols-read', dir, tick, 'python');
         results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples, 'node', 'python'));
+      }
+    }
+    const symbolsFile = path.join(dir, 'symbols-from-python.arrows');
+    writeFileSync(symbolsFile, tableToIPC(table, 'stream'));
+    for (const scenario of ['symbols', 'symbols-read'] as const) {
+      for (const method of fromPythonMethods) {
+        bar.update({ task: `${scenario} python → ${method}` });
+        const samples = await measureFromPython(method, symbols, symbolsFile, runsFor(method), scenario === 'symbols-read', dir, tick);
+        results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples, 'python', 'node'));
       }
     }
     for (const bytes of sizes) {
