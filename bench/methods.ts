@@ -9,7 +9,7 @@ import { checksumSymbolTable, type SymbolRow } from '../src/symbols.js';
 export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 export const SOCKET_METHODS = ['json', 'msgpack', 'msgpackr-records', 'arrow-socket'] as const;
-export const SHM_METHODS = ['arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'] as const;
+export const SHM_METHODS = ['arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt', 'arrow-shm-trusted'] as const;
 export type Method = (typeof SOCKET_METHODS)[number] | (typeof SHM_METHODS)[number] | 'v8' | 'flight';
 
 const plain = new Packr({ useRecords: false });

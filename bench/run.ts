@@ -244,7 +244,7 @@ async function main(): Promise<void> {
   const sweepMethods: Method[] = ['arrow-socket', 'flight', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   // gRPC holds a whole message in memory several times over: Flight stops at 256 MiB in the sweep.
   const inSweep = (method: Method, bytes: number) => method !== 'flight' || bytes <= 2 ** 28;
-  const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
+  const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-trusted', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const fromPythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm'];
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
