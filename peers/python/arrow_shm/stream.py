@@ -17,7 +17,6 @@ import fcntl
 import mmap
 import os
 import select
-import socket
 import struct
 import threading
 import time
@@ -217,10 +216,6 @@ class _Feed:
 
     def clear(self) -> None:
         self._chunks.clear()
-
-    @property
-    def pending(self) -> int:
-        return sum(len(c) for c in self._chunks)
 
     def read(self, n: int = -1) -> Union[memoryview, bytes]:
         if not self._chunks:
