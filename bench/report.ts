@@ -174,7 +174,7 @@ export function writeReport(doc: Doc, root: string): void {
     const mc = find('limits', 'memcpy', bytes);
     lines.push(`| ${human(bytes)} | ${cells.join(' | ')} | ${mc ? ms(mc.median_ms) + ' ms' : ''} |`);
   }
-  lines.push('', ...targets(rows), 'Not measured yet: other directions (node↔python, python→rust) and the C ping-pong limit (issues #4, #6). Streams: see below (`npm run bench:stream`).', '');
+  lines.push('', ...targets(rows), 'Not measured yet: python → rust and the C ping-pong limit (issue #6). Streams: see below (`npm run bench:stream`).', '');
   // The Streams section comes from `npm run bench:stream`: keep it.
   const file = path.join(root, 'BENCHMARKS.md');
   const previous = existsSync(file) ? readFileSync(file, 'utf8') : '';
