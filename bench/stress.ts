@@ -1,12 +1,15 @@
-// `npm run stress [-- --handoffs N] [-- --stream-minutes M]`: the soak of issue #7, too long for CI.
-// 1,000,000 table hand-offs between two processes, then a stream running for 10 minutes, sampling
-// this process's fds, memfd mappings and RSS (and the receiver's, from /proc/PID) as it goes, and
-// reporting each one's slope: a leak shows as a slope that is not ~0.
+// `npm run stress [-- --handoffs N] [-- --stream-minutes M] [-- --kill-handoffs N --kills K]`: the
+// soak of issue #7, too long for CI. 1,000,000 table hand-offs between two processes, then a stream
+// running for 10 minutes, sampling this process's fds, memfd mappings and RSS (and the receiver's,
+// from /proc/PID) as it goes, and reporting each one's slope: a leak shows as a slope that is not
+// ~0. Then 10,000 hand-offs during which the peer (receiver or sender, in turn) is SIGKILLed 100
+// times at random points (bench/kill.ts).
 import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { makeVector, Table } from 'apache-arrow';
 import { connect, listen } from '../src/transport/channel.js';
+import { randomKillRun } from './kill.js';
 
 const flag = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -122,4 +125,7 @@ if (role > 0) {
 } else {
   await handoffs(flag('handoffs', 1_000_000));
   await stream(flag('stream-minutes', 10));
+  const killed = await randomKillRun(flag('kill-handoffs', 10_000), flag('kills', 100), flag('seed', 1));
+  console.log(`random SIGKILLs: ${killed.handoffs} hand-offs, ${killed.kills} peers killed, errors seen ${JSON.stringify(killed.codes)}, memfd fds left ${killed.memfdFds}, memfd mappings left ${killed.memfdMappings}`);
+  if (killed.memfdFds !== 0 || killed.memfdMappings !== 0) process.exitCode = 1;
 }
