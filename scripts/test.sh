@@ -14,4 +14,6 @@ node --test dist/test/*.test.js || status=1
 .build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
 cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
 peers/cpp/test.sh || status=1
+# ASan+UBSan: the C++ peer's tests and a short mutation fuzz, the addon under the native-level Node tests.
+scripts/sanitize.sh || status=1
 exit $status

@@ -79,7 +79,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const require = createRequire(import.meta.url);
 
 function load(): NativeBinding {
-  const file = path.join(root, 'build', 'Release', 'arrow_shm.node');
+  const file = process.env.ARROW_SHM_NATIVE || path.join(root, 'build', 'Release', 'arrow_shm.node'); // override: scripts/sanitize.sh
   try {
     return require(file) as NativeBinding;
   } catch (cause) {

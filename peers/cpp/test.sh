@@ -7,11 +7,17 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 run="$root/peers/run"
-bin="$root/.build/cpp/arrow-shm-cpp"
+# ARROW_SHM_CPP_DIR: run the binaries of another build tree (scripts/sanitize.sh: .build/cpp-asan),
+# which is then not (re)built here; the default tree is built by build.sh as before.
+cppdir="${ARROW_SHM_CPP_DIR:-$root/.build/cpp}"
+bin="$cppdir/arrow-shm-cpp"
 gold="${ARROW_GOLD:-/work/shared/testdata/arrow-gold}"
 fuzz="${ARROW_FUZZ:-/work/shared/testdata/arrow-fuzz}"
 
-"$here/build.sh" || { echo "build failed"; exit 1; }
+if [[ -z "${ARROW_SHM_CPP_DIR:-}" ]]; then
+  "$here/build.sh" || { echo "build failed"; exit 1; }
+fi
+[[ -x "$bin" ]] || { echo "no $bin"; exit 1; }
 [[ -f "$root/dist/src/cli/main.js" ]] || (cd "$root" && npm run --silent build >&2)
 
 tmp="$(mktemp -d /tmp/arrow-shm-cpp-test.XXXXXX)"
@@ -19,6 +25,11 @@ trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0 n=0
 pass() { passed=$((passed + 1)); }
 fail() { failed=$((failed + 1)); echo "FAIL: $*"; }
+
+# cli LANG: the command of one peer's CLI -> $cmd (an array); cpp is $bin (maybe the override tree).
+cli() {
+  if [[ $1 == cpp ]]; then cmd=("$bin"); else cmd=("$run" "$1"); fi
+}
 
 # Waits until the process $2 printed "listening on" into file $1 (10 s at most).
 wait_listening() {
@@ -38,21 +49,23 @@ transfer() {
   n=$((n + 1))
   local sock="@arrow-shm-cpp-test-$$-$n"
   out="$tmp/$n.arrows"
-  "$run" "$rl" recv --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>"$tmp/$n.recv.err" &
+  cli "$rl"
+  "${cmd[@]}" recv --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>"$tmp/$n.recv.err" &
   local pid=$!
   if ! wait_listening "$tmp/$n.recv.err" "$pid"; then
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
     src=99 rrc=99
     return
   fi
-  timeout 30 "$run" "$sl" send --socket "$sock" --timeout-ms 20000 "$@" "$file" >/dev/null 2>"$tmp/$n.send.err"
+  cli "$sl"
+  timeout 30 "${cmd[@]}" send --socket "$sock" --timeout-ms 20000 "$@" "$file" >/dev/null 2>"$tmp/$n.send.err"
   src=$?
   wait "$pid"
   rrc=$?
 }
 
 # 0. the library in one process: each "PASS:"/"FAIL:" line of the selftest counts
-selftest="$(timeout 60 "$root/.build/cpp/arrow-shm-cpp-selftest" 2>&1)"
+selftest="$(timeout 60 "$cppdir/arrow-shm-cpp-selftest" 2>&1)"
 st=$?
 while IFS= read -r line; do
   case "$line" in
@@ -102,10 +115,12 @@ done
 seed_check() {  # SENDER RECEIVER FILE
   n=$((n + 1))
   local sock="$tmp/seed-$n" out="$tmp/seed-$n.arrows"
-  "$run" "$1" send --seed-compat --socket "$sock" --timeout-ms 20000 "$3" >/dev/null 2>"$tmp/seed-$n.err" &
+  cli "$1"
+  "${cmd[@]}" send --seed-compat --socket "$sock" --timeout-ms 20000 "$3" >/dev/null 2>"$tmp/seed-$n.err" &
   local pid=$! rrc=99
   if wait_listening "$tmp/seed-$n.err" "$pid"; then
-    timeout 30 "$run" "$2" recv --seed-compat --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>&1
+    cli "$2"
+    timeout 30 "${cmd[@]}" recv --seed-compat --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>&1
     rrc=$?
   fi
   wait "$pid"
