@@ -80,25 +80,38 @@ const UPGRADE_VERSION = 1;
 
 /** The IPC messages of `data` (a table or IPC stream bytes) as FlightData, `appMetadata` on the first batch. */
 export function toFlightData(data: TableLike | Uint8Array, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
-  let bytes: Uint8Array;
-  if (data instanceof Uint8Array) bytes = data;
-  else {
-    const layout = layoutIpcStream(data);
-    bytes = new Uint8Array(layout.byteLength);
-    writeIpcLayout(layout, bytes);
-  }
+  const bytes = ipcBytes(data);
   const out: FlightData[] = [];
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let metadataPending = appMetadata !== undefined;
   walkIpcMessages(bytes, 'stream', (m) => {
-    const isBatch = m.message.headerType === 3; // RecordBatch
+    const carriesMetadata = metadataPending && m.message.headerType === 3; // the first RecordBatch
+    if (carriesMetadata) metadataPending = false;
     out.push({
       flight_descriptor: out.length === 0 ? descriptor : null,
       data_header: buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength),
-      app_metadata: isBatch && appMetadata && !out.some((d) => d.app_metadata.length) ? Buffer.from(appMetadata) : Buffer.alloc(0),
+      app_metadata: carriesMetadata ? Buffer.from(appMetadata!) : Buffer.alloc(0),
       data_body: buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength),
     });
   });
   return out;
+}
+
+/** The IPC stream of `data`: bytes as they are, a table laid out once. */
+function ipcBytes(data: TableLike | Uint8Array): Uint8Array {
+  if (data instanceof Uint8Array) return data;
+  const layout = layoutIpcStream(data);
+  const bytes = new Uint8Array(layout.byteLength);
+  writeIpcLayout(layout, bytes);
+  return bytes;
+}
+
+/** Writes every message, waiting for room when gRPC's flow control says so; stops once `stopped()`. */
+async function writeAll(call: { write(m: FlightData): boolean; once(event: 'drain', listener: () => void): unknown }, messages: FlightData[], stopped = () => false): Promise<void> {
+  for (const m of messages) {
+    if (stopped()) return;
+    if (!call.write(m)) await new Promise<void>((r) => call.once('drain', r));
+  }
 }
 
 const pad8 = (n: number) => (8 - (n % 8)) % 8;
@@ -325,23 +338,26 @@ export class FlightClient {
 
   /** @internal DoPut of ready FlightData (tests send hostile ones with it). */
   async putFlightData(messages: FlightData[]): Promise<Uint8Array[]> {
-    const { metadata, options: callOptions } = this.#callOptions();
-    const call = (this.#client.DoPut as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, { app_metadata: Buffer }>).call(this.#client, metadata, callOptions);
-    const results: Uint8Array[] = [];
+    const results = await this.#stream<{ app_metadata: Buffer }>('DoPut', messages, `DoPut to ${this.address}`);
+    return results.map((r) => r.app_metadata);
+  }
+
+  /** One bidirectional call: writes `messages`, half-closes, resolves with what the server sent back (or its typed error). */
+  async #stream<T>(method: 'DoPut' | 'DoExchange', messages: FlightData[], what: string): Promise<T[]> {
+    const { metadata, options } = this.#callOptions();
+    const call = (this.#client[method] as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, T>).call(this.#client, metadata, options);
+    const answer: T[] = [];
     let failed = false;
-    const done = new Promise<Uint8Array[]>((resolve, reject) => {
-      call.on('data', (r: { app_metadata: Buffer }) => results.push(r.app_metadata));
+    const done = new Promise<T[]>((resolve, reject) => {
+      call.on('data', (r: T) => answer.push(r));
       call.on('error', (e) => {
         failed = true;
         call.emit('drain'); // a writer waiting for room stops waiting
-        reject(fromGrpc(e, `DoPut to ${this.address}`));
+        reject(fromGrpc(e, what));
       });
-      call.on('end', () => resolve(results));
+      call.on('end', () => resolve(answer));
     });
-    for (const m of messages) {
-      if (failed) break;
-      if (!call.write(m)) await new Promise((r) => call.once('drain', r));
-    }
+    await writeAll(call, messages, () => failed);
     if (!failed) call.end();
     return done;
   }
@@ -353,30 +369,13 @@ export class FlightClient {
    */
   async exchange(name: string, data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<FlightMessage> {
     const messages = toFlightData(data, { type: 'CMD', cmd: Buffer.from(name), path: [] }, encodeMetadata(options.metadata));
-    const { metadata, options: callOptions } = this.#callOptions();
-    const call = (this.#client.DoExchange as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, FlightData>).call(this.#client, metadata, callOptions);
-    const answer: FlightData[] = [];
-    let failed = false;
-    const done = new Promise<FlightData[]>((resolve, reject) => {
-      call.on('data', (m: FlightData) => answer.push(m));
-      call.on('error', (e) => {
-        failed = true;
-        call.emit('drain');
-        reject(fromGrpc(e, `DoExchange with ${this.address}`));
-      });
-      call.on('end', () => resolve(answer));
-    });
-    for (const m of messages) {
-      if (failed) break;
-      if (!call.write(m)) await new Promise((r) => call.once('drain', r));
-    }
-    if (!failed) call.end();
-    return received(await done, name, this.#options.maxMessageBytes);
+    const answer = await this.#stream<FlightData>('DoExchange', messages, `DoExchange with ${this.address}`);
+    return received(answer, name, this.#options.maxMessageBytes);
   }
 
   /** Fetches the table the server holds for `ticket`. */
   async doGet(ticket: string | Uint8Array): Promise<FlightMessage> {
-    const bytes = typeof ticket === 'string' ? Buffer.from(ticket) : Buffer.from(ticket);
+    const bytes = Buffer.from(ticket);
     const { metadata, options } = this.#callOptions();
     const call = (this.#client.DoGet as unknown as (t: { ticket: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightData>).call(this.#client, { ticket: bytes }, metadata, options);
     const messages: FlightData[] = [];
@@ -396,6 +395,8 @@ export class FlightClient {
 }
 
 // ------------------------------------------------------------------------------------- server
+
+const NOT_AUTHORIZED = { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' };
 
 /** Ends a server call with an error status (grpc-js: an 'error' event carrying the status). */
 function refuse(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
@@ -529,8 +530,8 @@ export class FlightServer {
     return !this.#options.token || metadata.get('authorization')[0] === `Bearer ${this.#options.token}`;
   }
 
-  #doPut(call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>): void {
-    if (!this.#authorized(call.metadata)) return refuse(call, { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
+  /** Collects what a client streams in, within the size limit; `onEnd` runs once it half-closed. */
+  #collect(call: grpc.ServerDuplexStream<FlightData, unknown>, onEnd: (messages: FlightData[], limit: number) => void): void {
     const messages: FlightData[] = [];
     let bytes = 0;
     const limit = this.#options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
@@ -539,7 +540,13 @@ export class FlightServer {
       bytes += m.data_header.length + m.data_body.length;
       if (bytes > limit) refuse(call, { code: grpc.status.RESOURCE_EXHAUSTED, details: `ERR_TOO_LARGE: more than ${limit} bytes` });
     });
-    call.on('end', () => {
+    call.on('error', () => {}); // the client went away: nothing is delivered
+    call.on('end', () => onEnd(messages, limit));
+  }
+
+  #doPut(call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>): void {
+    if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
+    this.#collect(call, (messages, limit) => {
       const name = (messages[0]?.flight_descriptor?.path ?? []).join('/');
       let message: FlightMessage;
       try {
@@ -553,23 +560,13 @@ export class FlightServer {
       call.end();
       this.#deliver(message);
     });
-    call.on('error', () => {}); // the client went away: nothing was delivered
   }
 
   #doExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>): void {
     const handler = this.#options.onExchange;
     if (!handler) return refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'ERR_INVALID_ARGUMENT: this server answers no requests (no onExchange)' });
-    if (!this.#authorized(call.metadata)) return refuse(call, { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
-    const messages: FlightData[] = [];
-    let bytes = 0;
-    const limit = this.#options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-    call.on('data', (m: FlightData) => {
-      messages.push(m);
-      bytes += m.data_header.length + m.data_body.length;
-      if (bytes > limit) refuse(call, { code: grpc.status.RESOURCE_EXHAUSTED, details: `ERR_TOO_LARGE: more than ${limit} bytes` });
-    });
-    call.on('error', () => {});
-    call.on('end', () => {
+    if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
+    this.#collect(call, (messages, limit) => {
       void (async () => {
         let answer: FlightData[];
         try {
@@ -580,22 +577,18 @@ export class FlightServer {
         } catch (e) {
           return refuse(call, toStatus(e instanceof ArrowShmError ? e : fail('ERR_REMOTE', e instanceof Error ? `${e.name}: ${e.message}` : String(e))));
         }
-        for (const m of answer) if (!call.write(m)) await new Promise((r) => call.once('drain', r));
+        await writeAll(call, answer);
         call.end();
       })();
     });
   }
 
   #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void {
-    const fault = (status: Partial<grpc.StatusObject>): void => refuse(call, status);
-    if (!this.#authorized(call.metadata)) return fault({ code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' });
+    if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
     const name = call.request.ticket.toString('utf8');
     const bytes = this.#tables.get(name);
-    if (!bytes) return fault({ code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
-    void (async () => {
-      for (const m of toFlightData(bytes, null)) if (!call.write(m)) await new Promise((r) => call.once('drain', r));
-      call.end();
-    })();
+    if (!bytes) return refuse(call, { code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
+    void writeAll(call, toFlightData(bytes, null)).then(() => call.end());
   }
 
   #deliver(item: ReceivedTable | ArrowShmError): void {
@@ -606,15 +599,9 @@ export class FlightServer {
 
   /** Offers `data` for DoGet under `name`. */
   serve(name: string, data: TableLike | Uint8Array): void {
-    if (data instanceof Uint8Array) {
-      walkIpcMessages(data, 'stream');
-      this.#tables.set(name, data);
-    } else {
-      const layout = layoutIpcStream(data);
-      const bytes = new Uint8Array(layout.byteLength);
-      writeIpcLayout(layout, bytes);
-      this.#tables.set(name, bytes);
-    }
+    const bytes = ipcBytes(data);
+    if (data instanceof Uint8Array) walkIpcMessages(bytes, 'stream');
+    this.#tables.set(name, bytes);
   }
 
   /**
