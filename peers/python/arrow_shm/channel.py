@@ -644,16 +644,28 @@ class Channel:
     ) -> int:
         """Send one table (pyarrow Table / RecordBatch / list of batches, or IPC stream bytes, copied
         byte for byte) in a new sealed segment; wait for the peer's ACK. Returns the message_id."""
-        st = self._start_table(data, metadata, flags=flags, correlation_id=correlation_id, request=False)
-        message_id, pending = st
-        try:
-            self._wait(lambda: pending.acked or pending.error is not None, _deadline(timeout), "an ACK")
-        finally:
-            with self._cond:
-                self._pending.pop(message_id, None)
+        message_id, pending = self._start_table(data, metadata, flags=flags, correlation_id=correlation_id, request=False)
+        self._await(message_id, pending, lambda: pending.acked or pending.error is not None, timeout, "an ACK")
         if pending.error is not None:
             raise pending.error
         return message_id
+
+    def _registering(self, pending: _Pending) -> Callable[[int], None]:
+        """The ``register`` hook of :meth:`_send_frame` that files ``pending`` under the frame's id."""
+
+        def register(message_id: int) -> None:
+            with self._cond:
+                self._pending[message_id] = pending
+
+        return register
+
+    def _await(self, message_id: int, pending: _Pending, ready: Callable[[], bool], timeout: Optional[float], what: str) -> None:
+        """Pump frames until ``ready()``; the answer's slot is freed whatever happens."""
+        try:
+            self._wait(ready, _deadline(timeout), what)
+        finally:
+            with self._cond:
+                self._pending.pop(message_id, None)
 
     def _start_table(
         self, data: Any, metadata: Optional[Dict[str, str]], *, flags: int, correlation_id: int, request: bool
@@ -679,11 +691,7 @@ class Channel:
                 ipc_length=length,
                 metadata=dict(metadata or {}),
             )
-            def register(message_id: int) -> None:
-                with self._cond:
-                    self._pending[message_id] = pending
-
-            message_id = self._send_frame(frame, seg.fd, register)
+            message_id = self._send_frame(frame, seg.fd, self._registering(pending))
         return message_id, pending
 
     def request(
@@ -694,15 +702,7 @@ class Channel:
         On timeout raises ``ERR_TIMEOUT``; a response arriving later is ACKed and dropped.
         """
         message_id, pending = self._start_table(data, metadata, flags=Flags.REQUEST, correlation_id=0, request=True)
-        try:
-            self._wait(
-                lambda: pending.response is not None or pending.error is not None,
-                _deadline(timeout),
-                "a response",
-            )
-        finally:
-            with self._cond:
-                self._pending.pop(message_id, None)
+        self._await(message_id, pending, lambda: pending.response is not None or pending.error is not None, timeout, "a response")
         if pending.response is not None:
             return pending.response
         assert pending.error is not None
@@ -814,17 +814,8 @@ class Channel:
     ) -> "StreamReader":
         """Ask a publishing peer for its stream (SUBSCRIBE, §12.1)."""
         pending = _Pending(False)
-
-        def register(message_id: int) -> None:
-            with self._cond:
-                self._pending[message_id] = pending
-
-        message_id = self._send_frame(Frame(kind=Kind.SUBSCRIBE, metadata=dict(metadata or {})), register=register)
-        try:
-            self._wait(lambda: bool(self._stream_offers) or pending.error is not None, _deadline(timeout), "a stream")
-        finally:
-            with self._cond:
-                self._pending.pop(message_id, None)
+        message_id = self._send_frame(Frame(kind=Kind.SUBSCRIBE, metadata=dict(metadata or {})), register=self._registering(pending))
+        self._await(message_id, pending, lambda: bool(self._stream_offers) or pending.error is not None, timeout, "a stream")
         if pending.error is not None and not self._stream_offers:
             raise pending.error
         with self._cond:
@@ -857,17 +848,8 @@ class Channel:
     def _send_and_wait_ack(self, frame: Frame, fds: Sequence[int], timeout: Optional[float]) -> int:
         """Send a frame with ``fds`` and wait for its ACK (an ERROR answer is raised)."""
         pending = _Pending(False)
-
-        def register(message_id: int) -> None:
-            with self._cond:
-                self._pending[message_id] = pending
-
-        message_id = self._send_frame(frame, register=register, fds=fds)
-        try:
-            self._wait(lambda: pending.acked or pending.error is not None, _deadline(timeout), f"the ACK of {frame.kind.name}")
-        finally:
-            with self._cond:
-                self._pending.pop(message_id, None)
+        message_id = self._send_frame(frame, register=self._registering(pending), fds=fds)
+        self._await(message_id, pending, lambda: pending.acked or pending.error is not None, timeout, f"the ACK of {frame.kind.name}")
         if pending.error is not None:
             raise pending.error
         return message_id
