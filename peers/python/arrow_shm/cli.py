@@ -9,14 +9,14 @@ import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from . import stream_cli
+from ._cli_common import PROG, open_channel
+from ._cli_common import listening as _listening
+from ._cli_common import timeout_of as _timeout
 from .channel import Channel, connect, listen
 from .errors import ERR_INVALID_ARGUMENT, ERR_IPC_UNSUPPORTED, ArrowShmError
 from .ipc import read_ipc_file_as_stream
 from .message import Message
 from .seed import DEFAULT_SEED_SOCKET, SeedListener, seed_receive
-
-PROG = "arrow-shm"
-
 
 class _UsageError(Exception):
     pass
@@ -25,15 +25,6 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (never argparse's two-line usage)
         raise _UsageError(message)
-
-
-def _listening(addr: str) -> None:
-    sys.stderr.write(f"{PROG}: listening on {addr}\n")
-    sys.stderr.flush()
-
-
-def _timeout(args: argparse.Namespace) -> Optional[float]:
-    return None if args.timeout_ms is None else args.timeout_ms / 1000.0
 
 
 def _positive_int(text: str) -> int:
@@ -147,13 +138,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return 0
     if not args.socket:
         raise _UsageError("the following arguments are required: --socket")
-    if args.listen:
-        with listen(args.socket) as lst:
-            _listening(args.socket)
-            channel = lst.accept(timeout=timeout)
-    else:
-        channel = connect(args.socket, timeout=timeout)
-    with channel:
+    with open_channel(args.socket, listen_first=args.listen, timeout=timeout) as channel:
         for data in payloads:
             channel.send(data, meta or None, timeout=timeout)
     return 0

@@ -9,22 +9,12 @@ from typing import Dict, List, Optional
 
 import pyarrow as pa
 
-from .channel import connect, listen
+from ._cli_common import listening as _listening
+from ._cli_common import open_channel
+from ._cli_common import timeout_of as _timeout
 from .errors import ERR_INVALID_ARGUMENT, ERR_SYSCALL, ArrowShmError
 from .ipc import EOS, decode_table
 from .stream import DEFAULT_CAPACITY, StreamReader, publish, subscribe
-
-PROG = "arrow-shm"
-
-
-def _listening(addr: str) -> None:
-    sys.stderr.write(f"{PROG}: listening on {addr}\n")
-    sys.stderr.flush()
-
-
-def _timeout(args: argparse.Namespace) -> Optional[float]:
-    return None if args.timeout_ms is None else args.timeout_ms / 1000.0
-
 
 def _batches(payloads: List[bytes]) -> tuple[pa.Schema, List[pa.RecordBatch]]:
     """Every batch of every FILE, in order; the FILEs must share one schema."""
@@ -43,13 +33,7 @@ def _batches(payloads: List[bytes]) -> tuple[pa.Schema, List[pa.RecordBatch]]:
 def send_stream(args: argparse.Namespace, meta: Dict[str, str], payloads: List[bytes]) -> int:
     schema, batches = _batches(payloads)
     timeout = _timeout(args)
-    if args.listen:
-        with listen(args.socket) as lst:
-            _listening(args.socket)
-            channel = lst.accept(timeout=timeout)
-    else:
-        channel = connect(args.socket, timeout=timeout)
-    with channel:
+    with open_channel(args.socket, listen_first=args.listen, timeout=timeout) as channel:
         writer = channel.open_stream(
             schema, capacity_bytes=args.ring_bytes or DEFAULT_CAPACITY, metadata=meta, write_timeout=timeout
         )
@@ -65,13 +49,7 @@ def send_stream(args: argparse.Namespace, meta: Dict[str, str], payloads: List[b
 
 def recv_stream(args: argparse.Namespace) -> int:
     timeout = _timeout(args)
-    if args.connect:
-        channel = connect(args.socket, timeout=timeout)
-    else:
-        with listen(args.socket) as lst:
-            _listening(args.socket)
-            channel = lst.accept(timeout=timeout)
-    with channel:
+    with open_channel(args.socket, listen_first=not args.connect, timeout=timeout) as channel:
         _drain(channel.accept_stream(timeout=timeout), args)
     return 0
 
