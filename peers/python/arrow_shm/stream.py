@@ -85,6 +85,8 @@ _SLOT_BYTES = 64
 
 #: Longest single sleep: bounds the cost of a wake-up lost to the missing atomics.
 SLEEP_BOUND = 0.02
+#: How often a writer that does not sleep looks at its reader's socket for a hang-up (seconds).
+SOCKET_CHECK_INTERVAL = 0.01
 
 _fence_lock = threading.Lock()
 
@@ -199,14 +201,33 @@ def _sleep_on(channel: "Channel", header: _RingHeader, flag: int, fd: int, ready
 # ---------------------------------------------------------------------------------------- consumer
 
 
-class _Feed:
+class _PipeFile:
+    """What pyarrow asks of a Python file object it reads or writes one way, nothing seekable."""
+
+    closed = False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Feed(_PipeFile):
     """The file pyarrow's stream reader reads from: the prologue, then each record's messages.
 
     It returns slices of the mappings, which pyarrow wraps without copying: the columns of a batch
     are views of the ring. A read never spans two messages (they were walked and bounded first).
     """
-
-    closed = False
 
     def __init__(self) -> None:
         self._chunks: Deque[Union[memoryview, bytes]] = deque()
@@ -237,15 +258,6 @@ class _Feed:
 
     def readable(self) -> bool:
         return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 class StreamBatch:
@@ -721,10 +733,8 @@ def _wait_any(channels: List["Channel"], fds: List[int], timeout: float) -> None
 # ---------------------------------------------------------------------------------------- producer
 
 
-class _Capture:
+class _Capture(_PipeFile):
     """The sink of pyarrow's stream writer: collects the messages of each ``write_batch``."""
-
-    closed = False
 
     def __init__(self) -> None:
         self._parts: List[bytes] = []
@@ -738,20 +748,8 @@ class _Capture:
         self._parts = []
         return out
 
-    def flush(self) -> None:
-        pass
-
     def writable(self) -> bool:
         return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 class _Attached:
@@ -1103,9 +1101,18 @@ def _leaf_types(schema: pa.Schema) -> Iterator[pa.Field]:
 
 
 class _ChannelRingProducer(RingProducer):
+    """A stream on one channel: it fails once its one reader left. A writer that never waits would
+    never read the socket, so it looks (one poll) at most every SOCKET_CHECK_INTERVAL: a busy
+    stream still makes no system call per batch."""
+
+    _next_socket_check = 0.0
+
     def _check_readers(self) -> None:
-        for reader in list(self._readers.values()):
-            _wait_any([reader.channel], [], 0)  # a hang-up waiting on the socket (one poll)
+        now = time.monotonic()
+        if now >= self._next_socket_check:
+            self._next_socket_check = now + SOCKET_CHECK_INTERVAL
+            for reader in list(self._readers.values()):
+                _wait_any([reader.channel], [], 0)
         self._detach_departed()
         if not self._readers:
             raise ArrowShmError(ERR_PEER_CLOSED, "the reader left the stream")
