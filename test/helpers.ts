@@ -151,3 +151,18 @@ export async function startListening(cmd: string, args: string[]): Promise<{ chi
 }
 
 export const hasVenv = (): boolean => existsSync(venvPython);
+
+/** Reads and releases batches until the stream ends or fails: how many were read, and the error (null at a clean end). */
+export async function drainStream(reader: { read(): Promise<{ release(): void } | null> }): Promise<{ read: number; error: unknown }> {
+  let read = 0;
+  try {
+    for (;;) {
+      const b = await reader.read();
+      if (!b) return { read, error: null };
+      b.release();
+      read++;
+    }
+  } catch (e) {
+    return { read, error: e };
+  }
+}

@@ -13,7 +13,7 @@ import { ArrowShmError } from '../src/errors.js';
 import { decodeTable } from '../src/ipc/reader.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
 import { listen } from '../src/transport/channel.js';
-import { cliScript, goldDir, hasVenv, memfdMappings, openFds, repoRoot, startListening, uniqueAddress, venvPython, waitFor } from './helpers.js';
+import { cliScript, goldDir, hasVenv, memfdMappings, openFds, repoRoot, startListening, uniqueAddress, venvPython, waitFor, drainStream } from './helpers.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const streamPeer = path.join(repoRoot, 'test', 'python', 'stream_peer.py');
@@ -203,19 +203,8 @@ test('SIGKILL: a Python producer killed mid-stream, and a Python subscriber kill
   assert.deepEqual(first.batch.getChildAt(0)!.get(0), 0);
   first.release();
   producer.kill('SIGKILL');
-  let read = 1;
-  const error = await (async () => {
-    try {
-      for (;;) {
-        const b = await reader.read();
-        if (!b) return null;
-        b.release();
-        read++;
-      }
-    } catch (e) {
-      return e;
-    }
-  })();
+  const { read: rest, error } = await drainStream(reader);
+  const read = 1 + rest;
   assert.ok(code('ERR_PEER_CLOSED')(error), `got ${String(error)}`);
   assert.ok(read < 100, `read ${read} batches, not the whole stream`);
   reader.close();

@@ -13,7 +13,7 @@ import type { StreamReader } from '../src/stream/consumer.js';
 import type { StreamWriterOptions } from '../src/stream/producer.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { decodeTable } from '../src/ipc/reader.js';
-import { cliScript, goldDir, memfdMappings, openFds, startListening, uniqueAddress, waitFor } from './helpers.js';
+import { cliScript, goldDir, memfdMappings, openFds, startListening, uniqueAddress, waitFor, drainStream } from './helpers.js';
 
 const code = (c: string) => (e: unknown) => e instanceof ArrowShmError && e.code === c;
 
@@ -365,19 +365,8 @@ test('a producer killed with SIGKILL mid-stream: the reader drains what was publ
   assert.equal(first.batch.numRows, 200);
   first.release();
   child.kill('SIGKILL');
-  let read = 1;
-  const error = await (async () => {
-    try {
-      for (;;) {
-        const b = await reader.read();
-        if (!b) return null;
-        b.release();
-        read++;
-      }
-    } catch (e) {
-      return e;
-    }
-  })();
+  const { read: rest, error } = await drainStream(reader);
+  const read = 1 + rest;
   assert.ok(code('ERR_PEER_CLOSED')(error), `got ${String(error)}`);
   assert.ok(read < 100, `read ${read} batches before the end`);
   reader.close();
