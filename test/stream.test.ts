@@ -153,6 +153,13 @@ test('a full ring fails fast with ERR_RING_FULL, or waits for the reader, by opt
       await assert.rejects(writer.write(numbered(3, 1)), (e: unknown) => code('ERR_RING_FULL')(e) && /maxMessages 3/.test((e as Error).message));
       (await reader.read())!.release();
       await writer.write(numbered(3, 1));
+      // The end record does not fail fast: closing a full stream waits until the reader makes room.
+      const closing = writer.close();
+      assert.equal(await isSettled(closing), false, 'close waits for room for the end record');
+      let rows = 0;
+      for await (const b of reader) rows += b.numRows;
+      await closing;
+      assert.equal(rows, 3, 'the three batches still in the ring, then the end');
     } finally {
       done();
     }
