@@ -11,7 +11,7 @@ import { Table, makeVector, tableToIPC } from 'apache-arrow';
 import { ArrowShmError, fail } from '../src/errors.js';
 import { FlightClient, FlightServer, receivedName, toFlightData } from '../src/transport/flight.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
-import { cliScript, goldStreams, hasVenv, memfdMappings, openFds, repoRoot, runProcess, startListening, venvPython, waitFor } from './helpers.js';
+import { cliScript, goldStreams, hasVenv, repoRoot, resources, runProcess, startListening, venvPython, waitForNoLeaks } from './helpers.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const peer = path.join(repoRoot, 'test', 'python', 'flight_peer.py');
@@ -217,8 +217,7 @@ function rows(table: Table): unknown[] {
 }
 
 test('same-host upgrade: a client offering it puts tables through shared memory (zero copy), others stay on gRPC', async () => {
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const shm = `@arrow-shm-flight-upgrade-${process.pid}`;
   const server = await FlightServer.listen('grpc://127.0.0.1:0', { shm });
   const table = generateSymbolTable(10_000);
@@ -257,5 +256,5 @@ test('same-host upgrade: a client offering it puts tables through shared memory 
   } finally {
     await other.close();
   }
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and memfd mappings back to their counts (sockets, segments, the shared-memory listener)');
+  await waitForNoLeaks(before, 'sockets, segments, the shared-memory listener');
 });

@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -29,6 +29,50 @@ export function fuzzFiles(): string[] {
 
 export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** The fds (number and target) and memfd mappings (address range and inode) this process has open now. */
+export interface Resources {
+  fds: Set<string>;
+  mappings: Set<string>;
+}
+
+export function resources(): Resources {
+  const fds = new Set<string>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      fds.add(`fd ${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`);
+    } catch {
+      // the fd readdir itself used, closed again by now
+    }
+  }
+  const mappings = new Set(
+    readFileSync('/proc/self/maps', 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('/memfd:'))
+      .map((l) => `mapping ${l.replace(/\s+/g, ' ')}`),
+  );
+  return { fds, mappings };
+}
+
+/**
+ * What is open now and was not at `before`: what the test leaked. Ones closed since do not count
+ * (a previous test's sockets or mappings may still have been on their way out when `before` was taken).
+ */
+export function leaksSince(before: Resources): string[] {
+  const now = resources();
+  return [...[...now.fds].filter((f) => !before.fds.has(f)), ...[...now.mappings].filter((m) => !before.mappings.has(m))];
+}
+
+/** Polls until nothing opened since `before` is still open (closing sockets and unmapping can lag a little). */
+export async function waitForNoLeaks(before: Resources, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const leaks = leaksSince(before);
+    if (leaks.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`still open after ${ms} ms (${what}): ${leaks.join('; ')}`);
+    await sleep(5);
+  }
 }
 
 /** Shared-memory mappings of this process (memfd segments). */

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Binary, Field, RecordBatch, Schema, Struct, makeData, tableFromIPC } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
 import { connect, listen, PreparedTable } from '../src/transport/channel.js';
-import { goldStreams, memfdMappings, openFds, repoRoot, runCli, startListening, uniqueAddress, venvPython } from './helpers.js';
+import { goldStreams, leaksSince, repoRoot, resources, runCli, startListening, uniqueAddress, venvPython } from './helpers.js';
 
 const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'fd-starved-receiver.js');
 const gold = goldStreams().find((f) => f.endsWith('generated_primitive.stream'))!;
@@ -87,8 +87,7 @@ test('a table over 4 GiB (offsets past 32 bits) hands off to Python and reads co
     const data = makeData({ type: new Binary(), length: 1, nullCount: 0, valueOffsets: Int32Array.of(0, quarter), data: value });
     return new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: 1, nullCount: 0, children: [data] }));
   });
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const prepared = PreparedTable.from(batches); // written once, sent twice
   assert.ok(prepared.ipcLength > 2 ** 32, `${prepared.ipcLength} bytes of IPC`);
 
@@ -109,6 +108,5 @@ test('a table over 4 GiB (offsets past 32 bits) hands off to Python and reads co
   server.close();
   client.close();
   listener.close();
-  assert.equal(openFds(), fds);
-  assert.equal(memfdMappings(), maps);
+  assert.deepEqual(leaksSince(before), []);
 });

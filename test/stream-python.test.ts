@@ -13,7 +13,7 @@ import { ArrowShmError } from '../src/errors.js';
 import { decodeTable } from '../src/ipc/reader.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
 import { listen } from '../src/transport/channel.js';
-import { cliScript, goldDir, hasVenv, memfdMappings, openFds, repoRoot, startListening, uniqueAddress, venvPython, waitFor, drainStream } from './helpers.js';
+import { cliScript, drainStream, goldDir, hasVenv, repoRoot, resources, startListening, uniqueAddress, venvPython, waitFor, waitForNoLeaks } from './helpers.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const streamPeer = path.join(repoRoot, 'test', 'python', 'stream_peer.py');
@@ -185,8 +185,7 @@ test('a full ring: with onFull "error" Node fails fast while a Python reader hol
 });
 
 test('SIGKILL: a Python producer killed mid-stream, and a Python subscriber killed mid-publication; Node recovers, nothing leaks', { skip }, async () => {
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-py-kill-'));
   const file = path.join(dir, 'many.arrows');
   const parts: RecordBatch[] = [];
@@ -232,11 +231,11 @@ test('SIGKILL: a Python producer killed mid-stream, and a Python subscriber kill
   assert.equal(rows, 5 * 100 + 50 * 400);
   survivor.close();
   rmSync(dir, { recursive: true });
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and mappings back to their counts');
+  await waitForNoLeaks(before, 'fds and mappings');
 });
 
 test('100,000 small batches from Node to Python, read in place; fds flat on both sides', { skip, timeout: 180_000 }, async () => {
-  const fds = openFds();
+  const before = resources();
   const address = uniqueAddress('py-many');
   const listener = listen(address);
   const counter = python(['count', address]);
@@ -253,5 +252,5 @@ test('100,000 small batches from Node to Python, read in place; fds flat on both
   assert.equal((await counter.exited).code, 0);
   channel.close();
   listener.close();
-  await waitFor(() => openFds() === fds, 'Node fds back to their count');
+  await waitForNoLeaks(before, 'Node fds');
 });

@@ -13,7 +13,7 @@ import type { StreamReader } from '../src/stream/consumer.js';
 import type { StreamWriterOptions } from '../src/stream/producer.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { decodeTable } from '../src/ipc/reader.js';
-import { cliScript, goldDir, memfdMappings, openFds, startListening, uniqueAddress, waitFor, drainStream } from './helpers.js';
+import { cliScript, drainStream, goldDir, openFds, resources, startListening, uniqueAddress, waitFor, waitForNoLeaks } from './helpers.js';
 
 const code = (c: string) => (e: unknown) => e instanceof ArrowShmError && e.code === c;
 
@@ -52,8 +52,7 @@ const isSettled = async (p: Promise<unknown>): Promise<boolean> => {
 };
 
 test('a stream delivers every batch in order, each read in place from the shared ring', async (t) => {
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const schema = numbered(0, 1).schema;
   const { writer, reader, done } = await streamPair(t, schema, { capacityBytes: 1 << 16 });
   const sending = (async () => {
@@ -79,7 +78,7 @@ test('a stream delivers every batch in order, each read in place from the shared
   assert.equal(reader.batchesRead, 300);
   assert.ok(reader.ended);
   done();
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and mappings back to their counts');
+  await waitForNoLeaks(before, 'fds and mappings');
 });
 
 test('dictionaries: sent whole, then as deltas when they grow, and replaced when they change', async (t) => {
@@ -361,8 +360,7 @@ test('a producer killed with SIGKILL mid-stream: the reader drains what was publ
   const parts: RecordBatch[] = [];
   for (let i = 0; i < 100; i++) parts.push(batches.slice(i * 200, (i + 1) * 200));
   writeFileSync(file, tableToIPC(new Table(parts), 'stream'));
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const address = uniqueAddress('kill-producer');
   const listener = listen(address);
   const child = spawn(process.execPath, [cliScript, 'send', '--stream', '--socket', address, '--ring-bytes', '65536', file], { stdio: 'ignore' });
@@ -380,12 +378,11 @@ test('a producer killed with SIGKILL mid-stream: the reader drains what was publ
   channel.close();
   listener.close();
   rmSync(dir, { recursive: true });
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and mappings back to their counts');
+  await waitForNoLeaks(before, 'fds and mappings');
 });
 
 test('1,000,000 small batches through one stream: all arrive, fds and mappings flat at the end', { timeout: 180_000 }, async (t) => {
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const small = numbered(0, 1);
   const { writer, reader, done } = await streamPair(t, small.schema, { capacityBytes: 1 << 20 });
   const total = 1_000_000;
@@ -404,7 +401,7 @@ test('1,000,000 small batches through one stream: all arrive, fds and mappings f
   assert.equal(n, total);
   assert.ok(openFds() <= midFds, 'no fd per batch');
   done();
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and mappings back to their counts');
+  await waitForNoLeaks(before, 'fds and mappings');
 });
 
 test('CLI: send --stream / recv --stream and pub / sub round-trip gold files', async () => {

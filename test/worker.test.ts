@@ -5,13 +5,12 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { listen } from '../src/transport/channel.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
-import { memfdMappings, openFds, uniqueAddress, waitFor } from './helpers.js';
+import { resources, uniqueAddress, waitForNoLeaks } from './helpers.js';
 
 const workerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'worker-peer.js');
 
 test('worker_threads: a worker receives a table and a stream from its parent thread, in place', async () => {
-  const fds = openFds();
-  const maps = memfdMappings();
+  const before = resources();
   const address = uniqueAddress('worker');
   const listener = listen(address);
   const worker = new Worker(workerScript, { workerData: { address } });
@@ -30,5 +29,5 @@ test('worker_threads: a worker receives a table and a stream from its parent thr
   await new Promise((resolve) => worker.once('exit', resolve));
   channel.close();
   listener.close();
-  await waitFor(() => openFds() === fds && memfdMappings() === maps, 'fds and mappings back to their counts');
+  await waitForNoLeaks(before, 'fds and mappings');
 });
