@@ -107,7 +107,7 @@ if want node; then
       note "node: the sanitized addon is not the one loaded ($loaded)"; status=1; fi
     tests=()
     for t in ${NODE_TESTS:-channel frame limits stream}; do [[ -f "dist/test/$t.test.js" ]] && tests+=("dist/test/$t.test.js"); done
-    nlog="$(LD_PRELOAD="$libasan" ASAN_OPTIONS="$san_common:detect_leaks=0" timeout 300 node --test --test-concurrency=1 "${tests[@]}" 2>&1)"
+    nlog="$(LD_PRELOAD="$libasan" ASAN_OPTIONS="$san_common:detect_leaks=0" timeout 300 node --test --test-force-exit --test-concurrency=1 "${tests[@]}" 2>&1)"
     rc=$?
     printf '%s\n' "$nlog" | grep -E '^# (tests|pass|fail|cancelled)|^not ok|ERROR: (Address|Undefined)|runtime error' | head -30
     if grep -qE 'ERROR: AddressSanitizer|runtime error:' <<<"$nlog"; then rc=99; printf '%s\n' "$nlog" | grep -A30 -E 'ERROR: AddressSanitizer|runtime error:' | head -60; fi

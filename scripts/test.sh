@@ -10,7 +10,8 @@ scripts/ensure-venv.sh
 peers/rust/build.sh
 peers/cpp/build.sh
 status=0
-node --test dist/test/*.test.js || status=1
+# --test-force-exit: a failed assertion that skipped a test's cleanup must not leave its file running forever.
+node --test --test-force-exit dist/test/*.test.js || status=1
 .build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
 cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
 peers/cpp/test.sh || status=1

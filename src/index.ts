@@ -9,8 +9,6 @@ export {
   Listener,
   Message,
   PreparedTable,
-  connect,
-  listen,
   type ChannelOptions,
   type ListenerOptions,
   type PeerInfo,
@@ -23,4 +21,7 @@ export { generateSymbolTable, checksumSymbolTable, SYMBOL_SCHEMA } from './symbo
 export { StreamReader, StreamBatch, type StreamReaderOptions } from './stream/consumer.js';
 export { StreamWriter, type StreamWriterOptions } from './stream/producer.js';
 export { Publication, publish, subscribe, type PublicationOptions } from './stream/pubsub.js';
-export { FlightClient, FlightServer, FlightMessage, isFlightAddress, type FlightClientOptions, type FlightServerOptions } from './transport/flight.js';
+export { FlightClient, FlightServer, FlightMessage, isFlightAddress, type CallOptions, type FlightClientOptions, type FlightServerOptions } from './transport/flight.js';
+export { FlightChannel, FlightListener, type FlightChannelOptions, type FlightListenerOptions } from './transport/flight-channel.js';
+// connect/listen choose the transport by address: a path or @name is shared memory, grpc:// is Flight.
+export { connect, listen, type AnyChannel, type AnyListener, type ChannelAt, type ConnectOptions, type FlightAddress, type ListenerAt, type ListenOptions } from './transport/address.js';

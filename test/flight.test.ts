@@ -7,8 +7,11 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Table, makeVector, tableToIPC } from 'apache-arrow';
+import { Table, makeTable, makeVector, tableToIPC } from 'apache-arrow';
 import { ArrowShmError, fail } from '../src/errors.js';
+import { connect, listen } from '../src/transport/address.js';
+import { Channel } from '../src/transport/channel.js';
+import { FlightChannel, FlightListener } from '../src/transport/flight-channel.js';
 import { FlightClient, FlightServer, receivedName, toFlightData } from '../src/transport/flight.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { cliScript, goldStreams, hasVenv, repoRoot, resources, runProcess, startListening, venvPython, waitForNoLeaks } from './helpers.js';
@@ -257,4 +260,101 @@ test('same-host upgrade: a client offering it puts tables through shared memory 
     await other.close();
   }
   await waitForNoLeaks(before, 'sockets, segments, the shared-memory listener');
+});
+
+test('connect/listen pick the transport by address: over grpc:// a channel sends, receives both ways and answers requests like a shared-memory one', async () => {
+  const before = resources();
+  const listener = listen('grpc://127.0.0.1:0');
+  assert.ok(listener instanceof FlightListener);
+  await listener.ready();
+  const table = generateSymbolTable(5_000);
+  const sum = checksumSymbolTable(table);
+  const client = await connect(listener.address, { name: 'symbols', upgrade: false });
+  assert.ok(client instanceof FlightChannel && client.transport === 'grpc');
+  const server = await listener.accept(); // handed out at connect, as a shared-memory listener does
+  assert.ok(server instanceof FlightChannel && server.side === 'server');
+
+  // client -> server (DoPut) and server -> client (the client's long-polled DoGet), metadata included
+  await client.send(table, { metadata: { k: 'up' } });
+  const up = await server.receive();
+  assert.equal(up.name, 'symbols');
+  assert.equal(up.metadata.k, 'up');
+  assert.equal(checksumSymbolTable(up.table), sum);
+  const [down] = await Promise.all([client.receive(), server.send(table, { metadata: { k: 'down' } })]);
+  assert.equal(down.metadata.k, 'down');
+  assert.equal(checksumSymbolTable(down.table), sum);
+  await assert.rejects(server.send(table, { timeoutMs: 50 }), code('ERR_TIMEOUT')); // nobody is receiving
+
+  // request/response (DoExchange): concurrent requests, answers and typed errors
+  const answering = (async () => {
+    for await (const request of server) {
+      assert.ok(request.isRequest);
+      if (request.metadata.fail) await request.respondError('ERR_INVALID_ARGUMENT', `refused ${request.metadata.fail}`);
+      else await request.respond(makeTable({ rows: Int32Array.of(request.table.numRows) }));
+    }
+  })();
+  const sizes = [1, 10, 100, 1000];
+  const answers = await Promise.all(sizes.map((n) => client.request(table.slice(0, n))));
+  assert.deepEqual(answers.map((a) => a.table.getChild('rows')!.get(0)), sizes);
+  await assert.rejects(client.request(table, { metadata: { fail: 'this' } }), (e: unknown) => e instanceof ArrowShmError && e.code === 'ERR_INVALID_ARGUMENT' && e.remote && /refused this/.test(e.message));
+  await assert.rejects(server.request(table), code('ERR_INVALID_ARGUMENT')); // gRPC cannot call a client
+
+  // a second client is a second channel; closing either end closes the other
+  const other = await connect(listener.address, { upgrade: false });
+  const otherServer = await listener.accept();
+  assert.notEqual(otherServer, server);
+  client.close();
+  await answering; // the iterator ends: the client said goodbye
+  assert.ok(server.closed);
+  await assert.rejects(server.receive(), code('ERR_PEER_CLOSED'));
+  const waiting = other.receive();
+  otherServer.close();
+  await assert.rejects(waiting, code('ERR_PEER_CLOSED'));
+  other.close();
+  await listener.close();
+  await assert.rejects(listener.accept(), code('ERR_CLOSED'));
+
+  // a token-protected listener refuses a wrong token at connect, as a shared-memory one refuses a wrong uid
+  const guarded = listen('grpc://127.0.0.1:0', { token: 's3cret' });
+  await guarded.ready();
+  await assert.rejects(connect(guarded.address, { token: 'guess' }), code('ERR_PEER_CREDENTIALS'));
+  const allowed = await connect(guarded.address, { token: 's3cret' });
+  await allowed.send(table);
+  const accepted = await guarded.accept();
+  assert.equal(checksumSymbolTable((await accepted.receive()).table), sum);
+  allowed.close();
+  await guarded.close();
+  await waitForNoLeaks(before, 'gRPC sockets and timers');
+});
+
+test('a pyarrow.flight client reaches a channel listener; a same-host client of connect() gets a shared-memory channel', { skip, timeout: 60_000 }, async () => {
+  const listener = listen('grpc://127.0.0.1:0', { shm: `@arrow-shm-flight-listener-${process.pid}` });
+  const address = (await listener.ready()).address;
+  const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-'));
+  try {
+    const symbols = generateSymbolTable(10_000);
+    const file = path.join(dir, 'symbols.arrows');
+    writeFileSync(file, tableToIPC(symbols, 'stream'));
+    const put = runProcess(venvPython, [peer, 'put', address, file], { timeoutMs: 30_000 });
+    const fromPython = await listener.accept(); // opened by its first call
+    assert.ok(fromPython instanceof FlightChannel);
+    const message = await fromPython.receive();
+    assert.equal(message.name, 'symbols.arrows');
+    assert.equal(checksumSymbolTable(message.table), checksumSymbolTable(symbols));
+    assert.equal((await put).code, 0, 'pyarrow put');
+
+    const local = await connect(address); // offers the upgrade; the listener has shared memory here
+    assert.ok(local instanceof Channel && local.transport === 'shm');
+    const accepted = await listener.accept();
+    assert.ok(accepted instanceof Channel);
+    const table = generateSymbolTable(1_000);
+    const [received] = await Promise.all([accepted.receive(), local.send(table)]);
+    assert.equal(received.table.getChild('start_line')!.data[0]!.values.buffer, received.sharedBuffer, 'a view of the shared mapping');
+    received.close();
+    local.close();
+    accepted.close();
+  } finally {
+    await listener.close();
+    rmSync(dir, { recursive: true });
+  }
 });

@@ -31,37 +31,41 @@ export function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
-/** The fds (number and target) and memfd mappings (address range and inode) this process has open now. */
-export interface Resources {
-  fds: Set<string>;
-  mappings: Set<string>;
-}
+/**
+ * What this process has open, counted by kind: fd targets (a socket or pipe by its inode, a memfd
+ * by its name) and memfd mappings by name. Counts rather than fd numbers or addresses, since pools
+ * legitimately replace a spare segment with a new one at another fd and address.
+ */
+export type Resources = Map<string, number>;
 
 export function resources(): Resources {
-  const fds = new Set<string>();
+  const counts: Resources = new Map();
+  const add = (key: string) => counts.set(key, (counts.get(key) ?? 0) + 1);
   for (const fd of readdirSync('/proc/self/fd')) {
     try {
-      fds.add(`fd ${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`);
+      add(`fd -> ${readlinkSync(`/proc/self/fd/${fd}`)}`);
     } catch {
       // the fd readdir itself used, closed again by now
     }
   }
-  const mappings = new Set(
-    readFileSync('/proc/self/maps', 'utf8')
-      .split('\n')
-      .filter((l) => l.includes('/memfd:'))
-      .map((l) => `mapping ${l.replace(/\s+/g, ' ')}`),
-  );
-  return { fds, mappings };
+  for (const line of readFileSync('/proc/self/maps', 'utf8').split('\n')) {
+    const at = line.indexOf('/memfd:');
+    if (at >= 0) add(`mapping of ${line.slice(at)}`);
+  }
+  return counts;
 }
 
 /**
- * What is open now and was not at `before`: what the test leaked. Ones closed since do not count
- * (a previous test's sockets or mappings may still have been on their way out when `before` was taken).
+ * What is open now beyond what was open at `before`: what the test leaked. What closed since does
+ * not offset it (a previous test's sockets may still have been on their way out at `before`).
  */
 export function leaksSince(before: Resources): string[] {
-  const now = resources();
-  return [...[...now.fds].filter((f) => !before.fds.has(f)), ...[...now.mappings].filter((m) => !before.mappings.has(m))];
+  const leaks: string[] = [];
+  for (const [key, count] of resources()) {
+    const extra = count - (before.get(key) ?? 0);
+    if (extra > 0) leaks.push(`${extra} x ${key}`);
+  }
+  return leaks;
 }
 
 /** Polls until nothing opened since `before` is still open (closing sockets and unmapping can lag a little). */

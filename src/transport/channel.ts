@@ -288,6 +288,11 @@ export class Channel {
     return channel;
   }
 
+  /** Shared memory; a `FlightChannel` says 'grpc'. */
+  get transport(): 'shm' {
+    return 'shm';
+  }
+
   get peer(): PeerInfo {
     return this.#peer;
   }

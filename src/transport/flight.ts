@@ -12,7 +12,7 @@ import { decodeBatches, decodeTable } from '../ipc/reader.js';
 import { walkIpcMessages, type IpcSummary } from '../ipc/validate.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
 import type { KeyValues } from './frame.js';
-import { connect as connectShm, listen as listenShm, type Channel, type Listener, type Message } from './channel.js';
+import { PreparedTable, connect as connectShm, listen as listenShm, type Channel, type Listener, type Message, type Sendable } from './channel.js';
 
 const PROTO = fileURLToPath(new URL('../../../proto/flight.proto', import.meta.url));
 const CONTINUATION = 0xffffffff;
@@ -78,8 +78,12 @@ const UPGRADE_VERSION = 1;
 
 // ---------------------------------------------------------------------------------- FlightData
 
-/** The IPC messages of `data` (a table or IPC stream bytes) as FlightData, `appMetadata` on the first batch. */
-export function toFlightData(data: TableLike | Uint8Array, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
+/**
+ * The IPC messages of `data` (a table, IPC stream bytes, or a PreparedTable read through a
+ * read-only mapping) as FlightData, `appMetadata` on the first batch. The FlightData are views:
+ * gRPC copies them into its frames as it writes.
+ */
+export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
   const bytes = ipcBytes(data);
   const out: FlightData[] = [];
   const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -97,17 +101,26 @@ export function toFlightData(data: TableLike | Uint8Array, descriptor: FlightDes
   return out;
 }
 
-/** The IPC stream of `data`: bytes as they are, a table laid out once. */
-function ipcBytes(data: TableLike | Uint8Array): Uint8Array {
+/** The IPC stream of `data`: bytes as they are, a prepared segment's bytes, a table laid out once. */
+function ipcBytes(data: Sendable): Uint8Array {
   if (data instanceof Uint8Array) return data;
+  if (data instanceof PreparedTable) {
+    // A copy: the mapping is released at once instead of living as long as gRPC holds the views.
+    const mapping = data.segment.takeReadOnlyMapping();
+    try {
+      return mapping.bytes(data.ipcOffset, data.ipcLength).slice();
+    } finally {
+      mapping.release();
+    }
+  }
   const layout = layoutIpcStream(data);
   const bytes = new Uint8Array(layout.byteLength);
   writeIpcLayout(layout, bytes);
   return bytes;
 }
 
-/** Writes every message, waiting for room when gRPC's flow control says so; stops once `stopped()`. */
-async function writeAll(call: { write(m: FlightData): boolean; once(event: 'drain', listener: () => void): unknown }, messages: FlightData[], stopped = () => false): Promise<void> {
+/** @internal Writes every message, waiting for room when gRPC's flow control says so; stops once `stopped()`. */
+export async function writeAll(call: { write(m: FlightData): boolean; once(event: 'drain', listener: () => void): unknown }, messages: FlightData[], stopped = () => false): Promise<void> {
   for (const m of messages) {
     if (stopped()) return;
     if (!call.write(m)) await new Promise<void>((r) => call.once('drain', r));
@@ -147,19 +160,50 @@ export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX
 
 // ----------------------------------------------------------------------------------- received
 
+/** How the server side of a DoExchange answers it. */
+export interface FlightResponder {
+  respond(data: Sendable): Promise<void>;
+  respondError(code: ErrorCode, message: string): Promise<void>;
+}
+
 /** A table received through Flight: the same surface as a shared-memory `Message`. */
 export class FlightMessage {
   #table: Table | undefined;
   #closed = false;
+  #responder: FlightResponder | null;
 
   constructor(
     /** The IPC stream, checked (§7): schema, dictionaries, batches, end-of-stream marker. */
     readonly bytes: Uint8Array,
     readonly metadata: KeyValues,
     readonly summary: IpcSummary,
-    /** The descriptor's path (DoPut) or the ticket (DoGet). */
+    /** The descriptor's path (DoPut), the command (DoExchange) or the ticket (DoGet). */
     readonly name: string,
-  ) {}
+    responder: FlightResponder | null = null,
+  ) {
+    this.#responder = responder;
+  }
+
+  /** A DoExchange request a `FlightChannel` delivered: answer it with `respond` or `respondError`. */
+  get isRequest(): boolean {
+    return this.#responder !== null;
+  }
+
+  /** Answers the request with a table (the DoExchange's response stream). */
+  respond(data: Sendable): Promise<void> {
+    if (!this.#responder) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
+    const responder = this.#responder;
+    this.#responder = null; // one answer per request
+    return responder.respond(data);
+  }
+
+  /** Answers the request with an error, which the requester receives as an ArrowShmError. */
+  respondError(code: ErrorCode, message: string): Promise<void> {
+    if (!this.#responder) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
+    const responder = this.#responder;
+    this.#responder = null;
+    return responder.respondError(code, message);
+  }
 
   get closed(): boolean {
     return this.#closed;
@@ -186,15 +230,15 @@ export class FlightMessage {
   }
 }
 
-function received(messages: FlightData[], name: string, maxBytes?: number): FlightMessage {
+function received(messages: FlightData[], name: string, maxBytes?: number, responder: FlightResponder | null = null): FlightMessage {
   const bytes = ipcFromFlightData(messages, maxBytes);
   const summary = walkIpcMessages(bytes, 'stream');
   const batch = messages.find((m) => m.app_metadata.length > 0);
-  return new FlightMessage(bytes, batch ? decodeMetadata(batch.app_metadata) : {}, summary, name);
+  return new FlightMessage(bytes, batch ? decodeMetadata(batch.app_metadata) : {}, summary, name, responder);
 }
 
-/** User metadata travels as a JSON object of strings in the first batch's app_metadata. */
-function encodeMetadata(metadata: KeyValues | undefined): Uint8Array | undefined {
+/** @internal User metadata travels as a JSON object of strings in the first batch's app_metadata. */
+export function encodeMetadata(metadata: KeyValues | undefined): Uint8Array | undefined {
   return metadata && Object.keys(metadata).length > 0 ? Buffer.from(JSON.stringify(metadata)) : undefined;
 }
 
@@ -232,7 +276,8 @@ function fromGrpc(e: unknown, what: string): ArrowShmError {
   return new ArrowShmError(code, `${what}: ${grpc.status[err?.code] ?? 'error'}: ${details}`, undefined, undefined, { remote: true, cause: e });
 }
 
-function toStatus(e: unknown): Partial<grpc.StatusObject> {
+/** @internal A typed error as a gRPC status whose details keep the code ("ERR_X: message"). */
+export function toStatus(e: unknown): Partial<grpc.StatusObject> {
   const error = e instanceof ArrowShmError ? e : fail('ERR_REMOTE', String(e));
   const code =
     error.code === 'ERR_PEER_CREDENTIALS' ? grpc.status.UNAUTHENTICATED : error.code === 'ERR_TOO_LARGE' ? grpc.status.RESOURCE_EXHAUSTED : error.code === 'ERR_REMOTE' ? grpc.status.INTERNAL : grpc.status.INVALID_ARGUMENT;
@@ -244,6 +289,8 @@ function toStatus(e: unknown): Partial<grpc.StatusObject> {
 export interface FlightClientOptions {
   /** Sent as `authorization: Bearer <token>` with every call. */
   token?: string;
+  /** @internal Sent with every call (FlightChannel), so a FlightListener tells its channels apart whatever connections gRPC uses. */
+  channelId?: string;
   /** PEM of the CA that signed the server's certificate (grpc+tls://). Default: the system's. */
   rootCertificate?: Uint8Array;
   /** Deadline of each call, in ms. */
@@ -256,6 +303,12 @@ export interface FlightClientOptions {
    * id and boot), and that address accepts the connection; otherwise everything stays on gRPC.
    */
   upgrade?: boolean;
+}
+
+/** Per call: user metadata (app_metadata) and a deadline overriding the client's `timeoutMs`. */
+export interface CallOptions {
+  metadata?: KeyValues;
+  timeoutMs?: number;
 }
 
 /** A Flight client: `doPut` sends a table, `doGet` fetches one, as with any Flight server. */
@@ -278,10 +331,30 @@ export class FlightClient {
 
   /** The Flight Handshake carrying the upgrade offer; the server's shared-memory address, if it has one here. */
   async #negotiate(): Promise<void> {
+    const offer = { 'arrow-shm': UPGRADE_VERSION, host: hostIdentity() };
+    const answer = await this.#handshake(offer).catch(() => null); // refused: no upgrade, the calls will say why
+    if (!answer?.address || answer.host !== offer.host) return;
+    try {
+      this.#shm = await connectShm(answer.address, { timeoutMs: 2000 });
+    } catch {
+      this.#shm = null; // same host, but not the same socket namespace (containers): stay on gRPC
+    }
+  }
+
+  /**
+   * @internal A Handshake without an upgrade offer: a FlightListener opens this connection's
+   * channel. A wrong token fails here; any other server (one without Handshake) is not an error.
+   */
+  async hello(): Promise<void> {
+    await this.#handshake({ 'arrow-shm': UPGRADE_VERSION }).catch((e: ArrowShmError) => {
+      if (e.code === 'ERR_PEER_CREDENTIALS') throw e;
+    });
+  }
+
+  async #handshake(offer: object): Promise<{ address?: string; host?: string } | null> {
     const { metadata, options } = this.#callOptions();
     const call = (this.#client.Handshake as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<unknown, { payload: Buffer }>).call(this.#client, metadata, options);
-    const offer = { 'arrow-shm': UPGRADE_VERSION, host: hostIdentity() };
-    const answer = await new Promise<{ address?: string; host?: string } | null>((resolve) => {
+    return new Promise<{ address?: string; host?: string } | null>((resolve, reject) => {
       let reply: { address?: string; host?: string } | null = null;
       call.on('data', (r: { payload: Buffer }) => {
         try {
@@ -290,17 +363,11 @@ export class FlightClient {
           // not an arrow-shm server: no upgrade
         }
       });
-      call.on('error', () => resolve(null)); // a Flight server without Handshake: no upgrade
+      call.on('error', (e) => reject(fromGrpc(e, `Handshake with ${this.address}`)));
       call.on('end', () => resolve(reply));
       call.write({ protocol_version: 0, payload: Buffer.from(JSON.stringify(offer)) });
       call.end();
     });
-    if (!answer?.address || answer.host !== offer.host) return;
-    try {
-      this.#shm = await connectShm(answer.address, { timeoutMs: 2000 });
-    } catch {
-      this.#shm = null; // same host, but not the same socket namespace (containers): stay on gRPC
-    }
   }
 
   /** Connects to `grpc://host:port` (or `grpc+tls://`); resolves once the connection is up. */
@@ -320,31 +387,33 @@ export class FlightClient {
     return flightClient;
   }
 
-  #callOptions(): { metadata: grpc.Metadata; options: grpc.CallOptions } {
+  /** Call metadata (the token) and deadline: `timeoutMs` of this call, else the client's; null: none. */
+  #callOptions(timeoutMs: number | null | undefined = this.#options.timeoutMs): { metadata: grpc.Metadata; options: grpc.CallOptions } {
     const metadata = new grpc.Metadata();
     if (this.#options.token) metadata.set('authorization', `Bearer ${this.#options.token}`);
-    return { metadata, options: this.#options.timeoutMs === undefined ? {} : { deadline: Date.now() + this.#options.timeoutMs } };
+    if (this.#options.channelId) metadata.set(CHANNEL_ID_KEY, this.#options.channelId);
+    return { metadata, options: timeoutMs === undefined || timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs } };
   }
 
   /** Sends a table (or IPC stream bytes) under the descriptor path `name`; resolves once the server has it all. */
-  async doPut(name: string | string[], data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<Uint8Array[]> {
+  async doPut(name: string | string[], data: Sendable, options: CallOptions = {}): Promise<Uint8Array[]> {
     const path = Array.isArray(name) ? name : [name];
     if (this.#shm) {
-      await this.#shm.send(data, { metadata: { ...options.metadata, [PATH_KEY]: path.join('/') }, timeoutMs: this.#options.timeoutMs });
+      await this.#shm.send(data, { metadata: { ...options.metadata, [PATH_KEY]: path.join('/') }, timeoutMs: options.timeoutMs ?? this.#options.timeoutMs });
       return [];
     }
-    return this.putFlightData(toFlightData(data, { type: 'PATH', cmd: Buffer.alloc(0), path }, encodeMetadata(options.metadata)));
+    return this.putFlightData(toFlightData(data, { type: 'PATH', cmd: Buffer.alloc(0), path }, encodeMetadata(options.metadata)), options.timeoutMs);
   }
 
   /** @internal DoPut of ready FlightData (tests send hostile ones with it). */
-  async putFlightData(messages: FlightData[]): Promise<Uint8Array[]> {
-    const results = await this.#stream<{ app_metadata: Buffer }>('DoPut', messages, `DoPut to ${this.address}`);
+  async putFlightData(messages: FlightData[], timeoutMs?: number): Promise<Uint8Array[]> {
+    const results = await this.#stream<{ app_metadata: Buffer }>('DoPut', messages, `DoPut to ${this.address}`, timeoutMs);
     return results.map((r) => r.app_metadata);
   }
 
   /** One bidirectional call: writes `messages`, half-closes, resolves with what the server sent back (or its typed error). */
-  async #stream<T>(method: 'DoPut' | 'DoExchange', messages: FlightData[], what: string): Promise<T[]> {
-    const { metadata, options } = this.#callOptions();
+  async #stream<T>(method: 'DoPut' | 'DoExchange', messages: FlightData[], what: string, timeoutMs?: number): Promise<T[]> {
+    const { metadata, options } = this.#callOptions(timeoutMs);
     const call = (this.#client[method] as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, T>).call(this.#client, metadata, options);
     const answer: T[] = [];
     let failed = false;
@@ -367,24 +436,47 @@ export class FlightClient {
    * the server answers; the server's failure arrives as its typed error. Each exchange is its own
    * gRPC call, so any number may be in flight at once.
    */
-  async exchange(name: string, data: TableLike | Uint8Array, options: { metadata?: KeyValues } = {}): Promise<FlightMessage> {
+  async exchange(name: string, data: Sendable, options: CallOptions = {}): Promise<FlightMessage> {
     const messages = toFlightData(data, { type: 'CMD', cmd: Buffer.from(name), path: [] }, encodeMetadata(options.metadata));
-    const answer = await this.#stream<FlightData>('DoExchange', messages, `DoExchange with ${this.address}`);
+    const answer = await this.#stream<FlightData>('DoExchange', messages, `DoExchange with ${this.address}`, options.timeoutMs);
     return received(answer, name, this.#options.maxMessageBytes);
   }
 
   /** Fetches the table the server holds for `ticket`. */
-  async doGet(ticket: string | Uint8Array): Promise<FlightMessage> {
+  doGet(ticket: string | Uint8Array, options: { timeoutMs?: number } = {}): Promise<FlightMessage> {
+    return this.startGet(ticket, options.timeoutMs).result;
+  }
+
+  /** @internal A DoGet that can be cancelled (a channel's long-polling receive); `timeoutMs` null: no deadline. */
+  startGet(ticket: string | Uint8Array, timeoutMs?: number | null): { result: Promise<FlightMessage>; cancel(): void } {
     const bytes = Buffer.from(ticket);
-    const { metadata, options } = this.#callOptions();
+    const { metadata, options } = this.#callOptions(timeoutMs);
     const call = (this.#client.DoGet as unknown as (t: { ticket: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightData>).call(this.#client, { ticket: bytes }, metadata, options);
     const messages: FlightData[] = [];
-    await new Promise<void>((resolve, reject) => {
+    const result = new Promise<void>((resolve, reject) => {
       call.on('data', (m: FlightData) => messages.push(m));
       call.on('error', (e) => reject(fromGrpc(e, `DoGet from ${this.address}`)));
       call.on('end', resolve);
+    }).then(() => received(messages, bytes.toString('utf8'), this.#options.maxMessageBytes));
+    return { result, cancel: () => call.cancel() };
+  }
+
+  /** @internal DoAction (a channel's goodbye); resolves when the server answered or after `timeoutMs`. */
+  async doAction(type: string, timeoutMs: number): Promise<void> {
+    const { metadata, options } = this.#callOptions(timeoutMs);
+    const call = (this.#client.DoAction as unknown as (a: { type: string; body: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<unknown>).call(this.#client, { type, body: Buffer.alloc(0) }, metadata, options);
+    await new Promise<void>((resolve, reject) => {
+      call.on('data', () => {});
+      call.on('error', (e) => reject(fromGrpc(e, `DoAction ${type} on ${this.address}`)));
+      call.on('end', resolve);
     });
-    return received(messages, bytes.toString('utf8'), this.#options.maxMessageBytes);
+  }
+
+  /** @internal Hands over the shared-memory channel of an upgraded connection (the caller owns it then). */
+  takeUpgrade(): Channel | null {
+    const channel = this.#shm;
+    this.#shm = null;
+    return channel;
   }
 
   close(): void {
@@ -398,8 +490,8 @@ export class FlightClient {
 
 const NOT_AUTHORIZED = { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' };
 
-/** Ends a server call with an error status (grpc-js: an 'error' event carrying the status). */
-function refuse(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
+/** @internal Ends a server call with an error status (grpc-js: an 'error' event carrying the status). */
+export function refuse(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
   call.emit('error', status);
 }
 
@@ -414,14 +506,47 @@ export interface FlightServerOptions {
    * Answers DoExchange requests (request/response): the returned table is the response; an
    * ArrowShmError it throws reaches the client with its code, any other error as ERR_REMOTE.
    */
-  onExchange?: (request: FlightMessage) => TableLike | Uint8Array | Promise<TableLike | Uint8Array>;
+  onExchange?: (request: FlightMessage) => Sendable | Promise<Sendable>;
   /**
    * Also listen on this arrow-shm address (a path or @name) and offer it, in the Flight Handshake,
    * to clients on the same host: their DoPuts then arrive through shared memory, zero copy, and
    * `receive()` returns them as shared-memory `Message`s.
    */
   shm?: string;
+  /** @internal Set by FlightListener: calls go to one channel per client connection instead of `receive()`. */
+  router?: FlightRouter;
 }
+
+/** A client of a FlightListener: the channel id its calls carry, else its connection. */
+export interface FlightPeer {
+  key: string;
+  /** The client's address and port, as gRPC reports it. */
+  address: string;
+}
+
+/** The call metadata key naming the channel a call belongs to (§13.2). */
+export const CHANNEL_ID_KEY = 'arrow-shm-channel';
+
+function peerOf(call: { getPeer(): string; metadata: grpc.Metadata }): FlightPeer {
+  const address = call.getPeer();
+  const id = call.metadata.get(CHANNEL_ID_KEY)[0];
+  return { key: typeof id === 'string' && id.length > 0 && id.length <= 64 ? `id:${id}` : `connection:${address}`, address };
+}
+
+/** @internal Where a FlightListener takes the calls of each client (see FlightPeer). */
+export interface FlightRouter {
+  hello(peer: FlightPeer): void;
+  put(peer: FlightPeer, item: FlightMessage | ArrowShmError): void;
+  exchange(peer: FlightPeer, request: FlightMessage): void;
+  inbox(peer: FlightPeer, call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void;
+  action(peer: FlightPeer, type: string): boolean;
+  shm(channel: Channel): void;
+}
+
+/** The ticket a FlightChannel client long-polls for what the server side sends it (§13.2). */
+export const INBOX_TICKET = 'arrow-shm.inbox';
+/** The action a FlightChannel client sends when it closes (§13.2). */
+export const CLOSE_ACTION = 'arrow-shm.close';
 
 /** What `FlightServer.receive()` returns: through gRPC, or through shared memory after an upgrade. */
 export type ReceivedTable = FlightMessage | Message;
@@ -468,6 +593,7 @@ export class FlightServer {
       GetFlightInfo: (_: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'GetFlightInfo: use DoGet with the table name as ticket' }),
       DoExchange: (call: grpc.ServerDuplexStream<FlightData, FlightData>) => self!.#doExchange(call),
       ListActions: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
+      DoAction: (call: grpc.ServerWritableStream<{ type: string }, unknown>) => self!.#doAction(call),
     };
     server.addService(flightService().definition, handlers as unknown as grpc.UntypedServiceImplementation);
     const port = await new Promise<number>((resolve, reject) =>
@@ -488,6 +614,7 @@ export class FlightServer {
 
   /** Answers an upgrade offer from a client on this host with the shared-memory address; anything else with nothing. */
   #handshake(call: grpc.ServerDuplexStream<{ payload: Buffer }, { protocol_version: number; payload: Buffer }>): void {
+    if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
     let answered = false;
     call.on('data', (request: { payload: Buffer }) => {
       if (answered) return;
@@ -499,7 +626,9 @@ export class FlightServer {
         // another client's handshake payload: nothing to offer
       }
       const host = hostIdentity();
-      const upgrade = this.#shm && this.#authorized(call.metadata) && offer['arrow-shm'] === UPGRADE_VERSION && offer.host === host;
+      const upgrade = this.#shm && offer['arrow-shm'] === UPGRADE_VERSION && offer.host === host;
+      // Staying on gRPC: this connection is a channel from now on (an upgraded one arrives through shared memory).
+      if (!upgrade && offer['arrow-shm'] === UPGRADE_VERSION) this.#options.router?.hello(peerOf(call));
       call.write({ protocol_version: 0, payload: Buffer.from(upgrade ? JSON.stringify({ 'arrow-shm': UPGRADE_VERSION, host, address: this.#shm!.address }) : '') });
     });
     call.on('end', () => call.end());
@@ -509,8 +638,13 @@ export class FlightServer {
   #listenShm(address: string): void {
     const listener = listenShm(address);
     this.#shm = listener;
+    const router = this.#options.router;
     void (async () => {
       for await (const channel of listener) {
+        if (router) {
+          router.shm(channel);
+          continue;
+        }
         this.#shmChannels.add(channel);
         void (async () => {
           try {
@@ -552,20 +686,25 @@ export class FlightServer {
       try {
         message = received(messages, name, limit);
       } catch (e) {
-        this.#deliver(e as ArrowShmError);
+        if (this.#options.router) this.#options.router.put(peerOf(call), e as ArrowShmError);
+        else this.#deliver(e as ArrowShmError);
         return refuse(call, toStatus(e));
       }
-      this.#tables.set(name, message.bytes);
       call.write({ app_metadata: Buffer.alloc(0) });
       call.end();
+      const router = this.#options.router;
+      if (router) return router.put(peerOf(call), message);
+      this.#tables.set(name, message.bytes);
       this.#deliver(message);
     });
   }
 
   #doExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>): void {
     const handler = this.#options.onExchange;
-    if (!handler) return refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'ERR_INVALID_ARGUMENT: this server answers no requests (no onExchange)' });
+    const router = this.#options.router;
+    if (!handler && !router) return refuse(call, { code: grpc.status.UNIMPLEMENTED, details: 'ERR_INVALID_ARGUMENT: this server answers no requests (no onExchange)' });
     if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
+    if (!handler) return this.#routeExchange(call, router!);
     this.#collect(call, (messages, limit) => {
       void (async () => {
         let answer: FlightData[];
@@ -583,9 +722,38 @@ export class FlightServer {
     });
   }
 
+  /** A request for the channel of this client connection; its answer (or error) ends the call. */
+  #routeExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>, router: FlightRouter): void {
+    this.#collect(call, (messages, limit) => {
+      const descriptor = messages[0]?.flight_descriptor;
+      const name = descriptor?.type === 'CMD' ? descriptor.cmd.toString('utf8') : (descriptor?.path ?? []).join('/');
+      const responder: FlightResponder = {
+        respond: async (data) => {
+          await writeAll(call, toFlightData(data, null));
+          call.end();
+        },
+        respondError: async (code, message) => refuse(call, toStatus(new ArrowShmError(code, message))),
+      };
+      let request: FlightMessage;
+      try {
+        request = received(messages, name, limit, responder);
+      } catch (e) {
+        return refuse(call, toStatus(e));
+      }
+      router.exchange(peerOf(call), request);
+    });
+  }
+
+  #doAction(call: grpc.ServerWritableStream<{ type: string }, unknown>): void {
+    if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
+    if (this.#options.router?.action(peerOf(call), call.request.type)) return void call.end();
+    refuse(call, { code: grpc.status.INVALID_ARGUMENT, details: `ERR_INVALID_ARGUMENT: unknown action ${JSON.stringify(call.request.type)}` });
+  }
+
   #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void {
     if (!this.#authorized(call.metadata)) return refuse(call, NOT_AUTHORIZED);
     const name = call.request.ticket.toString('utf8');
+    if (this.#options.router && name === INBOX_TICKET) return this.#options.router.inbox(peerOf(call), call);
     const bytes = this.#tables.get(name);
     if (!bytes) return refuse(call, { code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
     void writeAll(call, toFlightData(bytes, null)).then(() => call.end());
@@ -598,7 +766,7 @@ export class FlightServer {
   }
 
   /** Offers `data` for DoGet under `name`. */
-  serve(name: string, data: TableLike | Uint8Array): void {
+  serve(name: string, data: Sendable): void {
     const bytes = ipcBytes(data);
     if (data instanceof Uint8Array) walkIpcMessages(bytes, 'stream');
     this.#tables.set(name, bytes);
