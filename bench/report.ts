@@ -113,45 +113,32 @@ export function writeReport(doc: Doc, root: string): void {
     }
     lines.push('');
   }
-  const fromPython = rows.filter((r) => r.from === 'python' && r.to === 'node');
-  if (fromPython.length) {
-    const base = (scenario: string) => fromPython.find((r) => r.scenario === scenario && r.method === 'arrow-shm');
+  const direction = (from: string, to: string, title: string, notes: string[]) => {
+    const dir = rows.filter((r) => r.from === from && r.to === to && (r.scenario === 'symbols' || r.scenario === 'symbols-read'));
+    if (dir.length === 0) return;
+    const base = (scenario: string) => dir.find((r) => r.scenario === scenario && r.method === 'arrow-shm');
     const ratio = (x: Row | undefined, b: Row | undefined) => (x && b ? (x.median_ms / b.median_ms).toFixed(1) + '×' : '');
-    lines.push(
-      '## Symbol table, python → node (the Python sender starts from a pyarrow Table; the Node receiver builds an apache-arrow Table, or parses JSON)',
-      '',
-      '| method | usable: median | p99 | vs arrow-shm | + read every value: median | vs arrow-shm |',
-      '|---|---:|---:|---:|---:|---:|',
-    );
-    for (const r of fromPython.filter((r) => r.scenario === 'symbols')) {
-      const read = fromPython.find((x) => x.scenario === 'symbols-read' && x.method === r.method);
+    lines.push(title, '', '| method | usable: median | p99 | vs arrow-shm | + read every value: median | vs arrow-shm |', '|---|---:|---:|---:|---:|---:|');
+    for (const r of dir.filter((r) => r.scenario === 'symbols')) {
+      const read = dir.find((x) => x.scenario === 'symbols-read' && x.method === r.method);
       lines.push(`| ${r.method} | ${ms(r.median_ms)} ms | ${ms(r.p99_ms)} ms | ${ratio(r, base('symbols'))} | ${read ? ms(read.median_ms) + ' ms' : ''} | ${ratio(read, base('symbols-read'))} |`);
     }
-    lines.push('', 'Sender: `bench/sender.py` (JSON text from rows converted before the clock starts; Arrow IPC written per hand-off; arrow-shm copies the table once into a sealed segment).', '');
-  }
-  const toPython = rows.filter((r) => r.to === 'python' && r.from === 'node');
-  if (toPython.length) {
-    const base = (scenario: string) => toPython.find((r) => r.scenario === scenario && r.method === 'arrow-shm');
-    lines.push(
-      '## Symbol table, node → python (pyarrow Table, or Python objects for JSON)',
-      '',
-      '| method | usable: median | p99 | vs arrow-shm | + read every value: median | vs arrow-shm |',
-      '|---|---:|---:|---:|---:|---:|',
-    );
-    for (const r of toPython.filter((r) => r.scenario === 'symbols')) {
-      const read = toPython.find((x) => x.scenario === 'symbols-read' && x.method === r.method);
-      const ratio = (x: Row | undefined, b: Row | undefined) => (x && b ? (x.median_ms / b.median_ms).toFixed(1) + '×' : '');
-      lines.push(`| ${r.method} | ${ms(r.median_ms)} ms | ${ms(r.p99_ms)} ms | ${ratio(r, base('symbols'))} | ${read ? ms(read.median_ms) + ' ms' : ''} | ${ratio(read, base('symbols-read'))} |`);
-    }
-    lines.push(
-      '',
-      'The Python receiver reads every value with pyarrow.compute (strings: byte lengths); JSON rows by a Python loop.',
-      'The Python peer validates every value of a received table by default (`validate_full=True`: Arrow C++ kernels trust offsets,',
-      'so a hostile stream could make them read out of bounds); that O(n) pass is why arrow-shm trails Arrow-over-a-socket here, whose',
-      'receiver in this benchmark skips it. `arrow-shm-trusted` is the same hand-off to a receiver that trusts its sender (`validate_full=False`: framing still checked).',
-      '',
-    );
-  }
+    lines.push('', ...notes, '');
+  };
+  const sender = 'Sender: `bench/sender.py` (JSON text from rows converted before the clock starts; Arrow IPC written per hand-off; arrow-shm copies the table once into a sealed segment).';
+  direction('python', 'node', '## Symbol table, python → node (the Python sender starts from a pyarrow Table; the Node receiver builds an apache-arrow Table, or parses JSON)', [sender]);
+  direction('python', 'rust', '## Symbol table, python → rust (the motivating case: a Python tool hands its symbols to a Rust engine)', [
+    sender,
+    'Receiver: `peers/rust/examples/bench_receiver.rs`: JSON parsed by serde_json into typed rows; Arrow IPC bytes decoded by arrow-ipc\'s',
+    '`StreamReader`; arrow-shm decoded in place over the mapping by the Rust peer (every offset and buffer checked). Reading every value:',
+    'string lengths and integer sums over all columns.',
+  ]);
+  direction('node', 'python', '## Symbol table, node → python (pyarrow Table, or Python objects for JSON)', [
+    'The Python receiver reads every value with pyarrow.compute (strings: byte lengths); JSON rows by a Python loop.',
+    'The Python peer validates every value of a received table by default (`validate_full=True`: Arrow C++ kernels trust offsets,',
+    'so a hostile stream could make them read out of bounds); that O(n) pass is why arrow-shm trails Arrow-over-a-socket here, whose',
+    'receiver in this benchmark skips it. `arrow-shm-trusted` is the same hand-off to a receiver that trusts its sender (`validate_full=False`: framing still checked).',
+  ]);
   lines.push(
     '- `arrow-shm`: the Table is copied once into a sealed memfd (pre-allocated spare pages when one is ready), the fd is passed.',
     '- `arrow-shm-leased`: copied into a warm, reusable leased segment (docs/PROTOCOL.md §6.2; not write-sealed).',
@@ -174,7 +161,7 @@ export function writeReport(doc: Doc, root: string): void {
     const mc = find('limits', 'memcpy', bytes);
     lines.push(`| ${human(bytes)} | ${cells.join(' | ')} | ${mc ? ms(mc.median_ms) + ' ms' : ''} |`);
   }
-  lines.push('', ...targets(rows), 'Not measured yet: python → rust and the C ping-pong limit (issue #6). Streams: see below (`npm run bench:stream`).', '');
+  lines.push('', ...targets(rows), 'Streams, publish/subscribe and the C ping-pong limit: see below (`npm run bench:stream`, also run by `npm run bench`).', '');
   // The Streams section comes from `npm run bench:stream`: keep it.
   const file = path.join(root, 'BENCHMARKS.md');
   const previous = existsSync(file) ? readFileSync(file, 'utf8') : '';

@@ -45,8 +45,9 @@ interface Receiver {
   next(): Promise<{ t1: number; checksum?: number }>;
 }
 
-type Peer = 'node' | 'python';
+type Peer = 'node' | 'python' | 'rust';
 const venvPython = path.join(root, '.build', 'venv', 'bin', 'python');
+const rustReceiver = path.join(root, '.build', 'rust', 'release', 'examples', 'bench_receiver');
 
 async function startReceiver(method: Method, address: string, read: boolean, to: Peer): Promise<Receiver> {
   const script = path.join(here, 'receiver.js');
@@ -62,9 +63,12 @@ async function startReceiver(method: Method, address: string, read: boolean, to:
       child.on('message', (m: { ready?: boolean; t1: number; checksum?: number }) => (m.ready ? resolve() : push(m)));
     });
   } else {
-    child = to === 'python'
-      ? spawn(venvPython, [path.join(root, 'bench', 'receiver.py'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
-      : spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child =
+      to === 'python'
+        ? spawn(venvPython, [path.join(root, 'bench', 'receiver.py'), ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+        : to === 'rust'
+          ? spawn(rustReceiver, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+          : spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
     ready = new Promise((resolve) => {
       createInterface({ input: child.stdout! }).on('line', (line) => (line === 'ready' ? resolve() : push(JSON.parse(line))));
     });
@@ -161,10 +165,10 @@ function freePort(): Promise<number> {
   });
 }
 
-/** python → node: bench/sender.py hands the table to the Node receiver `runs` times, one "go" at a time. */
-async function measureFromPython(method: Method, payload: Payload, file: string, runs: number, read: boolean, dir: string, tick: () => void): Promise<number[]> {
-  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}-from-python` : path.join(dir, `${method}-from-python.sock`);
-  const receiver = await startReceiver(method, address, read, 'node');
+/** python → node or rust: bench/sender.py hands the table to the receiver `runs` times, one "go" at a time. */
+async function measureFromPython(method: Method, payload: Payload, file: string, runs: number, read: boolean, dir: string, tick: () => void, to: Peer): Promise<number[]> {
+  const address = method.startsWith('arrow-shm') ? `@arrow-shm-bench-${process.pid}-${method}-python-${to}` : path.join(dir, `${method}-python-${to}.sock`);
+  const receiver = await startReceiver(method, address, read, to);
   const sender = spawn(venvPython, [path.join(root, 'bench', 'sender.py'), '--method', method, '--socket', address, '--file', file], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines: string[] = [];
   const waiters: ((line: string) => void)[] = [];
@@ -228,6 +232,8 @@ async function memcpyLimit(bytes: number): Promise<number[]> {
 async function main(): Promise<void> {
   const venv = spawnSync(path.join(root, 'scripts', 'ensure-venv.sh'), { stdio: 'inherit' });
   if (venv.status !== 0) throw new Error('cannot prepare the Python environment for the node → python rows');
+  const cargo = spawnSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_receiver', '--manifest-path', path.join(root, 'peers', 'rust', 'Cargo.toml'), '--target-dir', path.join(root, '.build', 'rust')], { stdio: 'inherit' });
+  if (cargo.status !== 0) throw new Error('cannot build the Rust receiver of the python → rust rows (peers/rust/examples/bench_receiver.rs)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-bench-'));
   const results: Row[] = [];
   const symbolRowsCount = 100_000;
@@ -246,9 +252,10 @@ async function main(): Promise<void> {
   const inSweep = (method: Method, bytes: number) => method !== 'flight' || bytes <= 2 ** 28;
   const pythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm', 'arrow-shm-trusted', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const fromPythonMethods: Method[] = ['json', 'arrow-socket', 'arrow-shm'];
+  const fromPythonTo: Peer[] = ['node', 'rust'];
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
   const total =
-    2 * [...methods, ...pythonMethods, ...fromPythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + 2), 0);
+    2 * [...methods, ...pythonMethods, ...fromPythonMethods, ...fromPythonMethods].reduce((n, m) => n + runsFor(m) + 2, 0) + sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + 2), 0);
   const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
   const tick = () => bar.increment();
@@ -269,11 +276,13 @@ async function main(): Promise<void> {
     }
     const symbolsFile = path.join(dir, 'symbols-from-python.arrows');
     writeFileSync(symbolsFile, tableToIPC(table, 'stream'));
-    for (const scenario of ['symbols', 'symbols-read'] as const) {
-      for (const method of fromPythonMethods) {
-        bar.update({ task: `${scenario} python → ${method}` });
-        const samples = await measureFromPython(method, symbols, symbolsFile, runsFor(method), scenario === 'symbols-read', dir, tick);
-        results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples, 'python', 'node'));
+    for (const to of fromPythonTo) {
+      for (const scenario of ['symbols', 'symbols-read'] as const) {
+        for (const method of fromPythonMethods) {
+          bar.update({ task: `${scenario} python → ${to} ${method}` });
+          const samples = await measureFromPython(method, symbols, symbolsFile, runsFor(method), scenario === 'symbols-read', dir, tick, to);
+          results.push(row(scenario, method, ipcBytes, symbolRowsCount, samples, 'python', to));
+        }
       }
     }
     for (const bytes of sizes) {

@@ -2,7 +2,7 @@
 // soak of issue #7, too long for CI. 1,000,000 table hand-offs between two processes, then a stream
 // running for 10 minutes, sampling this process's fds, memfd mappings and RSS (and the receiver's,
 // from /proc/PID) as it goes, and reporting each one's slope: a leak shows as a slope that is not
-// ~0. Then 10,000 hand-offs during which the peer (receiver or sender, in turn) is SIGKILLed 100
+// ~0. Then 10,000 hand-offs during which the peer (receiver, sender or subscriber, in turn) is SIGKILLed 100
 // times at random points (bench/kill.ts).
 import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -126,6 +126,6 @@ if (role > 0) {
   await handoffs(flag('handoffs', 1_000_000));
   await stream(flag('stream-minutes', 10));
   const killed = await randomKillRun(flag('kill-handoffs', 10_000), flag('kills', 100), flag('seed', 1));
-  console.log(`random SIGKILLs: ${killed.handoffs} hand-offs, ${killed.kills} peers killed, errors seen ${JSON.stringify(killed.codes)}, memfd fds left ${killed.memfdFds}, memfd mappings left ${killed.memfdMappings}`);
+  console.log(`random SIGKILLs: ${killed.handoffs} hand-offs, ${killed.kills} peers killed (${killed.subscriberKills} of them subscribers of a publication that went on), errors seen ${JSON.stringify(killed.codes)}, memfd fds left ${killed.memfdFds}, memfd mappings left ${killed.memfdMappings}`);
   if (killed.memfdFds !== 0 || killed.memfdMappings !== 0) process.exitCode = 1;
 }

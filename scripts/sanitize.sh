@@ -68,7 +68,7 @@ if want cpp; then
 fi
 
 if want fuzz; then
-  corpus=(/work/shared/testdata/arrow-fuzz /work/shared/testdata/arrow-gold/*/)
+  corpus=("$root/../shared/testdata/arrow-fuzz" "$root"/../shared/testdata/arrow-gold/*/)
   [[ -n "${ARROW_FUZZ:-}" ]] && corpus[0]="$ARROW_FUZZ"
   crashers="$root/peers/cpp/test/crashers"
   saved="$(find "$crashers" -maxdepth 1 -type f -name 'crash-*' 2>/dev/null | wc -l)"

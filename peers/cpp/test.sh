@@ -11,8 +11,8 @@ run="$root/peers/run"
 # which is then not (re)built here; the default tree is built by build.sh as before.
 cppdir="${ARROW_SHM_CPP_DIR:-$root/.build/cpp}"
 bin="$cppdir/arrow-shm-cpp"
-gold="${ARROW_GOLD:-/work/shared/testdata/arrow-gold}"
-fuzz="${ARROW_FUZZ:-/work/shared/testdata/arrow-fuzz}"
+gold="${ARROW_GOLD:-$root/../shared/testdata/arrow-gold}"
+fuzz="${ARROW_FUZZ:-$root/../shared/testdata/arrow-fuzz}"
 
 if [[ -z "${ARROW_SHM_CPP_DIR:-}" ]]; then
   "$here/build.sh" || { echo "build failed"; exit 1; }
