@@ -10,6 +10,7 @@ import { native } from '../src/native.js';
 import { connect, listen, type Channel, type Listener } from '../src/transport/channel.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
 import type { StreamReader } from '../src/stream/consumer.js';
+import { RING_HEADER_BYTES, RingHeader } from '../src/stream/ring.js';
 import type { StreamWriterOptions } from '../src/stream/producer.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
 import { decodeTable } from '../src/ipc/reader.js';
@@ -437,3 +438,63 @@ function tableRows(bytes: Uint8Array): unknown[] {
   return JSON.parse(JSON.stringify(decodeTable(bytes).toArray(), (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
 }
 
+
+test('a hostile subscriber scribbling its read position cannot make the publisher overwrite what others hold, nor crash it', async (t) => {
+  const address = uniqueAddress('hostile-sub');
+  const schema = numbered(0, 1).schema;
+  const publication = publish(address, schema, { capacityBytes: 65536, writeTimeoutMs: 300 });
+  t.after(() => publication.abort());
+  const honest = await subscribe(address, { readTimeoutMs: 20_000 });
+  const hostile = await subscribe(address);
+  t.after(() => (honest.close(), hostile.close()));
+  await publication.waitForSubscribers(2);
+  // The ring's header page, mapped writable as every subscriber maps it.
+  const ringFd = readdirSync('/proc/self/fd')
+    .map(Number)
+    .find((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
+      } catch {
+        return false;
+      }
+    })!;
+  const header = new RingHeader(native.mmap(ringFd, RING_HEADER_BYTES, true));
+  t.after(() => native.unmap(header.u64.buffer as ArrayBuffer));
+  // Which slot is the honest one: the one that moves when it releases a batch.
+  await publication.write(numbered(0, 1));
+  (await honest.read())!.release();
+  const slots = [0, 1].filter((s) => header.slotState(s) !== 0);
+  const honestSlot = slots.find((s) => header.readPosition(s) > 0)!;
+  const hostileSlot = slots.find((s) => s !== honestSlot)!;
+  assert.equal(slots.length, 2);
+
+  // 1. "I released everything, and more": far ahead of the write position. The publisher clamps it
+  //    and keeps publishing; the honest subscriber still gets every batch intact, in order.
+  const received: number[] = [];
+  const reading = (async () => {
+    while (received.length < 200) {
+      const batch = (await honest.read())!;
+      const seq = batch.batch.getChild('seq')!;
+      for (let i = 0; i < seq.length; i++) received.push(seq.get(i) as number);
+      assert.equal(batch.batch.getChild('label')!.get(0), `row ${seq.get(0)}`);
+      batch.release();
+    }
+  })();
+  for (let i = 0; i < 100; i++) {
+    header.setReadPosition(hostileSlot, Number.MAX_SAFE_INTEGER - i);
+    await publication.write(numbered(1 + 2 * i, 2)); // 100 × ~1 KiB through a 64 KiB ring: it wraps
+  }
+  await reading;
+  assert.deepEqual(received, Array.from({ length: 200 }, (_, i) => 1 + i));
+
+  // 2. "I hold everything": position 0, far behind the window. Clamped to the oldest byte still in
+  //    the ring, it holds the publisher like a stuck subscriber: a typed timeout, no crash.
+  header.setReadPosition(hostileSlot, 0);
+  await assert.rejects(
+    (async () => {
+      for (let i = 0; i < 100; i++) await publication.write(numbered(0, 2));
+    })(),
+    code('ERR_TIMEOUT'),
+  );
+  assert.ok(header.readPosition(honestSlot) > 0);
+});
