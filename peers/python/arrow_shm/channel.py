@@ -42,7 +42,8 @@ from .frame import (
     encode_frame,
 )
 from .message import Message, open_segment
-from .segment import DEFAULT_MAX_MESSAGE_BYTES, write_table_segment
+from .pool import SparePool
+from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, write_table_segment
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -220,6 +221,7 @@ class Channel:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         validate_full: bool = True,
         handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT,
+        spare_segments: bool = True,
     ) -> None:
         if max_message_bytes <= 0:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "max_message_bytes must be positive")
@@ -247,6 +249,8 @@ class Channel:
         #: SUBSCRIBE frames waiting for a publication to answer them.
         self._subscribe_requests: Deque[Frame] = deque()
         self._accept_subscribe = False
+        #: Pre-allocated segments for the next sends (pool.py); None: every send allocates as it writes.
+        self._spares: Optional[SparePool] = SparePool() if spare_segments else None
         try:
             self._check_credentials()
             self._handshake(handshake_timeout)
@@ -676,7 +680,7 @@ class Channel:
             for key in metadata:
                 if isinstance(key, str) and key.startswith("arrow-shm."):
                     raise ArrowShmError(ERR_INVALID_ARGUMENT, f"metadata key {key!r} is reserved")
-        seg, length = write_table_segment(data)
+        seg, length = write_table_segment(data, create=self._spares.take if self._spares else Segment.create)
         with seg:
             if self.peer_max_message_bytes is not None and length > self.peer_max_message_bytes:
                 raise ArrowShmError(
@@ -885,6 +889,8 @@ class Channel:
             offers = list(self._stream_offers)
             self._stream_offers.clear()
         self._drop_socket()
+        if self._spares is not None:
+            self._spares.close()
         for _, fds in offers:
             _close_fds(fds)
         for item in queued:

@@ -4,6 +4,7 @@ publish/subscribe, hostile rings, and no leaked fds or mappings."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -419,6 +420,7 @@ def test_garbage_ipc_in_a_batch_record_is_a_typed_error(pair):
 @pytest.mark.parametrize("case", ["three-fds", "not-eventfd", "unsealed-ring", "wrong-size", "bad-magic"])
 def test_hostile_stream_open_is_refused_and_closes_every_fd(pair, case):
     producer, consumer = pair
+    gc.collect()  # an earlier test's garbage must not close its fds in the middle of the count
     fds_before = open_fds()
     real = RingProducer(SCHEMA, capacity_bytes=65536)
     try:
