@@ -40,7 +40,20 @@ fn invalid<T>(msg: String) -> Result<T> {
     err(ErrorCode::IpcInvalid, msg)
 }
 
-fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body_length: u64, where_: &str) -> Result<()> {
+/// Largest expansion of a compressed buffer, per byte of compressed data: LZ4 frames reach about
+/// 255:1, Zstandard about 32768:1 (an RLE block of 128 KiB from 4 bytes).
+const MAX_LZ4_RATIO: u64 = 256;
+const MAX_ZSTD_RATIO: u64 = 32_768;
+
+fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body: &[u8], where_: &str) -> Result<()> {
+    let body_length = body.len() as u64;
+    // arrow-rs allocates a compressed buffer's declared uncompressed length up front: a length
+    // its codec cannot produce from the bytes at hand must be refused here, or the allocation
+    // aborts the process (a few hundred hostile bytes can declare petabytes).
+    let max_ratio = rb.compression().map(|c| match c.codec() {
+        arrow_ipc::CompressionType::LZ4_FRAME => MAX_LZ4_RATIO,
+        _ => MAX_ZSTD_RATIO,
+    });
     if rb.length() < 0 {
         return invalid(format!("{where_}: negative row count {}", rb.length()));
     }
@@ -54,6 +67,16 @@ fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body_length: u64, where_: &str)
                 return invalid(format!(
                     "{where_}: buffer {i} (offset {off}, length {len}) lies outside the {body_length}-byte body"
                 ));
+            }
+            if let (Some(ratio), true) = (max_ratio, len >= 8) {
+                let at = off as usize;
+                let declared = i64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+                let limit = (len as u64 - 8).saturating_mul(ratio).saturating_add(1024);
+                if declared > 0 && declared as u64 > limit {
+                    return invalid(format!(
+                        "{where_}: compressed buffer {i} of {len} bytes declares an impossible uncompressed length {declared}"
+                    ));
+                }
             }
         }
     }
@@ -133,7 +156,7 @@ pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
                 let Some(rb) = msg.header_as_record_batch() else {
                     return invalid(format!("{where_}: message without a header"));
                 };
-                check_buffers(rb, body_length, &where_)?;
+                check_buffers(rb, &data[body_start..body_start + body_length as usize], &where_)?;
                 info.record_batches += 1;
             }
             MessageHeader::DictionaryBatch => {
@@ -143,7 +166,7 @@ pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
                 let Some(rb) = db.data() else {
                     return invalid(format!("{where_}: dictionary batch without data"));
                 };
-                check_buffers(rb, body_length, &where_)?;
+                check_buffers(rb, &data[body_start..body_start + body_length as usize], &where_)?;
                 info.dictionary_batches += 1;
             }
             other => {
