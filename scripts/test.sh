@@ -17,4 +17,8 @@ cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rus
 peers/cpp/test.sh || status=1
 # ASan+UBSan: the C++ peer's tests and a short mutation fuzz, the addon under the native-level Node tests.
 scripts/sanitize.sh || status=1
+# Coverage-guided fuzzing, short runs (`npm run stress` runs them for minutes): the kept crashers
+# replayed, then atheris on the Python peer's parsers and libFuzzer (+ASan) on the Rust peer's.
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" bash peers/python/fuzz/run.sh || status=1
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-rust.sh || status=1
 exit $status
