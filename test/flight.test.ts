@@ -311,6 +311,10 @@ test('connect/listen pick the transport by address: over grpc:// a channel sends
   otherServer.close();
   await assert.rejects(waiting, code('ERR_PEER_CLOSED'));
   other.close();
+  const third = await connect(listener.address, { upgrade: false });
+  (await listener.accept()).close(); // the server side closes first: the client's next call is refused
+  await assert.rejects(third.send(table), code('ERR_PEER_CLOSED'));
+  third.close();
   await listener.close();
   await assert.rejects(listener.accept(), code('ERR_CLOSED'));
 

@@ -294,6 +294,7 @@ export class FlightListener {
         const channel = channelOf(peer);
         if (channel) channel.deliver(item);
         else if (!(item instanceof ArrowShmError)) item.close();
+        return channel !== null;
       },
       exchange: (peer, request) => {
         const channel = channelOf(peer);

@@ -536,7 +536,8 @@ function peerOf(call: { getPeer(): string; metadata: grpc.Metadata }): FlightPee
 /** @internal Where a FlightListener takes the calls of each client (see FlightPeer). */
 export interface FlightRouter {
   hello(peer: FlightPeer): void;
-  put(peer: FlightPeer, item: FlightMessage | ArrowShmError): void;
+  /** False: no open channel takes it (the client is told ERR_PEER_CLOSED). */
+  put(peer: FlightPeer, item: FlightMessage | ArrowShmError): boolean;
   exchange(peer: FlightPeer, request: FlightMessage): void;
   inbox(peer: FlightPeer, call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void;
   action(peer: FlightPeer, type: string): boolean;
@@ -690,12 +691,14 @@ export class FlightServer {
         else this.#deliver(e as ArrowShmError);
         return refuse(call, toStatus(e));
       }
+      const router = this.#options.router;
+      if (router && !router.put(peerOf(call), message)) return refuse(call, toStatus(fail('ERR_PEER_CLOSED', 'this channel was closed')));
+      if (!router) {
+        this.#tables.set(name, message.bytes);
+        this.#deliver(message);
+      }
       call.write({ app_metadata: Buffer.alloc(0) });
       call.end();
-      const router = this.#options.router;
-      if (router) return router.put(peerOf(call), message);
-      this.#tables.set(name, message.bytes);
-      this.#deliver(message);
     });
   }
 
