@@ -362,3 +362,21 @@ test('a pyarrow.flight client reaches a channel listener; a same-host client of 
     rmSync(dir, { recursive: true });
   }
 });
+
+test('a Flight client killed with SIGKILL while it waits in receive(): the server side of its channel closes with ERR_PEER_CLOSED', async () => {
+  const listener = listen('grpc://127.0.0.1:0');
+  await listener.ready();
+  try {
+    const address = path.join(repoRoot, 'dist', 'src', 'transport', 'address.js');
+    const script = `const { connect } = await import(${JSON.stringify(address)}); const c = await connect(${JSON.stringify(listener.address)}, { upgrade: false }); const r = c.receive(); await new Promise((t) => setTimeout(t, 500)); console.log('receiving'); await r;`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+    const server = await listener.accept();
+    const pending = server.receive();
+    child.kill('SIGKILL'); // its receive() has been waiting on the server for half a second
+    await assert.rejects(pending, code('ERR_PEER_CLOSED'));
+    await assert.rejects(server.send(generateSymbolTable(10)), code('ERR_PEER_CLOSED'));
+  } finally {
+    await listener.close();
+  }
+});

@@ -216,7 +216,9 @@ export class FlightChannel {
     this.#polls.push(call);
     call.on('cancelled', () => {
       const at = this.#polls.indexOf(call);
-      if (at >= 0) this.#polls.splice(at, 1);
+      if (at < 0) return; // answered already (gRPC may report a finished call as cancelled)
+      this.#polls.splice(at, 1);
+      this.#clientGone();
     });
     this.#pump();
   }
@@ -226,7 +228,7 @@ export class FlightChannel {
     this.#close(error);
   }
 
-  /** Pairs queued tables with waiting polls; a poll cut mid-write puts its table back first in line. */
+  /** Pairs queued tables with waiting polls; a table whose poll is cut mid-write fails with the channel. */
   #pump(): void {
     while (this.#outbox.length > 0 && this.#polls.length > 0) {
       const call = this.#polls.shift()!;
@@ -234,15 +236,20 @@ export class FlightChannel {
       let cut = false;
       call.on('cancelled', () => (cut = true));
       void writeAll(call, outgoing.messages, () => cut).then(() => {
-        if (cut) {
-          this.#outbox.unshift(outgoing);
-          return this.#pump();
-        }
-        call.end();
         if (outgoing.timer) clearTimeout(outgoing.timer);
-        outgoing.sent.resolve();
+        if (!cut) {
+          call.end();
+          return outgoing.sent.resolve();
+        }
+        this.#clientGone();
+        outgoing.sent.reject(this.#closeError);
       });
     }
+  }
+
+  /** Only a client's close() or a lost connection cancels its inbox call: either way, it is gone. */
+  #clientGone(): void {
+    this.#close(fail('ERR_PEER_CLOSED', `the client at ${this.address} went away`));
   }
 
   #checkOpen(): void {
