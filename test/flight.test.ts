@@ -314,6 +314,7 @@ test('connect/listen pick the transport by address: over grpc:// a channel sends
   const third = await connect(listener.address, { upgrade: false });
   (await listener.accept()).close(); // the server side closes first: the client's next call is refused
   await assert.rejects(third.send(table), code('ERR_PEER_CLOSED'));
+  assert.ok(third.closed, 'the client end closes too');
   third.close();
   await listener.close();
   await assert.rejects(listener.accept(), code('ERR_CLOSED'));

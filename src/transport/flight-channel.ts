@@ -108,7 +108,7 @@ export class FlightChannel {
   async send(data: Sendable, options: SendOptions = {}): Promise<void> {
     this.#checkOpen();
     if (this.#client) {
-      await this.#client.doPut(this.#name, data, options);
+      await this.#serverSays(this.#client.doPut(this.#name, data, options));
       return;
     }
     const messages = toFlightData(data, null, encodeMetadata(options.metadata));
@@ -131,7 +131,17 @@ export class FlightChannel {
   async request(data: Sendable, options: SendOptions = {}): Promise<FlightMessage> {
     this.#checkOpen();
     if (!this.#client) throw fail('ERR_INVALID_ARGUMENT', 'the server side of a Flight channel answers requests (message.respond) but cannot make them: gRPC has no calls from server to client');
-    return this.#client.exchange(this.#name, data, options);
+    return this.#serverSays(this.#client.exchange(this.#name, data, options));
+  }
+
+  /** A client call's result; the server's word that the channel is closed closes this end too. */
+  async #serverSays<T>(call: Promise<T>): Promise<T> {
+    try {
+      return await call;
+    } catch (e) {
+      if (e instanceof ArrowShmError && e.code === 'ERR_PEER_CLOSED' && e.remote) this.#close(e);
+      throw e;
+    }
   }
 
   /** The next table (or request) from the other side. */
