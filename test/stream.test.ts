@@ -47,6 +47,19 @@ function numbered(first: number, rows: number): Table {
   });
 }
 
+/** The fds of stream rings this process holds (to scribble over a ring as a hostile peer would). */
+function ringFds(): number[] {
+  return readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
+      } catch {
+        return false;
+      }
+    });
+}
+
 const isSettled = async (p: Promise<unknown>): Promise<boolean> => {
   const marker = Symbol();
   return (await Promise.race([p.then(() => true, () => true), new Promise((r) => setTimeout(() => r(marker), 50))])) !== marker;
@@ -189,16 +202,6 @@ function tableFromBatch(batch: RecordBatch): Table {
 
 test('a reader detects a corrupted ring (ERR_RING_INVALID) and a hostile STREAM_OPEN is refused', async (t) => {
   const schema = numbered(0, 1).schema;
-  const ringFds = () =>
-    readdirSync('/proc/self/fd')
-      .map(Number)
-      .filter((fd) => {
-        try {
-          return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
-        } catch {
-          return false;
-        }
-      });
   const before = new Set(ringFds());
   const { writer, reader, done } = await streamPair(t, schema);
   await writer.write(numbered(0, 5));
@@ -449,15 +452,7 @@ test('a hostile subscriber scribbling its read position cannot make the publishe
   t.after(() => (honest.close(), hostile.close()));
   await publication.waitForSubscribers(2);
   // The ring's header page, mapped writable as every subscriber maps it.
-  const ringFd = readdirSync('/proc/self/fd')
-    .map(Number)
-    .find((fd) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
-      } catch {
-        return false;
-      }
-    })!;
+  const ringFd = ringFds()[0]!;
   const header = new RingHeader(native.mmap(ringFd, RING_HEADER_BYTES, true));
   t.after(() => native.unmap(header.u64.buffer as ArrayBuffer));
   // Which slot is the honest one: the one that moves when it releases a batch.
