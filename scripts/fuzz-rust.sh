@@ -22,7 +22,7 @@ seconds="${FUZZ_SECONDS:-30}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 max_len="${FUZZ_MAX_LEN:-65536}"
 triple="x86_64-unknown-linux-gnu"
-all_targets="frame_decode kv_decode ipc_validate ipc_decode segment_open channel_accept"
+all_targets="frame_decode kv_decode ipc_validate ipc_decode segment_open channel_accept ring_record"
 targets="${FUZZ_TARGETS:-$all_targets}"
 
 die() { echo "fuzz-rust: error: $*" >&2; exit 2; }

@@ -1,4 +1,4 @@
-// Node against pyarrow and the seed proof of concept's programs (Python equivalents in test/python).
+// Node against pyarrow and the Rust engine (the seed's programs, for every peer: seed.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -36,35 +36,6 @@ test('pyarrow reads what the aligned writer writes, equal to every gold stream a
   const different = r.stdout.split('\n').filter((l) => l.startsWith('DIFFERENT'));
   assert.deepEqual(different.map((l) => path.basename(l.split(' ')[1]!)), ['generated_duplicate_fieldnames.stream'], r.stdout + r.stderr);
   assert.ok(r.stdout.split('\n').filter((l) => l.startsWith('equal')).length >= 18, r.stdout);
-  rmSync(dir, { recursive: true });
-});
-
-test("the seed's receiver.py reads what `arrow-shm send --seed-compat` sends", async () => {
-  const dir = tmp();
-  const address = path.join(dir, 'memfd_socket');
-  const file = goldStreams().find((f) => f.endsWith('generated_primitive.stream'))!;
-  const sender = await startListening(process.execPath, [cliScript, 'send', '--seed-compat', '--socket', address, file]);
-  const r = await runProcess(venvPython, [script('seed_receiver.py'), address]);
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal((await sender.done).code, 0);
-  const expected = tableFromIPC(readFileSync(file));
-  assert.match(r.stdout, new RegExp(`Number of rows: ${expected.batches[0]!.numRows}`));
-  rmSync(dir, { recursive: true });
-});
-
-test("`arrow-shm recv --seed-compat` reads what the seed's sender sends (unsealed memfd of 40960 bytes)", async () => {
-  const dir = tmp();
-  const address = path.join(dir, 'memfd_socket');
-  const sender = await startListening(venvPython, [script('seed_sender.py'), address]);
-  const r = await runCli(['recv', '--seed-compat', '--socket', address, '--print', '--out', path.join(dir, 'got.arrows')]);
-  const sent = await sender.done;
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal(sent.code, 0);
-  const values = sent.stdout.trim().split(',').map(Number);
-  const table = tableFromIPC(readFileSync(path.join(dir, 'got.arrows')));
-  assert.deepEqual([...table.getChild('rand')!.toArray()], values);
-  assert.match(r.stdout, /rows: 100, columns: 1/);
-  // without --seed-compat the same unsealed segment is refused
   rmSync(dir, { recursive: true });
 });
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Smoke test of the C++ peer: the library's selftest (zero copy, unmapping, request/response),
-# gold streams node->cpp, cpp->node, cpp->cpp (bytes compared with cmp),
+# Smoke test of the C++ peer: the library's selftest (zero copy, unmapping, request/response,
+# streams), gold streams node->cpp, cpp->node, cpp->cpp (bytes compared with cmp),
 # ARROW1 files cpp->cpp (re-framed stream validated), every fuzz file through `validate` and through
-# cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, and hostile frames.
+# cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, hostile frames, and
+# streams by CLI (send --stream / recv --stream, pub / sub) with node and python, both ways.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -156,6 +157,111 @@ hostile outside ERR_SEGMENT_BOUNDS
 hostile zero ERR_SEGMENT_BOUNDS
 hostile leased ERR_SEGMENT_UNSEALED
 hostile nofd ERR_PROTOCOL
+
+# 6. streams by CLI (PROTOCOL.md §12): the received stream file read by pyarrow equals the input
+same_table() {  # EXPECTED RECEIVED [times]: pyarrow reads RECEIVED as EXPECTED's rows `times` times over
+  "$py" - "$@" <<'PY' >/dev/null 2>&1
+import sys, pyarrow as pa, pyarrow.ipc as ipc
+expected = ipc.open_stream(pa.py_buffer(open(sys.argv[1], "rb").read())).read_all()
+received = ipc.open_stream(pa.py_buffer(open(sys.argv[2], "rb").read())).read_all()
+times = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+sys.exit(0 if received.equals(pa.concat_tables([expected] * times)) else 1)
+PY
+}
+stream_transfer() {  # RECV_LANG SEND_LANG FILE [send flags...]: sets $out, $src, $rrc
+  local rl="$1" sl="$2" file="$3"
+  shift 3
+  n=$((n + 1))
+  local sock="@arrow-shm-cpp-test-$$-$n"
+  out="$tmp/$n.arrows"
+  cli "$rl"
+  "${cmd[@]}" recv --stream --socket "$sock" --out "$out" --timeout-ms 20000 >/dev/null 2>"$tmp/$n.recv.err" &
+  local pid=$!
+  if ! wait_listening "$tmp/$n.recv.err" "$pid"; then
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    src=99 rrc=99
+    return
+  fi
+  cli "$sl"
+  timeout 30 "${cmd[@]}" send --stream --socket "$sock" --timeout-ms 20000 "$@" "$file" >/dev/null 2>"$tmp/$n.send.err"
+  src=$?
+  wait "$pid"
+  rrc=$?
+}
+# A file with a dictionary that grows and is replaced, a 64 KiB ring that wraps, and batches too
+# big for it (STREAM_SEGMENT).
+"$py" - "$tmp/mixed.arrows" <<'PY'
+import sys, pyarrow as pa, pyarrow.ipc as ipc
+schema = pa.schema([("i", pa.int64()), ("s", pa.string()), ("d", pa.dictionary(pa.int32(), pa.string()))])
+with open(sys.argv[1], "wb") as f:
+    w = ipc.new_stream(f, schema, options=ipc.IpcWriteOptions(emit_dictionary_deltas=True))
+    for b in range(24):
+        n = [10, 300, 3000, 20000][b % 4]
+        words = [f"w{k}" for k in range(5 + b)] if b < 12 else [f"r{b}-{k}" for k in range(7)]
+        d = pa.DictionaryArray.from_arrays(pa.array([k % len(words) for k in range(n)], pa.int32()), pa.array(words))
+        w.write_batch(pa.record_batch([pa.array(range(n), pa.int64()), pa.array([f"row{b}-{k}" for k in range(n)]), d], schema=schema))
+    w.close()
+PY
+stream_files=("$gold/1.0.0-littleendian/generated_primitive.stream" "$gold/1.0.0-littleendian/generated_dictionary.stream"
+  "$gold/1.0.0-littleendian/generated_nested_dictionary.stream" "$gold/1.0.0-littleendian/generated_nested.stream"
+  "$gold/2.0.0-compression/generated_zstd.stream" "$gold/1.0.0-littleendian/generated_primitive_no_batches.stream")
+for f in "${stream_files[@]}" "$tmp/mixed.arrows"; do
+  for pair in "cpp cpp" "cpp node" "node cpp" "cpp python" "python cpp"; do
+    set -- $pair
+    stream_transfer "$1" "$2" "$f" --ring-bytes 65536
+    if [[ $src == 0 && $rrc == 0 ]] && same_table "$f" "$out"; then pass; else
+      fail "stream $2 -> $1 $(basename "$f") (send $src, recv $rrc): $(cat "$tmp/$n.send.err" "$tmp/$n.recv.err" | grep -v listening | head -2)"
+    fi
+  done
+done
+
+# pub / sub: a C++ publication to C++, Node and Python subscribers; Node and Python publications to C++
+pubsub() {  # PUB_LANG SUB_LANG...
+  local pl="$1" file="$gold/1.0.0-littleendian/generated_dictionary.stream"
+  shift
+  n=$((n + 1))
+  local sock="@arrow-shm-cpp-test-$$-$n" pids=() i=0 rc
+  cli "$pl"
+  "${cmd[@]}" pub --socket "$sock" --subscribers $# --ring-bytes 65536 --timeout-ms 20000 "$file" "$file" >/dev/null 2>"$tmp/$n.pub.err" &
+  local pub=$!
+  for s in "$@"; do
+    cli "$s"
+    timeout 30 "${cmd[@]}" sub --socket "$sock" --out "$tmp/$n.sub$i.arrows" --timeout-ms 20000 >/dev/null 2>"$tmp/$n.sub$i.err" &
+    pids+=($!)
+    i=$((i + 1))
+  done
+  i=0
+  for s in "$@"; do
+    wait "${pids[$i]}"
+    rc=$?
+    if [[ $rc == 0 ]] && same_table "$file" "$tmp/$n.sub$i.arrows" 2; then pass; else
+      fail "pub $pl -> sub $s (status $rc): $(cat "$tmp/$n.sub$i.err" | head -2)"
+    fi
+    i=$((i + 1))
+  done
+  wait "$pub" && pass || fail "pub $pl exited with $?: $(grep -v listening "$tmp/$n.pub.err" | head -2)"
+}
+pubsub cpp cpp node python
+pubsub node cpp
+pubsub python cpp
+
+# a stream sent to a plain recv (no --stream) is refused at once, not left waiting
+n=$((n + 1))
+"$bin" recv --socket "@arrow-shm-cpp-test-$$-$n" --timeout-ms 10000 >/dev/null 2>"$tmp/$n.recv.err" &
+pid=$!
+if wait_listening "$tmp/$n.recv.err" "$pid"; then
+  timeout 10 "$bin" send --stream --socket "@arrow-shm-cpp-test-$$-$n" --timeout-ms 10000 "$first" >/dev/null 2>"$tmp/$n.send.err"
+  rc=$?
+  kill "$pid" 2>/dev/null
+  if [[ $rc == 1 ]] && grep -q ERR_INVALID_ARGUMENT "$tmp/$n.send.err"; then pass; else fail "stream to a plain recv: status $rc $(cat "$tmp/$n.send.err")"; fi
+fi
+wait "$pid" 2>/dev/null
+
+# --help / -h: usage on stdout, status 0, for the program and each command
+for args in "--help" "-h" "send --help" "recv --help" "pub -h" "sub --help" "validate --help" "engine --help"; do
+  # shellcheck disable=SC2086
+  if "$bin" $args 2>/dev/null | grep -q '^Usage: arrow-shm-cpp'; then pass; else fail "help: $args"; fi
+done
 
 echo "$passed passed, $failed failed"
 [[ $failed == 0 ]]

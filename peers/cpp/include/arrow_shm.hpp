@@ -72,7 +72,15 @@ constexpr const char* kDefaultSeedSocket = "/tmp/memfd_socket";
 constexpr const char* kImplementation = "arrow-shm-cpp/0.1.0";
 
 // ---- frames (§3) ----
-enum class Kind : uint8_t { Hello = 1, Welcome, Table, Ack, Release, Error, Goodbye };
+enum class Kind : uint8_t {
+  Hello = 1, Welcome, Table, Ack, Release, Error, Goodbye,
+  StreamOpen, StreamSegment, Subscribe  // §12.1, capability "stream"
+};
+constexpr uint8_t kMaxKind = static_cast<uint8_t>(Kind::Subscribe);
+// Error codes added for streams (§12.4); the others are spelled out where they are thrown.
+constexpr const char* kErrRingFull = "ERR_RING_FULL";
+constexpr const char* kErrNoReaderSlot = "ERR_NO_READER_SLOT";
+constexpr const char* kErrRingInvalid = "ERR_RING_INVALID";
 enum Flags : uint8_t { kLeased = 1, kRequest = 2, kResponse = 4 };
 constexpr uint32_t kHeaderLength = 64;
 constexpr size_t kMaxFrameBytes = 65536;
@@ -107,6 +115,8 @@ void wait_readable(int fd, const Deadline& d, const char* what);
 size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, int& msg_flags);
 // sendmsg of one datagram with an optional fd (-1: none); ERR_PEER_CLOSED if the peer hung up.
 void send_with_fd(int sock, const void* data, size_t n, int pass_fd);
+// The same with any number of fds (STREAM_OPEN carries 4).
+void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds);
 
 // ---- segments (§5, §6) ----
 // Creates a memfd of max(length, min_size) bytes holding `length` bytes produced by `fill`

@@ -1,6 +1,9 @@
 // One connection: handshake, TABLE/ACK/ERROR/GOODBYE and request/response (PROTOCOL §4-§9).
 #include "arrow_shm/channel.hpp"
 
+#include <cerrno>
+
+#include <poll.h>
 #include <unistd.h>
 
 namespace arrow_shm {
@@ -14,6 +17,35 @@ Deadline deadline_of(Timeout t) {
 
 Error remote_error(const Frame& f, const char* fallback) {
   return Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or(fallback));
+}
+
+// This side understands streams (§12); it does not offer "lease".
+constexpr const char* kCapabilities = "stream";
+
+std::vector<std::string> split_capabilities(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t comma = list.find(',', start);
+    if (comma == std::string::npos) comma = list.size();
+    std::string item = list.substr(start, comma - start);
+    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+    start = comma + 1;
+  }
+  return out;
+}
+
+uint32_t parse_pid(const std::optional<std::string>& text) {
+  if (!text || text->empty() || text->size() > 9 || text->find_first_not_of("0123456789") != std::string::npos) return 0;
+  return static_cast<uint32_t>(std::stoul(*text));
+}
+
+constexpr size_t kMaxQueuedStreamOffers = 4;
+constexpr size_t kMaxQueuedStreamSegments = 256;
+
+bool carries_fds(Kind kind) {
+  return kind == Kind::Table || kind == Kind::StreamOpen || kind == Kind::StreamSegment;
 }
 
 }  // namespace
@@ -52,7 +84,7 @@ void Channel::handshake_as_connector(const Deadline& d) {
   hello.kind = Kind::Hello;
   hello.metadata = {{"min_version", "1"},
                     {"max_version", "1"},
-                    {"capabilities", ""},
+                    {"capabilities", kCapabilities},
                     {"implementation", kImplementation},
                     {"pid", std::to_string(::getpid())}};
   send_frame(hello);
@@ -73,6 +105,8 @@ void Channel::handshake_as_connector(const Deadline& d) {
       fatal(Error("ERR_PROTOCOL", "bad max_message_bytes in WELCOME"));
     }
   }
+  peer_capabilities_ = split_capabilities(f.get("capabilities").value_or(""));
+  peer_pid_ = parse_pid(f.get("pid"));
   handshaken_ = true;
 }
 
@@ -99,8 +133,10 @@ void Channel::handshake_as_listener(const Deadline& user) {
   if (lo > 1 || hi < 1) fatal(Error("ERR_PROTOCOL_VERSION", "no common protocol version (this side speaks 1)"));
   Frame welcome;
   welcome.kind = Kind::Welcome;
+  peer_capabilities_ = split_capabilities(f.get("capabilities").value_or(""));
+  peer_pid_ = parse_pid(f.get("pid"));
   welcome.metadata = {{"version", "1"},
-                      {"capabilities", ""},
+                      {"capabilities", kCapabilities},
                       {"implementation", kImplementation},
                       {"pid", std::to_string(::getpid())},
                       {"max_message_bytes", std::to_string(kDefaultMaxMessageBytes)}};
@@ -123,11 +159,45 @@ void Channel::close() {
 // Frames
 
 uint64_t Channel::send_frame(Frame f, int pass_fd) {
+  std::vector<int> fds;
+  if (pass_fd >= 0) fds.push_back(pass_fd);
+  return send_frame_fds(std::move(f), fds);
+}
+
+uint64_t Channel::send_frame_fds(Frame f, const std::vector<int>& fds) {
   if (!fd_) throw Error("ERR_CLOSED", "the channel is closed");
   f.message_id = next_id_++;
   auto bytes = encode_frame(f);
-  send_with_fd(fd_.get(), bytes.data(), bytes.size(), pass_fd);
+  send_with_fds(fd_.get(), bytes.data(), bytes.size(), fds);
   return f.message_id;
+}
+
+bool Channel::peer_has_capability(const std::string& name) const {
+  for (auto& c : peer_capabilities_)
+    if (c == name) return true;
+  return false;
+}
+
+bool Channel::pump(int timeout_ms) {
+  while (fd_ && !peer_gone_) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    int r = ::poll(&p, 1, timeout_ms);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw_errno("poll", errno);
+    if (r == 0) return true;
+    timeout_ms = 0;  // then only what is already there
+    try {
+      auto frame = read_frame(Clock::now());
+      if (!frame) return false;  // hung up
+      handle_other(*frame);
+    } catch (const Error& e) {
+      // A fatal frame, or the peer's ERROR about the connection: it is over.
+      if (!failure_) failure_ = e;
+      peer_gone_ = true;
+      return false;
+    }
+  }
+  return false;
 }
 
 void Channel::send_error(const Error& e, uint64_t correlation_id, uint8_t flags) {
@@ -174,9 +244,35 @@ std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
 
 bool Channel::handle_other(Received& r) {
   const Frame& f = r.frame;
-  if (f.kind != Kind::Table && !r.fds.empty())
-    fatal(Error("ERR_PROTOCOL", "file descriptors attached to a non-TABLE frame"));
+  if (!carries_fds(f.kind) && !r.fds.empty())
+    fatal(Error("ERR_PROTOCOL", "file descriptors attached to a frame that carries none"));
   switch (f.kind) {
+    // Queued stream frames hold fds: a peer cannot queue without bound (one stream at a time, §12).
+    case Kind::StreamOpen:
+      if (!options_.receives_streams) {
+        r.fds.clear();
+        send_error(Error("ERR_INVALID_ARGUMENT", "this side receives no stream"), f.message_id);
+      } else if (stream_offers_.size() >= kMaxQueuedStreamOffers) {
+        r.fds.clear();
+        send_error(Error("ERR_PROTOCOL", "another STREAM_OPEN while streams are still offered"), f.message_id);
+      } else {
+        stream_offers_.push_back(std::move(r));
+      }
+      return true;
+    case Kind::StreamSegment:
+      if (!stream_reader_open_ || stream_segments_.size() >= kMaxQueuedStreamSegments) {
+        r.fds.clear();
+        send_error(Error("ERR_PROTOCOL", stream_reader_open_ ? "too many STREAM_SEGMENTs ahead of their records"
+                                                              : "STREAM_SEGMENT without an open stream"),
+                   f.message_id);
+      } else {
+        stream_segments_.push_back(std::move(r));
+      }
+      return true;
+    case Kind::Subscribe:
+      if (accepts_subscribe_) subscribe_requests_.push_back(f);
+      else send_error(Error("ERR_INVALID_ARGUMENT", "this side publishes no stream"), f.message_id);
+      return true;
     case Kind::Table:
       if (f.flags & kResponse) {  // a late response to a request that timed out: ACK and drop
         try {
@@ -201,6 +297,7 @@ bool Channel::handle_other(Received& r) {
       fatal(Error("ERR_PROTOCOL", "handshake frame after the handshake"));
     case Kind::Goodbye:
       peer_gone_ = true;
+      if (!failure_) failure_ = Error("ERR_PEER_CLOSED", "the peer said GOODBYE");
       return false;
     default:  // ACK / RELEASE of nothing pending
       return true;

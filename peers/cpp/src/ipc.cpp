@@ -14,9 +14,9 @@
 #include <arrow/table.h>
 #include <arrow/type.h>
 
-namespace arrow_shm {
+#include "ipc_internal.hpp"
 
-namespace {
+namespace arrow_shm {
 
 Error ipc_error(const arrow::Status& st) {
   const std::string msg = st.message();
@@ -27,6 +27,8 @@ Error ipc_error(const arrow::Status& st) {
   }
   return Error("ERR_IPC_INVALID", msg.empty() ? st.ToString() : msg);
 }
+
+namespace {
 
 void check(const arrow::Status& st) {
   if (!st.ok()) throw ipc_error(st);
@@ -94,6 +96,8 @@ std::shared_ptr<arrow::DataType> storage_type(const std::shared_ptr<arrow::DataT
   }
 }
 
+}  // namespace
+
 // ValidateFull(), where a value-rule failure is retried on a zero-copy view of the column as its
 // storage type, so every memory-safety check (offsets, lengths, indices) still runs.
 void validate_batch(const arrow::RecordBatch& batch) {
@@ -111,6 +115,8 @@ void validate_batch(const arrow::RecordBatch& batch) {
     check((*viewed)->ValidateFull());
   }
 }
+
+namespace {
 
 // Writes schema + batches as an IPC stream (buffers 64-byte aligned) into a new segment:
 // sized first with a mock stream, then written in place into the mapping (no extra copy).

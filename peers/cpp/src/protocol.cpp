@@ -122,7 +122,7 @@ Frame decode_frame(const uint8_t* p, size_t n) {
   Frame f;
   f.version = get<uint16_t>(p + 4);
   uint8_t kind = p[6];
-  if (kind < 1 || kind > 7) throw protocol("unknown frame kind " + std::to_string(kind));
+  if (kind < 1 || kind > kMaxKind) throw protocol("unknown frame kind " + std::to_string(kind));
   f.kind = static_cast<Kind>(kind);
   f.flags = p[7];
   if (f.flags & ~(kLeased | kRequest | kResponse)) throw protocol("unknown frame flags");
@@ -272,20 +272,28 @@ size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, i
 }
 
 void send_with_fd(int sock, const void* data, size_t n, int pass_fd) {
+  std::vector<int> fds;
+  if (pass_fd >= 0) fds.push_back(pass_fd);
+  send_with_fds(sock, data, n, fds);
+}
+
+void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds) {
   iovec iov{const_cast<void*>(data), n};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  if (pass_fd >= 0) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+  if (pass_fds.size() > 16) throw Error("ERR_INVALID_ARGUMENT", "more than 16 fds on one frame");
+  if (!pass_fds.empty()) {
+    const size_t bytes = sizeof(int) * pass_fds.size();
     std::memset(control, 0, sizeof control);
     msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
+    msg.msg_controllen = CMSG_SPACE(bytes);
     cmsghdr* c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &pass_fd, sizeof pass_fd);
+    c->cmsg_len = CMSG_LEN(bytes);
+    std::memcpy(CMSG_DATA(c), pass_fds.data(), bytes);
   }
   ssize_t r;
   do {

@@ -1,14 +1,22 @@
 // arrow-shm-cpp-selftest: the library in one process, over a socketpair with a thread per side.
 // Prints one "PASS: name" or "FAIL: name: why" line per check (peers/cpp/test.sh counts them).
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
 
 #include <arrow/api.h>
+#include <arrow/io/memory.h>
+#include <arrow/ipc/reader.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "arrow_shm/channel.hpp"
+#include "arrow_shm/stream.hpp"
 #include "engine.hpp"
 
 using namespace arrow_shm;
@@ -163,6 +171,316 @@ void run() {
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Streams (§12): a C++ producer and a C++ consumer over a socketpair, a thread each.
+
+size_t open_fds() {
+  size_t n = 0;
+  for ([[maybe_unused]] auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) n++;
+  return n;
+}
+
+std::string gold_dir() {
+  if (const char* env = std::getenv("ARROW_GOLD")) return env;
+  // <repo>/.build/cpp*/arrow-shm-cpp-selftest -> <repo>/../shared/testdata/arrow-gold
+  auto exe = std::filesystem::read_symlink("/proc/self/exe");
+  return (exe.parent_path().parent_path().parent_path().parent_path() / "shared/testdata/arrow-gold").string();
+}
+
+std::shared_ptr<arrow::Table> read_stream_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (bytes.empty()) throw std::runtime_error("cannot read " + path);
+  auto buffer = arrow::Buffer::FromString(std::move(bytes));
+  auto reader = value(arrow::ipc::RecordBatchStreamReader::Open(std::make_shared<arrow::io::BufferReader>(buffer)));
+  return value(reader->ToTable());
+}
+
+// Every buffer of `data` except the dictionaries' (copied out of the ring by design) inside [lo, hi).
+bool inside_except_dictionaries(const arrow::ArrayData& data, const uint8_t* lo, const uint8_t* hi, std::string& why) {
+  for (auto& b : data.buffers) {
+    if (!b || b->size() == 0) continue;
+    if (b->data() < lo || b->data() + b->size() > hi) {
+      why = data.type->ToString() + " buffer outside the ring's data area";
+      return false;
+    }
+  }
+  for (auto& c : data.child_data)
+    if (!inside_except_dictionaries(*c, lo, hi, why)) return false;
+  return true;
+}
+
+struct StreamPair {
+  std::unique_ptr<Channel> producer_side, consumer_side;  // destroyed last
+  std::unique_ptr<StreamWriter> writer;
+  std::unique_ptr<StreamReader> reader;
+};
+
+StreamPair open_stream_pair(const std::shared_ptr<arrow::Schema>& schema, StreamWriterOptions options) {
+  const Timeout timeout = std::chrono::seconds(10);
+  StreamPair p;
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw_errno("socketpair", errno);
+  std::thread accepting([&] { p.consumer_side = Channel::accept(Fd(fds[1]), timeout); });
+  p.producer_side = Channel::handshake(Fd(fds[0]), timeout);
+  accepting.join();
+  std::exception_ptr failure;
+  std::thread opening([&] {
+    try {
+      p.writer = StreamWriter::open(*p.producer_side, schema, options);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  });
+  StreamReaderOptions reader_options;
+  reader_options.read_timeout = timeout;
+  try {
+    p.reader = StreamReader::accept(*p.consumer_side, timeout, reader_options);
+  } catch (...) {
+    opening.join();
+    throw;
+  }
+  opening.join();
+  if (failure) std::rethrow_exception(failure);
+  return p;
+}
+
+// Writes `batches` from a thread and ends the stream; reads everything here. Returns what was read.
+struct StreamRun {
+  std::vector<std::shared_ptr<arrow::RecordBatch>> batches;
+  bool zero_copy = true;
+  std::string why;
+  std::optional<Error> producer_error;
+};
+
+StreamRun run_stream(StreamPair& p, const std::vector<std::shared_ptr<arrow::RecordBatch>>& batches) {
+  StreamRun run;
+  std::thread producing([&] {
+    try {
+      for (auto& b : batches) p.writer->write(*b);
+      p.writer->close(std::chrono::seconds(10));
+    } catch (const Error& e) {
+      run.producer_error = e;
+      p.writer->abort();
+    }
+  });
+  const uint8_t* lo = p.reader->data_area();
+  const uint8_t* hi = lo + p.reader->capacity();
+  try {
+    while (auto batch = p.reader->read()) {
+      // Only BATCH records lie in the ring; EXTERNAL ones are in their own segment.
+      if (static_cast<uint64_t>(batch->data->size()) < p.reader->capacity() / 4 && batch->data->data() >= lo &&
+          batch->data->data() < hi)
+        for (auto& column : batch->batch->columns())
+          run.zero_copy = inside_except_dictionaries(*column->data(), lo, hi, run.why) && run.zero_copy;
+      run.batches.push_back(batch->batch);
+      // Keep a copy-free reference for comparison only after the stream: copy it now, the ring moves on.
+      run.batches.back() = value(run.batches.back()->CopyTo(arrow::default_cpu_memory_manager()));
+      batch->release();
+    }
+  } catch (...) {
+    p.reader->close();  // the producer sees the reader leave instead of waiting for room forever
+    producing.join();
+    throw;
+  }
+  producing.join();
+  return run;
+}
+
+void streams() {
+  const size_t fds_before = open_fds();
+
+  // 1. gold files, dictionaries included (whole, nested), through a 64 KiB ring
+  const std::string gold = gold_dir() + "/1.0.0-littleendian/";
+  for (const char* name : {"generated_primitive", "generated_dictionary", "generated_nested_dictionary",
+                           "generated_nested", "generated_map"}) {
+    const std::string test = std::string("stream C++ -> C++: ") + name;
+    try {
+      auto table = read_stream_file(gold + name + ".stream");
+      StreamWriterOptions options;
+      options.capacity_bytes = 65536;
+      auto p = open_stream_pair(table->schema(), options);
+      arrow::TableBatchReader reader(*table);
+      auto batches = value(reader.ToRecordBatches());
+      auto run = run_stream(p, batches);
+      auto got = value(arrow::Table::FromRecordBatches(p.reader->schema(), run.batches));
+      report(test, !run.producer_error && got->Equals(*table),
+             run.producer_error ? run.producer_error->code() : got->ToString().substr(0, 200));
+      report(test + ": batch buffers lie inside the ring mapping (zero copy)", run.zero_copy, run.why);
+    } catch (const std::exception& e) {
+      report(test, false, e.what());
+    }
+  }
+
+  // 2. a dictionary that grows (deltas), then is replaced, and a batch larger than a quarter of
+  //    the ring (STREAM_SEGMENT + EXTERNAL), with wrap-around padding in between
+  try {
+    auto schema = arrow::schema({arrow::field("n", arrow::int64()),
+                                 arrow::field("d", arrow::dictionary(arrow::int32(), arrow::utf8()))});
+    std::vector<std::shared_ptr<arrow::RecordBatch>> batches;
+    for (int b = 0; b < 40; b++) {
+      const int rows = b == 20 ? 50000 : 200;
+      arrow::Int64Builder n;
+      arrow::StringDictionary32Builder d;
+      // Growth (a prefix of the same words: deltas), then other words from batch 30 (replacement).
+      auto word = [&](int k) {
+        std::string w(1, b < 30 ? 'w' : 'x');
+        w.append(std::to_string(k));
+        return w;
+      };
+      arrow::StringBuilder memo;
+      for (int w = 0; w < 3 + b; w++)
+        if (!memo.Append(word(w)).ok()) throw std::runtime_error("memo");
+      if (!d.InsertMemoValues(*value(memo.Finish())).ok()) throw std::runtime_error("memo");
+      for (int i = 0; i < rows; i++) {
+        if (!n.Append(i).ok() || !d.Append(word(i % (3 + b))).ok()) throw std::runtime_error("append");
+      }
+      batches.push_back(arrow::RecordBatch::Make(schema, rows, {value(n.Finish()), value(d.Finish())}));
+    }
+    StreamWriterOptions options;
+    options.capacity_bytes = 65536;
+    auto p = open_stream_pair(schema, options);
+    auto run = run_stream(p, batches);
+    bool equal = run.batches.size() == batches.size();
+    for (size_t i = 0; equal && i < batches.size(); i++) equal = run.batches[i]->Equals(*batches[i]);
+    report("stream: dictionary deltas and replacement, a batch through STREAM_SEGMENT", !run.producer_error && equal,
+           run.producer_error ? run.producer_error->code() : std::to_string(run.batches.size()) + " batches");
+  } catch (const std::exception& e) {
+    report("stream: dictionary deltas and replacement, a batch through STREAM_SEGMENT", false, e.what());
+  }
+
+  auto small = arrow::RecordBatch::Make(arrow::schema({arrow::field("n", arrow::int64())}), 1000,
+                                        {value(arrow::MakeArrayFromScalar(arrow::Int64Scalar(7), 1000))});
+
+  // 3. a full ring with fail_when_full: ERR_RING_FULL while the reader holds its batches, room again once released
+  try {
+    StreamWriterOptions options;
+    options.capacity_bytes = 65536;
+    options.fail_when_full = true;
+    auto p = open_stream_pair(small->schema(), options);
+    int written = 0;
+    std::string code = "none";
+    try {
+      for (; written < 1000; written++) p.writer->write(*small);
+    } catch (const Error& e) {
+      code = e.code();
+    }
+    report("stream: a full ring fails fast with ERR_RING_FULL", code == "ERR_RING_FULL" && written > 0,
+           code + " after " + std::to_string(written) + " batches");
+    auto first = p.reader->read();
+    first.reset();  // released: its room is free again
+    bool room = true;
+    try {
+      p.writer->write(*small);
+    } catch (const Error& e) {
+      room = false;
+    }
+    report("stream: a released batch makes room again", room);
+    auto run = run_stream(p, {});
+    report("stream: the rest of a full ring is read in order", run.batches.size() == static_cast<size_t>(written),
+           std::to_string(run.batches.size()) + " of " + std::to_string(written));
+  } catch (const std::exception& e) {
+    report("stream: a full ring fails fast with ERR_RING_FULL", false, e.what());
+  }
+
+  // 4. the producer goes before END: the reader drains what was published, then ERR_PEER_CLOSED
+  try {
+    auto p = open_stream_pair(small->schema(), {});
+    for (int i = 0; i < 3; i++) p.writer->write(*small);
+    p.writer->abort();  // no END; the channel closes
+    int read = 0;
+    std::string code = "none";
+    try {
+      while (auto batch = p.reader->read()) read++;
+    } catch (const Error& e) {
+      code = e.code();
+    }
+    report("stream: producer gone before END -> every batch, then ERR_PEER_CLOSED", read == 3 && code == "ERR_PEER_CLOSED",
+           std::to_string(read) + " batches, " + code);
+  } catch (const std::exception& e) {
+    report("stream: producer gone before END", false, e.what());
+  }
+
+  // 5. hostile ring records: ERR_RING_INVALID (reported to the producer), never a crash
+  struct Hostile {
+    const char* name;
+    std::function<void(uint8_t* data, uint64_t& write_position)> scribble;
+  };
+  auto header = [](uint8_t* at, uint32_t length, uint32_t kind, uint64_t ipc_length) {
+    std::memcpy(at, &length, 4);
+    std::memcpy(at + 4, &kind, 4);
+    std::memcpy(at + 16, &ipc_length, 8);
+  };
+  const Hostile cases[] = {
+      {"unknown record kind", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 64, 9, 0), wp += 64; }},
+      {"length not a multiple of 64", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 100, 1, 8), wp += 128; }},
+      {"length past the write position", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 4096, 1, 8), wp += 64; }},
+      {"length past the data area", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 1u << 30, 1, 8), wp += 1u << 16; }},
+      {"BATCH ipc_length past its record", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 128, 1, 1000), wp += 128; }},
+      {"PADDING that does not fill the rest", [&](uint8_t* d, uint64_t& wp) { header(d + wp, 64, 2, 0), wp += 64; }},
+      {"garbage IPC in a BATCH record", [&](uint8_t* d, uint64_t& wp) {
+         header(d + wp, 256, 1, 192);
+         std::memset(d + wp + 64, 0x5a, 192);
+         wp += 256;
+       }},
+      {"write position going back", [&](uint8_t*, uint64_t& wp) { wp -= 64; }},
+      {"write position more than the ring ahead", [&](uint8_t*, uint64_t& wp) { wp += 1u << 20; }},
+  };
+  for (auto& c : cases) {
+    const std::string test = std::string("stream: hostile ring, ") + c.name;
+    try {
+      StreamWriterOptions options;
+      options.capacity_bytes = 65536;
+      auto p = open_stream_pair(small->schema(), options);
+      p.writer->write(*small);
+      p.reader->read().reset();
+      // The ring's memfd (the producer's fd), mapped writable as a hostile producer would.
+      int ring = -1;
+      for (auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        auto target = std::filesystem::read_symlink(entry.path(), ec).string();
+        if (!ec && target.find("memfd:arrow-shm-ring") != std::string::npos)
+          ring = std::stoi(entry.path().filename().string());
+      }
+      if (ring < 0) throw std::runtime_error("no ring memfd found");
+      const size_t size = 4096 + 65536;
+      void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, ring, 0);
+      if (m == MAP_FAILED) throw std::runtime_error("mmap");
+      auto* base = static_cast<uint8_t*>(m);
+      uint64_t wp;
+      std::memcpy(&wp, base + 64, 8);
+      c.scribble(base + 4096, wp);
+      std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(base + 64)).store(wp);
+      std::string code = "none";
+      try {
+        while (p.reader->read()) {
+        }
+      } catch (const Error& e) {
+        code = e.code();
+      }
+      ::munmap(m, size);
+      const bool expected = code == "ERR_RING_INVALID" || (std::strcmp(c.name, "garbage IPC in a BATCH record") == 0 &&
+                                                            code.rfind("ERR_IPC_", 0) == 0);
+      report(test, expected, code);
+      if (code == "ERR_RING_INVALID") {
+        // The producer hears why the reader left.
+        p.producer_side->pump(1000);
+        auto failure = p.producer_side->failure();
+        report(test + ": the producer gets the ERROR", failure && failure->code() == "ERR_RING_INVALID",
+               failure ? failure->code() : "nothing");
+      }
+      p.writer->abort();
+    } catch (const std::exception& e) {
+      report(test, false, e.what());
+    }
+  }
+
+  // 6. nothing leaks: every fd of every stream above is closed
+  const size_t fds_after = open_fds();
+  report("stream: /proc/self/fd count is flat", fds_after == fds_before,
+         std::to_string(fds_before) + " -> " + std::to_string(fds_after));
+}
 }  // namespace
 
 int main() {
@@ -172,6 +490,13 @@ int main() {
     report("selftest", false, e.code() + ": " + e.what());
   } catch (const std::exception& e) {
     report("selftest", false, e.what());
+  }
+  try {
+    streams();
+  } catch (const Error& e) {
+    report("streams", false, e.code() + ": " + e.what());
+  } catch (const std::exception& e) {
+    report("streams", false, e.what());
   }
   return failures ? 1 : 0;
 }

@@ -22,6 +22,8 @@ use crate::sys::{self, Address};
 
 /// Implementation string sent in the handshake.
 pub const IMPLEMENTATION: &str = concat!("arrow-shm-rs/", env!("CARGO_PKG_VERSION"));
+/// What this side accepts (PROTOCOL.md §4): stream frames, not leased segments.
+pub const CAPABILITIES: &str = "stream";
 /// A listener drops a connection that has not said HELLO within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -146,6 +148,10 @@ impl Listener {
         Ok(Listener { fd, inode, opts, address: address.to_string() })
     }
 
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -192,7 +198,7 @@ impl Listener {
         let mut welcome = Frame::new(Kind::Welcome);
         welcome.metadata = vec![
             ("version".into(), VERSION.to_string()),
-            ("capabilities".into(), String::new()),
+            ("capabilities".into(), CAPABILITIES.into()),
             ("implementation".into(), IMPLEMENTATION.into()),
             ("pid".into(), std::process::id().to_string()),
             ("max_message_bytes".into(), self.opts.max_message_bytes.to_string()),
@@ -225,7 +231,7 @@ pub fn connect(address: &str, opts: Options) -> Result<Channel> {
     hello.metadata = vec![
         ("min_version".into(), VERSION.to_string()),
         ("max_version".into(), VERSION.to_string()),
-        ("capabilities".into(), String::new()),
+        ("capabilities".into(), CAPABILITIES.into()),
         ("implementation".into(), IMPLEMENTATION.into()),
         ("pid".into(), std::process::id().to_string()),
     ];
@@ -306,6 +312,17 @@ pub struct Channel {
     awaiting_response: HashSet<u64>,
     responses: HashMap<u64, Result<Message>>,
     recv_buf: Vec<u8>,
+    /// STREAM_OPEN frames not taken by `accept_stream` yet, with their 4 fds.
+    pub(crate) stream_offers: VecDeque<(Frame, Vec<OwnedFd>)>,
+    /// STREAM_SEGMENT frames for the open stream reader, with their fds (checked by the reader).
+    pub(crate) stream_segments: VecDeque<(Frame, Vec<OwnedFd>)>,
+    /// A stream reader is open on this channel (STREAM_SEGMENTs are queued, not refused).
+    pub(crate) reading_stream: bool,
+    /// SUBSCRIBE frames, when this side publishes (`accept_subscribe`).
+    pub(crate) subscribes: VecDeque<Frame>,
+    pub(crate) accept_subscribe: bool,
+    /// Our SUBSCRIBE ids → the ERROR that answered them, if any.
+    pub(crate) subscriptions: HashMap<u64, Option<Error>>,
 }
 
 impl Channel {
@@ -326,6 +343,12 @@ impl Channel {
             awaiting_response: HashSet::new(),
             responses: HashMap::new(),
             recv_buf: vec![0u8; MAX_FRAME],
+            stream_offers: VecDeque::new(),
+            stream_segments: VecDeque::new(),
+            reading_stream: false,
+            subscribes: VecDeque::new(),
+            accept_subscribe: false,
+            subscriptions: HashMap::new(),
         }
     }
 
@@ -354,6 +377,48 @@ impl Channel {
         }
     }
 
+    /// The error the channel closed with (`ERR_PEER_CLOSED` after a hang-up or GOODBYE).
+    pub fn close_error(&self) -> Option<&Error> {
+        self.closed.as_ref()
+    }
+
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads and dispatches one frame if one is waiting; `Ok(false)` if none was.
+    pub(crate) fn pump_ready(&mut self) -> Result<bool> {
+        self.check_open()?;
+        if !crate::ring::poll_readable(&[self.fd.as_raw_fd()], 0)?[0] {
+            return Ok(false);
+        }
+        self.pump(None)?;
+        Ok(true)
+    }
+
+    /// Reads and dispatches every frame already waiting; returns the channel's failure, if any.
+    pub(crate) fn pump_all_ready(&mut self) -> Option<Error> {
+        loop {
+            match self.pump_ready() {
+                Ok(true) => continue,
+                Ok(false) => return None,
+                Err(e) if e.code == ErrorCode::Timeout => return None,
+                Err(e) => return Some(e),
+            }
+        }
+    }
+
+    /// Reads and dispatches frames until `done` holds, the deadline passes (`ERR_TIMEOUT`) or the
+    /// channel fails.
+    pub(crate) fn pump_until(&mut self, deadline: Option<Instant>, mut done: impl FnMut(&mut Channel) -> bool) -> Result<()> {
+        loop {
+            if done(self) {
+                return Ok(());
+            }
+            self.pump(deadline)?;
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         match &self.closed {
             Some(e) => Err(e.clone()),
@@ -362,17 +427,37 @@ impl Channel {
     }
 
     /// Sends a frame (assigning its message_id), with an optional fd. Returns the id.
-    fn send_frame(&mut self, mut frame: Frame, fd: Option<&OwnedFd>) -> Result<u64> {
-        frame.message_id = self.next_id;
-        frame.fd_count = u32::from(fd.is_some());
-        let bytes = frame.encode()?;
+    fn send_frame(&mut self, frame: Frame, fd: Option<&OwnedFd>) -> Result<u64> {
         let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        sys::send_with_fds(self.fd.as_raw_fd(), &bytes, &fds)?;
+        self.send_frame_fds(frame, &fds)
+    }
+
+    /// Sends a frame with `fds` (which stay the caller's), assigning its message_id.
+    pub(crate) fn send_frame_fds(&mut self, mut frame: Frame, fds: &[i32]) -> Result<u64> {
+        frame.message_id = self.next_id;
+        frame.fd_count = fds.len() as u32;
+        let bytes = frame.encode()?;
+        sys::send_with_fds(self.fd.as_raw_fd(), &bytes, fds)?;
         self.next_id += 1;
         Ok(frame.message_id)
     }
 
-    fn send_error(&mut self, correlation_id: u64, flags: u8, code: ErrorCode, message: &str) -> Result<u64> {
+    /// Sends a stream frame that the peer answers with ACK or ERROR (STREAM_OPEN).
+    pub(crate) fn send_acked_frame(&mut self, frame: Frame, fds: &[i32]) -> Result<u64> {
+        self.check_open()?;
+        let id = self.send_frame_fds(frame, fds)?;
+        self.awaiting_ack.insert(id);
+        Ok(id)
+    }
+
+    /// Acknowledges frame `id`.
+    pub(crate) fn send_ack(&mut self, id: u64) -> Result<()> {
+        let mut ack = Frame::new(Kind::Ack);
+        ack.correlation_id = id;
+        self.send_frame(ack, None).map(|_| ())
+    }
+
+    pub(crate) fn send_error(&mut self, correlation_id: u64, flags: u8, code: ErrorCode, message: &str) -> Result<u64> {
         let mut f = Frame::new(Kind::Error);
         f.correlation_id = correlation_id;
         f.flags = flags;
@@ -443,7 +528,7 @@ impl Channel {
                 format!("frame of version {} on a version {VERSION} connection", frame.version),
             )));
         }
-        if frame.kind != Kind::Table && !fds.is_empty() {
+        if !matches!(frame.kind, Kind::Table | Kind::StreamOpen | Kind::StreamSegment) && !fds.is_empty() {
             return Err(self.fatal(Error::new(
                 ErrorCode::Protocol,
                 format!("{:?} frame carried {} fds", frame.kind, fds.len()),
@@ -466,7 +551,9 @@ impl Channel {
                     self.closed = Some(e.clone());
                     return Err(e);
                 }
-                if self.awaiting_response.remove(&id) {
+                if let Some(slot) = self.subscriptions.get_mut(&id) {
+                    *slot = Some(e);
+                } else if self.awaiting_response.remove(&id) {
                     self.awaiting_ack.remove(&id);
                     self.responses.insert(id, Err(e));
                 } else if self.awaiting_ack.remove(&id) {
@@ -479,6 +566,27 @@ impl Channel {
                 self.shutdown();
                 self.closed = Some(e.clone());
                 Err(e)
+            }
+            Kind::StreamOpen => {
+                self.stream_offers.push_back((frame, fds));
+                Ok(())
+            }
+            Kind::StreamSegment => {
+                if self.reading_stream {
+                    self.stream_segments.push_back((frame, fds));
+                } else {
+                    drop(fds);
+                    self.send_error(frame.message_id, 0, ErrorCode::Protocol, "STREAM_SEGMENT without an open stream")?;
+                }
+                Ok(())
+            }
+            Kind::Subscribe => {
+                if self.accept_subscribe {
+                    self.subscribes.push_back(frame);
+                } else {
+                    self.send_error(frame.message_id, 0, ErrorCode::InvalidArgument, "this side publishes no stream")?;
+                }
+                Ok(())
             }
             Kind::Hello | Kind::Welcome => Err(self.fatal(Error::new(
                 ErrorCode::Protocol,
@@ -658,6 +766,11 @@ impl Channel {
 
     /// Orderly close: GOODBYE, then close the socket.
     pub fn close(mut self) {
+        self.goodbye();
+    }
+
+    /// GOODBYE (if still open), then shut the socket down; the value stays usable for errors.
+    pub(crate) fn hang_up(&mut self) {
         self.goodbye();
     }
 

@@ -1,4 +1,4 @@
-//! `arrow-shm-rs send|recv|engine` — the command line of docs/CLI.md.
+//! `arrow-shm-rs send|recv|pub|sub|engine` — the command line of docs/CLI.md.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,9 +18,11 @@ use crate::segment::{WritableSegment, DEFAULT_MAX_MESSAGE_BYTES};
 
 pub const PROG: &str = "arrow-shm";
 
-/// Why the command failed: bad usage (exit 2) or an arrow-shm error (exit 1).
+/// Why the command failed: bad usage (exit 2) or an arrow-shm error (exit 1); or help was
+/// asked for (printed to stdout, exit 0).
 #[derive(Debug)]
 pub enum CliError {
+    Help(String),
     Usage(String),
     Failed(Error),
 }
@@ -43,7 +45,92 @@ fn usage<T>(msg: impl Into<String>) -> CliResult<T> {
     Err(CliError::Usage(msg.into()))
 }
 
-const USAGE: &str = "usage: arrow-shm-rs send --socket ADDR [--listen] [--seed-compat] [--meta KEY=VALUE]... [--timeout-ms N] FILE... | recv --socket ADDR [--connect] [--count N] [--out PATH] [--print] [--seed-compat] [--allow-unsealed] [--timeout-ms N] | engine --socket ADDR [--count N] [--timeout-ms N]";
+const USAGE: &str = "usage: arrow-shm-rs send --socket ADDR [--listen] [--seed-compat] [--meta KEY=VALUE]... [--timeout-ms N] [--stream [--ring-bytes N]] FILE... | recv --socket ADDR [--connect] [--count N] [--out PATH] [--print] [--seed-compat] [--allow-unsealed] [--timeout-ms N] [--stream] | pub --socket ADDR [--subscribers N] [--meta KEY=VALUE]... [--ring-bytes N] [--timeout-ms N] FILE... | sub --socket ADDR [--out FILE] [--print] [--timeout-ms N] | engine --socket ADDR [--count N] [--timeout-ms N]";
+
+const HELP: &str = "Usage: arrow-shm-rs [options] [command]
+
+Hand Apache Arrow tables to another process through sealed shared memory, zero-copy.
+
+Options:
+  -h, --help                 display help
+
+Commands:
+  send [options] <files...>  send each FILE (Arrow IPC stream or file, - for stdin) as one table
+  recv [options]             receive tables; write them as IPC stream files and/or print a summary
+  pub [options] <files...>   publish every batch of the FILEs once N subscribers have joined
+  sub [options]              subscribe to a publication and write what it publishes as one IPC stream file
+  engine [options]           answer symbol-table requests with per-file and per-kind summaries
+
+Run `arrow-shm-rs COMMAND --help` for a command's options.
+";
+
+const HELP_SEND: &str = "Usage: arrow-shm-rs send [options] <files...>
+
+send each FILE (Arrow IPC stream or file, - for stdin) as one table
+
+Options:
+  --socket <addr>     socket path, or @name for an abstract socket
+  --listen            listen for the receiver instead of connecting
+  --seed-compat       speak the seed proof of concept's protocol (listen, send 'F' + unsealed memfd)
+  --meta <key=value>  user metadata for every message (repeatable)
+  --timeout-ms <n>    give up after N ms
+  --stream            send every batch of the FILEs as one stream through a shared ring
+  --ring-bytes <n>    ring capacity for --stream (a power of two)
+  -h, --help          display help for command
+";
+
+const HELP_RECV: &str = "Usage: arrow-shm-rs recv [options]
+
+receive tables; write them as IPC stream files and/or print a summary
+
+Options:
+  --socket <addr>   socket path, or @name for an abstract socket
+  --connect         connect to the sender instead of listening
+  --count <n>       number of tables to receive (default: 1)
+  --out <path>      FILE for one table, or DIR for DIR/000000.arrows, ...
+  --print           print schema, rows, metadata and the first rows
+  --seed-compat     speak the seed proof of concept's protocol (connect, accept an unsealed memfd)
+  --allow-unsealed  accept segments without seals (unsafe with untrusted senders)
+  --timeout-ms <n>  give up after N ms
+  --stream          receive one stream; --out writes it as one IPC stream file
+  -h, --help        display help for command
+";
+
+const HELP_PUB: &str = "Usage: arrow-shm-rs pub [options] <files...>
+
+publish every batch of the FILEs once N subscribers have joined
+
+Options:
+  --socket <addr>     socket path, or @name for an abstract socket
+  --subscribers <n>   subscribers to wait for (default: 1)
+  --meta <key=value>  user metadata for the stream (repeatable)
+  --ring-bytes <n>    ring capacity (a power of two)
+  --timeout-ms <n>    give up after N ms
+  -h, --help          display help for command
+";
+
+const HELP_SUB: &str = "Usage: arrow-shm-rs sub [options]
+
+subscribe to a publication and write what it publishes as one IPC stream file
+
+Options:
+  --socket <addr>   socket path, or @name for an abstract socket
+  --out <file>      write the stream to FILE
+  --print           print schema and row counts
+  --timeout-ms <n>  give up after N ms
+  -h, --help        display help for command
+";
+
+const HELP_ENGINE: &str = "Usage: arrow-shm-rs engine [options]
+
+answer symbol-table requests (flag REQUEST) with per-file_id and per-kind summaries
+
+Options:
+  --socket <addr>   socket path, or @name for an abstract socket
+  --count <n>       stop after N requests (default: serve until killed)
+  --timeout-ms <n>  accepted for symmetry; requests have no timeout
+  -h, --help        display help for command
+";
 
 #[derive(Default)]
 struct Args {
@@ -58,6 +145,9 @@ struct Args {
     count: Option<u64>,
     out: Option<String>,
     files: Vec<String>,
+    stream: bool,
+    ring_bytes: Option<u64>,
+    subscribers: Option<u64>,
 }
 
 fn parse_num(v: std::ffi::OsString, flag: &str, min: u64) -> CliResult<u64> {
@@ -72,13 +162,14 @@ fn parse_args(cmd: &str, mut p: lexopt::Parser) -> CliResult<Args> {
     use lexopt::prelude::*;
     let mut a = Args::default();
     let (send, recv, eng) = (cmd == "send", cmd == "recv", cmd == "engine");
+    let (publ, sub) = (cmd == "pub", cmd == "sub");
     while let Some(arg) = p.next()? {
         match arg {
             Long("socket") => a.socket = Some(p.value()?.string()?),
             Long("timeout-ms") => a.timeout_ms = Some(parse_num(p.value()?, "--timeout-ms", 0)?),
             Long("listen") if send => a.listen = true,
             Long("seed-compat") if send || recv => a.seed_compat = true,
-            Long("meta") if send => {
+            Long("meta") if send || publ => {
                 let v = p.value()?.string()?;
                 match v.split_once('=') {
                     Some((k, val)) if !k.is_empty() => {
@@ -93,11 +184,23 @@ fn parse_args(cmd: &str, mut p: lexopt::Parser) -> CliResult<Args> {
             }
             Long("connect") if recv => a.connect = true,
             Long("count") if recv || eng => a.count = Some(parse_num(p.value()?, "--count", 1)?),
-            Long("out") if recv => a.out = Some(p.value()?.string()?),
-            Long("print") if recv => a.print = true,
+            Long("out") if recv || sub => a.out = Some(p.value()?.string()?),
+            Long("print") if recv || sub => a.print = true,
             Long("allow-unsealed") if recv => a.allow_unsealed = true,
-            Value(v) if send => a.files.push(v.string()?),
-            Short('h') | Long("help") => return usage(USAGE),
+            Long("stream") if send || recv => a.stream = true,
+            Long("ring-bytes") if send || publ => a.ring_bytes = Some(parse_num(p.value()?, "--ring-bytes", 1)?),
+            Long("subscribers") if publ => a.subscribers = Some(parse_num(p.value()?, "--subscribers", 1)?),
+            Value(v) if send || publ => a.files.push(v.string()?),
+            Short('h') | Long("help") => {
+                let text = match cmd {
+                    "send" => HELP_SEND,
+                    "recv" => HELP_RECV,
+                    "pub" => HELP_PUB,
+                    "sub" => HELP_SUB,
+                    _ => HELP_ENGINE,
+                };
+                return Err(CliError::Help(text.to_string()));
+            }
             other => return Err(other.unexpected().into()),
         }
     }
@@ -118,6 +221,12 @@ fn listening(addr: &str) {
 pub fn run(args: Vec<std::ffi::OsString>) -> i32 {
     match run_inner(args) {
         Ok(status) => status,
+        Err(CliError::Help(text)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+            0
+        }
         Err(CliError::Usage(m)) => {
             eprintln!("{PROG}: {}", m.replace('\n', " "));
             2
@@ -134,12 +243,19 @@ fn run_inner(args: Vec<std::ffi::OsString>) -> CliResult<i32> {
     let mut p = lexopt::Parser::from_args(args);
     let cmd = match p.next()? {
         Some(lexopt::Arg::Value(v)) => v.string()?,
-        Some(lexopt::Arg::Long("help")) | Some(lexopt::Arg::Short('h')) | None => return usage(USAGE),
+        Some(lexopt::Arg::Long("help")) | Some(lexopt::Arg::Short('h')) => return Err(CliError::Help(HELP.to_string())),
+        None => return usage(USAGE),
         Some(other) => return Err(other.unexpected().into()),
     };
     match cmd.as_str() {
         "send" => cmd_send(parse_args("send", p)?),
         "recv" => cmd_recv(parse_args("recv", p)?),
+        "pub" => stream_cli::cmd_pub(parse_args("pub", p)?),
+        "sub" => stream_cli::cmd_sub(parse_args("sub", p)?),
+        "help" => match p.next()? {
+            Some(lexopt::Arg::Value(v)) => parse_args(&v.string()?, lexopt::Parser::from_args(["--help"])).map(|_| 0),
+            _ => Err(CliError::Help(HELP.to_string())),
+        },
         "engine" => cmd_engine(parse_args("engine", p)?),
         other => usage(format!("unknown command {other:?}; {USAGE}")),
     }
@@ -179,6 +295,9 @@ fn segment_for(p: &Payload, min_size: usize) -> Result<(WritableSegment, usize)>
 fn cmd_send(a: Args) -> CliResult<i32> {
     if a.files.is_empty() {
         return usage("send needs at least one FILE");
+    }
+    if a.stream {
+        return stream_cli::cmd_send_stream(a);
     }
     for f in &a.files {
         if f != "-" && !Path::new(f).is_file() {
@@ -357,6 +476,9 @@ fn print_summary(m: &Message, index: u64) -> Option<Error> {
 }
 
 fn cmd_recv(a: Args) -> CliResult<i32> {
+    if a.stream {
+        return stream_cli::cmd_recv_stream(a);
+    }
     if a.socket.is_none() && !a.seed_compat {
         return usage("recv needs --socket ADDR");
     }
@@ -470,4 +592,208 @@ fn cmd_engine(a: Args) -> CliResult<i32> {
 /// Shared helper for tests: the request schema as an `Arc`.
 pub fn _engine_request_schema() -> Arc<arrow_schema::Schema> {
     engine::request_schema()
+}
+
+/// The stream commands (docs/CLI.md, Streams): send --stream, recv --stream, pub, sub.
+mod stream_cli {
+    use super::*;
+    use crate::ring::DEFAULT_CAPACITY;
+    use crate::stream::{self, ReaderOptions, StreamReader, WriterOptions};
+
+    /// Every batch of every FILE, in order; the FILEs must share one schema.
+    fn batches_of(files: &[String]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let mut schema: Option<SchemaRef> = None;
+        let mut batches = Vec::new();
+        for f in files {
+            let (s, b) = match load(f)? {
+                Payload::Batches(s, b) => (s, b),
+                Payload::Stream(bytes) => {
+                    let t = ipc::decode_stream(&arrow_buffer::Buffer::from(bytes))
+                        .map_err(|e| Error::new(e.code, format!("{f}: {}", e.message)))?;
+                    (t.schema, t.batches)
+                }
+            };
+            if let Some(first) = &schema {
+                if first.fields() != s.fields() {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        format!("{f} has another schema than the files before it: one stream has one schema"),
+                    ));
+                }
+            }
+            schema.get_or_insert(s);
+            batches.extend(b);
+        }
+        Ok((schema.expect("at least one FILE"), batches))
+    }
+
+    fn check_files(a: &Args) -> CliResult<()> {
+        for f in &a.files {
+            if f != "-" && !Path::new(f).is_file() {
+                return usage(format!("no such file: {f}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn writer_options(a: &Args) -> WriterOptions {
+        WriterOptions {
+            capacity: a.ring_bytes.unwrap_or(DEFAULT_CAPACITY),
+            metadata: a.meta.clone(),
+            write_timeout: timeout(a),
+            ..WriterOptions::default()
+        }
+    }
+
+    fn open_channel(a: &Args, listen_first: bool) -> Result<Channel> {
+        let addr = a.socket.clone().expect("checked");
+        let opts = Options { timeout: timeout(a), ..Options::default() };
+        if listen_first {
+            let lst = Listener::bind(&addr, opts)?;
+            listening(&addr);
+            lst.accept(timeout(a))
+        } else {
+            channel::connect(&addr, opts)
+        }
+    }
+
+    pub fn cmd_send_stream(a: Args) -> CliResult<i32> {
+        if a.socket.is_none() {
+            return usage("send needs --socket ADDR");
+        }
+        if a.seed_compat {
+            return usage("--stream and --seed-compat cannot be combined");
+        }
+        check_files(&a)?;
+        let (schema, batches) = batches_of(&a.files)?;
+        let options = writer_options(&a);
+        crate::ring::check_capacity(options.capacity)?;
+        let ch = open_channel(&a, a.listen)?;
+        let mut writer = stream::open_stream(ch, schema, options)?;
+        for b in &batches {
+            if let Err(e) = writer.write(b) {
+                writer.abort();
+                return Err(e.into());
+            }
+        }
+        writer.finish(timeout(&a))?;
+        Ok(0)
+    }
+
+    pub fn cmd_recv_stream(a: Args) -> CliResult<i32> {
+        if a.socket.is_none() {
+            return usage("recv needs --socket ADDR");
+        }
+        if a.seed_compat || a.count.is_some_and(|c| c != 1) {
+            return usage("--stream receives one stream: no --seed-compat or --count");
+        }
+        let ch = open_channel(&a, !a.connect)?;
+        let reader = StreamReader::accept(ch, reader_options(&a), timeout(&a))?;
+        drain(reader, &a)?;
+        Ok(0)
+    }
+
+    fn reader_options(a: &Args) -> ReaderOptions {
+        ReaderOptions { read_timeout: timeout(a), ..ReaderOptions::default() }
+    }
+
+    pub fn cmd_pub(a: Args) -> CliResult<i32> {
+        let Some(addr) = a.socket.clone() else { return usage("pub needs --socket ADDR") };
+        if a.files.is_empty() {
+            return usage("pub needs at least one FILE");
+        }
+        check_files(&a)?;
+        let (schema, batches) = batches_of(&a.files)?;
+        let options = writer_options(&a);
+        crate::ring::check_capacity(options.capacity)?;
+        let mut publication = stream::publish(&addr, schema, options)?;
+        listening(&addr);
+        publication.wait_for_subscribers(a.subscribers.unwrap_or(1) as usize, timeout(&a))?;
+        for b in &batches {
+            publication.write(b)?;
+        }
+        publication.finish(timeout(&a))?;
+        Ok(0)
+    }
+
+    pub fn cmd_sub(a: Args) -> CliResult<i32> {
+        let Some(addr) = a.socket.clone() else { return usage("sub needs --socket ADDR") };
+        let t = timeout(&a);
+        let deadline = t.map(|t| std::time::Instant::now() + t);
+        let reader = loop {
+            match stream::subscribe(&addr, &Vec::new(), reader_options(&a), t) {
+                Ok(r) => break r,
+                // The publication may not be up yet: ENOENT (no socket file) or ECONNREFUSED.
+                Err(e) if matches!(e.errno, Some(libc::ENOENT) | Some(libc::ECONNREFUSED))
+                    && deadline.is_none_or(|d| std::time::Instant::now() < d) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        drain(reader, &a)?;
+        Ok(0)
+    }
+
+    /// Reads a whole stream; `--out` gets the prologue, every record's messages, then the
+    /// end-of-stream marker: one IPC stream file.
+    fn drain(mut reader: StreamReader, a: &Args) -> Result<()> {
+        let mut out = match &a.out {
+            Some(path) => {
+                let mut tmp = std::ffi::OsString::from(path);
+                tmp.push(".tmp");
+                let file = std::fs::File::create(&tmp).map_err(|e| Error::from_io("open", &e))?;
+                Some((PathBuf::from(path), PathBuf::from(tmp), std::io::BufWriter::new(file)))
+            }
+            None => None,
+        };
+        let io = |e: std::io::Error| Error::from_io("write", &e);
+        let result = (|| -> Result<(u64, u64)> {
+            let (mut rows, mut batches) = (0u64, 0u64);
+            if let Some((_, _, w)) = &mut out {
+                w.write_all(reader.prologue()).map_err(io)?;
+            }
+            while let Some(item) = reader.read()? {
+                if let Some((_, _, w)) = &mut out {
+                    w.write_all(item.ipc_bytes()).map_err(io)?;
+                }
+                rows += item.batch.num_rows() as u64;
+                batches += 1;
+            }
+            if let Some((_, _, w)) = &mut out {
+                w.write_all(&ipc::EOS).map_err(io)?;
+                w.flush().map_err(io)?;
+            }
+            Ok((rows, batches))
+        })();
+        let (rows, batches) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some((_, tmp, _)) = out {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        };
+        if let Some((path, tmp, w)) = out {
+            drop(w);
+            std::fs::rename(&tmp, &path).map_err(|e| Error::from_io("rename", &e))?;
+        }
+        if a.print {
+            let mut lines = vec![format!("== stream: {batches} batches ==")];
+            if !reader.metadata.is_empty() {
+                let kv: Vec<String> = reader.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                lines.push(format!("metadata: {}", kv.join(", ")));
+            }
+            let schema = reader.schema().clone();
+            let fields: Vec<String> = schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+            lines.push(format!("schema: {}", fields.join(", ")));
+            lines.push(format!("rows: {rows}, columns: {}, batches: {batches}", schema.fields().len()));
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{}", lines.join("\n"));
+            let _ = o.flush();
+        }
+        Ok(())
+    }
 }

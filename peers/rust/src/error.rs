@@ -21,11 +21,14 @@ pub enum ErrorCode {
     InvalidArgument,
     Syscall,
     Remote,
+    RingFull,
+    NoReaderSlot,
+    RingInvalid,
 }
 
 impl ErrorCode {
     /// All codes, in the order of the table in PROTOCOL.md §9.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Protocol,
         ErrorCode::ProtocolVersion,
         ErrorCode::PeerCredentials,
@@ -42,6 +45,9 @@ impl ErrorCode {
         ErrorCode::InvalidArgument,
         ErrorCode::Syscall,
         ErrorCode::Remote,
+        ErrorCode::RingFull,
+        ErrorCode::NoReaderSlot,
+        ErrorCode::RingInvalid,
     ];
 
     /// The code as it travels in `ERROR` frames, e.g. `"ERR_PROTOCOL"`.
@@ -63,6 +69,9 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "ERR_INVALID_ARGUMENT",
             ErrorCode::Syscall => "ERR_SYSCALL",
             ErrorCode::Remote => "ERR_REMOTE",
+            ErrorCode::RingFull => "ERR_RING_FULL",
+            ErrorCode::NoReaderSlot => "ERR_NO_READER_SLOT",
+            ErrorCode::RingInvalid => "ERR_RING_INVALID",
         }
     }
 

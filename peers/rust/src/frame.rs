@@ -24,6 +24,10 @@ pub enum Kind {
     Release = 5,
     Error = 6,
     Goodbye = 7,
+    /// Stream frames (PROTOCOL.md §12.1), only with the `stream` capability.
+    StreamOpen = 8,
+    StreamSegment = 9,
+    Subscribe = 10,
 }
 
 impl Kind {
@@ -36,6 +40,9 @@ impl Kind {
             5 => Kind::Release,
             6 => Kind::Error,
             7 => Kind::Goodbye,
+            8 => Kind::StreamOpen,
+            9 => Kind::StreamSegment,
+            10 => Kind::Subscribe,
             _ => return None,
         })
     }
@@ -268,7 +275,7 @@ mod tests {
         };
         assert_eq!(bad(&|b| b[0] = b'X'), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[6] = 0), ErrorCode::Protocol);
-        assert_eq!(bad(&|b| b[6] = 8), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[6] = 11), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[7] = 0x08), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[8] = 65), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[12] = b[12].wrapping_add(1)), ErrorCode::Protocol);

@@ -185,6 +185,131 @@ pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
     Ok(info)
 }
 
+/// Which sequence of messages [`walk_messages`] expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkMode {
+    /// The start of a stream without record batches (a stream prologue, PROTOCOL.md §12.1): one
+    /// Schema, then DictionaryBatches; an end-of-stream marker ends it.
+    Prologue,
+    /// The payload of a stream record (§12.2): DictionaryBatches, then exactly one RecordBatch
+    /// that ends the payload. No Schema, no end-of-stream marker.
+    Record,
+}
+
+/// One encapsulated message found by [`walk_messages`]: `[start, end)` covers prefix,
+/// flatbuffer and body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageSpan {
+    pub header: MessageHeader,
+    pub start: usize,
+    pub end: usize,
+    /// DictionaryBatch only: its id and whether it is a delta.
+    pub dictionary_id: i64,
+    pub is_delta: bool,
+}
+
+/// Walks the messages of a stream prologue or a stream record with the framing checks of §7
+/// (bounds, flatbuffer verification, buffer bounds). Errors are `ERR_IPC_TRUNCATED` /
+/// `ERR_IPC_INVALID`.
+pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
+    let n = data.len();
+    let mut pos = 0usize;
+    let mut spans: Vec<MessageSpan> = Vec::new();
+    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
+    while pos < n {
+        if mode == WalkMode::Record && spans.last().is_some_and(|s| s.header == MessageHeader::RecordBatch) {
+            return invalid(format!("a stream record holds bytes after its RecordBatch (at byte {pos})"));
+        }
+        if n - pos < 4 {
+            return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+        }
+        let word = u32_at(pos);
+        let (meta_size, prefix) = if word == CONTINUATION {
+            if n - pos < 8 {
+                return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+            }
+            (u32_at(pos + 4) as i32, 8usize)
+        } else {
+            (word as i32, 4usize)
+        };
+        if meta_size == 0 {
+            if mode == WalkMode::Record {
+                return invalid(format!("end-of-stream marker inside a stream record at byte {pos}"));
+            }
+            break;
+        }
+        if meta_size < 0 {
+            return invalid(format!("negative metadata_size {meta_size} at byte {pos}"));
+        }
+        let meta_size = meta_size as usize;
+        let meta_start = pos + prefix;
+        if meta_size > n - meta_start {
+            return truncated(format!(
+                "message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream"
+            ));
+        }
+        let where_ = format!("message {} at byte {pos}", spans.len());
+        let msg = arrow_ipc::root_as_message(&data[meta_start..meta_start + meta_size])
+            .map_err(|e| Error::new(ErrorCode::IpcInvalid, format!("{where_}: bad flatbuffer: {e}")))?;
+        let header = msg.header_type();
+        let body_length = msg.bodyLength();
+        if body_length < 0 {
+            return invalid(format!("{where_}: negative bodyLength {body_length}"));
+        }
+        let body_start = meta_start + meta_size;
+        if body_length as u64 > (n - body_start) as u64 {
+            return truncated(format!("{where_}: {body_length}-byte body runs past the end of the {n}-byte stream"));
+        }
+        let body = &data[body_start..body_start + body_length as usize];
+        let mut span = MessageSpan { header, start: pos, end: body_start + body.len(), dictionary_id: 0, is_delta: false };
+        match header {
+            MessageHeader::Schema => {
+                if mode == WalkMode::Record || !spans.is_empty() {
+                    return invalid(format!("{where_}: a Schema where none may be"));
+                }
+                if msg.header_as_schema().is_none() {
+                    return invalid(format!("{where_}: message without a header"));
+                }
+            }
+            MessageHeader::DictionaryBatch | MessageHeader::RecordBatch if mode == WalkMode::Prologue && spans.is_empty() => {
+                return invalid(format!("{where_}: the first message must be a Schema"));
+            }
+            MessageHeader::DictionaryBatch => {
+                let Some(db) = msg.header_as_dictionary_batch() else {
+                    return invalid(format!("{where_}: message without a header"));
+                };
+                let Some(rb) = db.data() else {
+                    return invalid(format!("{where_}: dictionary batch without data"));
+                };
+                check_buffers(rb, body, &where_)?;
+                span.dictionary_id = db.id();
+                span.is_delta = db.isDelta();
+            }
+            MessageHeader::RecordBatch => {
+                if mode == WalkMode::Prologue {
+                    return invalid(format!("{where_}: a stream prologue holds a RecordBatch"));
+                }
+                let Some(rb) = msg.header_as_record_batch() else {
+                    return invalid(format!("{where_}: message without a header"));
+                };
+                check_buffers(rb, body, &where_)?;
+            }
+            other => {
+                return invalid(format!("{where_}: header type {other:?} is not Schema/DictionaryBatch/RecordBatch"));
+            }
+        }
+        spans.push(span);
+        pos = span.end;
+    }
+    match mode {
+        WalkMode::Prologue if spans.is_empty() => invalid("stream prologue without a Schema".to_string()),
+        WalkMode::Record if spans.last().is_none_or(|s| s.header != MessageHeader::RecordBatch) => {
+            invalid("a stream record without a RecordBatch".to_string())
+        }
+        _ => Ok(spans),
+    }
+}
+
 /// A decoded stream: its schema and record batches (which borrow the mapping when zero-copy).
 #[derive(Debug, Clone)]
 pub struct Table {

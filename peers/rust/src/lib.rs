@@ -7,10 +7,13 @@ pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod ipc;
+pub mod ring;
 pub mod seed;
 pub mod segment;
+pub mod stream;
 pub mod sys;
 
 pub use channel::{connect, Channel, Listener, Message, Options};
 pub use error::{Error, ErrorCode, Result};
 pub use ipc::Table;
+pub use stream::{open_stream, publish, subscribe, Publication, ReaderOptions, StreamBatch, StreamReader, StreamWriter, WriterOptions};

@@ -33,12 +33,19 @@ impl std::panic::RefUnwindSafe for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-only or read-write.
     pub fn map(fd: RawFd, len: usize, writable: bool) -> Result<Mapping> {
+        Mapping::map_at(fd, len, 0, writable)
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page size), shared.
+    pub fn map_at(fd: RawFd, len: usize, offset: u64, writable: bool) -> Result<Mapping> {
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| Error::new(ErrorCode::InvalidArgument, "mapping offset too large"))?;
         if len == 0 {
             return err(ErrorCode::InvalidArgument, "cannot map 0 bytes");
         }
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         // SAFETY: a fresh mapping chosen by the kernel; the result is checked.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset) };
         if ptr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap"));
         }

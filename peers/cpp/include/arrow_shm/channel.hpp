@@ -54,7 +54,12 @@ using Timeout = std::optional<std::chrono::milliseconds>;  // nullopt = wait for
 struct ChannelOptions {
   bool allow_unsealed = false;  // accept segments without seals (§6.3)
   bool receives_tables = true;  // false: refuse incoming non-response tables (ERR_IPC_UNSUPPORTED)
+  bool receives_streams = true;  // false: refuse STREAM_OPEN (ERR_INVALID_ARGUMENT) instead of queueing it
 };
+
+class StreamReader;
+class RingProducer;
+class Publication;
 
 class Channel {
  public:
@@ -95,13 +100,30 @@ class Channel {
   void close();
   bool is_open() const { return static_cast<bool>(fd_); }
   uint64_t peer_max_message_bytes() const { return peer_max_message_bytes_; }
+  // What the peer listed in its HELLO/WELCOME (§4), and its pid (0 if it sent none).
+  bool peer_has_capability(const std::string& name) const;
+  uint32_t peer_pid() const { return peer_pid_; }
+
+  // Handles the frames already waiting on the socket, after waiting up to `timeout_ms` for the
+  // first (streams call this while they sleep). Returns false once the peer has gone.
+  bool pump(int timeout_ms);
+  // The peer hung up, said GOODBYE or failed the connection (then `failure()` says how).
+  bool peer_gone() const { return peer_gone_ || !fd_; }
+  const std::optional<Error>& failure() const { return failure_; }
+  // The socket, for poll(2) next to other fds; -1 once closed.
+  int native_handle() const { return fd_.get(); }
 
  private:
+  friend class StreamReader;
+  friend class RingProducer;
+  friend class Publication;
+  friend std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout);
   struct Received {
     Frame frame;
     std::vector<Fd> fds;
   };
   uint64_t send_frame(Frame f, int pass_fd = -1);
+  uint64_t send_frame_fds(Frame f, const std::vector<int>& fds);
   void send_error(const Error& e, uint64_t correlation_id, uint8_t flags = 0);
   [[noreturn]] void fatal(const Error& e);
   std::optional<Received> read_frame(const Deadline& d);
@@ -118,6 +140,16 @@ class Channel {
   uint64_t next_id_ = 1;
   bool handshaken_ = false;
   bool peer_gone_ = false;
+  std::optional<Error> failure_;
+  std::vector<std::string> peer_capabilities_;
+  uint32_t peer_pid_ = 0;
+  // §12: STREAM_OPEN offers not taken yet, STREAM_SEGMENTs for the open stream reader, and
+  // SUBSCRIBE requests for a publication (only queued while accepts_subscribe_).
+  std::deque<Received> stream_offers_;
+  std::deque<Received> stream_segments_;
+  std::deque<Frame> subscribe_requests_;
+  bool stream_reader_open_ = false;
+  bool accepts_subscribe_ = false;
   uint64_t peer_max_message_bytes_ = kDefaultMaxMessageBytes;
   // Tables that arrived while this side waited for something else (already ACKed, or the typed
   // error their sender was told), handed out in order by receive_message().
@@ -139,6 +171,7 @@ class Listener {
   // Waits for the next peer and answers its handshake.
   std::unique_ptr<Channel> accept(Timeout timeout = {}, ChannelOptions options = {});
   const std::string& address() const { return addr_; }
+  int native_handle() const { return fd_.get(); }  // to poll for a waiting connection
 
  private:
   std::string addr_;
