@@ -83,6 +83,24 @@ fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body: &[u8], where_: &str) -> R
     Ok(())
 }
 
+/// The encapsulated-message prefix at `pos`: (metadata size, prefix bytes), with or without the
+/// continuation marker (pre-1.0 streams omit it).
+fn message_prefix(data: &[u8], pos: usize) -> Result<(i32, usize)> {
+    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
+    let left = data.len() - pos;
+    if left < 4 {
+        return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+    }
+    let word = u32_at(pos);
+    if word != CONTINUATION {
+        return Ok((word as i32, 4));
+    }
+    if left < 8 {
+        return truncated(format!("stream ends inside a message prefix at byte {pos}"));
+    }
+    Ok((u32_at(pos + 4) as i32, 8))
+}
+
 /// Validates the framing of an IPC stream (PROTOCOL.md §7) without decoding any data:
 /// prefixes, the flatbuffer `Message` (run through the flatbuffers verifier), header types,
 /// body and buffer bounds, with checked arithmetic. Accepts the pre-0.15 forms and treats the end
@@ -91,23 +109,11 @@ pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
     let n = data.len();
     let mut pos = 0usize;
     let mut info = StreamInfo::default();
-    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
     loop {
         if pos == n {
             break;
         }
-        if n - pos < 4 {
-            return truncated(format!("stream ends inside a message prefix at byte {pos}"));
-        }
-        let word = u32_at(pos);
-        let (meta_size, prefix) = if word == CONTINUATION {
-            if n - pos < 8 {
-                return truncated(format!("stream ends inside a message prefix at byte {pos}"));
-            }
-            (u32_at(pos + 4) as i32, 8usize)
-        } else {
-            (word as i32, 4usize)
-        };
+        let (meta_size, prefix) = message_prefix(data, pos)?;
         if meta_size == 0 {
             pos += prefix;
             break;
@@ -215,23 +221,11 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
     let n = data.len();
     let mut pos = 0usize;
     let mut spans: Vec<MessageSpan> = Vec::new();
-    let u32_at = |p: usize| u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
     while pos < n {
         if mode == WalkMode::Record && spans.last().is_some_and(|s| s.header == MessageHeader::RecordBatch) {
             return invalid(format!("a stream record holds bytes after its RecordBatch (at byte {pos})"));
         }
-        if n - pos < 4 {
-            return truncated(format!("stream ends inside a message prefix at byte {pos}"));
-        }
-        let word = u32_at(pos);
-        let (meta_size, prefix) = if word == CONTINUATION {
-            if n - pos < 8 {
-                return truncated(format!("stream ends inside a message prefix at byte {pos}"));
-            }
-            (u32_at(pos + 4) as i32, 8usize)
-        } else {
-            (word as i32, 4usize)
-        };
+        let (meta_size, prefix) = message_prefix(data, pos)?;
         if meta_size == 0 {
             if mode == WalkMode::Record {
                 return invalid(format!("end-of-stream marker inside a stream record at byte {pos}"));
