@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { makeVector, Table } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
-import { connect, listen, type Channel } from '../src/transport/channel.js';
+import { connect, type Channel } from '../src/transport/channel.js';
+import { listen } from '../src/transport/listener.js';
 
 const table = new Table({ seq: makeVector(Int32Array.from({ length: 1000 }, (_, i) => i)) });
 const ROLES = ['receiver', 'sender', 'subscriber'] as const;

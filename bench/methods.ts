@@ -4,7 +4,7 @@
 import net from 'node:net';
 import { tableFromIPC, tableToIPC, type Table } from 'apache-arrow';
 import { Packr } from 'msgpackr';
-import { checksumSymbolTable, type SymbolRow } from '../src/symbols.js';
+import { checksumSymbolTable, type SymbolRow } from '../src/cli/symbols.js';
 
 export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 

@@ -1,10 +1,10 @@
 // Receiving half of a benchmark method, run in its own process. Prints "ready", then one JSON
 // line per hand-off: { t1, checksum } where t1 is when the data became usable (CLOCK_MONOTONIC).
 import net from 'node:net';
-import { listen } from '../src/transport/channel.js';
-import { FlightServer } from '../src/transport/flight.js';
+import { listen } from '../src/transport/listener.js';
+import { FlightServer } from '../src/transport/flight-server.js';
 import { SOCKET_METHODS, checksumOf, decodeFromSocket, now, readFramed, type Method } from './methods.js';
-import type { SymbolRow } from '../src/symbols.js';
+import type { SymbolRow } from '../src/cli/symbols.js';
 
 const args = process.argv.slice(2);
 const method = args[args.indexOf('--method') + 1] as Method;

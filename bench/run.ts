@@ -2,7 +2,7 @@
 // the methods people use today, measured side by side in one run. Writes bench/results/*.json
 // and regenerates BENCHMARKS.md.
 import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,10 +11,11 @@ import { fileURLToPath } from 'node:url';
 import { makeData, RecordBatch, Schema, Field, Struct, Table, Uint8, tableToIPC } from 'apache-arrow';
 import cliProgress from 'cli-progress';
 import { Bench } from 'tinybench';
-import { connect, PreparedTable, type Channel } from '../src/transport/channel.js';
-import { FlightClient } from '../src/transport/flight.js';
+import { connect, type Channel } from '../src/transport/channel.js';
+import { PreparedTable } from '../src/ipc/prepared.js';
+import { FlightClient } from '../src/transport/flight-client.js';
 import { layoutIpcStream } from '../src/ipc/writer.js';
-import { generateSymbolColumns, symbolRows, symbolTableFromColumns, type SymbolRow } from '../src/symbols.js';
+import { generateSymbolColumns, symbolRows, symbolTableFromColumns, type SymbolRow } from '../src/cli/symbols.js';
 import { SOCKET_METHODS, encodeForSocket, now, writeFramed, type Method } from './methods.js';
 import { writeReport } from './report.js';
 
@@ -229,11 +230,31 @@ async function memcpyLimit(bytes: number): Promise<number[]> {
   return [...((task.result as unknown as { latency?: { samples?: number[] } })?.latency?.samples ?? [])];
 }
 
+/** What the Python and Rust rows need besides Node, each with how to get it: checked before anything runs. */
+function missingPrerequisites(): string[] {
+  const has = (command: string) => spawnSync('sh', ['-c', `command -v ${command}`]).status === 0;
+  const missing: string[] = [];
+  if (!existsSync(venvPython) && spawnSync('python3', ['-c', 'import venv, ensurepip']).status !== 0) {
+    missing.push('python3 with its venv module (Debian: apt-get install python3-venv), for .build/venv (scripts/ensure-venv.sh installs pyarrow from PyPI)');
+  }
+  if (!has('cargo')) missing.push('cargo, for the Rust receiver of the python → rust rows (https://rustup.rs, or apt-get install cargo)');
+  if (!has('cc')) missing.push('a C compiler (cc), which cargo links with (apt-get install gcc)');
+  return missing;
+}
+
+/** Ends the run with one message instead of a stack trace. */
+function stop(message: string): never {
+  process.stderr.write(`npm run bench: ${message}\n`);
+  process.exit(1);
+}
+
 async function main(): Promise<void> {
+  const missing = missingPrerequisites();
+  if (missing.length > 0) stop(`missing prerequisites:\n${missing.map((m) => `  - ${m}`).join('\n')}`);
   const venv = spawnSync(path.join(root, 'scripts', 'ensure-venv.sh'), { stdio: 'inherit' });
-  if (venv.status !== 0) throw new Error('cannot prepare the Python environment for the node → python rows');
+  if (venv.status !== 0) stop('cannot prepare the Python environment (.build/venv) for the node → python rows: see the output above');
   const cargo = spawnSync('cargo', ['build', '--quiet', '--release', '--example', 'bench_receiver', '--manifest-path', path.join(root, 'peers', 'rust', 'Cargo.toml'), '--target-dir', path.join(root, '.build', 'rust')], { stdio: 'inherit' });
-  if (cargo.status !== 0) throw new Error('cannot build the Rust receiver of the python → rust rows (peers/rust/examples/bench_receiver.rs)');
+  if (cargo.status !== 0) stop('cannot build the Rust receiver of the python → rust rows (peers/rust/examples/bench_receiver.rs): see the output above');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-bench-'));
   const results: Row[] = [];
   const symbolRowsCount = 100_000;
@@ -242,7 +263,7 @@ async function main(): Promise<void> {
   const rows = symbolRows(columns);
   const ipcBytes = layoutIpcStream(table).byteLength;
   const symbols: Payload = { table, rows, bytes: ipcBytes };
-  const { checksumSymbolTable } = await import('../src/symbols.js');
+  const { checksumSymbolTable } = await import('../src/cli/symbols.js');
   symbols.checksum = checksumSymbolTable(table);
   const methods: Method[] = ['json', 'v8', 'msgpack', 'msgpackr-records', 'arrow-socket', 'flight', 'arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt'];
   const runsFor = (m: Method) => (quick ? (m.startsWith('arrow') ? 15 : 5) : m.startsWith('arrow') ? 100 : 20);

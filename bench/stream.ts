@@ -14,9 +14,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Binary, Field, Float64, RecordBatch, RecordBatchReader, RecordBatchStreamWriter, Schema, Struct, makeData } from 'apache-arrow';
 import { publish } from '../src/stream/pubsub.js';
-import { connect, listen } from '../src/transport/channel.js';
+import { connect } from '../src/transport/channel.js';
+import { listen } from '../src/transport/listener.js';
 import { now } from './methods.js';
 import type { SubscriberReport } from './pubsub_subscriber.js';
+import { StreamWriter } from '../src/stream/producer.js';
+import { StreamReader } from '../src/stream/consumer.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
@@ -67,7 +70,7 @@ async function produce(job: Job): Promise<void> {
     return;
   }
   const channel = await connect(job.address);
-  const stream = await channel.openStream(schema, { capacityBytes: 64 * 1024 * 1024 });
+  const stream = await StreamWriter.open(channel, schema, { capacityBytes: 64 * 1024 * 1024 });
   for (let i = 0; i < job.batches; i++) {
     await stream.write(batchOf(payload));
     await pause();
@@ -113,7 +116,7 @@ async function run(job: Omit<Job, 'address'>): Promise<Result> {
     const listener = listen(address);
     child = startProducer({ ...job, address });
     const channel = await Promise.race([listener.accept(), failedExit(child)]);
-    const reader = await channel.acceptStream({ spinMicros: job.method === 'arrow-shm-stream-spin' ? 200 : 0 });
+    const reader = await StreamReader.accept(channel, { spinMicros: job.method === 'arrow-shm-stream-spin' ? 200 : 0 });
     for await (const batch of reader) record(batch.getChildAt(0)!.get(0) as number);
     reader.close();
     channel.close();

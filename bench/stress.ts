@@ -8,8 +8,11 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { makeVector, Table } from 'apache-arrow';
-import { connect, listen } from '../src/transport/channel.js';
+import { connect } from '../src/transport/channel.js';
+import { listen } from '../src/transport/listener.js';
 import { randomKillRun } from './kill.js';
+import { StreamWriter } from '../src/stream/producer.js';
+import { StreamReader } from '../src/stream/consumer.js';
 
 const flag = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -84,7 +87,7 @@ async function stream(minutes: number): Promise<void> {
   const listener = listen(address);
   const reader = child('stream-reader', address);
   const channel = await listener.accept();
-  const writer = await channel.openStream(table.schema, { capacityBytes: 1 << 20 });
+  const writer = await StreamWriter.open(channel, table.schema, { capacityBytes: 1 << 20 });
   const until = performance.now() + minutes * 60_000;
   const self: Sample[] = [];
   const peer: Sample[] = [];
@@ -117,7 +120,7 @@ if (role > 0) {
       message.close();
     }
   } else {
-    const reader = await channel.acceptStream();
+    const reader = await StreamReader.accept(channel);
     for await (const batch of reader) batch.numRows;
     reader.close();
   }

@@ -32,7 +32,8 @@
 #define MAX_MAPPING_BYTES ((int64_t)1 << 32)
 
 // ---------------------------------------------------------------------------------------------
-// Error plumbing
+// Error plumbing. The throw_* functions return NULL (undefined to JavaScript) so that a handler
+// fails in one line: `return throw_errno(env, "fstat", errno);`.
 
 typedef struct mapping mapping;
 
@@ -47,10 +48,10 @@ static addon_state* state_of(napi_env env) {
   return st;
 }
 
-static void throw_shm_error(napi_env env, const char* code, const char* message, int err, const char* syscall) {
+static napi_value throw_shm_error(napi_env env, const char* code, const char* message, int err, const char* syscall) {
   bool pending = false;
   napi_is_exception_pending(env, &pending);
-  if (pending) return;
+  if (pending) return NULL;
   addon_state* st = state_of(env);
   napi_value ctor = NULL, msg, code_v, err_v, sys_v, instance;
   napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
@@ -62,21 +63,26 @@ static void throw_shm_error(napi_env env, const char* code, const char* message,
     napi_value argv[4] = {code_v, msg, err_v, sys_v};
     if (napi_new_instance(env, ctor, 4, argv, &instance) == napi_ok) {
       napi_throw(env, instance);
-      return;
+      return NULL;
     }
   }
   napi_throw_error(env, code, message);
+  return NULL;
 }
 
-static void throw_errno(napi_env env, const char* syscall, int err) {
+static napi_value throw_errno(napi_env env, const char* syscall, int err) {
   char message[256];
   snprintf(message, sizeof message, "%s failed: %s (errno %d)", syscall, strerror(err), err);
-  throw_shm_error(env, "ERR_SYSCALL", message, err, syscall);
+  return throw_shm_error(env, "ERR_SYSCALL", message, err, syscall);
 }
 
-static void throw_arg(napi_env env, const char* message) {
-  throw_shm_error(env, "ERR_INVALID_ARGUMENT", message, 0, NULL);
+static napi_value throw_arg(napi_env env, const char* message) {
+  return throw_shm_error(env, "ERR_INVALID_ARGUMENT", message, 0, NULL);
 }
+
+// Repeats a system call that a signal interrupted (EINTR); `expr` assigns the call's result.
+#define RETRY_EINTR(expr) \
+  while ((expr) < 0 && errno == EINTR) {}
 
 #define CALL(env, expr)                                   \
   do {                                                    \
@@ -147,10 +153,101 @@ static bool arg_string(napi_env env, napi_value v, char* buf, size_t cap, size_t
   return true;
 }
 
+static bool is_function(napi_env env, napi_value v) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  return t == napi_function;
+}
+
+// A socket address: a path, or "@name" for the abstract namespace (no NUL after the name).
+static bool arg_address(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* addr_len) {
+  char path[sizeof addr->sun_path + 2];
+  size_t len;
+  if (!arg_string(env, v, path, sizeof path, &len)) return false;
+  if (len == 0 || len >= sizeof addr->sun_path) {
+    throw_arg(env, "socket address must be 1 to 107 bytes long");
+    return false;
+  }
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (path[0] == '@') {
+    addr->sun_path[0] = '\0';
+    memcpy(addr->sun_path + 1, path + 1, len - 1);
+    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+  } else {
+    memcpy(addr->sun_path, path, len);
+    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+  }
+  return true;
+}
+
+// Handler preamble, in the manner of better-sqlite3's REQUIRE_ARGUMENT_* macros. ARGS(n) fetches
+// the first n arguments (missing ones read as undefined; argc says how many were passed); each
+// ARG_* line then declares one C variable from argv[i], or throws and returns from the handler.
+// A variable is named after its JS parameter, because that name is the one error messages show.
+// They expect the handler's parameters to be called env and info, and are not wrapped in
+// do/while because the declarations must outlive the macro.
+#define ARGS(n)       \
+  size_t argc = (n);  \
+  napi_value argv[n]; \
+  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+#define ARG_FD(i, var) \
+  int var;             \
+  if (!arg_fd(env, argv[i], &var)) return NULL
+#define ARG_INT(i, var, lo, hi) \
+  int64_t var;                  \
+  if (!arg_int(env, argv[i], #var, lo, hi, &var)) return NULL
+// Optional trailing integer: only checked when passed (so an explicit undefined is refused).
+#define ARG_INT_OPT(i, var, lo, hi, fallback) \
+  int64_t var = (fallback);                   \
+  if (argc > (i) && !arg_int(env, argv[i], #var, lo, hi, &var)) return NULL
+#define ARG_BOOL(i, var) \
+  bool var;              \
+  if (napi_get_value_bool(env, argv[i], &var) != napi_ok) return throw_arg(env, #var " must be a boolean")
+#define ARG_BOOL_OPT(i, var, fallback) \
+  bool var = (fallback);               \
+  if (argc > (i) && napi_get_value_bool(env, argv[i], &var) != napi_ok) return throw_arg(env, #var " must be a boolean")
+// A lenient flag: anything but a boolean means the fallback (never throws).
+#define ARG_FLAG(i, var, fallback) \
+  bool var = (fallback);           \
+  napi_get_value_bool(env, argv[i], &var)
+// A Uint8Array: var points at its first byte, len is its length.
+#define ARG_BYTES(i, var, len) \
+  uint8_t* var;                \
+  size_t len;                  \
+  if (!arg_bytes(env, argv[i], &var, &len)) return NULL
+// A string of at most cap - 1 bytes (longer ones are cut), NUL-terminated; var##_len its length.
+#define ARG_STRING(i, var, cap) \
+  char var[cap];                \
+  size_t var##_len;             \
+  if (!arg_string(env, argv[i], var, sizeof var, &var##_len)) return NULL
+// A socket address string (see arg_address), ready for bind/connect as var, var##_len.
+#define ARG_ADDRESS(i, var) \
+  struct sockaddr_un var;   \
+  socklen_t var##_len;      \
+  if (!arg_address(env, argv[i], &var, &var##_len)) return NULL
+#define ARG_FUNCTION(i, var) \
+  napi_value var = argv[i];  \
+  if (!is_function(env, var)) return throw_arg(env, #var " must be a function")
+// A live poller handle (see unwrap_poller).
+#define ARG_POLLER(i, var)                   \
+  poller* var = unwrap_poller(env, argv[i]); \
+  if (!var) return NULL
+
 static napi_value make_int(napi_env env, int64_t x) {
   napi_value v;
   napi_create_int64(env, x, &v);
   return v;
+}
+
+static napi_value make_bool(napi_env env, bool b) {
+  napi_value v;
+  napi_get_boolean(env, b, &v);
+  return v;
+}
+
+static void set_int(napi_env env, napi_value object, const char* name, int64_t x) {
+  napi_set_named_property(env, object, name, make_int(env, x));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,96 +255,62 @@ static napi_value make_int(napi_env env, int64_t x) {
 
 // memfdCreate(name, size, allowSealing): fd. Without sealing it is the seed's kind of segment.
 static napi_value memfd_create_js(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char name[250];
-  size_t name_len;
-  int64_t size;
-  bool sealable = true;
-  if (!arg_string(env, argv[0], name, sizeof name, &name_len)) return NULL;
-  if (!arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
-  if (argc > 2 && napi_get_value_bool(env, argv[2], &sealable) != napi_ok) {
-    throw_arg(env, "allowSealing must be a boolean");
-    return NULL;
-  }
-  int fd = memfd_create(name, MFD_CLOEXEC | (sealable ? MFD_ALLOW_SEALING : 0));
-  if (fd < 0) {
-    throw_errno(env, "memfd_create", errno);
-    return NULL;
-  }
+  ARGS(3);
+  ARG_STRING(0, name, 250);
+  ARG_INT(1, size, 0, INT64_MAX);
+  ARG_BOOL_OPT(2, allowSealing, true);
+  int fd = memfd_create(name, MFD_CLOEXEC | (allowSealing ? MFD_ALLOW_SEALING : 0));
+  if (fd < 0) return throw_errno(env, "memfd_create", errno);
   if (size > 0 && ftruncate(fd, (off_t)size) != 0) {
     int err = errno;
     close(fd);
-    throw_errno(env, "ftruncate", err);
-    return NULL;
+    return throw_errno(env, "ftruncate", err);
   }
   return make_int(env, fd);
 }
 
 static napi_value ftruncate_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t size;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "size", 0, INT64_MAX, &size)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_INT(1, size, 0, INT64_MAX);
   if (ftruncate(fd, (off_t)size) != 0) throw_errno(env, "ftruncate", errno);
   return NULL;
 }
 
-// fstat(fd): { size, mode, ino, dev, nlink }  (ino/dev as numbers: exact below 2^53)
+// fstat(fd): { size, mode, ino, dev }  (ino/dev as numbers: exact below 2^53)
 static napi_value fstat_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   struct stat st;
-  if (fstat(fd, &st) != 0) {
-    throw_errno(env, "fstat", errno);
-    return NULL;
-  }
+  if (fstat(fd, &st) != 0) return throw_errno(env, "fstat", errno);
   napi_value out;
   napi_create_object(env, &out);
-  napi_set_named_property(env, out, "size", make_int(env, (int64_t)st.st_size));
-  napi_set_named_property(env, out, "mode", make_int(env, (int64_t)st.st_mode));
-  napi_set_named_property(env, out, "ino", make_int(env, (int64_t)st.st_ino));
-  napi_set_named_property(env, out, "dev", make_int(env, (int64_t)st.st_dev));
+  set_int(env, out, "size", (int64_t)st.st_size);
+  set_int(env, out, "mode", (int64_t)st.st_mode);
+  set_int(env, out, "ino", (int64_t)st.st_ino);
+  set_int(env, out, "dev", (int64_t)st.st_dev);
   return out;
 }
 
 static napi_value get_seals_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   int seals = fcntl(fd, F_GET_SEALS);
-  if (seals < 0) {
-    throw_errno(env, "fcntl(F_GET_SEALS)", errno);
-    return NULL;
-  }
+  if (seals < 0) return throw_errno(env, "fcntl(F_GET_SEALS)", errno);
   return make_int(env, seals);
 }
 
 static napi_value add_seals_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t seals;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "seals", 0, 0xffff, &seals)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_INT(1, seals, 0, 0xffff);
   if (fcntl(fd, F_ADD_SEALS, (int)seals) != 0) throw_errno(env, "fcntl(F_ADD_SEALS)", errno);
   return NULL;
 }
 
 static napi_value close_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   // Linux releases the descriptor even when close reports EINTR: never retry.
   if (close(fd) != 0 && errno != EINTR) throw_errno(env, "close", errno);
   return NULL;
@@ -255,24 +318,15 @@ static napi_value close_js(napi_env env, napi_callback_info info) {
 
 // pwrite(fd, bytes, offset): writes all bytes (loops on short writes)
 static napi_value pwrite_js(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  uint8_t* data;
-  size_t len;
-  int64_t offset;
-  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len) ||
-      !arg_int(env, argv[2], "offset", 0, INT64_MAX, &offset))
-    return NULL;
+  ARGS(3);
+  ARG_FD(0, fd);
+  ARG_BYTES(1, data, len);
+  ARG_INT(2, offset, 0, INT64_MAX);
   size_t done = 0;
   while (done < len) {
-    ssize_t n = pwrite(fd, data + done, len - done, (off_t)(offset + (int64_t)done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno(env, "pwrite", errno);
-      return NULL;
-    }
+    ssize_t n;
+    RETRY_EINTR(n = pwrite(fd, data + done, len - done, (off_t)(offset + (int64_t)done)));
+    if (n < 0) return throw_errno(env, "pwrite", errno);
     done += (size_t)n;
   }
   return NULL;
@@ -292,8 +346,7 @@ static void fallocate_execute(napi_env env, void* data) {
   (void)env;
   fallocate_job* job = data;
   int rc;
-  do rc = fallocate(job->fd, 0, 0, (off_t)job->length);
-  while (rc != 0 && errno == EINTR);
+  RETRY_EINTR(rc = fallocate(job->fd, 0, 0, (off_t)job->length));
   job->err = rc == 0 ? 0 : errno;
 }
 
@@ -315,17 +368,11 @@ static void fallocate_complete(napi_env env, napi_status status, void* data) {
 }
 
 static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t length;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, INT64_MAX, &length)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_INT(1, length, 1, INT64_MAX);
   fallocate_job* job = calloc(1, sizeof *job);
-  if (!job) {
-    throw_errno(env, "calloc", ENOMEM);
-    return NULL;
-  }
+  if (!job) return throw_errno(env, "calloc", ENOMEM);
   job->fd = fd;
   job->length = length;
   napi_value promise, name;
@@ -334,8 +381,7 @@ static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
   if (napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work) != napi_ok ||
       napi_queue_async_work(env, job->work) != napi_ok) {
     free(job);
-    throw_arg(env, "cannot queue the fallocate job");
-    return NULL;
+    return throw_arg(env, "cannot queue the fallocate job");
   }
   return promise;
 }
@@ -407,40 +453,25 @@ static void finalize_mapping(napi_env env, void* data, void* hint) {
   free(m);
 }
 
+
 // mmap(fd, length, writable, offset = 0): ArrayBuffer over MAP_SHARED pages of [offset, offset + length).
 // The offset lets a ring's consumer map its header read-write and its data read-only.
 static napi_value mmap_js(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t length, offset = 0;
-  bool writable;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "length", 1, (int64_t)(SIZE_MAX >> 1), &length)) return NULL;
-  if (napi_get_value_bool(env, argv[2], &writable) != napi_ok) {
-    throw_arg(env, "writable must be a boolean");
-    return NULL;
-  }
-  if (argc > 3 && !arg_int(env, argv[3], "offset", 0, (int64_t)(SIZE_MAX >> 1), &offset)) return NULL;
-  if (offset % sysconf(_SC_PAGESIZE) != 0) {
-    throw_arg(env, "offset must be a multiple of the page size");
-    return NULL;
-  }
-  if (length > MAX_MAPPING_BYTES) {
-    throw_shm_error(env, "ERR_TOO_LARGE", "a mapping over 4 GiB cannot be exposed to JavaScript (V8's limit for an external ArrayBuffer)", 0, "mmap");
-    return NULL;
-  }
+  ARGS(4);
+  ARG_FD(0, fd);
+  ARG_INT(1, length, 1, (int64_t)(SIZE_MAX >> 1));
+  ARG_BOOL(2, writable);
+  ARG_INT_OPT(3, offset, 0, (int64_t)(SIZE_MAX >> 1), 0);
+  if (offset % sysconf(_SC_PAGESIZE) != 0) return throw_arg(env, "offset must be a multiple of the page size");
+  if (length > MAX_MAPPING_BYTES)
+    return throw_shm_error(env, "ERR_TOO_LARGE", "a mapping over 4 GiB cannot be exposed to JavaScript (V8's limit for an external ArrayBuffer)", 0, "mmap");
   int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
   void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, (off_t)offset);
-  if (addr == MAP_FAILED) {
-    throw_errno(env, "mmap", errno);
-    return NULL;
-  }
+  if (addr == MAP_FAILED) return throw_errno(env, "mmap", errno);
   mapping* m = calloc(1, sizeof *m);
   if (!m) {
     munmap(addr, (size_t)length);
-    throw_errno(env, "calloc", ENOMEM);
-    return NULL;
+    return throw_errno(env, "calloc", ENOMEM);
   }
   m->addr = addr;
   m->length = (size_t)length;
@@ -452,8 +483,7 @@ static napi_value mmap_js(napi_env env, napi_callback_info info) {
       munmap(addr, (size_t)length);
       free(m);
     }
-    throw_shm_error(env, "ERR_SYSCALL", "cannot expose the mapping as an external ArrayBuffer", 0, "napi_create_external_arraybuffer");
-    return NULL;
+    return throw_shm_error(env, "ERR_SYSCALL", "cannot expose the mapping as an external ArrayBuffer", 0, "napi_create_external_arraybuffer");
   }
   addon_state* st = state_of(env);
   m->owner = st;
@@ -464,28 +494,16 @@ static napi_value mmap_js(napi_env env, napi_callback_info info) {
 
 // unmap(arrayBuffer): detach, then munmap. Returns false when it was not a live mapping of ours.
 static napi_value unmap_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   bool is_ab = false;
   napi_is_arraybuffer(env, argv[0], &is_ab);
-  if (!is_ab) {
-    throw_arg(env, "expected the ArrayBuffer returned by mmap()");
-    return NULL;
-  }
+  if (!is_ab) return throw_arg(env, "expected the ArrayBuffer returned by mmap()");
   mapping* m = arg_mapping(env, argv[0]);
-  napi_value result;
-  if (!m) {
-    napi_get_boolean(env, false, &result);
-    return result;
-  }
-  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok) {
-    throw_shm_error(env, "ERR_SYSCALL", "cannot detach the mapped ArrayBuffer", 0, "napi_detach_arraybuffer");
-    return NULL;
-  }
+  if (!m) return make_bool(env, false);
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok)
+    return throw_shm_error(env, "ERR_SYSCALL", "cannot detach the mapped ArrayBuffer", 0, "napi_detach_arraybuffer");
   do_munmap(env, m);
-  napi_get_boolean(env, true, &result);
-  return result;
+  return make_bool(env, true);
 }
 
 // reportMapping(arrayBuffer): counts a live mapping in V8's external memory, so that a mapping
@@ -493,9 +511,7 @@ static napi_value unmap_js(napi_env env, napi_callback_info info) {
 // time: a large report forces a collection on the spot (~5 ms for 1 GiB), which a hand-off whose
 // message is closed explicitly should never pay.
 static napi_value report_mapping_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   mapping* m = arg_mapping(env, argv[0]);
   if (m && !m->reported) {
     int64_t ignored;
@@ -507,21 +523,13 @@ static napi_value report_mapping_js(napi_env env, napi_callback_info info) {
 
 // populate(arrayBuffer): fault in every page of a writable mapping now (pre-touch for pools)
 static napi_value populate_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   mapping* m = arg_mapping(env, argv[0]);
-  if (!m) {
-    throw_arg(env, "expected a live mapping");
-    return NULL;
-  }
+  if (!m) return throw_arg(env, "expected a live mapping");
   void* data = m->addr;
   size_t len = m->length;
   if (madvise(data, len, MADV_POPULATE_WRITE) != 0) {
-    if (errno != EINVAL) {
-      throw_errno(env, "madvise(MADV_POPULATE_WRITE)", errno);
-      return NULL;
-    }
+    if (errno != EINVAL) return throw_errno(env, "madvise(MADV_POPULATE_WRITE)", errno);
     // Kernel without MADV_POPULATE_WRITE: touch one byte per page.
     volatile uint8_t* p = data;
     long page = sysconf(_SC_PAGESIZE);
@@ -531,164 +539,104 @@ static napi_value populate_js(napi_env env, napi_callback_info info) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// UNIX domain sockets. Addresses: a path, or "@name" for the abstract namespace.
-
-static bool make_addr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* addr_len) {
-  char path[sizeof addr->sun_path + 2];
-  size_t len;
-  if (!arg_string(env, v, path, sizeof path, &len)) return false;
-  if (len == 0 || len >= sizeof addr->sun_path) {
-    throw_arg(env, "socket address must be 1 to 107 bytes long");
-    return false;
-  }
-  memset(addr, 0, sizeof *addr);
-  addr->sun_family = AF_UNIX;
-  if (path[0] == '@') {
-    addr->sun_path[0] = '\0';
-    memcpy(addr->sun_path + 1, path + 1, len - 1);
-    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
-  } else {
-    memcpy(addr->sun_path, path, len);
-    *addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
-  }
-  return true;
-}
+// UNIX domain sockets. Addresses: a path, or "@name" for the abstract namespace (arg_address).
 
 // socket(seqpacket: boolean): non-blocking, close-on-exec AF_UNIX socket
 static napi_value socket_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool seqpacket = true;
-  napi_get_value_bool(env, argv[0], &seqpacket);
+  ARGS(1);
+  ARG_FLAG(0, seqpacket, true);
   int fd = socket(AF_UNIX, (seqpacket ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    throw_errno(env, "socket", errno);
-    return NULL;
-  }
+  if (fd < 0) return throw_errno(env, "socket", errno);
   return make_int(env, fd);
 }
 
 static napi_value bind_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  struct sockaddr_un addr;
-  socklen_t addr_len;
-  if (!arg_fd(env, argv[0], &fd) || !make_addr(env, argv[1], &addr, &addr_len)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_ADDRESS(1, addr);
   if (bind(fd, (struct sockaddr*)&addr, addr_len) != 0) throw_errno(env, "bind", errno);
   return NULL;
 }
 
 static napi_value listen_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  int64_t backlog;
-  if (!arg_fd(env, argv[0], &fd) || !arg_int(env, argv[1], "backlog", 1, 65535, &backlog)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_INT(1, backlog, 1, 65535);
   if (listen(fd, (int)backlog) != 0) throw_errno(env, "listen", errno);
   return NULL;
 }
 
 // accept(fd): new fd, or -1 when no connection is pending (EAGAIN)
 static napi_value accept_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
-  for (;;) {
-    int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c >= 0) return make_int(env, c);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return make_int(env, -1);
-    throw_errno(env, "accept4", errno);
-    return NULL;
-  }
+  ARGS(1);
+  ARG_FD(0, fd);
+  int c;
+  RETRY_EINTR(c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (c >= 0) return make_int(env, c);
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return make_int(env, -1);
+  return throw_errno(env, "accept4", errno);
 }
 
 // connect(fd, address): 0 when connected, -1 when in progress (EAGAIN/EINPROGRESS)
 static napi_value connect_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  struct sockaddr_un addr;
-  socklen_t addr_len;
-  if (!arg_fd(env, argv[0], &fd) || !make_addr(env, argv[1], &addr, &addr_len)) return NULL;
-  for (;;) {
-    if (connect(fd, (struct sockaddr*)&addr, addr_len) == 0) return make_int(env, 0);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EINPROGRESS) return make_int(env, -1);
-    throw_errno(env, "connect", errno);
-    return NULL;
-  }
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_ADDRESS(1, addr);
+  int rc;
+  RETRY_EINTR(rc = connect(fd, (struct sockaddr*)&addr, addr_len));
+  if (rc == 0) return make_int(env, 0);
+  if (errno == EAGAIN || errno == EINPROGRESS) return make_int(env, -1);
+  return throw_errno(env, "connect", errno);
 }
 
 // socketError(fd): pending SO_ERROR (0 when none), for completing a non-blocking connect
 static napi_value socket_error_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd, err = 0;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
+  int err = 0;
   socklen_t len = sizeof err;
-  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
-    throw_errno(env, "getsockopt(SO_ERROR)", errno);
-    return NULL;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return throw_errno(env, "getsockopt(SO_ERROR)", errno);
   return make_int(env, err);
 }
 
 // peerCredentials(fd): { pid, uid, gid } from SO_PEERCRED
 static napi_value peer_credentials_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   struct ucred cred;
   socklen_t len = sizeof cred;
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
-    return NULL;
-  }
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
   napi_value out;
   napi_create_object(env, &out);
-  napi_set_named_property(env, out, "pid", make_int(env, cred.pid));
-  napi_set_named_property(env, out, "uid", make_int(env, cred.uid));
-  napi_set_named_property(env, out, "gid", make_int(env, cred.gid));
+  set_int(env, out, "pid", cred.pid);
+  set_int(env, out, "uid", cred.uid);
+  set_int(env, out, "gid", cred.gid);
   return out;
 }
 
 static napi_value shutdown_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN) throw_errno(env, "shutdown", errno);
   return NULL;
 }
 
+// Control-message buffer for up to MAX_FDS_PER_MESSAGE descriptors, aligned for cmsghdr.
+typedef union {
+  char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+  struct cmsghdr align;
+} fd_control;
+
 // sendmsg(fd, bytes, fds): bytes sent, or -1 when the socket buffer is full (EAGAIN)
 static napi_value sendmsg_js(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  uint8_t* data;
-  size_t len;
-  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len)) return NULL;
+  ARGS(3);
+  ARG_FD(0, fd);
+  ARG_BYTES(1, data, len);
   uint32_t nfds = 0;
   bool is_array = false;
   napi_is_array(env, argv[2], &is_array);
-  if (!is_array || napi_get_array_length(env, argv[2], &nfds) != napi_ok || nfds > MAX_FDS_PER_MESSAGE) {
-    throw_arg(env, "fds must be an array of at most 16 descriptors");
-    return NULL;
-  }
+  if (!is_array || napi_get_array_length(env, argv[2], &nfds) != napi_ok || nfds > MAX_FDS_PER_MESSAGE)
+    return throw_arg(env, "fds must be an array of at most 16 descriptors");
   int fds[MAX_FDS_PER_MESSAGE];
   for (uint32_t i = 0; i < nfds; i++) {
     napi_value e;
@@ -696,10 +644,7 @@ static napi_value sendmsg_js(napi_env env, napi_callback_info info) {
     if (!arg_fd(env, e, &fds[i])) return NULL;
   }
   struct iovec iov = {.iov_base = data, .iov_len = len};
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
-    struct cmsghdr align;
-  } control;
+  fd_control control;
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
   if (nfds > 0) {
     memset(&control, 0, sizeof control);
@@ -711,14 +656,11 @@ static napi_value sendmsg_js(napi_env env, napi_callback_info info) {
     cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
     memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
   }
-  for (;;) {
-    ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    if (n >= 0) return make_int(env, n);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
-    throw_errno(env, "sendmsg", errno);
-    return NULL;
-  }
+  ssize_t n;
+  RETRY_EINTR(n = sendmsg(fd, &msg, MSG_NOSIGNAL));
+  if (n >= 0) return make_int(env, n);
+  if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+  return throw_errno(env, "sendmsg", errno);
 }
 
 // recvmsg(fd, buffer): null when nothing is ready (EAGAIN), else
@@ -726,31 +668,19 @@ static napi_value sendmsg_js(napi_env env, napi_callback_info info) {
 // Every fd received is returned (close-on-exec), even when the control data was truncated,
 // so the caller can close them: nothing leaks.
 static napi_value recvmsg_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  uint8_t* data;
-  size_t len;
-  if (!arg_fd(env, argv[0], &fd) || !arg_bytes(env, argv[1], &data, &len)) return NULL;
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_BYTES(1, data, len);
   struct iovec iov = {.iov_base = data, .iov_len = len};
-  union {
-    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
-    struct cmsghdr align;
-  } control;
+  fd_control control;
   struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
   ssize_t n;
-  for (;;) {
-    n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
-    if (n >= 0) break;
-    if (errno == EINTR) continue;
+  RETRY_EINTR(n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC));
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, "recvmsg", errno);
     napi_value nothing;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      napi_get_null(env, &nothing);
-      return nothing;
-    }
-    throw_errno(env, "recvmsg", errno);
-    return NULL;
+    napi_get_null(env, &nothing);
+    return nothing;
   }
   napi_value out, fds;
   napi_create_object(env, &out);
@@ -766,13 +696,10 @@ static napi_value recvmsg_js(napi_env env, napi_callback_info info) {
       napi_set_element(env, fds, count++, make_int(env, got));
     }
   }
-  napi_value truncated, ctruncated;
-  napi_get_boolean(env, (msg.msg_flags & MSG_TRUNC) != 0, &truncated);
-  napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &ctruncated);
-  napi_set_named_property(env, out, "bytes", make_int(env, n));
+  set_int(env, out, "bytes", n);
   napi_set_named_property(env, out, "fds", fds);
-  napi_set_named_property(env, out, "truncated", truncated);
-  napi_set_named_property(env, out, "controlTruncated", ctruncated);
+  napi_set_named_property(env, out, "truncated", make_bool(env, (msg.msg_flags & MSG_TRUNC) != 0));
+  napi_set_named_property(env, out, "controlTruncated", make_bool(env, (msg.msg_flags & MSG_CTRUNC) != 0));
   return out;
 }
 
@@ -782,52 +709,34 @@ static napi_value recvmsg_js(napi_env env, napi_callback_info info) {
 static napi_value eventfd_js(napi_env env, napi_callback_info info) {
   (void)info;
   int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (fd < 0) {
-    throw_errno(env, "eventfd", errno);
-    return NULL;
-  }
+  if (fd < 0) return throw_errno(env, "eventfd", errno);
   return make_int(env, fd);
 }
 
 // eventfdWrite(fd): adds 1 to the counter, waking whoever polls it. A counter at its maximum
 // (EAGAIN) already means "wake up", so that is not an error.
 static napi_value eventfd_write_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   uint64_t one = 1;
   ssize_t n;
-  do n = write(fd, &one, sizeof one);
-  while (n < 0 && errno == EINTR);
-  if (n < 0 && errno != EAGAIN) {
-    throw_errno(env, "write(eventfd)", errno);
-    return NULL;
-  }
+  RETRY_EINTR(n = write(fd, &one, sizeof one));
+  if (n < 0 && errno != EAGAIN) throw_errno(env, "write(eventfd)", errno);
   return NULL;
 }
 
 // eventfdRead(fd): reads and resets the counter; 0 when nothing was pending (EAGAIN).
 static napi_value eventfd_read_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  ARGS(1);
+  ARG_FD(0, fd);
   uint64_t value = 0;
   ssize_t n;
-  do n = read(fd, &value, sizeof value);
-  while (n < 0 && errno == EINTR);
+  RETRY_EINTR(n = read(fd, &value, sizeof value));
   if (n < 0) {
     if (errno == EAGAIN) return make_int(env, 0);
-    throw_errno(env, "read(eventfd)", errno);
-    return NULL;
+    return throw_errno(env, "read(eventfd)", errno);
   }
-  if (n != sizeof value) {
-    throw_shm_error(env, "ERR_INVALID_ARGUMENT", "not an eventfd: read returned a short count", 0, "read");
-    return NULL;
-  }
+  if (n != sizeof value) return throw_shm_error(env, "ERR_INVALID_ARGUMENT", "not an eventfd: read returned a short count", 0, "read");
   return make_int(env, value > INT32_MAX ? INT32_MAX : (int64_t)value);
 }
 
@@ -889,33 +798,21 @@ static void poller_finalize(napi_env env, void* data, void* hint) {
 
 // pollerCreate(fd, callback(status, events)): opaque handle
 static napi_value poller_create_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int fd;
-  if (!arg_fd(env, argv[0], &fd)) return NULL;
-  napi_valuetype t;
-  napi_typeof(env, argv[1], &t);
-  if (t != napi_function) {
-    throw_arg(env, "callback must be a function");
-    return NULL;
-  }
+  ARGS(2);
+  ARG_FD(0, fd);
+  ARG_FUNCTION(1, callback);
   uv_loop_t* loop;
   CALL(env, napi_get_uv_event_loop(env, &loop));
   poller* p = calloc(1, sizeof *p);
-  if (!p) {
-    throw_errno(env, "calloc", ENOMEM);
-    return NULL;
-  }
+  if (!p) return throw_errno(env, "calloc", ENOMEM);
   int rc = uv_poll_init(loop, &p->handle, fd);
   if (rc != 0) {
     free(p);
-    throw_errno(env, "uv_poll_init", -rc);
-    return NULL;
+    return throw_errno(env, "uv_poll_init", -rc);
   }
   p->handle.data = p;
   p->env = env;
-  napi_create_reference(env, argv[1], 1, &p->callback);
+  napi_create_reference(env, callback, 1, &p->callback);
   napi_value handle;
   napi_create_object(env, &handle);
   napi_wrap(env, handle, p, poller_finalize, NULL, NULL);
@@ -937,14 +834,10 @@ static poller* unwrap_poller(napi_env env, napi_value v) {
 
 // pollerStart(handle, readable, writable)
 static napi_value poller_start_js(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  poller* p = unwrap_poller(env, argv[0]);
-  if (!p) return NULL;
-  bool readable = false, writable = false;
-  napi_get_value_bool(env, argv[1], &readable);
-  napi_get_value_bool(env, argv[2], &writable);
+  ARGS(3);
+  ARG_POLLER(0, p);
+  ARG_FLAG(1, readable, false);
+  ARG_FLAG(2, writable, false);
   int events = (readable ? UV_READABLE | UV_DISCONNECT : 0) | (writable ? UV_WRITABLE : 0);
   int rc = events ? uv_poll_start(&p->handle, events, poller_fire) : uv_poll_stop(&p->handle);
   if (rc != 0) throw_errno(env, "uv_poll_start", -rc);
@@ -953,22 +846,16 @@ static napi_value poller_start_js(napi_env env, napi_callback_info info) {
 
 // pollerRef(handle, keepsLoopAlive)
 static napi_value poller_ref_js(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  poller* p = unwrap_poller(env, argv[0]);
-  if (!p) return NULL;
-  bool keep = true;
-  napi_get_value_bool(env, argv[1], &keep);
-  if (keep) uv_ref((uv_handle_t*)&p->handle);
+  ARGS(2);
+  ARG_POLLER(0, p);
+  ARG_FLAG(1, keepsLoopAlive, true);
+  if (keepsLoopAlive) uv_ref((uv_handle_t*)&p->handle);
   else uv_unref((uv_handle_t*)&p->handle);
   return NULL;
 }
 
 static napi_value poller_close_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   poller* p = NULL;
   // Detach from the JS object first: its finalizer must never see p after libuv frees it.
   if (napi_remove_wrap(env, argv[0], (void**)&p) != napi_ok || !p) return NULL;
@@ -979,9 +866,7 @@ static napi_value poller_close_js(napi_env env, napi_callback_info info) {
 // ---------------------------------------------------------------------------------------------
 
 static napi_value set_error_class_js(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  ARGS(1);
   addon_state* st = state_of(env);
   if (st->error_class) napi_delete_reference(env, st->error_class);
   napi_create_reference(env, argv[0], 1, &st->error_class);
@@ -997,57 +882,63 @@ static void free_state(napi_env env, void* data, void* hint) {
   free(st);
 }
 
+// constants: each named after its C macro, so the JS name and the value cannot drift apart.
+#define CONSTANT(name) set_int(env, c, #name, name)
+
 static napi_value constants(napi_env env) {
   napi_value c;
   napi_create_object(env, &c);
-  napi_set_named_property(env, c, "F_SEAL_SEAL", make_int(env, F_SEAL_SEAL));
-  napi_set_named_property(env, c, "F_SEAL_SHRINK", make_int(env, F_SEAL_SHRINK));
-  napi_set_named_property(env, c, "F_SEAL_GROW", make_int(env, F_SEAL_GROW));
-  napi_set_named_property(env, c, "F_SEAL_WRITE", make_int(env, F_SEAL_WRITE));
-  napi_set_named_property(env, c, "F_SEAL_FUTURE_WRITE", make_int(env, F_SEAL_FUTURE_WRITE));
-  napi_set_named_property(env, c, "S_IFMT", make_int(env, S_IFMT));
-  napi_set_named_property(env, c, "S_IFREG", make_int(env, S_IFREG));
-  napi_set_named_property(env, c, "UV_READABLE", make_int(env, UV_READABLE));
-  napi_set_named_property(env, c, "UV_WRITABLE", make_int(env, UV_WRITABLE));
-  napi_set_named_property(env, c, "UV_DISCONNECT", make_int(env, UV_DISCONNECT));
-  napi_set_named_property(env, c, "PAGE_SIZE", make_int(env, sysconf(_SC_PAGESIZE)));
+  CONSTANT(F_SEAL_SEAL);
+  CONSTANT(F_SEAL_SHRINK);
+  CONSTANT(F_SEAL_GROW);
+  CONSTANT(F_SEAL_WRITE);
+  CONSTANT(F_SEAL_FUTURE_WRITE);
+  CONSTANT(S_IFMT);
+  CONSTANT(S_IFREG);
+  CONSTANT(UV_READABLE);
+  CONSTANT(UV_WRITABLE);
+  CONSTANT(UV_DISCONNECT);
+  set_int(env, c, "PAGE_SIZE", sysconf(_SC_PAGESIZE));
   return c;
 }
+
+// The exports, one line each: JS name, C handler (the TypeScript view is src/native.ts).
+#define METHOD(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_default, NULL}
 
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   addon_state* st = calloc(1, sizeof *st);
   if (!st || napi_set_instance_data(env, st, free_state, NULL) != napi_ok) return NULL;
   napi_property_descriptor props[] = {
-      {"setErrorClass", NULL, set_error_class_js, NULL, NULL, NULL, napi_default, NULL},
-      {"memfdCreate", NULL, memfd_create_js, NULL, NULL, NULL, napi_default, NULL},
-      {"ftruncate", NULL, ftruncate_js, NULL, NULL, NULL, napi_default, NULL},
-      {"fstat", NULL, fstat_js, NULL, NULL, NULL, napi_default, NULL},
-      {"getSeals", NULL, get_seals_js, NULL, NULL, NULL, napi_default, NULL},
-      {"addSeals", NULL, add_seals_js, NULL, NULL, NULL, napi_default, NULL},
-      {"close", NULL, close_js, NULL, NULL, NULL, napi_default, NULL},
-      {"pwrite", NULL, pwrite_js, NULL, NULL, NULL, napi_default, NULL},
-      {"fallocateAsync", NULL, fallocate_async_js, NULL, NULL, NULL, napi_default, NULL},
-      {"mmap", NULL, mmap_js, NULL, NULL, NULL, napi_default, NULL},
-      {"unmap", NULL, unmap_js, NULL, NULL, NULL, napi_default, NULL},
-      {"reportMapping", NULL, report_mapping_js, NULL, NULL, NULL, napi_default, NULL},
-      {"populate", NULL, populate_js, NULL, NULL, NULL, napi_default, NULL},
-      {"socket", NULL, socket_js, NULL, NULL, NULL, napi_default, NULL},
-      {"bind", NULL, bind_js, NULL, NULL, NULL, napi_default, NULL},
-      {"listen", NULL, listen_js, NULL, NULL, NULL, napi_default, NULL},
-      {"accept", NULL, accept_js, NULL, NULL, NULL, napi_default, NULL},
-      {"connect", NULL, connect_js, NULL, NULL, NULL, napi_default, NULL},
-      {"socketError", NULL, socket_error_js, NULL, NULL, NULL, napi_default, NULL},
-      {"peerCredentials", NULL, peer_credentials_js, NULL, NULL, NULL, napi_default, NULL},
-      {"shutdown", NULL, shutdown_js, NULL, NULL, NULL, napi_default, NULL},
-      {"sendmsg", NULL, sendmsg_js, NULL, NULL, NULL, napi_default, NULL},
-      {"recvmsg", NULL, recvmsg_js, NULL, NULL, NULL, napi_default, NULL},
-      {"eventfd", NULL, eventfd_js, NULL, NULL, NULL, napi_default, NULL},
-      {"eventfdWrite", NULL, eventfd_write_js, NULL, NULL, NULL, napi_default, NULL},
-      {"eventfdRead", NULL, eventfd_read_js, NULL, NULL, NULL, napi_default, NULL},
-      {"pollerCreate", NULL, poller_create_js, NULL, NULL, NULL, napi_default, NULL},
-      {"pollerStart", NULL, poller_start_js, NULL, NULL, NULL, napi_default, NULL},
-      {"pollerRef", NULL, poller_ref_js, NULL, NULL, NULL, napi_default, NULL},
-      {"pollerClose", NULL, poller_close_js, NULL, NULL, NULL, napi_default, NULL},
+      METHOD("setErrorClass", set_error_class_js),
+      METHOD("memfdCreate", memfd_create_js),
+      METHOD("ftruncate", ftruncate_js),
+      METHOD("fstat", fstat_js),
+      METHOD("getSeals", get_seals_js),
+      METHOD("addSeals", add_seals_js),
+      METHOD("close", close_js),
+      METHOD("pwrite", pwrite_js),
+      METHOD("fallocateAsync", fallocate_async_js),
+      METHOD("mmap", mmap_js),
+      METHOD("unmap", unmap_js),
+      METHOD("reportMapping", report_mapping_js),
+      METHOD("populate", populate_js),
+      METHOD("socket", socket_js),
+      METHOD("bind", bind_js),
+      METHOD("listen", listen_js),
+      METHOD("accept", accept_js),
+      METHOD("connect", connect_js),
+      METHOD("socketError", socket_error_js),
+      METHOD("peerCredentials", peer_credentials_js),
+      METHOD("shutdown", shutdown_js),
+      METHOD("sendmsg", sendmsg_js),
+      METHOD("recvmsg", recvmsg_js),
+      METHOD("eventfd", eventfd_js),
+      METHOD("eventfdWrite", eventfd_write_js),
+      METHOD("eventfdRead", eventfd_read_js),
+      METHOD("pollerCreate", poller_create_js),
+      METHOD("pollerStart", poller_start_js),
+      METHOD("pollerRef", poller_ref_js),
+      METHOD("pollerClose", poller_close_js),
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_set_named_property(env, exports, "constants", constants(env));

@@ -118,6 +118,14 @@ for name in ("ack", "error", "goodbye", "release", "welcome"):
     put("channel_accept", "hello-" + name,
         bytes([0x00]) + struct.pack("<H", len(h)) + h + struct.pack("<H", len(f)) + f)
 put("channel_accept", "hello-only", bytes([0x00]) + struct.pack("<H", len(h)) + h)
+# ipc_validate's structure-aware recipes (0xA5, shape, refs, length, depth, extra): shared
+# offsets over and under the §14.1 limits, deep nesting, counts, many small messages
+recipes = {"metadata-share": (0, 200, 1000, 0, 0), "metadata-share-ok": (0, 200, 100, 0, 0),
+           "fields-share": (1, 500, 10, 0, 0), "fields-share-ok": (1, 200, 10, 0, 0),
+           "nesting-over": (2, 0, 0, 61, 0), "nesting-ok": (2, 0, 0, 60, 0),
+           "counts": (3, 2, 0, 0, 5), "counts-ok": (3, 1, 0, 0, 2), "many-messages": (4, 255, 0, 0, 0)}
+for name, (shape, refs, length, depth, extra) in recipes.items():
+    put("ipc_validate", "recipe-" + name, bytes([0xA5, shape]) + struct.pack("<II", refs, length) + bytes([depth, extra]))
 PY
 
 # ---- replay + fuzz ----------------------------------------------------------------------------

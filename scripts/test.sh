@@ -7,6 +7,11 @@ cd "$root"
 [[ -f build/Release/arrow_shm.node ]] || node scripts/build-native.mjs
 npx --no-install tsc -p . && chmod +x dist/src/cli/main.js
 scripts/ensure-venv.sh
+# The cross toolchains with which test/package.test.ts rebuilds every committed prebuilt addon and
+# loads the arm64 ones under qemu (root only; ~45 s once per machine).
+if [[ $EUID -eq 0 ]] && ! { command -v aarch64-linux-gnu-gcc && command -v musl-gcc && command -v qemu-aarch64; } >/dev/null; then
+  scripts/prebuild-toolchains.sh || echo "arrow-shm: could not install the cross toolchains: the package tests that need them will say they skipped" >&2
+fi
 peers/rust/build.sh
 peers/cpp/build.sh
 status=0

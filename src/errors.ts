@@ -19,6 +19,9 @@ export const ErrorCodes = [
   'ERR_RING_FULL',
   'ERR_NO_READER_SLOT',
   'ERR_RING_INVALID',
+  'ERR_IPC_LIMIT',
+  'ERR_RESOURCE_LIMIT',
+  'ERR_ADDRESS_IN_USE',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

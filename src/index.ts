@@ -2,26 +2,23 @@
 export { ArrowShmError, ErrorCodes, isArrowShmError, type ErrorCode } from './errors.js';
 export { Segment, Mapping, SEALS_SEALED, SEALS_LEASED, describeSeals, type SealPolicy } from './shm/segment.js';
 export { layoutIpcStream, writeIpcLayout, ALIGNMENT, type IpcLayout, type IpcChunk, type TableLike } from './ipc/writer.js';
-export { validateIpcStream, type IpcSummary } from './ipc/validate.js';
+export { validateIpcStream, type IpcSummary } from './ipc/messages.js';
 export { decodeTable, decodeBatches, tableFromIpcBytes } from './ipc/reader.js';
-export {
-  Channel,
-  Listener,
-  Message,
-  PreparedTable,
-  type ChannelOptions,
-  type ListenerOptions,
-  type PeerInfo,
-  type SendOptions,
-  type Sendable,
-} from './transport/channel.js';
+export { Channel } from './transport/channel.js';
+export { Listener, type ListenerOptions } from './transport/listener.js';
+export { ReceivedTable } from './transport/received.js';
+export { PreparedTable, type Sendable } from './ipc/prepared.js';
+export { type ChannelOptions, type PeerInfo, type SendOptions } from './transport/options.js';
+export { DEFAULT_IPC_LIMITS, type IpcLimits } from './ipc/limits.js';
 export { FrameKind, FrameFlags, PROTOCOL_VERSION, type KeyValues } from './transport/frame.js';
 export { seedSend, seedReceive, SEED_SOCKET_PATH } from './transport/seed.js';
-export { generateSymbolTable, checksumSymbolTable, SYMBOL_SCHEMA } from './symbols.js';
 export { StreamReader, StreamBatch, type StreamReaderOptions } from './stream/consumer.js';
 export { StreamWriter, type StreamWriterOptions } from './stream/producer.js';
 export { Publication, publish, subscribe, type PublicationOptions } from './stream/pubsub.js';
-export { FlightClient, FlightServer, FlightMessage, isFlightAddress, type CallOptions, type FlightClientOptions, type FlightServerOptions } from './transport/flight.js';
+export { FlightClient, type CallOptions, type FlightClientOptions } from './transport/flight-client.js';
+export { FlightServer, type FlightServerOptions } from './transport/flight-server.js';
+export { FlightMessage } from './transport/flight-message.js';
+export { isFlightAddress } from './transport/flight-codec.js';
 export { FlightChannel, FlightListener, type FlightChannelOptions, type FlightListenerOptions } from './transport/flight-channel.js';
 // connect/listen choose the transport by address: a path or @name is shared memory, grpc:// is Flight.
 export { connect, listen, type AnyChannel, type AnyListener, type ChannelAt, type ConnectOptions, type FlightAddress, type ListenerAt, type ListenOptions } from './transport/address.js';

@@ -78,12 +78,22 @@ export interface NativeBinding {
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const require = createRequire(import.meta.url);
 
+/** build/Release (a source build) if present, else the prebuild for this platform (node-gyp-build). */
+function addonPath(): string {
+  if (process.env.ARROW_SHM_NATIVE) return process.env.ARROW_SHM_NATIVE; // override: scripts/sanitize.sh
+  try {
+    return (require('node-gyp-build') as { path(dir: string): string }).path(root);
+  } catch (cause) {
+    throw new ArrowShmError('ERR_SYSCALL', `arrow-shm has no native addon for ${process.platform}-${process.arch}: build it with \`npm rebuild arrow-shm\` (needs cc, make and python3; recent npm runs it only after \`npm install-scripts approve arrow-shm\`)`, undefined, 'dlopen', { cause });
+  }
+}
+
 function load(): NativeBinding {
-  const file = process.env.ARROW_SHM_NATIVE || path.join(root, 'build', 'Release', 'arrow_shm.node'); // override: scripts/sanitize.sh
+  const file = addonPath();
   try {
     return require(file) as NativeBinding;
   } catch (cause) {
-    throw new ArrowShmError('ERR_SYSCALL', `cannot load the arrow-shm native addon at ${file}: run \`npm install\` (it builds the addon)`, undefined, 'dlopen', { cause });
+    throw new ArrowShmError('ERR_SYSCALL', `cannot load the arrow-shm native addon at ${file}: rebuild it with \`npm rebuild arrow-shm --build-from-source\``, undefined, 'dlopen', { cause });
   }
 }
 

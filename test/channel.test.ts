@@ -5,10 +5,12 @@ import path from 'node:path';
 import { tableFromIPC } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
 import { native } from '../src/native.js';
-import { connect, listen, PreparedTable, type Channel, type Listener } from '../src/transport/channel.js';
+import { connect, type Channel } from '../src/transport/channel.js';
+import { listen, type Listener } from '../src/transport/listener.js';
+import { PreparedTable } from '../src/ipc/prepared.js';
 import { FrameFlags, FrameKind, encodeFrame } from '../src/transport/frame.js';
 import { Segment } from '../src/shm/segment.js';
-import { generateSymbolTable, checksumSymbolTable } from '../src/symbols.js';
+import { generateSymbolTable, checksumSymbolTable } from '../src/cli/symbols.js';
 import { fuzzFiles, goldStreams, leaksSince, memfdMappings, openFds, RawPeer, resources, sleep, uniqueAddress, waitFor } from './helpers.js';
 
 async function pair(options: Parameters<typeof listen>[1] = {}): Promise<{ listener: Listener; server: Channel; client: Channel; address: string }> {

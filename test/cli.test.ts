@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, readdirSync } from 'n
 import os from 'node:os';
 import path from 'node:path';
 import { tableToIPC } from 'apache-arrow';
-import { generateSymbolTable } from '../src/symbols.js';
+import { generateSymbolTable } from '../src/cli/symbols.js';
 import { goldStreams, runCli, startListening, cliScript, uniqueAddress } from './helpers.js';
 
 const tmp = () => mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-cli-'));

@@ -12,8 +12,10 @@ import { ArrowShmError, fail } from '../src/errors.js';
 import { connect, listen } from '../src/transport/address.js';
 import { Channel } from '../src/transport/channel.js';
 import { FlightChannel, FlightListener } from '../src/transport/flight-channel.js';
-import { FlightClient, FlightServer, receivedName, toFlightData } from '../src/transport/flight.js';
-import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
+import { FlightClient } from '../src/transport/flight-client.js';
+import { FlightServer, receivedName } from '../src/transport/flight-server.js';
+import { toFlightData } from '../src/transport/flight-codec.js';
+import { checksumSymbolTable, generateSymbolTable } from '../src/cli/symbols.js';
 import { cliScript, goldStreams, hasVenv, repoRoot, resources, runProcess, startListening, venvPython, waitForNoLeaks } from './helpers.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
@@ -231,9 +233,9 @@ test('same-host upgrade: a client offering it puts tables through shared memory 
     const viaShm = await server.receive();
     assert.equal(receivedName(viaShm), 'symbols/a');
     assert.equal(viaShm.metadata.k, 'v');
-    assert.ok('sharedBuffer' in viaShm, 'a shared-memory Message');
+    assert.ok('sharedBuffer' in viaShm, 'a shared-memory ReceivedTable');
     const buffers = viaShm.table.getChild('start_line')!.data[0]!.values as Uint32Array;
-    assert.equal(buffers.buffer, (viaShm as import('../src/transport/channel.js').Message).sharedBuffer, 'the column is a view of the shared mapping');
+    assert.equal(buffers.buffer, (viaShm as import('../src/transport/received.js').ReceivedTable).sharedBuffer, 'the column is a view of the shared mapping');
     assert.equal(checksumSymbolTable(viaShm.table), checksumSymbolTable(table));
     viaShm.close();
     upgraded.close();

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { tableFromIPC, type Table } from 'apache-arrow';
 import { connect } from '../src/transport/channel.js';
-import { generateSymbolTable } from '../src/symbols.js';
+import { generateSymbolTable } from '../src/cli/symbols.js';
 import { layoutIpcStream, writeIpcLayout } from '../src/ipc/writer.js';
 import { goldStreams, repoRoot, runCli, runProcess, startListening, venvPython, cliScript } from './helpers.js';
 

@@ -4,10 +4,10 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { tableFromIPC, tableToIPC, type Table } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
-import { validateIpcStream } from '../src/ipc/validate.js';
+import { validateIpcStream } from '../src/ipc/messages.js';
 import { decodeTable, tableFromIpcBytes } from '../src/ipc/reader.js';
 import { ALIGNMENT, layoutIpcStream, writeIpcLayout } from '../src/ipc/writer.js';
-import { generateSymbolTable, checksumSymbolTable } from '../src/symbols.js';
+import { generateSymbolTable, checksumSymbolTable } from '../src/cli/symbols.js';
 import { fuzzFiles, goldStreams } from './helpers.js';
 
 const KNOWN_ARROW_JS_ENCODER_QUIRKS = new Set(['generated_duplicate_fieldnames.stream']);

@@ -7,7 +7,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Binary, Field, RecordBatch, Schema, Struct, makeData, tableFromIPC } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
-import { connect, listen, PreparedTable } from '../src/transport/channel.js';
+import { connect } from '../src/transport/channel.js';
+import { listen } from '../src/transport/listener.js';
+import { PreparedTable } from '../src/ipc/prepared.js';
 import { goldStreams, leaksSince, repoRoot, resources, runCli, startListening, uniqueAddress, venvPython } from './helpers.js';
 
 const fixture = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'fd-starved-receiver.js');

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { layoutIpcStream, writeIpcLayout } from '../src/ipc/writer.js';
-import { generateSymbolTable } from '../src/symbols.js';
+import { generateSymbolTable } from '../src/cli/symbols.js';
 import { goldStreams, repoRoot, runProcess, startListening } from './helpers.js';
 
 const run = path.join(repoRoot, 'peers', 'run');

@@ -12,8 +12,10 @@ import { Int32, RecordBatch, Table, Utf8, makeVector, tableToIPC, vectorFromArra
 import { ArrowShmError } from '../src/errors.js';
 import { decodeTable } from '../src/ipc/reader.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
-import { listen } from '../src/transport/channel.js';
+import { listen } from '../src/transport/listener.js';
 import { cliScript, drainStream, goldDir, hasVenv, repoRoot, resources, startListening, uniqueAddress, venvPython, waitFor, waitForNoLeaks } from './helpers.js';
+import { StreamWriter } from '../src/stream/producer.js';
+import { StreamReader } from '../src/stream/consumer.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const streamPeer = path.join(repoRoot, 'test', 'python', 'stream_peer.py');
@@ -146,7 +148,7 @@ test('a full ring: with onFull "error" Node fails fast while a Python reader hol
   const listener = listen(address);
   const holder = python(['hold', address, '3']);
   const channel = await listener.accept();
-  const writer = await channel.openStream(numbered(0, 1).schema, { capacityBytes: 1 << 16, onFull: 'error' });
+  const writer = await StreamWriter.open(channel, numbered(0, 1).schema, { capacityBytes: 1 << 16, onFull: 'error' });
   const rows = 400;
   let written = 0;
   let full: unknown;
@@ -197,7 +199,7 @@ test('SIGKILL: a Python producer killed mid-stream, and a Python subscriber kill
   const listener = listen(address);
   const producer = spawn(venvPython, ['-m', 'arrow_shm', 'send', '--stream', '--socket', address, '--ring-bytes', '65536', file], { stdio: 'ignore' });
   const channel = await listener.accept();
-  const reader = await channel.acceptStream({ readTimeoutMs: 20_000 });
+  const reader = await StreamReader.accept(channel, { readTimeoutMs: 20_000 });
   const first = (await reader.read())!;
   assert.deepEqual(first.batch.getChildAt(0)!.get(0), 0);
   first.release();
@@ -240,7 +242,7 @@ test('100,000 small batches from Node to Python, read in place; fds flat on both
   const listener = listen(address);
   const counter = python(['count', address]);
   const channel = await listener.accept();
-  const writer = await channel.openStream(numbered(0, 1).schema, { capacityBytes: 1 << 20 });
+  const writer = await StreamWriter.open(channel, numbered(0, 1).schema, { capacityBytes: 1 << 20 });
   const batch = numbered(7, 1).batches[0]!;
   const total = 100_000;
   for (let i = 0; i < total; i++) await writer.write(batch);

@@ -7,12 +7,13 @@ import path from 'node:path';
 import { Dictionary, Field, Int32, RecordBatch, Schema, Struct, Table, Utf8, Vector, makeData, makeVector, tableToIPC, vectorFromArray } from 'apache-arrow';
 import { ArrowShmError } from '../src/errors.js';
 import { native } from '../src/native.js';
-import { connect, listen, type Channel, type Listener } from '../src/transport/channel.js';
+import { connect, type Channel } from '../src/transport/channel.js';
+import { listen, type Listener } from '../src/transport/listener.js';
 import { publish, subscribe } from '../src/stream/pubsub.js';
-import type { StreamReader } from '../src/stream/consumer.js';
+import { StreamReader } from '../src/stream/consumer.js';
 import { RING_HEADER_BYTES, RingHeader } from '../src/stream/ring.js';
-import type { StreamWriterOptions } from '../src/stream/producer.js';
-import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
+import { StreamWriter, type StreamWriterOptions } from '../src/stream/producer.js';
+import { checksumSymbolTable, generateSymbolTable } from '../src/cli/symbols.js';
 import { decodeTable } from '../src/ipc/reader.js';
 import { cliScript, drainStream, goldDir, openFds, resources, startListening, uniqueAddress, waitFor, waitForNoLeaks } from './helpers.js';
 
@@ -28,7 +29,7 @@ async function pair(): Promise<{ listener: Listener; server: Channel; client: Ch
 /** A stream from client to server; the caller closes everything with `done()`. */
 async function streamPair(t: TestContext, schema: Schema, options: StreamWriterOptions = {}) {
   const { listener, server, client } = await pair();
-  const [writer, reader] = await Promise.all([client.openStream(schema, options), server.acceptStream({ readTimeoutMs: 20_000 })]);
+  const [writer, reader] = await Promise.all([StreamWriter.open(client, schema, options), StreamReader.accept(server, { readTimeoutMs: 20_000 })]);
   const done = () => {
     reader.close();
     writer.abort();
@@ -219,13 +220,13 @@ test('a reader detects a corrupted ring (ERR_RING_INVALID) and a hostile STREAM_
   const fake = native.memfdCreate('not-a-ring', 4096 + 65536);
   const prologue = native.memfdCreate('prologue', 64);
   const [e1, e2] = [native.eventfd(), native.eventfd()];
-  const sent = client.sendStreamFrame(
+  const sent = client.streams.sendStreamFrame(
     { kind: 8, ipcLength: 8n, fdCount: 4, metadata: { stream_id: '1', reader_slot: '0', start_position: '0', capacity: '65536' } },
     [fake, prologue, e1, e2],
     2000,
   );
   const fdsBefore = openFds();
-  await assert.rejects(server.acceptStream(), code('ERR_SEGMENT_UNSEALED'));
+  await assert.rejects(StreamReader.accept(server), code('ERR_SEGMENT_UNSEALED'));
   await assert.rejects(sent.acked, (e: unknown) => code('ERR_SEGMENT_UNSEALED')(e) && (e as ArrowShmError).remote);
   assert.ok(openFds() <= fdsBefore, 'the refused fds were closed');
   for (const fd of [fake, prologue, e1, e2]) native.close(fd);
@@ -369,7 +370,7 @@ test('a producer killed with SIGKILL mid-stream: the reader drains what was publ
   const listener = listen(address);
   const child = spawn(process.execPath, [cliScript, 'send', '--stream', '--socket', address, '--ring-bytes', '65536', file], { stdio: 'ignore' });
   const channel = await listener.accept();
-  const reader = await channel.acceptStream();
+  const reader = await StreamReader.accept(channel);
   const first = (await reader.read())!;
   assert.equal(first.batch.numRows, 200);
   first.release();
@@ -453,8 +454,9 @@ test('a hostile subscriber scribbling its read position cannot make the publishe
   await publication.waitForSubscribers(2);
   // The ring's header page, mapped writable as every subscriber maps it.
   const ringFd = ringFds()[0]!;
-  const header = new RingHeader(native.mmap(ringFd, RING_HEADER_BYTES, true));
-  t.after(() => native.unmap(header.u64.buffer as ArrayBuffer));
+  const page = native.mmap(ringFd, RING_HEADER_BYTES, true);
+  const header = new RingHeader(page);
+  t.after(() => native.unmap(page));
   // Which slot is the honest one: the one that moves when it releases a batch.
   await publication.write(numbered(0, 1));
   (await honest.read())!.release();

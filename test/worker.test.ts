@@ -3,9 +3,10 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { listen } from '../src/transport/channel.js';
-import { checksumSymbolTable, generateSymbolTable } from '../src/symbols.js';
+import { listen } from '../src/transport/listener.js';
+import { checksumSymbolTable, generateSymbolTable } from '../src/cli/symbols.js';
 import { resources, uniqueAddress, waitForNoLeaks } from './helpers.js';
+import { StreamWriter } from '../src/stream/producer.js';
 
 const workerScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'worker-peer.js');
 
@@ -21,7 +22,7 @@ test('worker_threads: a worker receives a table and a stream from its parent thr
   const channel = await listener.accept();
   const table = generateSymbolTable(20_000);
   await channel.send(table);
-  const stream = await channel.openStream(table.schema);
+  const stream = await StreamWriter.open(channel, table.schema);
   for (let i = 0; i < 10; i++) await stream.write(table.slice(i * 2000, (i + 1) * 2000));
   await stream.close();
   const seen = await report;

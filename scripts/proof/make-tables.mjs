@@ -6,7 +6,7 @@
 import { writeFileSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Table, RecordBatch, Schema, Field, Int32, Float64, makeData, Struct, tableToIPC, RecordBatchStreamWriter } from 'apache-arrow';
-import { generateSymbolTable } from '../../dist/src/index.js';
+import { generateSymbolTable } from '../../dist/src/cli/symbols.js';
 
 const [dir, kind, nArg] = process.argv.slice(2);
 const n = Number(nArg);

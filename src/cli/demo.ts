@@ -1,5 +1,6 @@
 // `arrow-shm demo`: a receiver process and a sender process hand over the 100,000-row symbol
-// table, through arrow-shm and through JSON over a UNIX socket, and the parent reports both.
+// table, through arrow-shm and, over a plain UNIX stream socket, as JSON and as Arrow IPC bytes
+// (the baseline Arrow users know); the parent reports all three.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -7,15 +8,21 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { connect, listen } from '../transport/channel.js';
-import { checksumSymbolTable, generateSymbolColumns, symbolRows, symbolTableFromColumns } from '../symbols.js';
+import { tableFromIPC, tableToIPC } from 'apache-arrow';
+import { connect } from '../transport/channel.js';
+import { listen } from '../transport/listener.js';
+import { checksumSymbolTable, generateSymbolColumns, symbolRows, symbolTableFromColumns } from './symbols.js';
 
 // CLOCK_MONOTONIC: one clock for every process on the machine.
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const mainScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 
+/** The socket baselines: how the sender encodes the table, how the receiver decodes it (rows). */
+const BASELINES = ['json', 'arrow-ipc'] as const;
+type Baseline = (typeof BASELINES)[number];
+
 interface Sample {
-  method: 'arrow-shm' | 'json';
+  method: 'arrow-shm' | Baseline;
   run: number;
   ms: number;
   rows: number;
@@ -30,24 +37,28 @@ function report(sample: Sample): void {
   process.stdout.write(JSON.stringify(sample) + '\n');
 }
 
-export async function runDemoReceiver(flags: { socket: string; jsonSocket: string; runs: number }): Promise<void> {
+export async function runDemoReceiver(flags: { socket: string; baselineSocket: string; runs: number }): Promise<void> {
   const listener = listen(flags.socket);
-  const jsonDone = new Promise<void>((resolve) => {
-    let run = 0;
+  // One connection per hand-off: "METHOD T0\n" then the payload, until the sender closes.
+  const socketDone = new Promise<void>((resolve) => {
+    let done = 0;
+    const runs: Record<string, number> = {};
     const server = net.createServer((conn) => {
       const chunks: Buffer[] = [];
       conn.on('data', (c) => chunks.push(c));
       conn.on('end', () => {
         const all = Buffer.concat(chunks);
         const nl = all.indexOf(10);
-        const t0 = Number(all.subarray(0, nl).toString());
-        const rows = JSON.parse(all.subarray(nl + 1).toString()) as unknown[];
+        const [method, t0] = all.subarray(0, nl).toString().split(' ') as [Baseline, string];
+        const payload = all.subarray(nl + 1);
+        const rows = method === 'json' ? (JSON.parse(payload.toString()) as unknown[]).length : tableFromIPC(payload).numRows;
         const t1 = now();
-        report({ method: 'json', run: run++, ms: t1 - t0, rows: rows.length, bytes: all.length - nl - 1 });
-        if (run === flags.runs) server.close(() => resolve());
+        runs[method] = (runs[method] ?? 0) + 1;
+        report({ method, run: runs[method]! - 1, ms: t1 - Number(t0), rows, bytes: payload.length });
+        if (++done === flags.runs * BASELINES.length) server.close(() => resolve());
       });
     });
-    server.listen(flags.jsonSocket);
+    server.listen(flags.baselineSocket);
   });
   process.stderr.write(`arrow-shm: listening on ${flags.socket}\n`);
   const channel = await listener.accept();
@@ -75,10 +86,10 @@ export async function runDemoReceiver(flags: { socket: string; jsonSocket: strin
     message.close();
   }
   channel.close();
-  await jsonDone;
+  await socketDone;
 }
 
-export async function runDemoSender(flags: { socket: string; jsonSocket: string; rows: number; runs: number }): Promise<void> {
+export async function runDemoSender(flags: { socket: string; baselineSocket: string; rows: number; runs: number }): Promise<void> {
   const columns = generateSymbolColumns(flags.rows);
   const table = symbolTableFromColumns(columns);
   const rows = symbolRows(columns);
@@ -89,15 +100,18 @@ export async function runDemoSender(flags: { socket: string; jsonSocket: string;
     done.close();
   }
   channel.close();
-  for (let run = 0; run < flags.runs; run++) {
-    await new Promise<void>((resolve, reject) => {
-      const conn = net.connect(flags.jsonSocket, () => {
-        const t0 = now();
-        conn.end(`${t0}\n${JSON.stringify(rows)}`);
+  const encode: Record<Baseline, () => string | Uint8Array> = { json: () => JSON.stringify(rows), 'arrow-ipc': () => tableToIPC(table, 'stream') };
+  for (const method of BASELINES) {
+    for (let run = 0; run < flags.runs; run++) {
+      await new Promise<void>((resolve, reject) => {
+        const conn = net.connect(flags.baselineSocket, () => {
+          conn.write(`${method} ${now()}\n`); // the clock starts before encoding
+          conn.end(encode[method]());
+        });
+        conn.on('close', () => resolve());
+        conn.on('error', reject);
       });
-      conn.on('close', () => resolve());
-      conn.on('error', reject);
-    });
+    }
   }
 }
 
@@ -116,8 +130,8 @@ const fmt = (ms: number): string => (ms < 10 ? ms.toFixed(2) : ms.toFixed(0)) + 
 export async function runDemo(flags: { rows: number; runs: number }): Promise<void> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'arrow-shm-demo-'));
   const socket = path.join(dir, 'arrow-shm.sock');
-  const jsonSocket = path.join(dir, 'json.sock');
-  const common = ['--socket', socket, '--json-socket', jsonSocket, '--runs', String(flags.runs)];
+  const baselineSocket = path.join(dir, 'baseline.sock');
+  const common = ['--socket', socket, '--baseline-socket', baselineSocket, '--runs', String(flags.runs)];
   const children: ChildProcess[] = [];
   try {
     console.log(`arrow-shm demo: a ${flags.rows.toLocaleString('en-US')}-row code-graph symbol table, handed from one process to another\n`);
@@ -132,7 +146,7 @@ export async function runDemo(flags: { rows: number; runs: number }): Promise<vo
     children.push(sender);
     const [sent, got] = await Promise.all([collect(sender), received]);
     const shm = got.filter((s) => s.method === 'arrow-shm') as unknown as Sample[];
-    const json = got.filter((s) => s.method === 'json') as unknown as Sample[];
+    const baseline = (method: Baseline) => median(got.filter((s) => s.method === method).map((s) => s.ms as number));
     const first = shm[0]!;
     const senderChecksum = sent.find((s) => s.sender)?.checksum;
     console.log(`receiver pid ${receiver.pid} got ${first.rows.toLocaleString('en-US')} rows (${(first.bytes / 1e6).toFixed(1)} MB of Arrow IPC in a sealed memfd)`);
@@ -142,9 +156,10 @@ export async function runDemo(flags: { rows: number; runs: number }): Promise<vo
     console.log(`checksum of every value: sender ${senderChecksum}, receiver ${first.checksum} (${senderChecksum === first.checksum ? 'equal' : 'DIFFERENT'})`);
     console.log(`zero-copy: the receiver's column buffers are views into the shared mapping: ${shm.every((s) => s.zeroCopy) ? 'yes' : 'NO'}\n`);
     const a = median(shm.map((s) => s.ms));
-    const j = median(json.map((s) => s.ms));
+    const [j, ipc] = [baseline('json'), baseline('arrow-ipc')];
     console.log(`hand-off, from "sender holds the table" to "receiver holds a usable table" (median of ${flags.runs}):`);
     console.log(`  arrow-shm (copy into a sealed memfd, pass the fd)   ${fmt(a).padStart(10)}`);
+    console.log(`  Arrow IPC over a UNIX socket (write, send, read)    ${fmt(ipc).padStart(10)}   ${(ipc / a).toFixed(0)}x slower`);
     console.log(`  JSON over a UNIX socket (stringify, send, parse)    ${fmt(j).padStart(10)}   ${(j / a).toFixed(0)}x slower`);
     console.log('\nmore: `npm run bench` measures every method side by side; docs/PROTOCOL.md describes the wire format.');
   } finally {

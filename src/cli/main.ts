@@ -1,19 +1,24 @@
 #!/usr/bin/env node
 // The arrow-shm command line (docs/CLI.md): send, recv, demo.
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ArrowShmError } from '../errors.js';
 import { withTimeout } from '../timeout.js';
-import { connect, listen, type Channel, type Message } from '../transport/channel.js';
+import { connect, type Channel } from '../transport/channel.js';
+import { listen } from '../transport/listener.js';
+import { type ReceivedTable } from '../transport/received.js';
 import { seedReceive, seedSend } from '../transport/seed.js';
 import type { KeyValues } from '../transport/frame.js';
-import { readInput, sendableFromFile, UsageError } from './files.js';
+import { readInput, readIpcInput, UsageError } from './files.js';
+import { Output } from './output.js';
+import { reportDropped, serveTables } from './serve.js';
 import { tableFromIpcBytes } from '../ipc/reader.js';
 import { toBatches } from '../ipc/writer.js';
 import { runDemo, runDemoReceiver, runDemoSender } from './demo.js';
 import { pub, recvStream, sendStream, sub, type StreamRecvFlags, type StreamSendFlags } from './stream.js';
-import { FlightClient, FlightServer, flightName, isFlightAddress, type FlightMessage } from '../transport/flight.js';
+import { FlightClient } from '../transport/flight-client.js';
+import { FlightServer } from '../transport/flight-server.js';
+import { flightName, isFlightAddress } from '../transport/flight-codec.js';
+import { type FlightMessage } from '../transport/flight-message.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -27,6 +32,9 @@ function keyValue(value: string, previous: KeyValues = {}): KeyValues {
   return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
 }
 
+const SOCKET = 'a socket path, @name (abstract socket), or grpc://host:port | grpc+tls://host:port (Arrow Flight)';
+const STREAM_SOCKET = 'a socket path or @name (abstract socket); streams are shared memory only';
+
 function listening(address: string): void {
   process.stderr.write(`arrow-shm: listening on ${address}\n`);
 }
@@ -38,6 +46,8 @@ interface SendFlags extends StreamSendFlags {
   seedCompat?: boolean;
   meta?: KeyValues;
   timeoutMs?: number;
+  /** grpc+tls://: PEM of the CA that signed the server's certificate. */
+  tlsCa?: string;
 }
 
 function powerOfTwo(value: string): number {
@@ -52,7 +62,7 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
     if (flags.seedCompat) throw new UsageError('--stream and --seed-compat do not go together');
     return sendStream(files, flags, () => listening(flags.socket));
   }
-  const inputs = files.map((f) => ({ name: f, data: sendableFromFile(readInput(f)) }));
+  const inputs = files.map((f) => ({ name: f, data: readIpcInput(f) }));
   if (flags.seedCompat) {
     if (inputs.length !== 1) throw new UsageError('--seed-compat sends exactly one FILE');
     await seedSend(flags.socket, inputs[0]!.data, { timeoutMs: flags.timeoutMs, onListening: () => listening(flags.socket) });
@@ -80,9 +90,10 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
 /** Over Arrow Flight: one DoPut per FILE (or one for all with --stream), named after the file. */
 async function sendFlight(files: string[], flags: SendFlags): Promise<void> {
   if (flags.listen || flags.seedCompat) throw new UsageError('--listen and --seed-compat are for local sockets, not grpc:// addresses');
-  const inputs = files.map((f) => ({ name: flightName(f), data: sendableFromFile(readInput(f)) }));
+  const inputs = files.map((f) => ({ name: flightName(f), data: readIpcInput(f) }));
   // Offers the same-host upgrade: a receiver on this machine gets the tables through shared memory.
-  const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN, upgrade: true });
+  const rootCertificate = flags.tlsCa ? readInput(flags.tlsCa) : undefined;
+  const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN, rootCertificate, upgrade: true });
   try {
     if (flags.stream) {
       const batches = inputs.flatMap((i) => (i.data instanceof Uint8Array ? tableFromIpcBytes(i.data).batches : toBatches(i.data).batches));
@@ -105,22 +116,13 @@ interface RecvFlags extends StreamRecvFlags {
   seedCompat?: boolean;
   allowUnsealed?: boolean;
   timeoutMs?: number;
+  /** grpc:// on a non-loopback address without TLS and a token. */
+  insecure?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
-function outputPath(flags: RecvFlags, index: number): string | null {
-  if (!flags.out) return null;
-  let isDir = flags.count > 1;
-  try {
-    isDir ||= statSync(flags.out).isDirectory();
-  } catch {
-    // does not exist yet
-  }
-  if (!isDir) return flags.out;
-  mkdirSync(flags.out, { recursive: true });
-  return path.join(flags.out, `${String(index).padStart(6, '0')}.arrows`);
-}
-
-function printSummary(message: Message | FlightMessage, index: number): void {
+function printSummary(message: ReceivedTable | FlightMessage, index: number): void {
   const lines: string[] = [`== table ${index}: ${message.bytes.byteLength} bytes of Arrow IPC ==`];
   const meta = Object.entries(message.metadata);
   if (meta.length) lines.push(`metadata: ${meta.map(([k, v]) => `${k}=${v}`).join(', ')}`);
@@ -140,10 +142,9 @@ function printSummary(message: Message | FlightMessage, index: number): void {
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-function handle(message: Message | FlightMessage, index: number, flags: RecvFlags): void {
+function handle(message: ReceivedTable | FlightMessage, index: number, flags: RecvFlags, output: Output | null): void {
   try {
-    const out = outputPath(flags, index);
-    if (out) writeFileSync(out, message.bytes);
+    output?.write(index, message.bytes);
     if (flags.print) printSummary(message, index);
   } finally {
     message.close();
@@ -151,26 +152,39 @@ function handle(message: Message | FlightMessage, index: number, flags: RecvFlag
 }
 
 /** A Flight server: each DoPut is one table (--stream: the one stream); they stay available to DoGet until exit. */
-async function recvFlight(flags: RecvFlags): Promise<void> {
+async function recvFlight(flags: RecvFlags, output: Output | null): Promise<void> {
   if (flags.connect || flags.seedCompat) throw new UsageError('--connect and --seed-compat are for local sockets, not grpc:// addresses');
-  const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN, shm: `@arrow-shm-flight-${process.pid}` });
+  if (!flags.tlsCert !== !flags.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
+  const tls = flags.tlsCert && flags.tlsKey ? { certificate: readInput(flags.tlsCert), key: readInput(flags.tlsKey) } : undefined;
+  const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN, tls, insecure: flags.insecure, shm: `@arrow-shm-flight-${process.pid}` });
   listening(server.address);
   try {
     const count = flags.stream ? 1 : flags.count;
-    for (let received = 0; received < count; received++) handle(await withTimeout(server.receive(), flags.timeoutMs, 'no table arrived'), received, flags);
+    for (let received = 0; received < count; ) {
+      const next = server.receive().catch((e) => {
+        // A call the server refused (its client got the status): report it and serve the next one.
+        if (!(e instanceof ArrowShmError) || e.code === 'ERR_CLOSED') throw e;
+        process.stderr.write(`arrow-shm: refused a table: ${e.code}: ${e.message}\n`);
+        return null;
+      });
+      const message = await withTimeout(next, flags.timeoutMs, 'no table arrived');
+      if (message) handle(message, received++, flags, output);
+    }
   } finally {
     await server.close();
   }
 }
 
 async function recv(flags: RecvFlags): Promise<void> {
-  if (isFlightAddress(flags.socket)) return recvFlight(flags);
+  // Checked before anything is accepted: a table that arrived can no longer be refused.
+  const output = Output.prepare(flags.out, flags.stream ? 1 : flags.count);
+  if (isFlightAddress(flags.socket)) return recvFlight(flags, output);
   if (flags.stream) {
     if (flags.seedCompat || flags.count !== 1) throw new UsageError('--stream receives one stream: no --seed-compat, no --count');
-    return recvStream(flags, () => listening(flags.socket));
+    return recvStream(flags, output, () => listening(flags.socket));
   }
   if (flags.seedCompat) {
-    for (let i = 0; i < flags.count; i++) handle(await seedReceive(flags.socket, { timeoutMs: flags.timeoutMs }), i, flags);
+    for (let i = 0; i < flags.count; i++) handle(await seedReceive(flags.socket, { timeoutMs: flags.timeoutMs }), i, flags, output);
     return;
   }
   const options = { allowUnsealed: flags.allowUnsealed };
@@ -178,31 +192,16 @@ async function recv(flags: RecvFlags): Promise<void> {
   if (flags.connect) {
     const channel = await connect(flags.socket, { ...options, timeoutMs: flags.timeoutMs });
     try {
-      while (received < flags.count) handle(await withTimeout(channel.receive(), flags.timeoutMs, 'no table arrived'), received++, flags);
+      while (received < flags.count) handle(await withTimeout(channel.receive(), flags.timeoutMs, 'no table arrived'), received++, flags, output);
     } finally {
       channel.close();
     }
     return;
   }
-  const listener = listen(flags.socket, options);
+  const listener = listen(flags.socket, { ...options, onConnectionError: (e) => reportDropped(e) });
   listening(flags.socket);
   try {
-    while (received < flags.count) {
-      const channel = await withTimeout(listener.accept(), flags.timeoutMs, 'no sender connected');
-      try {
-        for (;;) {
-          if (received >= flags.count) break;
-          const message = await withTimeout(channel.receive(), flags.timeoutMs, 'no table arrived').catch((e) => {
-            if (e instanceof ArrowShmError && e.code === 'ERR_PEER_CLOSED') return null;
-            throw e;
-          });
-          if (!message) break; // that sender is done; accept the next one
-          handle(message, received++, flags);
-        }
-      } finally {
-        channel.close();
-      }
-    }
+    await serveTables(listener, flags.count, flags.timeoutMs, (message, index) => handle(message, index, flags, output));
   } finally {
     listener.close();
   }
@@ -219,20 +218,21 @@ function program(): Command {
   cli
     .command('send')
     .description('send each FILE (Arrow IPC stream or file, - for stdin) as one table')
-    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .requiredOption('--socket <addr>', SOCKET)
     .option('--listen', 'listen for the receiver instead of connecting')
     .option('--seed-compat', "speak the seed proof of concept's protocol (listen, send 'F' + unsealed memfd)")
     .option('--meta <key=value>', 'user metadata for every message (repeatable)', keyValue)
     .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
     .option('--stream', 'send every batch of the FILEs as one stream through a shared ring')
     .option('--ring-bytes <n>', 'ring capacity for --stream (a power of two)', powerOfTwo)
+    .option('--tls-ca <pem>', 'grpc+tls://: the CA certificate that signed the server\'s (default: the system\'s CAs)')
     .argument('<files...>')
     .action((files: string[], flags: SendFlags) => send(files, flags));
 
   cli
     .command('recv')
     .description('receive tables; write them as IPC stream files and/or print a summary')
-    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .requiredOption('--socket <addr>', SOCKET)
     .option('--connect', 'connect to the sender instead of listening')
     .option('--count <n>', 'number of tables to receive', positiveInt, 1)
     .option('--out <path>', 'FILE for one table, or DIR for DIR/000000.arrows, ...')
@@ -241,12 +241,15 @@ function program(): Command {
     .option('--allow-unsealed', 'accept segments without seals (unsafe with untrusted senders)')
     .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
     .option('--stream', 'receive one stream; --out writes it as one IPC stream file')
+    .option('--tls-cert <pem>', 'grpc+tls://: the server certificate (with --tls-key)')
+    .option('--tls-key <pem>', 'grpc+tls://: its private key')
+    .option('--insecure', 'grpc:// on a non-loopback address without TLS and a token (anyone who reaches the port can send and read tables)')
     .action((flags: RecvFlags) => recv(flags));
 
   cli
     .command('pub')
     .description('publish every batch of the FILEs once N subscribers have joined')
-    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .requiredOption('--socket <addr>', STREAM_SOCKET)
     .option('--subscribers <n>', 'subscribers to wait for', positiveInt, 1)
     .option('--meta <key=value>', 'user metadata for the stream (repeatable)', keyValue)
     .option('--ring-bytes <n>', 'ring capacity (a power of two)', powerOfTwo)
@@ -257,24 +260,24 @@ function program(): Command {
   cli
     .command('sub')
     .description('subscribe to a publication and write what it publishes as one IPC stream file')
-    .requiredOption('--socket <addr>', 'socket path, or @name for an abstract socket')
+    .requiredOption('--socket <addr>', STREAM_SOCKET)
     .option('--out <file>', 'write the stream to FILE')
     .option('--print', 'print schema and row counts')
-    .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .option('--timeout-ms <n>', 'give up after N ms (also: how long to wait for the publisher)', positiveInt)
     .action((flags: StreamRecvFlags) => sub(flags));
 
   cli
     .command('demo')
-    .description('hand a 100,000-row symbol table from one process to another, next to JSON')
+    .description('hand a 100,000-row symbol table from one process to another, next to Arrow IPC and JSON over a UNIX socket')
     .option('--rows <n>', 'rows in the table', positiveInt, 100_000)
     .option('--runs <n>', 'hand-offs to time', positiveInt, 7)
     .action((flags: { rows: number; runs: number }) => runDemo(flags));
 
-  cli.command('__demo-receiver', { hidden: true }).requiredOption('--socket <addr>').requiredOption('--json-socket <path>').requiredOption('--runs <n>', '', positiveInt).action(runDemoReceiver);
+  cli.command('__demo-receiver', { hidden: true }).requiredOption('--socket <addr>').requiredOption('--baseline-socket <path>').requiredOption('--runs <n>', '', positiveInt).action(runDemoReceiver);
   cli
     .command('__demo-sender', { hidden: true })
     .requiredOption('--socket <addr>')
-    .requiredOption('--json-socket <path>')
+    .requiredOption('--baseline-socket <path>')
     .requiredOption('--rows <n>', '', positiveInt)
     .requiredOption('--runs <n>', '', positiveInt)
     .action(runDemoSender);

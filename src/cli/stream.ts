@@ -1,16 +1,21 @@
 // The stream commands of the CLI (docs/CLI.md, Streams): send --stream, recv --stream, pub, sub.
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import type { RecordBatch, Schema } from 'apache-arrow';
 import { compareSchemas } from 'apache-arrow/visitor/typecomparator';
 import { ArrowShmError, fail } from '../errors.js';
-import { tableFromIpcBytes } from '../ipc/reader.js';
-import type { StreamReader } from '../stream/consumer.js';
+import { decodeTable } from '../ipc/reader.js';
+import { StreamReader } from '../stream/consumer.js';
 import { publish, subscribe } from '../stream/pubsub.js';
 import { withTimeout } from '../timeout.js';
-import { connect, listen, type Channel } from '../transport/channel.js';
+import { connect, type Channel } from '../transport/channel.js';
+import { listen } from '../transport/listener.js';
 import type { KeyValues } from '../transport/frame.js';
-import { readInput } from './files.js';
+import { readIpcInput, UsageError } from './files.js';
+import { isFlightAddress } from '../transport/flight-codec.js';
+import { Output } from './output.js';
+import { StreamWriter } from '../stream/producer.js';
 
+const SHM_ONLY = 'streams are shared memory only: --socket is a path or @name, not grpc://';
 const END_OF_STREAM = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
 
 export interface StreamSendFlags {
@@ -35,7 +40,7 @@ function batchesOf(files: string[]): { schema: Schema; batches: RecordBatch[] } 
   let schema: Schema | undefined;
   const batches: RecordBatch[] = [];
   for (const file of files) {
-    const table = tableFromIpcBytes(readInput(file));
+    const table = decodeTable(readIpcInput(file));
     if (schema && !compareSchemas(schema, table.schema)) throw fail('ERR_INVALID_ARGUMENT', `${file} has another schema than the files before it: one stream has one schema`);
     schema ??= table.schema;
     batches.push(...table.batches);
@@ -58,7 +63,7 @@ export async function sendStream(files: string[], flags: StreamSendFlags, onList
   const { schema, batches } = batchesOf(files);
   const channel = await openChannel(flags, flags.listen ?? false, onListening);
   try {
-    const stream = await channel.openStream(schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
+    const stream = await StreamWriter.open(channel, schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
     try {
       for (const batch of batches) await stream.write(batch);
       await stream.close({ timeoutMs: flags.timeoutMs });
@@ -71,17 +76,18 @@ export async function sendStream(files: string[], flags: StreamSendFlags, onList
   }
 }
 
-export async function recvStream(flags: StreamRecvFlags, onListening: () => void): Promise<void> {
+export async function recvStream(flags: StreamRecvFlags, output: Output | null, onListening: () => void): Promise<void> {
   const channel = await openChannel(flags, !flags.connect, onListening);
   try {
-    const reader = await channel.acceptStream({ timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
-    await drain(reader, flags);
+    const reader = await StreamReader.accept(channel, { timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
+    await drain(reader, flags, output);
   } finally {
     channel.close();
   }
 }
 
 export async function pub(files: string[], flags: StreamSendFlags, onListening: () => void): Promise<void> {
+  if (isFlightAddress(flags.socket)) throw new UsageError(SHM_ONLY);
   const { schema, batches } = batchesOf(files);
   const publication = publish(flags.socket, schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
   onListening();
@@ -95,43 +101,48 @@ export async function pub(files: string[], flags: StreamSendFlags, onListening: 
 }
 
 export async function sub(flags: StreamRecvFlags): Promise<void> {
+  if (isFlightAddress(flags.socket)) throw new UsageError(SHM_ONLY);
+  const output = Output.prepare(flags.out, 1);
   const deadline = flags.timeoutMs === undefined ? Infinity : performance.now() + flags.timeoutMs;
   let reader: StreamReader;
-  for (;;) {
+  for (let waiting = false; ; waiting = true) {
     try {
       reader = await subscribe(flags.socket, { timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
       break;
     } catch (e) {
       // The publication may not be up yet: ENOENT (no socket file) or ECONNREFUSED.
-      const notYet = e instanceof ArrowShmError && (e.errno === 2 || e.errno === 111);
-      if (!notYet || performance.now() >= deadline) throw e;
+      const notYet = e instanceof ArrowShmError && (e.errno === osConstants.errno.ENOENT || e.errno === osConstants.errno.ECONNREFUSED);
+      if (!notYet) throw e;
+      if (performance.now() >= deadline) throw fail('ERR_TIMEOUT', `no publisher at ${flags.socket} within ${flags.timeoutMs} ms`);
+      if (!waiting) process.stderr.write(`arrow-shm: no publisher at ${flags.socket} yet: waiting${flags.timeoutMs === undefined ? ' (--timeout-ms N to give up)' : ` up to ${flags.timeoutMs} ms`}\n`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
-  await drain(reader, flags);
+  await drain(reader, flags, output);
 }
 
 /** Reads a whole stream; `--out` gets prologue + every record's messages + end-of-stream marker. */
-async function drain(reader: StreamReader, flags: StreamRecvFlags): Promise<void> {
-  const fd = flags.out ? openSync(flags.out, 'w') : null;
+async function drain(reader: StreamReader, flags: StreamRecvFlags, output: Output | null): Promise<void> {
+  const file = output?.open(0) ?? null;
   let rows = 0;
   let batches = 0;
   try {
-    if (fd !== null) writeSync(fd, reader.prologue);
+    file?.write(reader.prologue);
     for (;;) {
       const next = await reader.read();
       if (!next) break;
       try {
-        if (fd !== null) writeSync(fd, next.bytes);
+        file?.write(next.bytes);
         rows += next.batch.numRows;
         batches++;
       } finally {
         next.release();
       }
     }
-    if (fd !== null) writeSync(fd, END_OF_STREAM);
+    file?.write(END_OF_STREAM);
+    file?.commit();
   } finally {
-    if (fd !== null) closeSync(fd);
+    file?.abort();
     reader.close();
   }
   if (flags.print) {

@@ -1,8 +1,8 @@
 // Decoding received IPC bytes into apache-arrow objects. Validation happened at receive time
-// (validate.ts); here errors of the Arrow library are mapped to typed errors.
+// (messages.ts); here errors of the Arrow library are mapped to typed errors.
 import { RecordBatchReader, Table, type RecordBatch } from 'apache-arrow';
 import { ArrowShmError, fail } from '../errors.js';
-import { validateIpcStream } from './validate.js';
+import { validateIpcStream } from './messages.js';
 import './codecs.js';
 
 // arrow-js's wording for types and features it does not implement.

@@ -1,7 +1,10 @@
 // Lays out an Arrow IPC stream for a Table (or batches) directly in a caller's memory, with every
 // message body and every body buffer 64-byte aligned. The layout is computed first (no copy),
 // then each column buffer is copied exactly once, from wherever the Table holds it into the target.
-import { RecordBatch, Schema, Table, Vector, type Data } from 'apache-arrow';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { DataType, RecordBatch, Schema, Table, Vector, type Data, type Field } from 'apache-arrow';
 import {
   BufferRegion,
   DictionaryBatch as DictionaryBatchHeader,
@@ -33,10 +36,58 @@ export interface IpcLayout {
 export type TableLike = Table | RecordBatch | RecordBatch[];
 
 export function toBatches(input: TableLike): { schema: Schema; batches: RecordBatch[] } {
+  const found = tableParts(input);
+  // Table, RecordBatch and Schema may pass instanceof across copies of apache-arrow (Symbol.hasInstance),
+  // DataType never does: the schema encoder would then write garbage types (bitWidth 0), so refuse.
+  if (found && ownTypes(found.schema.fields) && found.batches.every((b) => ownTypes(b.schema.fields))) return found;
+  const first: unknown = Array.isArray(input) ? input[0] : input;
+  if (found || (first as { schema?: { fields?: unknown } } | undefined)?.schema?.fields) throw foreignTable(first as object);
+  throw fail('ERR_INVALID_ARGUMENT', 'expected an apache-arrow Table, RecordBatch or non-empty RecordBatch[]');
+}
+
+function tableParts(input: TableLike): { schema: Schema; batches: RecordBatch[] } | undefined {
   if (input instanceof Table) return { schema: input.schema, batches: input.batches };
   if (input instanceof RecordBatch) return { schema: input.schema, batches: [input] };
   if (Array.isArray(input) && input.length > 0 && input.every((b) => b instanceof RecordBatch)) return { schema: input[0]!.schema, batches: input };
-  throw fail('ERR_INVALID_ARGUMENT', 'expected an apache-arrow Table, RecordBatch or non-empty RecordBatch[]');
+  return undefined;
+}
+
+/** Whether every type under `fields` (children, dictionary values) is made by our apache-arrow. */
+function ownTypes(fields: readonly Field[]): boolean {
+  const own = (type: DataType): boolean =>
+    type instanceof DataType && ownTypes(type.children ?? []) && (!DataType.isDictionary(type) || own(type.dictionary));
+  return fields.every((f) => own(f.type));
+}
+
+/** The version and directory of the apache-arrow that `require` resolves, if it resolves. */
+function arrowAt(require: NodeRequire): { version: string; dir: string } | undefined {
+  try {
+    const dir = path.dirname(require.resolve('apache-arrow')); // its exports map hides package.json
+    return { version: (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version: string }).version, dir };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The error for a table from another apache-arrow; names that copy as well as it can be known. */
+function foreignTable(table: object) {
+  const require = createRequire(import.meta.url);
+  const ours = arrowAt(require);
+  const at = (a: { version: string; dir: string }) => `${a.version} at ${a.dir}`;
+  let theirs = 'another copy of apache-arrow';
+  let cjs: { Table: unknown; RecordBatch: unknown } | undefined;
+  try {
+    cjs = require('apache-arrow') as typeof cjs; // the CommonJS build of our own copy: a second copy too
+  } catch {
+    // no CommonJS build to compare with
+  }
+  if (ours && cjs && (table.constructor === cjs.Table || table.constructor === cjs.RecordBatch)) {
+    theirs = `the CommonJS build (require()) of apache-arrow ${ours.version}`;
+  } else {
+    const app = arrowAt(createRequire(path.join(process.cwd(), 'index.js')));
+    theirs += app && app.dir !== ours?.dir ? ` (the app's is ${at(app)})` : ' (version unknown)';
+  }
+  return fail('ERR_INVALID_ARGUMENT', `this table was made by ${theirs}, not by the ES module apache-arrow that arrow-shm imports (${ours ? at(ours) : 'version unknown'}): install one copy (apache-arrow is a peer dependency of arrow-shm) and import it, or send IPC bytes (tableToIPC)`);
 }
 
 /** Plans encapsulated messages one after the other, starting at `position`. */

@@ -1,3 +1,5 @@
+// Segments (memfds) and their mappings (docs/PROTOCOL.md §5, §6): creating, writing, sealing,
+// checking what a peer sent before mapping it, and mappings that detach every view when released.
 import { fail } from '../errors.js';
 import { constants, native } from '../native.js';
 
@@ -211,6 +213,9 @@ export class Segment {
   }
 }
 
+/** V8 exposes at most 4 GiB of one mapping as an ArrayBuffer, so that is the most a Node receiver can take. */
+export const MAX_NODE_MESSAGE_BYTES = 2 ** 32;
+
 export interface SegmentCheck {
   /** Which seals the receiver requires. */
   policy: SealPolicy;
@@ -241,5 +246,19 @@ export function checkReceivedSegment(segment: Segment, check: SegmentCheck): voi
   }
   if (ipcLength > BigInt(check.maxMessageBytes)) {
     throw fail('ERR_TOO_LARGE', `message of ${ipcLength} bytes exceeds the limit of ${check.maxMessageBytes} bytes`);
+  }
+}
+
+/**
+ * Takes a received fd (§5.1): checks the segment, maps it read-only and closes the fd, whatever
+ * happens; the mapping is all that remains.
+ */
+export function mapReceivedSegment(fd: number, check: SegmentCheck): Mapping {
+  const segment = Segment.adopt(fd);
+  try {
+    checkReceivedSegment(segment, check);
+    return segment.takeReadOnlyMapping();
+  } finally {
+    segment.closeFd(); // the mapping keeps the pages
   }
 }

@@ -3,24 +3,23 @@
 import { readlinkSync } from 'node:fs';
 import type { RecordBatch, Schema } from 'apache-arrow';
 import { ArrowShmError, fail } from '../errors.js';
-import { constants, native } from '../native.js';
-import { Mapping, Segment, checkReceivedSegment, describeSeals } from '../shm/segment.js';
-import type { Channel } from '../transport/channel.js';
+import { closeFds } from '../shm/fds.js';
+import { MAX_NODE_MESSAGE_BYTES, Mapping, Segment, describeSeals, mapReceivedSegment } from '../shm/segment.js';
+import type { StreamLink, StreamOffer } from '../transport/stream-link.js';
 import type { Frame, KeyValues } from '../transport/frame.js';
 import { BatchDecoder } from './decoder.js';
+import type { IpcLimits } from '../ipc/limits.js';
 import {
   EventWaiter,
-  MAX_READERS,
   RECORD_HEADER_BYTES,
   RING_HEADER_BYTES,
-  RING_LAYOUT_VERSION,
-  RING_MAGIC,
+  RING_SEALS,
   RecordKind,
   RingHeader,
   checkCapacity,
   readRecordHeader,
+  ringOffset,
   spinUntil,
-  wakeIfWaiting,
 } from './ring.js';
 
 export interface StreamReaderOptions {
@@ -30,9 +29,10 @@ export interface StreamReaderOptions {
   readTimeoutMs?: number;
   /** Largest batch accepted through its own segment (EXTERNAL records). Default 4 GiB (V8's limit for one ArrayBuffer). */
   maxMessageBytes?: number;
+  /** What one message of the stream may decode to (docs/PROTOCOL.md §14.1). Default: the channel's. */
+  ipcLimits?: Partial<IpcLimits>;
 }
 
-const RING_SEALS = constants.F_SEAL_SHRINK | constants.F_SEAL_GROW | constants.F_SEAL_SEAL;
 
 /** A batch read in place from the ring. Valid until `release()`; the producer may then reuse its bytes. */
 export class StreamBatch {
@@ -74,7 +74,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
   readonly metadata: KeyValues;
   readonly streamId: string;
   readonly schema: Schema;
-  #channel: Channel;
+  #link: StreamLink;
   #options: StreamReaderOptions;
   #header: RingHeader;
   #headerMapping: Mapping;
@@ -104,8 +104,8 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
   /** @internal Close the channel with the reader (a subscription's connection exists only for it). */
   ownsChannel = false;
 
-  private constructor(channel: Channel, frame: Frame, parts: Opened, options: StreamReaderOptions) {
-    this.#channel = channel;
+  private constructor(link: StreamLink, frame: Frame, parts: Opened, options: StreamReaderOptions) {
+    this.#link = link;
     this.#options = options;
     const { stream_id, reader_slot, start_position, capacity, ...user } = frame.metadata;
     void reader_slot, capacity;
@@ -126,25 +126,47 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     this.#data = this.#dataMapping.bytes();
     this.#position = this.#readPosition = this.#published = Number(start_position);
     this.#waiter = new EventWaiter(this.#dataEventFd);
-    this.#stopListening = channel.onClose((error) => {
+    this.#stopListening = link.onClose((error) => {
       this.#peerGone = error.code === 'ERR_CLOSED' ? error : fail('ERR_PEER_CLOSED', `the producer left the stream after ${this.#batches} batches without ending it`);
       this.#waiter.interrupt();
     });
   }
 
   /**
-   * @internal Checks and maps what a STREAM_OPEN carries (§12.1, §12.2). Every fd is closed or
-   * owned by the reader when it returns; on failure everything is closed and a typed error thrown.
+   * The next stream the peer opens on `channel` (docs/PROTOCOL.md §12); its batches are read in
+   * place. Every fd of the offer is closed or owned by the reader once this returns.
    */
-  static open(channel: Channel, frame: Frame, fds: number[], options: StreamReaderOptions = {}): StreamReader {
-    const opened = openParts(frame, fds);
-    try {
-      return new StreamReader(channel, frame, opened, options);
-    } catch (e) {
-      closeParts(opened);
-      throw e;
-    }
+  static async accept(channel: { readonly streams: StreamLink }, options: StreamReaderOptions & { timeoutMs?: number } = {}): Promise<StreamReader> {
+    return StreamReader.#fromOffer(channel.streams, await channel.streams.nextOffer(options.timeoutMs), options);
   }
+
+  /** Asks a publishing peer on `channel` for its stream (SUBSCRIBE, §12.1). */
+  static async subscribe(channel: { readonly streams: StreamLink }, options: StreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number } = {}): Promise<StreamReader> {
+    return StreamReader.#fromOffer(channel.streams, await channel.streams.subscribe(options.metadata, options.timeoutMs), options);
+  }
+
+  /** Checks and maps what a STREAM_OPEN carries (§12.1, §12.2), answers it, and reads its segments from then on. */
+  static #fromOffer(link: StreamLink, offer: StreamOffer | null, options: StreamReaderOptions): StreamReader {
+    if (!offer) throw link.unavailable ?? fail('ERR_PEER_CLOSED', 'the peer closed the channel');
+    let reader: StreamReader;
+    try {
+      const opened = openParts(offer.frame, offer.fds, options.ipcLimits ?? link.ipcLimits);
+      try {
+        reader = new StreamReader(link, offer.frame, opened, options);
+      } catch (e) {
+        closeParts(opened);
+        throw e;
+      }
+    } catch (e) {
+      const error = e instanceof ArrowShmError ? e : fail('ERR_PROTOCOL', String(e), e);
+      link.sendError(error.code, error.message, offer.frame.messageId).catch(() => {});
+      throw error;
+    }
+    link.setSegmentSink(reader);
+    link.ack(offer.frame.messageId);
+    return reader;
+  }
+
 
   /** The start of an IPC stream this reader's batches continue: the schema and the dictionaries it joined with. */
   get prologue(): Uint8Array {
@@ -207,7 +229,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
 
   /** Reads the record at the current position; null for records that carry no batch. */
   async #readRecord(writePosition: number): Promise<StreamBatch | null> {
-    const offset = this.#position % this.#capacity;
+    const offset = ringOffset(this.#position, this.#capacity);
     let record;
     try {
       record = readRecordHeader(this.#view, offset, this.#capacity, writePosition - this.#position);
@@ -271,21 +293,20 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     if (!advanced || this.#closed) return;
     this.#readPosition = readPosition;
     this.#header.setReadPosition(this.#slot, readPosition);
-    wakeIfWaiting(this.#header.producerWaiting, this.#spaceEventFd);
+    this.#header.wakeProducer(this.#spaceEventFd);
   }
 
   async #sleep(deadline: number | undefined): Promise<void> {
-    const flag = this.#header.readerWaiting(this.#slot);
-    Atomics.store(flag.array, flag.index, 1);
+    this.#header.setReaderWaiting(this.#slot, true);
     if (this.#header.writePosition > this.#position || this.#peerGone) {
-      Atomics.store(flag.array, flag.index, 0);
+      this.#header.setReaderWaiting(this.#slot, false);
       return;
     }
     let timer: NodeJS.Timeout | undefined;
     if (deadline !== undefined) {
       const remaining = deadline - performance.now();
       if (remaining <= 0) {
-        Atomics.store(flag.array, flag.index, 0);
+        this.#header.setReaderWaiting(this.#slot, false);
         throw fail('ERR_TIMEOUT', `no batch within ${this.#options.readTimeoutMs} ms`);
       }
       timer = setTimeout(() => this.#waiter.interrupt(), remaining);
@@ -294,7 +315,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
       await this.#waiter.wait();
     } finally {
       clearTimeout(timer);
-      Atomics.store(flag.array, flag.index, 0);
+      this.#header.setReaderWaiting(this.#slot, false);
     }
   }
 
@@ -319,17 +340,12 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     try {
       if (fds.length !== 1 || frame.fdCount !== 1) throw fail('ERR_PROTOCOL', `STREAM_SEGMENT must carry exactly 1 fd, got ${fds.length}`);
       if (!Number.isSafeInteger(sequence) || sequence < 0) throw fail('ERR_PROTOCOL', `STREAM_SEGMENT without a valid sequence`);
-      const segment = Segment.adopt(fds.pop()!);
-      try {
-        checkReceivedSegment(segment, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes ?? 2 ** 32 });
-        result = { mapping: segment.takeReadOnlyMapping(), offset: Number(frame.ipcOffset), length: Number(frame.ipcLength) };
-      } finally {
-        segment.closeFd();
-      }
+      const mapping = mapReceivedSegment(fds.pop()!, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes ?? MAX_NODE_MESSAGE_BYTES });
+      result = { mapping, offset: Number(frame.ipcOffset), length: Number(frame.ipcLength) };
     } catch (e) {
-      closeAll(fds);
+      closeFds(fds);
       result = e instanceof ArrowShmError ? e : fail('ERR_PROTOCOL', String(e));
-      this.#channel.sendError(result.code, result.message, frame.messageId).catch(() => {});
+      this.#link.sendError(result.code, result.message, frame.messageId).catch(() => {});
       if (!Number.isSafeInteger(sequence)) return;
     }
     const previous = this.#segments.get(sequence);
@@ -345,7 +361,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
   /** @internal The kernel dropped a STREAM_SEGMENT's fd (this process ran out of fds): that batch fails, the stream goes on. */
   onSegmentLost(frame: Frame, error: ArrowShmError): void {
     const sequence = Number(frame.metadata.sequence ?? NaN);
-    this.#channel.sendError(error.code, error.message, frame.messageId).catch(() => {});
+    this.#link.sendError(error.code, error.message, frame.messageId).catch(() => {});
     if (!Number.isSafeInteger(sequence) || this.#closed) return;
     this.#segments.set(sequence, error);
     this.#waiter.interrupt();
@@ -353,7 +369,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
 
   /** A broken ring ends the stream: tell the producer, close, throw. */
   #broken(error: ArrowShmError): never {
-    this.#channel.sendError(error.code, error.message, 0n).catch(() => {});
+    this.#link.sendError(error.code, error.message, 0n).catch(() => {});
     this.close();
     throw error;
   }
@@ -367,7 +383,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopListening();
-    if (!this.#ended || this.ownsChannel) this.#channel.close();
+    if (!this.#ended || this.ownsChannel) this.#link.close();
     this.#waiter.close();
     for (const s of this.#segments.values()) if (!(s instanceof ArrowShmError)) s.mapping.release();
     this.#segments.clear();
@@ -416,7 +432,7 @@ function checkEventFd(fd: number, what: string): void {
 }
 
 /** §12.1/§12.2 checks, in order; closes every fd it does not hand back inside `Opened`. */
-function openParts(frame: Frame, fds: number[]): Opened {
+function openParts(frame: Frame, fds: number[], limits: Partial<IpcLimits> | undefined): Opened {
   const opened: Partial<Opened> = {};
   try {
     if (fds.length !== 4 || frame.fdCount !== 4) throw fail('ERR_PROTOCOL', `STREAM_OPEN must carry exactly 4 fds, got ${fds.length} (fd_count ${frame.fdCount})`);
@@ -437,11 +453,7 @@ function openParts(frame: Frame, fds: number[]): Opened {
       if (ring.size !== RING_HEADER_BYTES + capacity) throw fail('ERR_RING_INVALID', `ring segment of ${ring.size} bytes, expected ${RING_HEADER_BYTES} + ${capacity}`);
       opened.headerMapping = new Mapping(ring.fd, RING_HEADER_BYTES, true);
       const header = new RingHeader(opened.headerMapping.buffer);
-      if (header.magic !== RING_MAGIC) throw fail('ERR_RING_INVALID', 'ring header without the ASHMRING magic');
-      if (header.layoutVersion !== RING_LAYOUT_VERSION) throw fail('ERR_RING_INVALID', `ring layout version ${header.layoutVersion}, this side reads ${RING_LAYOUT_VERSION}`);
-      if (header.headerLength !== RING_HEADER_BYTES) throw fail('ERR_RING_INVALID', `ring header length ${header.headerLength}, expected ${RING_HEADER_BYTES}`);
-      if (header.capacity !== BigInt(capacity)) throw fail('ERR_RING_INVALID', `ring header says capacity ${header.capacity}, STREAM_OPEN says ${capacity}`);
-      if (header.maxReaders < 1 || header.maxReaders > MAX_READERS || slot >= header.maxReaders) throw fail('ERR_RING_INVALID', `reader slot ${slot} outside the ring's ${header.maxReaders} slots`);
+      header.check(capacity, slot);
       const written = header.writePosition;
       if (start > written || written - start > capacity || start % 64 !== 0) throw fail('ERR_RING_INVALID', `start position ${start} does not fit the write position ${written}`);
       opened.header = header;
@@ -452,22 +464,17 @@ function openParts(frame: Frame, fds: number[]): Opened {
       ring.closeFd();
     }
 
-    const prologue = Segment.adopt(fds[1]!);
+    const prologueFd = fds[1]!;
     fds[1] = -1;
-    try {
-      checkReceivedSegment(prologue, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: 1024 ** 3 });
-      opened.prologueMapping = prologue.takeReadOnlyMapping();
-    } finally {
-      prologue.closeFd();
-    }
-    opened.prologueBytes = opened.prologueMapping.bytes(Number(frame.ipcOffset), Number(frame.ipcLength));
-    opened.decoder = new BatchDecoder(opened.prologueBytes);
+    const prologueMapping = (opened.prologueMapping = mapReceivedSegment(prologueFd, { policy: 'sealed', ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: 1024 ** 3 }));
+    opened.prologueBytes = prologueMapping.bytes(Number(frame.ipcOffset), Number(frame.ipcLength));
+    opened.decoder = new BatchDecoder(opened.prologueBytes, limits);
     opened.dataEventFd = fds[2]!;
     opened.spaceEventFd = fds[3]!;
     fds.length = 0;
     return opened as Opened;
   } catch (e) {
-    closeAll(fds);
+    closeFds(fds);
     closeParts(opened);
     throw e;
   }
@@ -477,18 +484,8 @@ function closeParts(p: Partial<Opened>): void {
   p.headerMapping?.release();
   p.dataMapping?.release();
   p.prologueMapping?.release();
-  if (p.dataEventFd !== undefined) closeAll([p.dataEventFd]);
-  if (p.spaceEventFd !== undefined) closeAll([p.spaceEventFd]);
+  if (p.dataEventFd !== undefined) closeFds([p.dataEventFd]);
+  if (p.spaceEventFd !== undefined) closeFds([p.spaceEventFd]);
 }
 
-function closeAll(fds: number[]): void {
-  for (const fd of fds) {
-    if (fd < 0) continue;
-    try {
-      native.close(fd);
-    } catch {
-      // already closed
-    }
-  }
-}
 

@@ -5,20 +5,24 @@ import type { Message, RecordBatch as RecordBatchHeader } from 'apache-arrow/ipc
 import { VectorLoader } from 'apache-arrow/visitor/vectorloader';
 import { fail } from '../errors.js';
 import { classify } from '../ipc/reader.js';
-import { walkIpcMessages } from '../ipc/validate.js';
+import { IpcMessageChecker, walkIpcMessages } from '../ipc/messages.js';
+import type { IpcLimits } from '../ipc/limits.js';
 
 export class BatchDecoder {
   readonly schema: Schema;
   #dictionaries = new Map<number, Vector>();
+  /** Knows the schema from the prologue: every record's batches are checked against it. */
+  #checker: IpcMessageChecker;
 
   /** `prologue`: a Schema message then DictionaryBatch messages (PROTOCOL.md §12.1). */
-  constructor(prologue: Uint8Array) {
+  constructor(prologue: Uint8Array, limits?: Partial<IpcLimits>) {
     let schema: Schema | undefined;
+    this.#checker = new IpcMessageChecker(limits);
     walkIpcMessages(prologue, 'stream', ({ message, bodyStart, bodyLength }) => {
       if (message.isSchema()) schema = message.header();
       else if (message.isDictionaryBatch()) this.#loadDictionary(schema!, message, prologue.subarray(bodyStart, bodyStart + bodyLength));
       else throw fail('ERR_IPC_INVALID', 'a stream prologue holds a record batch');
-    });
+    }, this.#checker);
     this.schema = schema!;
   }
 
@@ -31,7 +35,7 @@ export class BatchDecoder {
       // A dictionary outlives its record (later batches use it): copy it out of the ring.
       if (message.headerType === MessageHeader.DictionaryBatch) this.#loadDictionary(this.schema, message, body.slice());
       else batch = this.#loadBatch(message.header() as RecordBatchHeader, body, message);
-    });
+    }, this.#checker);
     if (!batch) throw fail('ERR_IPC_INVALID', 'a stream record holds no record batch');
     return batch;
   }

@@ -6,21 +6,23 @@ import { fail } from '../errors.js';
 import { native } from '../native.js';
 import { DictionaryTracker, LayoutBuilder, writeIpcLayout, writeRecordBatchMessage } from '../ipc/writer.js';
 import { Mapping } from '../shm/segment.js';
-import { constants } from '../native.js';
-import type { Channel } from '../transport/channel.js';
+import { closeFds } from '../shm/fds.js';
+import type { StreamLink } from '../transport/stream-link.js';
 import { FrameKind, type KeyValues } from '../transport/frame.js';
-import { PreparedTable } from '../transport/channel.js';
+import { PreparedTable } from '../ipc/prepared.js';
 import {
   EventWaiter,
   MAX_READERS,
   RECORD_HEADER_BYTES,
   RING_HEADER_BYTES,
   RecordKind,
+  RING_SEALS,
   RingHeader,
   alignRecord,
   checkCapacity,
+  placeRecord,
+  ringOffset,
   spinUntil,
-  wakeIfWaiting,
   writeRecordHeader,
 } from './ring.js';
 
@@ -44,18 +46,17 @@ export interface StreamWriterOptions {
 }
 
 const DEFAULT_CAPACITY = 16 * 1024 * 1024;
-const RING_SEALS = constants.F_SEAL_SHRINK | constants.F_SEAL_GROW | constants.F_SEAL_SEAL;
 
 interface Reader {
   slot: number;
-  channel: Channel;
+  link: StreamLink;
   dataEvent: number;
   attached: boolean;
   stopListening: () => void;
 }
 
 /** Everything a stream owns in this process; closed exactly once. */
-export class RingProducer {
+export class RingWriter {
   readonly schema: Schema;
   readonly capacity: number;
   readonly streamId: bigint;
@@ -105,7 +106,7 @@ export class RingProducer {
       attachTimeoutMs: options.attachTimeoutMs ?? 5000,
     };
     this.capacity = capacity;
-    this.streamId = RingProducer.#nextStreamId++;
+    this.streamId = RingWriter.#nextStreamId++;
     const layout = new LayoutBuilder();
     layout.schema(schema);
     this.#schemaBytes = new Uint8Array(layout.position);
@@ -140,10 +141,10 @@ export class RingProducer {
   }
 
   /**
-   * Attaches `channel` as a consumer (§12.4 step 2); resolves once it ACKed the STREAM_OPEN.
-   * Runs between writes, so the joiner's start position and prologue agree with the records.
+   * Attaches the consumer at the other end of `link` (§12.4 step 2); resolves once it ACKed the
+   * STREAM_OPEN. Runs between writes, so the joiner's start position and prologue agree with the records.
    */
-  async attach(channel: Channel, correlationId = 0n): Promise<void> {
+  async attach(link: StreamLink, correlationId = 0n): Promise<void> {
     let acked!: Promise<void>;
     let slot = -1;
     await this.#serial(async () => {
@@ -151,17 +152,16 @@ export class RingProducer {
       for (let i = 0; i < this.#options.maxReaders && slot < 0; i++) if (!this.#readers.has(i)) slot = i;
       if (slot < 0) throw fail('ERR_NO_READER_SLOT', `all ${this.#options.maxReaders} reader slots of the stream are taken`);
       const prologue = this.#prologue();
-      const reader: Reader = { slot, channel, dataEvent: -1, attached: false, stopListening: () => {} };
+      const reader: Reader = { slot, link, dataEvent: -1, attached: false, stopListening: () => {} };
       try {
         reader.dataEvent = native.eventfd();
         this.#readers.set(slot, reader);
         this.#header.setReadPosition(slot, this.#writePosition);
-        const waiting = this.#header.readerWaiting(slot);
-        Atomics.store(waiting.array, waiting.index, 0);
-        this.#header.setSlotPid(slot, channel.peer.pid);
+        this.#header.setReaderWaiting(slot, false);
+        this.#header.setSlotPid(slot, link.peer.pid);
         this.#header.setSlotState(slot, 1);
-        reader.stopListening = channel.onClose(() => this.#detach(slot));
-        const frame = channel.sendStreamFrame(
+        reader.stopListening = link.onClose(() => this.#detach(slot));
+        const frame = link.sendStreamFrame(
           {
             kind: FrameKind.StreamOpen,
             correlationId,
@@ -182,7 +182,7 @@ export class RingProducer {
         await frame.sent;
       } catch (e) {
         if (this.#readers.get(slot) === reader) this.#detach(slot);
-        else if (reader.dataEvent >= 0) closeQuietly(reader.dataEvent);
+        else if (reader.dataEvent >= 0) closeFds([reader.dataEvent]);
         throw e;
       } finally {
         prologue.close();
@@ -275,7 +275,7 @@ export class RingProducer {
         metadata: { stream_id: String(this.streamId), sequence: String(sequence) },
       };
       const readers = [...this.#readers.values()];
-      await Promise.all(readers.map((r) => r.channel.sendStreamFrame(frame, [segment.segment.fd]).sent.catch(() => this.#detach(r.slot))));
+      await Promise.all(readers.map((r) => r.link.sendStreamFrame(frame, [segment.segment.fd]).sent.catch(() => this.#detach(r.slot))));
     } finally {
       segment.close();
     }
@@ -286,7 +286,7 @@ export class RingProducer {
     this.#writePosition += advance;
     this.#header.writePosition = this.#writePosition;
     if (counted) this.#unreleased.push(this.#writePosition);
-    for (const r of this.#readers.values()) wakeIfWaiting(this.#header.readerWaiting(r.slot), r.dataEvent);
+    for (const r of this.#readers.values()) this.#header.wakeReader(r.slot, r.dataEvent);
   }
 
   get #unreleasedCount(): number {
@@ -312,15 +312,12 @@ export class RingProducer {
   async #reserve(length: number, wait = false): Promise<number> {
     const deadline = this.#options.writeTimeoutMs === undefined ? undefined : performance.now() + this.#options.writeTimeoutMs;
     for (;;) {
-      const offset = this.#writePosition % this.capacity;
-      const tail = this.capacity - offset;
-      const needed = length <= tail ? length : tail + length;
-      const fits = () => this.capacity - (this.#writePosition - this.#oldestHeld()) >= needed && this.#unreleasedCount < this.#options.maxMessages;
+      const { offset, padding } = placeRecord(this.#writePosition, length, this.capacity);
+      const fits = () => this.capacity - (this.#writePosition - this.#oldestHeld()) >= padding + length && this.#unreleasedCount < this.#options.maxMessages;
       if (fits() || spinUntil(fits, this.#options.spinMicros)) {
-        if (length > tail) {
-          writeRecordHeader(this.#view, offset, { length: tail, kind: RecordKind.Padding, sequence: 0, ipcLength: 0 });
-          this.#publish(tail, false);
-          return 0;
+        if (padding > 0) {
+          writeRecordHeader(this.#view, ringOffset(this.#writePosition, this.capacity), { length: padding, kind: RecordKind.Padding, sequence: 0, ipcLength: 0 });
+          this.#publish(padding, false);
         }
         return offset;
       }
@@ -334,10 +331,9 @@ export class RingProducer {
 
   /** §12.3 from the producer's side: flag, re-check, sleep on the space eventfd. */
   async #sleep(ready: () => boolean, deadline: number | undefined, what: string): Promise<void> {
-    const flag = this.#header.producerWaiting;
-    Atomics.store(flag.array, flag.index, 1);
+    this.#header.setProducerWaiting(true);
     if (ready() || this.#closed) {
-      Atomics.store(flag.array, flag.index, 0);
+      this.#header.setProducerWaiting(false);
       return;
     }
     const remaining = deadline === undefined ? undefined : deadline - performance.now();
@@ -348,7 +344,7 @@ export class RingProducer {
       await this.#space.wait();
     } finally {
       clearTimeout(timer);
-      Atomics.store(flag.array, flag.index, 0);
+      this.#header.setProducerWaiting(false);
     }
   }
 
@@ -391,22 +387,33 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function closeQuietly(fd: number): void {
-  try {
-    native.close(fd);
-  } catch {
-    // already closed
-  }
-}
-
-/** The writing end of a stream opened on a channel (`channel.openStream`). */
+/** The writing end of a stream opened on a channel: `StreamWriter.open(channel, schema)`. */
 export class StreamWriter {
-  #producer: RingProducer;
-  #channel: Channel;
+  #producer: RingWriter;
+  #link: StreamLink;
 
-  constructor(producer: RingProducer, channel: Channel) {
+  private constructor(producer: RingWriter, link: StreamLink) {
     this.#producer = producer;
-    this.#channel = channel;
+    this.#link = link;
+  }
+
+  /**
+   * Opens a stream of record batches to the peer of `channel` (docs/PROTOCOL.md §12), which
+   * receives it with `StreamReader.accept`. Resolves once the peer has mapped the ring.
+   */
+  static async open(channel: { readonly streams: StreamLink }, schema: Schema, options: StreamWriterOptions = {}): Promise<StreamWriter> {
+    const link = channel.streams;
+    const unavailable = link.unavailable;
+    if (unavailable) throw unavailable;
+    if (!link.peer.capabilities.includes('stream')) throw fail('ERR_PROTOCOL', `the peer (${link.peer.implementation}) does not accept streams`);
+    const producer = new RingWriter(schema, options, 1);
+    try {
+      await producer.attach(link);
+    } catch (e) {
+      producer.close();
+      throw e;
+    }
+    return new StreamWriter(producer, link);
   }
 
   get schema(): Schema {
@@ -430,6 +437,6 @@ export class StreamWriter {
   /** Frees the ring at once, without an end record, and closes the channel: the reader's stream fails. */
   abort(): void {
     this.#producer.close();
-    this.#channel.close();
+    this.#link.close();
   }
 }

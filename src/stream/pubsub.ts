@@ -2,11 +2,13 @@
 // every batch in memory once (docs/PROTOCOL.md §12.4).
 import type { RecordBatch, Schema, Table } from 'apache-arrow';
 import { ArrowShmError, fail } from '../errors.js';
-import { Listener, connect, type Channel, type ChannelOptions, type ListenerOptions } from '../transport/channel.js';
+import { Listener, type ListenerOptions } from '../transport/listener.js';
+import { connect, type Channel } from '../transport/channel.js';
+import { type ChannelOptions } from '../transport/options.js';
 import type { Frame, KeyValues } from '../transport/frame.js';
 import { withTimeout } from '../timeout.js';
-import type { StreamReader, StreamReaderOptions } from './consumer.js';
-import { RingProducer, type StreamWriterOptions } from './producer.js';
+import { StreamReader, type StreamReaderOptions } from './consumer.js';
+import { RingWriter, type StreamWriterOptions } from './producer.js';
 
 export interface PublicationOptions extends StreamWriterOptions, ListenerOptions {
   /** Called when a subscriber could not be attached (no slot, it hung up, ...). */
@@ -16,7 +18,7 @@ export interface PublicationOptions extends StreamWriterOptions, ListenerOptions
 export class Publication {
   readonly address: string;
   #listener: Listener;
-  #producer: RingProducer;
+  #producer: RingWriter;
   #channels = new Set<Channel>();
   #joined: (() => void)[] = [];
   #options: PublicationOptions;
@@ -25,9 +27,14 @@ export class Publication {
   private constructor(address: string, schema: Schema, options: PublicationOptions) {
     this.address = address;
     this.#options = options;
-    this.#producer = new RingProducer(schema, options);
+    this.#producer = new RingWriter(schema, options);
     try {
-      this.#listener = Listener.create(address, { ...options, onSubscribe: (channel, frame) => this.#onSubscribe(channel, frame) });
+      // Set up before the channel's first frame: a SUBSCRIBE may follow the handshake at once.
+      const onChannel = (channel: Channel) => {
+        options.onChannel?.(channel);
+        channel.streams.setSubscribeHandler((frame) => this.#onSubscribe(channel, frame));
+      };
+      this.#listener = Listener.create(address, { ...options, onChannel });
     } catch (e) {
       this.#producer.close();
       throw e;
@@ -56,7 +63,7 @@ export class Publication {
   }
 
   #onSubscribe(channel: Channel, frame: Frame): void {
-    this.#producer.attach(channel, frame.messageId).then(
+    this.#producer.attach(channel.streams, frame.messageId).then(
       () => this.#notifyJoined(),
       (e: unknown) => {
         const error = e instanceof ArrowShmError ? e : fail('ERR_PROTOCOL', String(e));
@@ -122,7 +129,7 @@ export async function subscribe(
 ): Promise<StreamReader> {
   const channel = await connect(address, options);
   try {
-    const reader = await channel.subscribe(options);
+    const reader = await StreamReader.subscribe(channel, options);
     reader.ownsChannel = true;
     return reader;
   } catch (e) {

@@ -1,7 +1,7 @@
 // The ring segment of a stream (docs/PROTOCOL.md §12.2): header page, reader slots, records,
 // and the wake-up protocol of §12.3. Shared by the producer and the consumer.
 import { fail } from '../errors.js';
-import { native, type PollerHandle } from '../native.js';
+import { constants, native, type PollerHandle } from '../native.js';
 
 export const RING_MAGIC = 0x474e_4952_4d48_5341n; // "ASHMRING" read as a little-endian u64
 export const RING_LAYOUT_VERSION = 1;
@@ -19,92 +19,120 @@ export enum RecordKind {
   End = 4,
 }
 
-const SLOT_BASE = 128;
-const SLOT_BYTES = 64;
+/** Byte offsets of the header page's fields (§12.2). */
+const Header = {
+  magic: 0,
+  layoutVersion: 8,
+  headerLength: 12,
+  capacity: 16,
+  maxReaders: 24,
+  writePosition: 64,
+  producerWaiting: 72,
+  ended: 76,
+  slots: 128,
+} as const;
+
+/** Byte offsets inside a reader slot (§12.2). */
+const Slot = { bytes: 64, readPosition: 0, state: 8, waiting: 12, pid: 16 } as const;
+
+/** The seals a ring carries: never shrinks or grows, rewritten all the time (no F_SEAL_WRITE). */
+export const RING_SEALS = constants.F_SEAL_SHRINK | constants.F_SEAL_GROW | constants.F_SEAL_SEAL;
 
 export const alignRecord = (n: number): number => Math.ceil(n / RECORD_ALIGN) * RECORD_ALIGN;
 
+/** Where a record of `length` bytes goes when the producer is at `write` (§12.2): its data offset, after `padding` bytes of PADDING that fill the end of the ring when it would not fit there (0 when it fits). */
+export function placeRecord(write: number, length: number, capacity: number): { offset: number; padding: number } {
+  const offset = write % capacity;
+  const tail = capacity - offset;
+  return length <= tail ? { offset, padding: 0 } : { offset: 0, padding: tail };
+}
+
+/** The data offset of `position`: the ring's one wrap. */
+export const ringOffset = (position: number, capacity: number): number => position % capacity;
+
 /** Atomic views of the header page. Positions are u64 in the segment, Numbers here (2^53 bytes is far). */
 export class RingHeader {
-  readonly u64: BigUint64Array;
-  readonly u32: Uint32Array;
+  readonly #u64: BigUint64Array;
+  readonly #u32: Uint32Array;
 
   constructor(page: ArrayBuffer) {
-    this.u64 = new BigUint64Array(page, 0, RING_HEADER_BYTES / 8);
-    this.u32 = new Uint32Array(page, 0, RING_HEADER_BYTES / 4);
+    this.#u64 = new BigUint64Array(page, 0, RING_HEADER_BYTES / 8);
+    this.#u32 = new Uint32Array(page, 0, RING_HEADER_BYTES / 4);
   }
 
   init(capacity: number, maxReaders: number): void {
-    this.u64.fill(0n);
-    this.u64[0] = RING_MAGIC;
-    this.u32[2] = RING_LAYOUT_VERSION;
-    this.u32[3] = RING_HEADER_BYTES;
-    this.u64[2] = BigInt(capacity);
-    this.u32[6] = maxReaders;
+    this.#u64.fill(0n);
+    this.#u64[Header.magic / 8] = RING_MAGIC;
+    this.#u32[Header.layoutVersion / 4] = RING_LAYOUT_VERSION;
+    this.#u32[Header.headerLength / 4] = RING_HEADER_BYTES;
+    this.#u64[Header.capacity / 8] = BigInt(capacity);
+    this.#u32[Header.maxReaders / 4] = maxReaders;
   }
 
-  get magic(): bigint {
-    return this.u64[0]!;
-  }
-  get layoutVersion(): number {
-    return this.u32[2]!;
-  }
-  get headerLength(): number {
-    return this.u32[3]!;
-  }
-  get capacity(): bigint {
-    return this.u64[2]!;
-  }
-  get maxReaders(): number {
-    return this.u32[6]!;
+  /** A consumer's checks of a ring it was given (§12.2): ERR_RING_INVALID unless it is the ring STREAM_OPEN describes. */
+  check(capacity: number, slot: number): void {
+    if (this.#u64[Header.magic / 8] !== RING_MAGIC) throw fail('ERR_RING_INVALID', 'ring header without the ASHMRING magic');
+    const layout = this.#u32[Header.layoutVersion / 4]!;
+    if (layout !== RING_LAYOUT_VERSION) throw fail('ERR_RING_INVALID', `ring layout version ${layout}, this side reads ${RING_LAYOUT_VERSION}`);
+    const headerLength = this.#u32[Header.headerLength / 4]!;
+    if (headerLength !== RING_HEADER_BYTES) throw fail('ERR_RING_INVALID', `ring header length ${headerLength}, expected ${RING_HEADER_BYTES}`);
+    const declared = this.#u64[Header.capacity / 8]!;
+    if (declared !== BigInt(capacity)) throw fail('ERR_RING_INVALID', `ring header says capacity ${declared}, STREAM_OPEN says ${capacity}`);
+    const maxReaders = this.#u32[Header.maxReaders / 4]!;
+    if (maxReaders < 1 || maxReaders > MAX_READERS || slot >= maxReaders) throw fail('ERR_RING_INVALID', `reader slot ${slot} outside the ring's ${maxReaders} slots`);
   }
 
   get writePosition(): number {
-    return Number(Atomics.load(this.u64, 8));
+    return Number(Atomics.load(this.#u64, Header.writePosition / 8));
   }
   set writePosition(position: number) {
-    Atomics.store(this.u64, 8, BigInt(position));
+    Atomics.store(this.#u64, Header.writePosition / 8, BigInt(position));
   }
 
-  /** 1 while the producer sleeps for room. */
-  get producerWaiting(): Int {
-    return { array: this.u32, index: 18 };
+  /** The producer says it sleeps for room (true) or not (false). */
+  setProducerWaiting(waiting: boolean): void {
+    Atomics.store(this.#u32, Header.producerWaiting / 4, waiting ? 1 : 0);
+  }
+
+  /** A consumer's half of §12.3 after releasing: wake the producer if it sleeps. */
+  wakeProducer(spaceEventFd: number): void {
+    wakeIfWaiting(this.#u32, Header.producerWaiting / 4, spaceEventFd);
   }
 
   markEnded(): void {
-    Atomics.store(this.u32, 19, 1);
+    Atomics.store(this.#u32, Header.ended / 4, 1);
   }
 
   readPosition(slot: number): number {
-    return Number(Atomics.load(this.u64, (SLOT_BASE + SLOT_BYTES * slot) / 8));
+    return Number(Atomics.load(this.#u64, slotField(slot, Slot.readPosition) / 8));
   }
   setReadPosition(slot: number, position: number): void {
-    Atomics.store(this.u64, (SLOT_BASE + SLOT_BYTES * slot) / 8, BigInt(position));
+    Atomics.store(this.#u64, slotField(slot, Slot.readPosition) / 8, BigInt(position));
   }
   slotState(slot: number): number {
-    return Atomics.load(this.u32, (SLOT_BASE + SLOT_BYTES * slot + 8) / 4);
+    return Atomics.load(this.#u32, slotField(slot, Slot.state) / 4);
   }
   setSlotState(slot: number, state: 0 | 1): void {
-    Atomics.store(this.u32, (SLOT_BASE + SLOT_BYTES * slot + 8) / 4, state);
+    Atomics.store(this.#u32, slotField(slot, Slot.state) / 4, state);
   }
-  /** 1 while the consumer of `slot` sleeps for data. */
-  readerWaiting(slot: number): Int {
-    return { array: this.u32, index: (SLOT_BASE + SLOT_BYTES * slot + 12) / 4 };
+  /** The consumer of `slot` says it sleeps for data (true) or not (false). */
+  setReaderWaiting(slot: number, waiting: boolean): void {
+    Atomics.store(this.#u32, slotField(slot, Slot.waiting) / 4, waiting ? 1 : 0);
+  }
+  /** The producer's half of §12.3 after publishing: wake the consumer of `slot` if it sleeps. */
+  wakeReader(slot: number, dataEventFd: number): void {
+    wakeIfWaiting(this.#u32, slotField(slot, Slot.waiting) / 4, dataEventFd);
   }
   setSlotPid(slot: number, pid: number): void {
-    Atomics.store(this.u32, (SLOT_BASE + SLOT_BYTES * slot + 16) / 4, pid);
+    Atomics.store(this.#u32, slotField(slot, Slot.pid) / 4, pid);
   }
 }
 
-/** An atomic u32 flag in the header. */
-export interface Int {
-  array: Uint32Array;
-  index: number;
-}
+const slotField = (slot: number, field: number): number => Header.slots + Slot.bytes * slot + field;
 
-/** The waker's half of §12.3: after publishing its position, wake the other side if it sleeps. */
-export function wakeIfWaiting(flag: Int, eventFd: number): void {
-  if (Atomics.compareExchange(flag.array, flag.index, 1, 0) === 1) native.eventfdWrite(eventFd);
+/** §12.3: after publishing its position, wake the other side if its flag says it sleeps. */
+function wakeIfWaiting(flags: Uint32Array, index: number, eventFd: number): void {
+  if (Atomics.compareExchange(flags, index, 1, 0) === 1) native.eventfdWrite(eventFd);
 }
 
 export interface RecordHeader {

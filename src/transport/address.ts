@@ -1,8 +1,10 @@
 // The transport is chosen by the address: a path or @name is shared memory on this machine,
 // grpc://host:port (or grpc+tls://) is Arrow Flight to any host. The same calls work on both.
-import { connect as connectShm, listen as listenShm, type Channel, type ChannelOptions, type Listener, type ListenerOptions } from './channel.js';
+import { connect as connectShm, type Channel } from './channel.js';
+import { listen as listenShm, type Listener, type ListenerOptions } from './listener.js';
+import { type ChannelOptions } from './options.js';
 import { FlightChannel, FlightListener, type FlightChannelOptions, type FlightListenerOptions } from './flight-channel.js';
-import { isFlightAddress } from './flight.js';
+import { isFlightAddress } from './flight-codec.js';
 
 export type FlightAddress = `grpc://${string}` | `grpc+tls://${string}`;
 

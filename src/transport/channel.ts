@@ -1,203 +1,26 @@
 // Channels: a connection between two arrow-shm peers over a UNIX SOCK_SEQPACKET socket
 // (docs/PROTOCOL.md). Either side may send tables; the listener/connector roles only matter for
-// the handshake.
-import { openSync } from 'node:fs';
-import type { RecordBatch, Schema, Table } from 'apache-arrow';
+// the handshake. This file is the channel's state machine and frame dispatch; the handshake's
+// contents, received tables, options and the listener live beside it.
+import { constants as osConstants } from 'node:os';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
+import { AsyncQueue } from '../queue.js';
 import { withTimeout } from '../timeout.js';
-import { native } from '../native.js';
-import { decodeBatches, decodeTable } from '../ipc/reader.js';
-import { validateIpcStream, type IpcSummary } from '../ipc/validate.js';
+import { validateIpcStream } from '../ipc/messages.js';
+import { PreparedTable, type Sendable } from '../ipc/prepared.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
+import { closeFds } from '../shm/fds.js';
 import { LeasePool, SparePool } from '../shm/pool.js';
-import { Mapping, Segment, checkReceivedSegment, type SealPolicy } from '../shm/segment.js';
+import { mapReceivedSegment, Segment, type SealPolicy } from '../shm/segment.js';
 import { decodeFrame, encodeFrame, FRAME_FDS, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type FrameInit, type KeyValues } from './frame.js';
-import { StreamReader, type StreamReaderOptions } from '../stream/consumer.js';
-import { RingProducer, StreamWriter, type StreamWriterOptions } from '../stream/producer.js';
-import { PacketSocket, closeListeningSocket, connectSocket, listenSocket, type Datagram } from './socket.js';
+import { checkHello, checkWelcome, helloMetadata, welcomeMetadata, type Agreement } from './handshake.js';
+import { normalizeOptions, type ChannelOptions, type PeerInfo, type SendOptions } from './options.js';
+import { ReceivedTable } from './received.js';
+import { StreamLink } from './stream-link.js';
+import { PacketSocket, connectSocket, type Datagram } from './socket.js';
 
-const IMPLEMENTATION = 'arrow-shm-node/0.1.0';
-/** V8 exposes at most 4 GiB of one mapping as an ArrayBuffer, so that is the most a Node receiver can take. */
-export const MAX_NODE_MESSAGE_BYTES = 2 ** 32;
-const DEFAULT_MAX_MESSAGE_BYTES = MAX_NODE_MESSAGE_BYTES;
 /** Room for fds in every receive (docs/PROTOCOL.md §9: at least 16). */
 const MAX_FRAME_FDS = 16;
-
-export interface ChannelOptions {
-  /** Peer uids allowed to connect (SO_PEERCRED). Default: this process's effective uid. */
-  allowedUids?: number[];
-  /** Largest IPC stream accepted, in bytes. Default and maximum 4 GiB (V8's limit for one ArrayBuffer). */
-  maxMessageBytes?: number;
-  /** Accept segments without seals (unsafe: a hostile sender can truncate them). Default false. */
-  allowUnsealed?: boolean;
-  /** Accept leased (reusable, not write-sealed) segments, docs/PROTOCOL.md §6.2. Default false. */
-  acceptLeased?: boolean;
-  /** How long a handshake may take. Default 5000 ms. */
-  handshakeTimeoutMs?: number;
-  /**
-   * Send tables in leased, reusable, pre-faulted segments when the peer accepts them (§6.2):
-   * a memcpy into warm pages instead of fresh pages, at the price of the write seal. Default false.
-   */
-  lease?: boolean;
-  /** Pre-allocated spare segments kept per size class for sealed sends (0 disables). Default 1. */
-  spareSegments?: number;
-  /** @internal A publication's answer to SUBSCRIBE frames (set from the first frame on). */
-  onSubscribe?: ((channel: Channel, frame: Frame) => void) | null;
-}
-
-export interface PeerInfo {
-  pid: number;
-  uid: number;
-  gid: number;
-  version: number;
-  implementation: string;
-  capabilities: string[];
-}
-
-export interface SendOptions {
-  /** User metadata carried in the frame (string keys and values). */
-  metadata?: KeyValues;
-  /** Fail with ERR_TIMEOUT if the peer has not acknowledged within this many ms. */
-  timeoutMs?: number;
-}
-
-/**
- * An IPC stream already written into a sealed segment: send it to any number of channels with
- * no further copy. The fd stays open until `close()`.
- */
-export class PreparedTable {
-  readonly ipcOffset = 0;
-  private constructor(
-    readonly segment: Segment,
-    readonly ipcLength: number,
-  ) {}
-
-  /**
-   * Writes `data` (a Table/RecordBatch or raw IPC stream bytes) into a new sealed segment, taken
-   * from `spares` (pre-allocated pages) when one is ready.
-   */
-  static from(data: TableLike | Uint8Array, spares?: SparePool): PreparedTable {
-    const create = (size: number) => (spares ? spares.take(size).segment : Segment.create(size));
-    if (data instanceof Uint8Array) {
-      const summary = validateIpcStream(data);
-      const segment = create(Math.max(data.byteLength, 1));
-      try {
-        segment.write(data, 0);
-        segment.seal('sealed');
-      } catch (e) {
-        segment.close();
-        throw e;
-      }
-      return new PreparedTable(segment, Math.max(summary.streamLength, data.byteLength));
-    }
-    const layout = layoutIpcStream(data);
-    const segment = create(layout.byteLength);
-    try {
-      for (const chunk of layout.chunks) segment.write(chunk.bytes, chunk.offset);
-      segment.seal('sealed');
-    } catch (e) {
-      segment.close();
-      throw e;
-    }
-    return new PreparedTable(segment, layout.byteLength);
-  }
-
-  close(): void {
-    this.segment.close();
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-export type Sendable = TableLike | Uint8Array | PreparedTable;
-
-const leaseRegistry = new FinalizationRegistry<{ channel: WeakRef<Channel>; id: bigint }>((held) => {
-  held.channel.deref()?.releaseLease(held.id);
-});
-
-/**
- * A received table. Its bytes stay mapped, read-only, until `close()` (or until the garbage
- * collector finds neither this message nor any view of its columns alive). After close every
- * view into the segment is detached: it reads as empty, never as freed memory.
- */
-export class Message {
-  #mapping: Mapping;
-  #table: Table | undefined;
-  #channel: Channel | null;
-  #leased: boolean;
-  readonly bytes: Uint8Array;
-
-  constructor(
-    channel: Channel | null,
-    readonly id: bigint,
-    readonly flags: number,
-    readonly metadata: KeyValues,
-    mapping: Mapping,
-    ipcOffset: number,
-    ipcLength: number,
-    readonly summary: IpcSummary,
-  ) {
-    this.#channel = channel;
-    this.#mapping = mapping;
-    this.#leased = (flags & FrameFlags.LEASED) !== 0;
-    this.bytes = mapping.bytes(ipcOffset, ipcLength);
-    if (this.#leased && channel) leaseRegistry.register(mapping.buffer, { channel: new WeakRef(channel), id }, this);
-  }
-
-  get isRequest(): boolean {
-    return (this.flags & FrameFlags.REQUEST) !== 0;
-  }
-
-  get closed(): boolean {
-    return this.#mapping.released;
-  }
-
-  /** The ArrayBuffer over the shared mapping: every column buffer of `table` is a view of it. */
-  get sharedBuffer(): ArrayBuffer {
-    return this.#mapping.buffer;
-  }
-
-  /** The decoded table (decoded on first access, zero-copy). Throws ERR_IPC_UNSUPPORTED for types arrow-js lacks. */
-  get table(): Table {
-    if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
-    this.#table ??= decodeTable(this.bytes);
-    return this.#table;
-  }
-
-  get batches(): RecordBatch[] {
-    if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
-    return this.#table?.batches ?? decodeBatches(this.bytes);
-  }
-
-  /** Answers a request with a table. */
-  respond(data: Sendable, options: SendOptions = {}): Promise<void> {
-    if (!this.isRequest || !this.#channel) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
-    return this.#channel.sendFrameWithTable(data, options, FrameFlags.RESPONSE, this.id);
-  }
-
-  /** Answers a request with an error, which the requester receives as an ArrowShmError. */
-  respondError(code: ArrowShmError['code'], message: string): Promise<void> {
-    if (!this.isRequest || !this.#channel) throw fail('ERR_INVALID_ARGUMENT', 'this message is not a request');
-    return this.#channel.sendError(code, message, this.id, FrameFlags.RESPONSE);
-  }
-
-  /** Unmaps the segment (detaching every view) and, for a leased segment, hands it back. */
-  close(): void {
-    if (this.closed) return;
-    this.#table = undefined;
-    this.#mapping.release();
-    if (this.#leased) {
-      leaseRegistry.unregister(this);
-      this.#channel?.releaseLease(this.id);
-    }
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
 
 interface Pending<T> {
   resolve: (value: T) => void;
@@ -217,23 +40,44 @@ export class Channel {
   #peer: PeerInfo;
   #ready: Pending<void> & { promise: Promise<void> };
   #acks = new Map<bigint, Pending<void>>();
-  #requests = new Map<bigint, Pending<Message>>();
-  #inbox: Message[] = [];
-  #waiters: Pending<Message | null>[] = [];
+  #requests = new Map<bigint, Pending<ReceivedTable>>();
+  #inbox = new AsyncQueue<ReceivedTable>();
   #closeError: ArrowShmError | null = null;
   #spares: SparePool | null;
   #leasePool = new LeasePool({ perClass: 4, maxBytes: 4 * 1024 ** 3 });
   #leases = new Map<bigint, Segment>();
-  #streamOffers: { frame: Frame; fds: number[] }[] = [];
-  #streamWaiters: Pending<{ frame: Frame; fds: number[] } | null>[] = [];
-  #streamReader: StreamReader | null = null;
-  #subscriptions = new Set<bigint>();
+  #leasedBytes = 0;
+  #inboxBytes = 0;
+  #streams: StreamLink;
+  /** Called once the handshake is done, before any later frame is handled. */
+  #onOpen: ((channel: Channel) => void) | undefined;
   #closeListeners = new Set<(error: ArrowShmError) => void>();
 
-  private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions) {
+  private constructor(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions, onOpen?: (channel: Channel) => void) {
     this.#socket = socket;
     this.#role = role;
     this.#options = normalizeOptions(options);
+    this.#onOpen = onOpen;
+    const channel = this;
+    this.#streams = new StreamLink(
+      {
+        get peer() {
+          return channel.#peer;
+        },
+        get open() {
+          return channel.#state === 'open';
+        },
+        get closeError() {
+          return channel.#closeError;
+        },
+        sendStreamFrame: (init, fds, ackTimeoutMs) => this.#sendStreamFrame(init, fds, ackTimeoutMs),
+        sendError: (code, message, correlationId) => this.sendError(code, message, correlationId),
+        onClose: (listener) => this.onClose(listener),
+        close: () => this.close(),
+      },
+      this.#options.maxStreamOffers,
+      this.#options.ipcLimits,
+    );
     this.#spares = this.#options.spareSegments > 0 ? new SparePool({ perClass: this.#options.spareSegments, maxBytes: 1024 ** 3 }) : null;
     const cred = socket.peerCredentials();
     this.#peer = { ...cred, version: 0, implementation: '', capabilities: [] };
@@ -243,11 +87,14 @@ export class Channel {
     this.#ready = { promise, resolve, reject };
   }
 
-  /** @internal Wraps an accepted or connected socket and completes the handshake. */
-  static async open(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions): Promise<Channel> {
+  /**
+   * @internal Wraps an accepted or connected socket and completes the handshake; `onOpen` sees the
+   * channel before any frame after the handshake is handled.
+   */
+  static async open(socket: PacketSocket, role: 'listener' | 'connector', options: ChannelOptions, onOpen?: (channel: Channel) => void): Promise<Channel> {
     let channel: Channel;
     try {
-      channel = new Channel(socket, role, options);
+      channel = new Channel(socket, role, options, onOpen);
     } catch (e) {
       socket.close();
       throw e;
@@ -262,17 +109,7 @@ export class Channel {
     socket.start({ onDatagram: (d) => channel.#onDatagram(d), onClose: (e) => channel.#onSocketClose(e) });
     const timer = setTimeout(() => channel.#fatal(fail('ERR_TIMEOUT', `handshake not completed within ${channel.#options.handshakeTimeoutMs} ms`), false), channel.#options.handshakeTimeoutMs);
     if (role === 'connector') {
-      const hello = encodeFrame({
-        kind: FrameKind.Hello,
-        messageId: channel.#takeId(),
-        metadata: {
-          min_version: String(PROTOCOL_VERSION),
-          max_version: String(PROTOCOL_VERSION),
-          capabilities: channel.#localCapabilities().join(','),
-          implementation: IMPLEMENTATION,
-          pid: String(process.pid),
-        },
-      });
+      const hello = encodeFrame({ kind: FrameKind.Hello, messageId: channel.#takeId(), metadata: helloMetadata(channel.#localCapabilities()) });
       // A listener that refuses us may have closed already: then its ERROR frame, still queued on
       // our side, explains why, and the read path reports it (or the hang-up) instead.
       socket.send(hello).catch((e) => {
@@ -307,9 +144,9 @@ export class Channel {
   }
 
   /** Sends a request and resolves with the peer's response (or rejects with its error). */
-  async request(data: Sendable, options: SendOptions = {}): Promise<Message> {
-    let pending!: Pending<Message>;
-    const response = new Promise<Message>((resolve, reject) => (pending = { resolve, reject }));
+  async request(data: Sendable, options: SendOptions = {}): Promise<ReceivedTable> {
+    let pending!: Pending<ReceivedTable>;
+    const response = new Promise<ReceivedTable>((resolve, reject) => (pending = { resolve, reject }));
     response.catch(() => {});
     let id: bigint | undefined;
     const register = (frameId: bigint) => this.#requests.set((id = frameId), pending);
@@ -322,14 +159,14 @@ export class Channel {
   }
 
   /** The next received message (requests included). Rejects with ERR_PEER_CLOSED once the peer is gone. */
-  async receive(): Promise<Message> {
+  async receive(): Promise<ReceivedTable> {
     const next = await this.#next();
     if (!next) throw this.#closeError ?? fail('ERR_PEER_CLOSED', 'the peer closed the channel');
     return next;
   }
 
   /** Iterates received messages until the peer closes the channel cleanly. */
-  async *[Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined> {
+  async *[Symbol.asyncIterator](): AsyncGenerator<ReceivedTable, void, undefined> {
     for (;;) {
       const next = await this.#next();
       if (!next) {
@@ -340,51 +177,9 @@ export class Channel {
     }
   }
 
-  /**
-   * Opens a stream of record batches to the peer (docs/PROTOCOL.md §12), which receives it with
-   * `acceptStream()`. Resolves once the peer has mapped the ring.
-   */
-  async openStream(schema: Schema, options: StreamWriterOptions = {}): Promise<StreamWriter> {
-    if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
-    if (!this.#peer.capabilities.includes('stream')) throw fail('ERR_PROTOCOL', `the peer (${this.#peer.implementation}) does not accept streams`);
-    const producer = new RingProducer(schema, options, 1);
-    try {
-      await producer.attach(this);
-    } catch (e) {
-      producer.close();
-      throw e;
-    }
-    return new StreamWriter(producer, this);
-  }
-
-  /** The next stream the peer opens on this channel (its batches are read in place). */
-  async acceptStream(options: StreamReaderOptions & { timeoutMs?: number } = {}): Promise<StreamReader> {
-    const offer = this.#streamOffers.shift() ?? (this.#state === 'closed' ? null : await withTimeout(new Promise<{ frame: Frame; fds: number[] } | null>((resolve, reject) => this.#streamWaiters.push({ resolve, reject })), options.timeoutMs, 'no stream offered'));
-    if (!offer) throw this.#closeError ?? fail('ERR_PEER_CLOSED', 'the peer closed the channel');
-    let reader: StreamReader;
-    try {
-      reader = StreamReader.open(this, offer.frame, offer.fds, options);
-    } catch (e) {
-      const error = asError(e);
-      this.sendError(error.code, error.message, offer.frame.messageId).catch(() => {});
-      throw error;
-    }
-    this.#streamReader = reader;
-    this.#socket.send(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: offer.frame.messageId })).catch(() => {});
-    return reader;
-  }
-
-  /** Asks a publishing peer for its stream (SUBSCRIBE, §12.1). */
-  async subscribe(options: StreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number } = {}): Promise<StreamReader> {
-    if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
-    const id = this.#takeId();
-    this.#subscriptions.add(id);
-    try {
-      await this.#socket.send(encodeFrame({ kind: FrameKind.Subscribe, messageId: id, metadata: options.metadata }));
-      return await this.acceptStream(options);
-    } finally {
-      this.#subscriptions.delete(id);
-    }
+  /** The link streams run on (src/stream: `StreamWriter.open`, `StreamReader.accept`, publications). */
+  get streams(): StreamLink {
+    return this.#streams;
   }
 
   /** @internal Calls `listener` once when the channel closes, for whatever reason. Returns an unsubscribe. */
@@ -399,15 +194,15 @@ export class Channel {
   }
 
   /**
-   * @internal Sends a stream frame with `fds` (which stay the caller's). With `ackTimeoutMs`,
-   * `acked` resolves on the peer's ACK and rejects on its ERROR.
+   * Sends a stream frame with `fds` (which stay the caller's). With `ackTimeoutMs`, `acked`
+   * resolves on the peer's ACK and rejects on its ERROR.
    */
-  sendStreamFrame(init: Omit<FrameInit, 'messageId'>, fds: number[], ackTimeoutMs?: number): { sent: Promise<void>; acked: Promise<void> } {
+  #sendStreamFrame(init: Omit<FrameInit, 'messageId'>, fds: number[], ackTimeoutMs?: number): { id: bigint; sent: Promise<void>; acked: Promise<void> } {
     if (this.#state !== 'open') {
       const error = this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
       const rejected = Promise.reject(error);
       rejected.catch(() => {});
-      return { sent: rejected, acked: rejected };
+      return { id: 0n, sent: rejected, acked: rejected };
     }
     const id = this.#takeId();
     let acked: Promise<void> = Promise.resolve();
@@ -418,7 +213,7 @@ export class Channel {
     }
     const sent = this.#socket.send(encodeFrame({ ...init, messageId: id }), fds);
     sent.catch(() => {});
-    return { sent, acked };
+    return { id, sent, acked };
   }
 
   /** Keeps (default) or stops keeping the Node process alive while the channel is open. */
@@ -430,14 +225,7 @@ export class Channel {
   /** Closes the channel: says GOODBYE, fails pending sends, releases unreceived messages. */
   close(): void {
     if (this.#state === 'closed') return;
-    if (this.#state === 'open') {
-      const bye = encodeFrame({ kind: FrameKind.Goodbye, messageId: this.#takeId() });
-      try {
-        native.sendmsg(this.#socket.fd, bye, []);
-      } catch {
-        // the peer may be gone already
-      }
-    }
+    if (this.#state === 'open') this.#socket.sendNow(encodeFrame({ kind: FrameKind.Goodbye, messageId: this.#takeId() }));
     this.#fatal(fail('ERR_CLOSED', 'the channel was closed'), false);
   }
 
@@ -451,8 +239,9 @@ export class Channel {
   /** `onId` learns the frame's message id before the frame leaves (requests wait on it). */
   async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> {
     if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
-    if (!(data instanceof PreparedTable) && this.#options.lease && this.#peer.capabilities.includes('lease')) {
-      return this.#sendLeased(data, options, flags, correlationId, onId);
+    if (!(data instanceof PreparedTable) && this.#options.lease && this.#peer.capabilities.includes('lease') && this.#leases.size < this.#options.maxLeases) {
+      const leased = this.#sendLeased(data, options, flags, correlationId, onId);
+      if (leased) return leased;
     }
     const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data, this.#spares ?? undefined);
     // A segment made for this send is closed as soon as its fd is in flight (or the send failed).
@@ -464,11 +253,15 @@ export class Channel {
     }
   }
 
-  /** §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE. */
-  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> {
+  /**
+   * §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE.
+   * Null when that would hold more than maxLeasedBytes: the caller sends it sealed instead.
+   */
+  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> | null {
     const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
     if (data instanceof Uint8Array) validateIpcStream(data);
     const length = layout ? layout.byteLength : (data as Uint8Array).byteLength;
+    if (this.#leasedBytes + length > this.#options.maxLeasedBytes) return null;
     const segment = this.#leasePool.acquire(length);
     const target = segment.writableBytes();
     if (layout) writeIpcLayout(layout, target, true);
@@ -476,11 +269,21 @@ export class Channel {
     return this.#sendTableFrame(segment.fd, length, flags | FrameFlags.LEASED, correlationId, options, undefined, {
       registered: (id) => {
         this.#leases.set(id, segment);
+        this.#leasedBytes += segment.size;
         onId?.(id);
       },
       // The frame never left: nobody else maps the segment, it can be reused.
-      failed: (id) => this.#leases.delete(id) && this.#leasePool.giveBack(segment),
+      failed: (id) => this.#returnLease(id),
     });
+  }
+
+  /** A leased segment the peer released, refused, or never got: back to the pool. */
+  #returnLease(id: bigint): void {
+    const segment = this.#leases.get(id);
+    if (!segment) return;
+    this.#leases.delete(id);
+    this.#leasedBytes -= segment.size;
+    this.#leasePool.giveBack(segment);
   }
 
   /** Sends one TABLE frame with `fd` attached and resolves when the peer acknowledges it. */
@@ -532,17 +335,23 @@ export class Channel {
     return this.#options.acceptLeased ? ['lease', 'stream'] : ['stream'];
   }
 
-  #next(): Promise<Message | null> {
+  #next(): Promise<ReceivedTable | null> {
     const queued = this.#inbox.shift();
-    if (queued) return Promise.resolve(queued);
-    if (this.#state === 'closed') return Promise.resolve(null);
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    if (!queued) return this.#inbox.take();
+    this.#inboxBytes -= queued.bytes.byteLength;
+    if (this.#socket.paused && this.#state === 'open' && !this.#inboxFull()) this.#socket.resume();
+    return Promise.resolve(queued);
   }
 
-  #deliver(message: Message): void {
-    const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(message);
-    else this.#inbox.push(message);
+  #deliver(message: ReceivedTable): void {
+    if (this.#inbox.push(message)) return; // straight to a waiting receive()
+    this.#inboxBytes += message.bytes.byteLength;
+    // §14.2: hold no more; the kernel's socket buffer makes the sender wait.
+    if (this.#inboxFull()) this.#socket.pause();
+  }
+
+  #inboxFull(): boolean {
+    return this.#inbox.size >= this.#options.maxInboxMessages || this.#inboxBytes >= this.#options.maxInboxBytes;
   }
 
   #onDatagram(d: Datagram): void {
@@ -554,7 +363,7 @@ export class Channel {
         // More fds than a frame may carry is the sender's fault; fewer, that this process could
         // not take them (RLIMIT_NOFILE): a message-level failure, the channel goes on.
         if (frame.fdCount > MAX_FRAME_FDS || d.fds.length >= MAX_FRAME_FDS || this.#state !== 'open') throw fail('ERR_PROTOCOL', `too many file descriptors attached to one frame (${frame.fdCount})`);
-        closeAll(d.fds);
+        closeFds(d.fds);
         this.#onFdsDropped(frame);
         return;
       }
@@ -563,7 +372,7 @@ export class Channel {
       }
       if (!FRAME_FDS[frame.kind] && d.fds.length > 0) throw fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries ${d.fds.length} file descriptors`);
     } catch (e) {
-      closeAll(d.fds);
+      closeFds(d.fds);
       this.#fatal(asError(e), true);
       return;
     }
@@ -577,59 +386,41 @@ export class Channel {
 
   /** A frame whose fds the kernel dropped because this process is out of file descriptors. */
   #onFdsDropped(frame: Frame): void {
-    const error = new ArrowShmError('ERR_SYSCALL', `this receiver is out of file descriptors (RLIMIT_NOFILE): the ${frame.fdCount} fd(s) of ${FrameKind[frame.kind] ?? 'a'} frame ${frame.messageId} were dropped`, 24 /* EMFILE */, 'recvmsg');
-    if (frame.kind === FrameKind.StreamSegment && this.#streamReader) this.#streamReader.onSegmentLost(frame, error);
-    else if (frame.kind === FrameKind.Table || frame.kind === FrameKind.StreamOpen || frame.kind === FrameKind.StreamSegment) {
+    const error = new ArrowShmError('ERR_SYSCALL', `this receiver is out of file descriptors (RLIMIT_NOFILE): the ${frame.fdCount} fd(s) of ${FrameKind[frame.kind] ?? 'a'} frame ${frame.messageId} were dropped`, osConstants.errno.EMFILE, 'recvmsg');
+    if (frame.kind === FrameKind.StreamSegment && this.#streams.onSegmentLost(frame, error)) return;
+    if (frame.kind === FrameKind.Table || frame.kind === FrameKind.StreamOpen || frame.kind === FrameKind.StreamSegment) {
       this.sendError(error.code, error.message, frame.messageId, frame.flags & FrameFlags.REQUEST ? FrameFlags.RESPONSE : 0).catch(() => {});
     } else this.#fatal(fail('ERR_PROTOCOL', `${FrameKind[frame.kind]} frame carries file descriptors`), true);
   }
 
   #onHandshakeFrame(frame: Frame): void {
-    const kv = frame.metadata;
     if (this.#role === 'listener') {
       if (frame.kind !== FrameKind.Hello) throw fail('ERR_PROTOCOL', `expected HELLO, got ${FrameKind[frame.kind]}`);
-      const min = Number(kv.min_version ?? NaN);
-      const max = Number(kv.max_version ?? NaN);
-      if (!Number.isInteger(min) || !Number.isInteger(max)) throw fail('ERR_PROTOCOL', 'HELLO without valid min_version/max_version');
-      if (min > PROTOCOL_VERSION || max < PROTOCOL_VERSION) {
-        throw fail('ERR_PROTOCOL_VERSION', `peer speaks protocol versions ${min}..${max}, this side speaks ${PROTOCOL_VERSION}`);
-      }
-      this.#agree(kv);
-      const welcome = encodeFrame({
-        kind: FrameKind.Welcome,
-        messageId: this.#takeId(),
-        correlationId: frame.messageId,
-        metadata: {
-          version: String(this.#version),
-          capabilities: this.#capabilities.join(','),
-          implementation: IMPLEMENTATION,
-          pid: String(process.pid),
-          max_message_bytes: String(this.#options.maxMessageBytes),
-        },
-      });
+      this.#agree(checkHello(frame.metadata));
+      const metadata = welcomeMetadata(this.#version, this.#capabilities, this.#options.maxMessageBytes);
+      const welcome = encodeFrame({ kind: FrameKind.Welcome, messageId: this.#takeId(), correlationId: frame.messageId, metadata });
       // Open before the WELCOME is even flushed: the connector may send a TABLE right behind it,
       // and it can arrive in this same drain of the socket.
       this.#open();
       this.#socket.send(welcome).catch((e) => this.#fatal(asError(e), false));
       return;
     }
-    if (frame.kind === FrameKind.Error) throw remoteError(kv);
+    if (frame.kind === FrameKind.Error) throw remoteError(frame.metadata);
     if (frame.kind !== FrameKind.Welcome) throw fail('ERR_PROTOCOL', `expected WELCOME, got ${FrameKind[frame.kind]}`);
-    const version = Number(kv.version ?? NaN);
-    if (version !== PROTOCOL_VERSION) throw fail('ERR_PROTOCOL_VERSION', `peer chose protocol version ${kv.version}, this side speaks ${PROTOCOL_VERSION}`);
-    this.#agree(kv);
+    this.#agree(checkWelcome(frame.metadata));
     this.#open();
   }
 
-  #agree(kv: KeyValues): void {
-    const theirs = (kv.capabilities ?? '').split(',').filter(Boolean);
+  #agree(agreed: Agreement): void {
+    this.#version = agreed.version;
     this.#capabilities = this.#localCapabilities();
-    this.#peer = { ...this.#peer, version: this.#version, implementation: kv.implementation ?? '', capabilities: theirs };
+    this.#peer = { ...this.#peer, version: agreed.version, implementation: agreed.implementation, capabilities: agreed.capabilities };
   }
 
   #open(): void {
     if (this.#state !== 'handshake') return;
     this.#state = 'open';
+    this.#onOpen?.(this);
     this.#ready.resolve();
   }
 
@@ -641,14 +432,9 @@ export class Channel {
       case FrameKind.Ack:
         this.#acks.get(frame.correlationId)?.resolve();
         return;
-      case FrameKind.Release: {
-        const segment = this.#leases.get(frame.correlationId);
-        if (segment) {
-          this.#leases.delete(frame.correlationId);
-          this.#leasePool.giveBack(segment);
-        }
+      case FrameKind.Release:
+        this.#returnLease(frame.correlationId);
         return;
-      }
       case FrameKind.Error: {
         const error = remoteError(frame.metadata);
         if (frame.correlationId === 0n) {
@@ -657,35 +443,22 @@ export class Channel {
         }
         this.#acks.get(frame.correlationId)?.reject(error);
         this.#requests.get(frame.correlationId)?.reject(error);
-        if (this.#subscriptions.has(frame.correlationId)) for (const w of this.#streamWaiters.splice(0)) w.reject(error);
+        this.#streams.onError(frame.correlationId, error);
         // A refused leased segment was never mapped by the peer (§5.1): it is ours again.
-        const refused = this.#leases.get(frame.correlationId);
-        if (refused) {
-          this.#leases.delete(frame.correlationId);
-          this.#leasePool.giveBack(refused);
-        }
+        this.#returnLease(frame.correlationId);
         return;
       }
       case FrameKind.Goodbye:
         this.#fatal(fail('ERR_PEER_CLOSED', 'the peer closed the channel'), false);
         return;
-      case FrameKind.StreamOpen: {
-        const offer = { frame, fds };
-        const waiter = this.#streamWaiters.shift();
-        if (waiter) waiter.resolve(offer);
-        else this.#streamOffers.push(offer);
+      case FrameKind.StreamOpen:
+        this.#streams.onStreamOpen({ frame, fds });
         return;
-      }
       case FrameKind.StreamSegment:
-        if (this.#streamReader) this.#streamReader.onSegment(frame, fds);
-        else {
-          closeAll(fds);
-          this.sendError('ERR_PROTOCOL', 'STREAM_SEGMENT without an open stream', frame.messageId).catch(() => {});
-        }
+        this.#streams.onStreamSegment(frame, fds);
         return;
       case FrameKind.Subscribe:
-        if (this.#options.onSubscribe) this.#options.onSubscribe(this, frame);
-        else this.sendError('ERR_INVALID_ARGUMENT', 'this side publishes no stream', frame.messageId).catch(() => {});
+        this.#streams.onSubscribe(frame);
         return;
       default:
         throw fail('ERR_PROTOCOL', `unexpected ${FrameKind[frame.kind]} frame after the handshake`);
@@ -693,7 +466,7 @@ export class Channel {
   }
 
   #onTable(frame: Frame, fds: number[]): void {
-    let message: Message;
+    let message: ReceivedTable;
     try {
       message = this.#mapTable(frame, fds);
     } catch (e) {
@@ -712,30 +485,23 @@ export class Channel {
   }
 
   /** docs/PROTOCOL.md §5.1, in order. Closes every fd; returns a message owning a read-only mapping. */
-  #mapTable(frame: Frame, fds: number[]): Message {
+  #mapTable(frame: Frame, fds: number[]): ReceivedTable {
     if (fds.length !== 1 || frame.fdCount !== 1) {
-      closeAll(fds);
+      closeFds(fds);
       throw fail('ERR_PROTOCOL', `TABLE frame must carry exactly 1 fd, got ${fds.length} (fd_count ${frame.fdCount})`);
     }
     const leased = (frame.flags & FrameFlags.LEASED) !== 0;
     if (leased && !this.#capabilities.includes('lease')) {
-      closeAll(fds);
+      closeFds(fds);
       throw fail('ERR_SEGMENT_UNSEALED', 'leased segment received, but this side did not offer the lease capability (acceptLeased)');
     }
     const policy: SealPolicy = this.#options.allowUnsealed ? 'unsealed' : leased ? 'leased' : 'sealed';
-    const segment = Segment.adopt(fds[0]!);
-    let mapping: Mapping;
-    try {
-      checkReceivedSegment(segment, { policy, ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes });
-      mapping = segment.takeReadOnlyMapping();
-    } finally {
-      segment.closeFd(); // the mapping keeps the pages; the fd is not needed any more
-    }
+    const mapping = mapReceivedSegment(fds[0]!, { policy, ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes });
     try {
       const offset = Number(frame.ipcOffset);
       const length = Number(frame.ipcLength);
-      const summary = validateIpcStream(mapping.bytes(offset, length));
-      return new Message(this, frame.messageId, frame.flags, frame.metadata, mapping, offset, length, summary);
+      const summary = validateIpcStream(mapping.bytes(offset, length), this.#options.ipcLimits);
+      return new ReceivedTable(this, frame.messageId, frame.flags, frame.metadata, mapping, offset, length, summary);
     } catch (e) {
       mapping.release();
       throw e;
@@ -752,14 +518,7 @@ export class Channel {
     const wasHandshake = this.#state === 'handshake';
     this.#state = 'closed';
     this.#closeError = error;
-    if (tellPeer && !this.#socket.closed) {
-      const frame = encodeFrame({ kind: FrameKind.Error, version: PROTOCOL_VERSION, messageId: this.#nextId++, metadata: { code: error.code, message: error.message.slice(0, 4096) } });
-      try {
-        native.sendmsg(this.#socket.fd, frame, []);
-      } catch {
-        // best effort: the peer may be gone
-      }
-    }
+    if (tellPeer) this.#socket.sendNow(encodeFrame({ kind: FrameKind.Error, version: PROTOCOL_VERSION, messageId: this.#takeId(), metadata: { code: error.code, message: error.message.slice(0, 4096) } }));
     this.#socket.close();
     if (wasHandshake) this.#ready.reject(error);
     const closedError = error.code === 'ERR_CLOSED' || error.code === 'ERR_PEER_CLOSED' ? fail('ERR_PEER_CLOSED', 'the channel closed before the peer answered') : error;
@@ -770,18 +529,35 @@ export class Channel {
     // Messages already acknowledged stay receivable after the peer leaves: nothing ACKed is lost.
     // Only our own close() (or a fatal error) gives them up.
     const peerLeft = error.code === 'ERR_PEER_CLOSED';
-    if (!peerLeft) for (const m of this.#inbox.splice(0)) m.close();
-    for (const w of this.#waiters.splice(0)) w.resolve(null);
-    for (const w of this.#streamWaiters.splice(0)) w.resolve(null);
-    for (const offer of this.#streamOffers.splice(0)) closeAll(offer.fds);
+    if (!peerLeft) {
+      for (const m of this.#inbox.drain()) m.close();
+      this.#inboxBytes = 0;
+    }
+    this.#inbox.close();
+    this.#streams.onChannelClosed();
     const listeners = [...this.#closeListeners];
     this.#closeListeners.clear();
     for (const listener of listeners) listener(error);
     // Segments still leased may be mapped by the peer: never reuse them, just drop our handle.
     for (const segment of this.#leases.values()) segment.close();
     this.#leases.clear();
+    this.#leasedBytes = 0;
     this.#leasePool.close();
     this.#spares?.close();
+  }
+
+  /**
+   * @internal How long (ms) nothing has happened on this channel, or -1 while it is busy: a send
+   * or request awaits its answer, a message waits to be received, or it carries a stream.
+   */
+  idleMs(now: number): number {
+    if (this.#state !== 'open' || this.#streams.used || this.#acks.size > 0 || this.#requests.size > 0 || this.#inbox.size > 0) return -1;
+    return now - this.#socket.lastActivity;
+  }
+
+  /** @internal Closes the channel telling the peer why (a listener's idle timeout). */
+  evict(error: ArrowShmError): void {
+    this.#fatal(error, true);
   }
 
   /** @internal For tests and benchmarks: segments ready in the pools, leases outstanding. */
@@ -795,203 +571,18 @@ export class Channel {
   }
 }
 
-function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
-  const maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
-  if (!Number.isSafeInteger(maxMessageBytes) || maxMessageBytes <= 0 || maxMessageBytes > MAX_NODE_MESSAGE_BYTES) throw fail('ERR_INVALID_ARGUMENT', `maxMessageBytes must be a positive integer up to 4 GiB, got ${maxMessageBytes}`);
-  return {
-    allowedUids: o.allowedUids ?? [process.geteuid?.() ?? 0],
-    maxMessageBytes,
-    allowUnsealed: o.allowUnsealed ?? false,
-    acceptLeased: o.acceptLeased ?? false,
-    handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
-    lease: o.lease ?? false,
-    spareSegments: o.spareSegments ?? 1,
-    onSubscribe: o.onSubscribe ?? null,
-  };
-}
-
 function remoteError(kv: KeyValues): ArrowShmError {
   const code = kv.code ?? 'ERR_REMOTE';
   return new ArrowShmError(isErrorCode(code) ? code : 'ERR_REMOTE', `peer reported ${code}: ${kv.message ?? ''}`, undefined, undefined, { remote: true });
 }
 
-function asError(e: unknown): ArrowShmError {
+export function asError(e: unknown): ArrowShmError {
   if (e instanceof ArrowShmError) return e;
   return fail('ERR_PROTOCOL', e instanceof Error ? e.message : String(e), e);
-}
-
-function closeAll(fds: number[]): void {
-  for (const fd of fds) {
-    try {
-      native.close(fd);
-    } catch {
-      // already closed
-    }
-  }
-}
-
-const EMFILE = 24;
-const ENFILE = 23;
-
-function openReserve(): number | null {
-  try {
-    return openSync('/dev/null', 'r');
-  } catch {
-    return null;
-  }
 }
 
 /** Connects to a listening peer and completes the handshake. */
 export async function connect(address: string, options: ChannelOptions & { timeoutMs?: number } = {}): Promise<Channel> {
   const fd = await connectSocket(address, true, options.timeoutMs);
   return Channel.open(new PacketSocket(fd), 'connector', options);
-}
-
-export interface ListenerOptions extends ChannelOptions {
-  backlog?: number;
-  /** Called for connections that failed their credentials check or handshake (the listener keeps serving). */
-  onConnectionError?: (error: ArrowShmError) => void;
-}
-
-/** Listens for peers; every accepted connection becomes a Channel after a successful handshake. */
-export class Listener {
-  #fd: number;
-  #poller;
-  #options: ListenerOptions;
-  #ready: Channel[] = [];
-  #waiters: Pending<Channel | null>[] = [];
-  #closed = false;
-  /** Held so that one fd is free to refuse connections when the process runs out (EMFILE). */
-  #reserveFd: number | null = openReserve();
-
-  private constructor(
-    readonly address: string,
-    fd: number,
-    options: ListenerOptions,
-  ) {
-    this.#fd = fd;
-    this.#options = options;
-    this.#poller = native.pollerCreate(fd, () => this.#acceptAll());
-    native.pollerStart(this.#poller, true, false);
-  }
-
-  static create(address: string, options: ListenerOptions = {}): Listener {
-    normalizeOptions(options); // validate early
-    return new Listener(address, listenSocket(address, true, options.backlog ?? 64), options);
-  }
-
-  #acceptAll(): void {
-    while (!this.#closed) {
-      let fd: number;
-      try {
-        fd = native.accept(this.#fd);
-      } catch (e) {
-        const error = asError(e);
-        if (error.errno === EMFILE || error.errno === ENFILE) {
-          // accept(2) fails this way even with no connection pending (it needs an fd first).
-          const shed = this.#shedOne(error);
-          if (shed === 'shed') continue;
-          if (shed === 'none-pending') return;
-          this.#backOff();
-        }
-        this.#options.onConnectionError?.(error);
-        return;
-      }
-      if (fd < 0) return;
-      Channel.open(new PacketSocket(fd), 'listener', this.#options).then(
-        (channel) => {
-          if (this.#closed) return channel.close();
-          const waiter = this.#waiters.shift();
-          if (waiter) waiter.resolve(channel);
-          else this.#ready.push(channel);
-        },
-        (e) => this.#options.onConnectionError?.(asError(e)),
-      );
-    }
-  }
-
-  /**
-   * Out of fds, a pending connection would make the poller fire forever: close the reserve fd,
-   * accept that connection, tell it why in an ERROR frame, close it, take the reserve back.
-   */
-  #shedOne(error: ArrowShmError): 'shed' | 'none-pending' | 'no-reserve' {
-    if (this.#reserveFd === null) return 'no-reserve';
-    closeAll([this.#reserveFd]);
-    this.#reserveFd = null;
-    let fd = -1;
-    try {
-      fd = native.accept(this.#fd);
-    } catch {
-      // still out of fds (another thread took the one we freed): back off
-    }
-    if (fd >= 0) {
-      const frame = encodeFrame({ kind: FrameKind.Error, messageId: 1n, metadata: { code: 'ERR_SYSCALL', message: `the listener is out of file descriptors (errno ${error.errno}); try again later` } });
-      try {
-        native.sendmsg(fd, frame, []);
-      } catch {
-        // it may be gone already
-      }
-      native.close(fd);
-      this.#options.onConnectionError?.(error);
-    }
-    this.#reserveFd = openReserve();
-    if (this.#reserveFd === null) return 'no-reserve';
-    return fd >= 0 ? 'shed' : 'none-pending';
-  }
-
-  /** Without a reserve fd, stop polling for a moment instead of spinning on EMFILE. */
-  #backOff(): void {
-    native.pollerStart(this.#poller, false, false);
-    setTimeout(() => {
-      if (this.#closed) return;
-      this.#reserveFd ??= openReserve();
-      native.pollerStart(this.#poller, true, false);
-    }, 100);
-  }
-
-  /** The next connected (and handshaken) channel. */
-  accept(): Promise<Channel> {
-    const ready = this.#ready.shift();
-    if (ready) return Promise.resolve(ready);
-    if (this.#closed) return Promise.reject(fail('ERR_CLOSED', 'the listener is closed'));
-    return new Promise<Channel | null>((resolve, reject) => this.#waiters.push({ resolve, reject })).then((c) => {
-      if (!c) throw fail('ERR_CLOSED', 'the listener is closed');
-      return c;
-    });
-  }
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<Channel, void, undefined> {
-    while (!this.#closed) {
-      try {
-        yield await this.accept();
-      } catch (e) {
-        if (e instanceof ArrowShmError && e.code === 'ERR_CLOSED') return;
-        throw e;
-      }
-    }
-  }
-
-  ref(keep = true): this {
-    native.pollerRef(this.#poller, keep);
-    return this;
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    native.pollerClose(this.#poller);
-    closeListeningSocket(this.#fd, this.address);
-    if (this.#reserveFd !== null) closeAll([this.#reserveFd]);
-    this.#reserveFd = null;
-    for (const c of this.#ready.splice(0)) c.close();
-    for (const w of this.#waiters.splice(0)) w.resolve(null);
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-export function listen(address: string, options: ListenerOptions = {}): Listener {
-  return Listener.create(address, options);
 }

@@ -5,24 +5,16 @@
 import { randomUUID } from 'node:crypto';
 import type * as grpc from '@grpc/grpc-js';
 import { ArrowShmError, fail } from '../errors.js';
-import type { Channel, SendOptions, Sendable } from './channel.js';
-import {
-  CLOSE_ACTION,
-  FlightClient,
-  FlightServer,
-  INBOX_TICKET,
-  encodeMetadata,
-  refuse,
-  toFlightData,
-  toStatus,
-  writeAll,
-  type FlightClientOptions,
-  type FlightData,
-  type FlightMessage,
-  type FlightPeer,
-  type FlightRouter,
-  type FlightServerOptions,
-} from './flight.js';
+import { AsyncQueue, untilClosed } from '../queue.js';
+import type { Channel } from './channel.js';
+import type { SendOptions } from './options.js';
+import type { Sendable } from '../ipc/prepared.js';
+import { flightLimits } from './flight-limits.js';
+import { FlightServer, refuse, type FlightPeer, type FlightRouter, type FlightServerOptions } from './flight-server.js';
+import { FlightClient, type FlightClientOptions } from './flight-client.js';
+import { encodeMetadata, type FlightMessage } from './flight-message.js';
+import { CLOSE_ACTION, INBOX_TICKET, toFlightData, writeAll, type FlightData } from './flight-codec.js';
+import { toStatus } from './flight-status.js';
 
 /** How long a closing client waits for the server to take its goodbye (the channel is closed either way). */
 const GOODBYE_TIMEOUT_MS = 1000;
@@ -56,13 +48,14 @@ export class FlightChannel {
   readonly transport = 'grpc' as const;
   #client: FlightClient | null;
   #name: string;
-  #inbox: (FlightMessage | ArrowShmError)[] = [];
-  #receivers: Waiter<FlightMessage>[] = [];
+  /** DoPuts (or their typed errors) and requests from the client, not yet taken by receive(). */
+  #inbox = new AsyncQueue<FlightMessage | ArrowShmError>();
   #outbox: Outgoing[] = [];
   #polls: grpc.ServerWritableStream<unknown, FlightData>[] = [];
   #activeGet: { cancel(): void } | null = null;
   #closeError: ArrowShmError | null = null;
   #closeListeners = new Set<(error: ArrowShmError) => void>();
+  #maxInbox = Infinity;
 
   private constructor(
     /** The server's address (client side) or the client's address and port (server side). */
@@ -95,9 +88,11 @@ export class FlightChannel {
     return new FlightChannel(address, 'client', client, options.name ?? 'arrow-shm');
   }
 
-  /** @internal The server side of a client connection (FlightListener). */
-  static accepted(peer: string): FlightChannel {
-    return new FlightChannel(peer, 'server', null, 'arrow-shm');
+  /** @internal The server side of a client connection (FlightListener); at most `maxInbox` messages wait for receive(). */
+  static accepted(peer: string, maxInbox: number): FlightChannel {
+    const channel = new FlightChannel(peer, 'server', null, 'arrow-shm');
+    channel.#maxInbox = maxInbox;
+    return channel;
   }
 
   get closed(): boolean {
@@ -148,10 +143,10 @@ export class FlightChannel {
   async receive(): Promise<FlightMessage> {
     this.#checkOpen();
     if (this.#client) return this.#receiveFromServer(this.#client);
-    const item = this.#inbox.shift();
+    const item = await this.#inbox.take();
+    if (item === null) throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is closed');
     if (item instanceof ArrowShmError) throw item;
-    if (item) return item;
-    return new Promise<FlightMessage>((resolve, reject) => this.#receivers.push({ resolve, reject }));
+    return item;
   }
 
   async #receiveFromServer(client: FlightClient): Promise<FlightMessage> {
@@ -208,16 +203,17 @@ export class FlightChannel {
     this.close();
   }
 
-  /** @internal A DoPut (or its typed error) or a DoExchange request from the client. */
+  /** @internal A DoPut (or its typed error) or a DoExchange request from the client; ERR_RESOURCE_LIMIT when the inbox is full. */
   deliver(item: FlightMessage | ArrowShmError): void {
     if (this.#closeError) {
       if (!(item instanceof ArrowShmError)) item.close();
       return;
     }
-    const receiver = this.#receivers.shift();
-    if (!receiver) this.#inbox.push(item);
-    else if (item instanceof ArrowShmError) receiver.reject(item);
-    else receiver.resolve(item);
+    if (!this.#inbox.awaited && this.#inbox.size >= this.#maxInbox) {
+      if (item instanceof ArrowShmError) return; // the client was told already
+      throw fail('ERR_RESOURCE_LIMIT', `${this.#inbox.size} messages of this channel wait for receive() (maxInboxMessages)`);
+    }
+    this.#inbox.push(item);
   }
 
   /** @internal The client's long-polling DoGet: answered with the next table sent, one per call. */
@@ -269,8 +265,9 @@ export class FlightChannel {
   #close(error: ArrowShmError): void {
     if (this.#closeError) return;
     this.#closeError = error;
-    for (const r of this.#receivers.splice(0)) r.reject(error);
-    for (const item of this.#inbox.splice(0)) if (!(item instanceof ArrowShmError)) item.close();
+    this.#inbox.rejectWaiters(error);
+    this.#inbox.close();
+    for (const item of this.#inbox.drain()) if (!(item instanceof ArrowShmError)) item.close();
     for (const o of this.#outbox.splice(0)) {
       if (o.timer) clearTimeout(o.timer);
       o.sent.reject(error);
@@ -296,13 +293,15 @@ export class FlightListener {
   #started: Promise<FlightServer>;
   #channels = new Map<string, FlightChannel>();
   #goneBy = new Set<string>();
-  #ready: (FlightChannel | Channel)[] = [];
-  #waiters: Waiter<FlightChannel | Channel>[] = [];
+  /** Channels opened by clients, not yet taken by accept(). */
+  #ready = new AsyncQueue<FlightChannel | Channel>();
   #closed = false;
+  #maxInbox: number;
 
   /** Starts listening; like `net.Server.listen`, it returns at once: `ready()` (or `accept()`) reports a failure to bind. */
   private constructor(address: string, options: FlightListenerOptions) {
     this.#requested = address;
+    this.#maxInbox = flightLimits(options.limits, options.maxMessageBytes).maxInboxMessages;
     const self = this;
     const channelOf = (peer: FlightPeer): FlightChannel | null => self.#channelOf(peer);
     const router: FlightRouter = {
@@ -357,7 +356,7 @@ export class FlightListener {
     if (this.#closed || this.#goneBy.has(key)) return null;
     let channel = this.#channels.get(key);
     if (!channel) {
-      channel = FlightChannel.accepted(address);
+      channel = FlightChannel.accepted(address, this.#maxInbox);
       this.#channels.set(key, channel);
       channel.onClose(() => {
         this.#channels.delete(key);
@@ -371,29 +370,19 @@ export class FlightListener {
 
   #offer(channel: FlightChannel | Channel): void {
     if (this.#closed) return channel.close();
-    const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(channel);
-    else this.#ready.push(channel);
+    this.#ready.push(channel);
   }
 
   /** The next client: a FlightChannel, or a shared-memory Channel for an upgraded one. */
   async accept(): Promise<FlightChannel | Channel> {
     await this.#started;
-    const ready = this.#ready.shift();
-    if (ready) return ready;
-    if (this.#closed) throw fail('ERR_CLOSED', 'the listener is closed');
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    const channel = await this.#ready.take();
+    if (!channel) throw fail('ERR_CLOSED', 'the listener is closed');
+    return channel;
   }
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<FlightChannel | Channel, void, undefined> {
-    while (!this.#closed) {
-      try {
-        yield await this.accept();
-      } catch (e) {
-        if (e instanceof ArrowShmError && e.code === 'ERR_CLOSED') return;
-        throw e;
-      }
-    }
+  [Symbol.asyncIterator](): AsyncGenerator<FlightChannel | Channel, void, undefined> {
+    return untilClosed(() => this.accept(), () => !this.#closed);
   }
 
   /** Stops listening and closes every channel it handed out that is still open. */
@@ -401,8 +390,8 @@ export class FlightListener {
     if (this.#closed) return;
     this.#closed = true;
     const error = fail('ERR_CLOSED', 'the listener is closed');
-    for (const w of this.#waiters.splice(0)) w.reject(error);
-    for (const c of this.#ready.splice(0)) c.close();
+    this.#ready.close();
+    for (const c of this.#ready.drain()) c.close();
     for (const c of [...this.#channels.values()]) c.closeByPeer(error);
     const server = await this.#started.catch(() => null);
     await server?.close();

@@ -159,3 +159,10 @@ export function decodeFrame(bytes: Uint8Array): Frame {
     metadata: metadataLength > 0 ? decodeKeyValues(bytes.subarray(HEADER_LENGTH)) : Object.create(null),
   };
 }
+
+const DECIMAL = /^(0|[1-9][0-9]{0,8})$/;
+
+/** A handshake number (§4): `0` or `[1-9][0-9]*`, at most 9 digits; null for anything else ("0x1", "", "-0", "1e0"). */
+export function parseDecimal(text: string | undefined): number | null {
+  return text !== undefined && DECIMAL.test(text) ? Number(text) : null;
+}

@@ -1,12 +1,13 @@
 // The seed proof of concept's protocol (docs/PROTOCOL.md §10), for interoperating with it:
 // SOCK_STREAM, the sender listens and sends one byte 'F' with an unsealed memfd; no handshake.
+import { readSync } from 'node:fs';
 import { fail } from '../errors.js';
 import { native } from '../native.js';
-import { validateIpcStream } from '../ipc/validate.js';
+import { validateIpcStream } from '../ipc/messages.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
-import { Segment } from '../shm/segment.js';
-import { Message } from './channel.js';
-import { closeListeningSocket, connectSocket, listenSocket, waitForFd } from './socket.js';
+import { Segment, type Mapping } from '../shm/segment.js';
+import { ReceivedTable } from './received.js';
+import { closeListeningSocket, connectSocket, listenSocket, waitForFd, type ListeningSocket } from './socket.js';
 
 export const SEED_SOCKET_PATH = '/tmp/memfd_socket';
 export const SEED_SEGMENT_SIZE = 4096 * 10;
@@ -23,17 +24,17 @@ export async function seedSend(address: string, data: TableLike | Uint8Array, op
   if (data instanceof Uint8Array) validateIpcStream(data);
   const size = layout ? layout.byteLength : (data as Uint8Array).byteLength;
   const segment = Segment.adopt(native.memfdCreate('arrow_zero_copy', Math.max(SEED_SEGMENT_SIZE, size), false));
-  let listener = -1;
+  let listener: ListeningSocket | null = null;
   try {
     const target = segment.writableBytes();
     if (layout) writeIpcLayout(layout, target);
     else target.set(data as Uint8Array);
     listener = listenSocket(address, false, 1);
     options.onListening?.();
-    let conn = native.accept(listener);
+    let conn = native.accept(listener.fd);
     while (conn < 0) {
-      await waitForFd(listener, false, options.timeoutMs, 'no seed receiver connected');
-      conn = native.accept(listener);
+      await waitForFd(listener.fd, false, options.timeoutMs, 'no seed receiver connected');
+      conn = native.accept(listener.fd);
     }
     try {
       while (native.sendmsg(conn, Uint8Array.of(0x46 /* 'F' */), [segment.fd]) < 0) {
@@ -43,13 +44,13 @@ export async function seedSend(address: string, data: TableLike | Uint8Array, op
       native.close(conn);
     }
   } finally {
-    if (listener >= 0) closeListeningSocket(listener, address);
+    if (listener) closeListeningSocket(listener, address);
     segment.close();
   }
 }
 
 /** Connects to a seed-style sender and maps what it sends (unsealed: trusted by the user's choice). */
-export async function seedReceive(address: string, options: { timeoutMs?: number } = {}): Promise<Message> {
+export async function seedReceive(address: string, options: { timeoutMs?: number } = {}): Promise<ReceivedTable> {
   const fd = await connectSocket(address, false, options.timeoutMs);
   let received;
   try {
@@ -67,18 +68,40 @@ export async function seedReceive(address: string, options: { timeoutMs?: number
     for (const f of received.fds) native.close(f);
     throw fail('ERR_PROTOCOL', `expected one fd from the seed sender, got ${received.fds.length}`);
   }
-  const segment = Segment.adopt(received.fds[0]!);
-  if (segment.size === 0) {
-    segment.close();
-    throw fail('ERR_SEGMENT_BOUNDS', 'the seed sender sent an empty segment');
-  }
-  const mapping = segment.takeReadOnlyMapping();
-  segment.closeFd();
+  const mapping = copyIntoOwnSegment(Segment.adopt(received.fds[0]!));
   try {
     const summary = validateIpcStream(mapping.bytes());
-    return new Message(null, 1n, 0, Object.create(null), mapping, 0, summary.streamLength, summary);
+    return new ReceivedTable(null, 1n, 0, Object.create(null), mapping, 0, summary.streamLength, summary);
   } catch (e) {
     mapping.release();
     throw e;
+  }
+}
+
+/**
+ * The seed's segments are unsealed: mapped, a truncation by the sender would SIGBUS this process.
+ * So the bytes are read (pread, which only comes up short) into a sealed segment of our own.
+ */
+function copyIntoOwnSegment(theirs: Segment): Mapping {
+  let own: Segment | null = null;
+  try {
+    const size = theirs.size;
+    if (size === 0) throw fail('ERR_SEGMENT_BOUNDS', 'the seed sender sent an empty segment');
+    own = Segment.create(size);
+    const target = own.writableBytes();
+    for (let done = 0; done < size; ) {
+      const got = readSync(theirs.fd, target, done, size - done, done);
+      if (got === 0) throw fail('ERR_SEGMENT_BOUNDS', `the seed sender's segment shrank to ${done} of ${size} bytes while it was read`);
+      done += got;
+    }
+    own.seal('sealed');
+    const mapping = own.takeReadOnlyMapping();
+    own.close();
+    return mapping;
+  } catch (e) {
+    own?.close();
+    throw e;
+  } finally {
+    theirs.close();
   }
 }

@@ -1,6 +1,7 @@
 // A non-blocking AF_UNIX socket driven by libuv readiness events: datagrams (SOCK_SEQPACKET)
 // with attached fds in, queued sends out. Nothing here blocks the event loop.
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { constants as os } from 'node:os';
 import { ArrowShmError, fail } from '../errors.js';
 import { constants, native, type Credentials, type PollerHandle } from '../native.js';
 
@@ -34,6 +35,7 @@ export class PacketSocket {
   #buffer = new Uint8Array(RECEIVE_BUFFER);
   #reading = false;
   #closed = false;
+  #lastActivity = performance.now();
 
   constructor(fd: number) {
     this.#fd = fd;
@@ -61,14 +63,41 @@ export class PacketSocket {
     queueMicrotask(() => this.#drain());
   }
 
+  /** Stops reading: datagrams stay in the kernel's buffer, which pushes back on the sender. */
   pause(): void {
     this.#reading = false;
     this.#updatePoll();
   }
 
+  resume(): void {
+    if (this.#reading || this.#closed || !this.#events) return;
+    this.#reading = true;
+    this.#updatePoll();
+    queueMicrotask(() => this.#drain());
+  }
+
+  get paused(): boolean {
+    return !this.#reading;
+  }
+
+  /** When a datagram last came in or went out (performance.now()). */
+  get lastActivity(): number {
+    return this.#lastActivity;
+  }
+
   /** Whether this socket keeps the Node process alive (like net.Socket#ref/unref). */
   ref(keep: boolean): void {
     if (!this.#closed) native.pollerRef(this.#poller, keep);
+  }
+
+  /** A last word before closing: sent now, ahead of anything queued, or not at all. */
+  sendNow(bytes: Uint8Array): void {
+    if (this.#closed) return;
+    try {
+      native.sendmsg(this.#fd, bytes, []);
+    } catch {
+      // the peer may be gone already
+    }
   }
 
   send(bytes: Uint8Array, fds: number[] = []): Promise<void> {
@@ -88,10 +117,11 @@ export class PacketSocket {
       } catch (e) {
         this.#sendQueue.shift();
         const err = e as ArrowShmError;
-        next.reject(err.errno === 32 /* EPIPE */ || err.errno === 104 /* ECONNRESET */ ? fail('ERR_PEER_CLOSED', 'the peer closed the connection', e) : e);
+        next.reject(err.errno === os.errno.EPIPE || err.errno === os.errno.ECONNRESET ? fail('ERR_PEER_CLOSED', 'the peer closed the connection', e) : e);
         continue;
       }
       if (sent < 0) break; // socket buffer full: wait for writable
+      this.#lastActivity = performance.now();
       this.#sendQueue.shift();
       next.resolve();
     }
@@ -123,10 +153,11 @@ export class PacketSocket {
         got = native.recvmsg(this.#fd, this.#buffer);
       } catch (e) {
         const err = e as ArrowShmError;
-        this.#shutdown(err.errno === 104 ? null : err);
+        this.#shutdown(err.errno === os.errno.ECONNRESET ? null : err);
         return;
       }
       if (got === null) return;
+      this.#lastActivity = performance.now();
       if (got.bytes === 0 && got.fds.length === 0) {
         this.#shutdown(null);
         return;
@@ -149,6 +180,11 @@ export class PacketSocket {
     if (this.#closed) return;
     this.close();
     this.#events?.onClose(error);
+  }
+
+  /** Closes the socket as if it had failed with `error`: the owner hears of it through onClose. */
+  abort(error: ArrowShmError): void {
+    this.#shutdown(error);
   }
 
   close(): void {
@@ -199,38 +235,61 @@ export async function connectSocket(address: string, seqpacket = true, timeoutMs
   }
 }
 
+/** Which file a listening socket's path is, so that closing it never removes another's. */
+export interface SocketIdentity {
+  dev: number;
+  ino: number;
+}
+
+export interface ListeningSocket {
+  fd: number;
+  /** null for an abstract address ("@name"). */
+  identity: SocketIdentity | null;
+}
+
 /**
  * A listening socket at `address` (a path, or "@name"). A path gets mode 0600 between bind and
- * listen, where no connection can arrive yet, so there is no window; a stale socket file is
- * replaced, anything else at the path is refused.
+ * listen, where no connection can arrive yet, so there is no window. A stale socket file (nobody
+ * answers a connect) is replaced; a live one is ERR_ADDRESS_IN_USE; anything else is refused.
  */
-export function listenSocket(address: string, seqpacket: boolean, backlog: number): number {
+export function listenSocket(address: string, seqpacket: boolean, backlog: number): ListeningSocket {
   const isPath = !address.startsWith('@');
   if (isPath) removeStaleSocket(address);
   const fd = native.socket(seqpacket);
+  let identity: SocketIdentity | null = null;
   try {
-    native.bind(fd, address);
-    if (isPath) chmodSync(address, 0o600);
+    try {
+      native.bind(fd, address);
+    } catch (e) {
+      if (e instanceof ArrowShmError && e.errno === os.errno.EADDRINUSE) throw new ArrowShmError('ERR_ADDRESS_IN_USE', `${address} is in use by another listener`, e.errno, e.syscall);
+      throw e;
+    }
+    if (isPath) {
+      chmodSync(address, 0o600);
+      const st = lstatSync(address);
+      identity = { dev: st.dev, ino: st.ino };
+    }
     native.listen(fd, backlog);
   } catch (e) {
     native.close(fd);
     throw e;
   }
-  return fd;
+  return { fd, identity };
 }
 
-/** Closes a socket from listenSocket() and removes its file. */
-export function closeListeningSocket(fd: number, address: string): void {
-  native.close(fd);
-  if (address.startsWith('@')) return;
+/** Closes a socket from listenSocket() and removes its file, if the path still names that file. */
+export function closeListeningSocket(socket: ListeningSocket, address: string): void {
+  native.close(socket.fd);
+  if (!socket.identity) return;
   try {
-    unlinkSync(address);
+    const st = lstatSync(address);
+    if (st.dev === socket.identity.dev && st.ino === socket.identity.ino) unlinkSync(address);
   } catch {
     // already gone
   }
 }
 
-/** Removes a leftover socket file at `path`; refuses to touch anything that is not a socket. */
+/** Removes a leftover socket file at `path`: refuses anything that is not a socket, or a socket someone answers on. */
 export function removeStaleSocket(path: string): void {
   let st;
   try {
@@ -239,15 +298,35 @@ export function removeStaleSocket(path: string): void {
     return;
   }
   if (!st.isSocket()) throw fail('ERR_INVALID_ARGUMENT', `${path} exists and is not a socket; refusing to replace it`);
+  if (socketAnswers(path)) throw new ArrowShmError('ERR_ADDRESS_IN_USE', `another process is listening on ${path}`);
   unlinkSync(path);
+}
+
+/** Whether a listener answers at `path` (of either socket type). ECONNREFUSED means stale. */
+function socketAnswers(path: string): boolean {
+  for (const seqpacket of [true, false]) {
+    const fd = native.socket(seqpacket);
+    try {
+      native.connect(fd, path); // 0, or -1 while a full backlog makes it wait: both mean alive
+      return true;
+    } catch (e) {
+      const errno = e instanceof ArrowShmError ? e.errno : undefined;
+      if (errno === os.errno.EPROTOTYPE) continue; // a listener of the other socket type
+      if (errno === os.errno.ECONNREFUSED || errno === os.errno.ENOENT) return false;
+      throw e;
+    } finally {
+      native.close(fd);
+    }
+  }
+  return false;
 }
 
 export function describeConnectError(e: unknown, address: string): unknown {
   if (e instanceof ArrowShmError && e.syscall === 'connect') {
-    if (e.errno === 2) return new ArrowShmError('ERR_SYSCALL', `no socket at ${address} (ENOENT): is the receiver running?`, e.errno, e.syscall);
-    if (e.errno === 111) return new ArrowShmError('ERR_SYSCALL', `nobody is listening on ${address} (ECONNREFUSED)`, e.errno, e.syscall);
-    if (e.errno === 13) return new ArrowShmError('ERR_SYSCALL', `permission denied connecting to ${address} (EACCES)`, e.errno, e.syscall);
-    if (e.errno === 91) return new ArrowShmError('ERR_SYSCALL', `${address} is not a socket of this kind (EPROTOTYPE)`, e.errno, e.syscall);
+    if (e.errno === os.errno.ENOENT) return new ArrowShmError('ERR_SYSCALL', `no socket at ${address} (ENOENT): is the receiver running?`, e.errno, e.syscall);
+    if (e.errno === os.errno.ECONNREFUSED) return new ArrowShmError('ERR_SYSCALL', `nobody is listening on ${address} (ECONNREFUSED)`, e.errno, e.syscall);
+    if (e.errno === os.errno.EACCES) return new ArrowShmError('ERR_SYSCALL', `permission denied connecting to ${address} (EACCES)`, e.errno, e.syscall);
+    if (e.errno === os.errno.EPROTOTYPE) return new ArrowShmError('ERR_SYSCALL', `${address} is not a socket of this kind (EPROTOTYPE)`, e.errno, e.syscall);
   }
   return e;
 }

@@ -4,7 +4,8 @@
                                on stderr): each DoPut is written to OUTDIR/<path>.arrows and kept
                                for DoGet (ticket = the path); it also serves every file already in
                                OUTDIR under its name. Runs until killed.
-  put ADDRESS FILE...          DoPut each IPC stream FILE (descriptor path = the file's name)
+  put ADDRESS FILE...          DoPut each IPC stream FILE (descriptor path = the file's name), with
+                               the token of $ARROW_SHM_FLIGHT_TOKEN if set
   get ADDRESS NAME OUT         DoGet ticket NAME, write the stream to OUT
   exchange ADDRESS FILE        DoExchange FILE's table (command "count-by-kind"); print "match" if
                                the answer equals count_by_kind computed here, else the difference
@@ -74,9 +75,11 @@ def main():
         server.serve()  # until killed
     elif mode == "put":
         client = flight.connect(sys.argv[2])
+        token = os.environ.get("ARROW_SHM_FLIGHT_TOKEN")
+        options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())] if token else [])
         for path in sys.argv[3:]:
             table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
-            writer, _ = client.do_put(flight.FlightDescriptor.for_path(os.path.basename(path)), table.schema)
+            writer, _ = client.do_put(flight.FlightDescriptor.for_path(os.path.basename(path)), table.schema, options)
             writer.write_table(table)
             writer.close()
         client.close()

@@ -81,6 +81,10 @@ constexpr uint8_t kMaxKind = static_cast<uint8_t>(Kind::Subscribe);
 constexpr const char* kErrRingFull = "ERR_RING_FULL";
 constexpr const char* kErrNoReaderSlot = "ERR_NO_READER_SLOT";
 constexpr const char* kErrRingInvalid = "ERR_RING_INVALID";
+// Limits (§14): a decoding limit, a resource limit of the receiver, a live listener on the path.
+constexpr const char* kErrIpcLimit = "ERR_IPC_LIMIT";
+constexpr const char* kErrResourceLimit = "ERR_RESOURCE_LIMIT";
+constexpr const char* kErrAddressInUse = "ERR_ADDRESS_IN_USE";
 enum Flags : uint8_t { kLeased = 1, kRequest = 2, kResponse = 4 };
 constexpr uint32_t kHeaderLength = 64;
 constexpr size_t kMaxFrameBytes = 65536;
@@ -104,8 +108,15 @@ std::vector<uint8_t> encode_frame(const Frame& f);
 Frame decode_frame(const uint8_t* data, size_t n);  // throws fatal ERR_PROTOCOL
 
 // ---- sockets (§2) ----
-Fd listen_socket(const std::string& addr, int type);       // bind, chmod 0600, listen
-void unlink_socket(const std::string& addr);
+// A socket file this process bound: unlinked on close only if the path is still that file (§14.2).
+struct SocketFile {
+  std::string path;  // empty for an abstract address
+  uint64_t dev = 0, ino = 0;
+};
+// bind, chmod 0600, listen. A live listener on the path is ERR_ADDRESS_IN_USE; a stale socket
+// file (nobody answers) is replaced. `bound` receives the file's identity.
+Fd listen_socket(const std::string& addr, int type, SocketFile* bound = nullptr);
+void unlink_socket(const SocketFile& file);
 Fd accept_socket(int listen_fd, const Deadline& d);
 Fd connect_socket(const std::string& addr, int type, const Deadline& d);
 uint32_t peer_uid(int fd);
@@ -115,8 +126,9 @@ void wait_readable(int fd, const Deadline& d, const char* what);
 size_t recv_with_fds(int sock, uint8_t* buf, size_t cap, std::vector<Fd>& fds, int& msg_flags);
 // sendmsg of one datagram with an optional fd (-1: none); ERR_PEER_CLOSED if the peer hung up.
 void send_with_fd(int sock, const void* data, size_t n, int pass_fd);
-// The same with any number of fds (STREAM_OPEN carries 4).
-void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds);
+// The same with any number of fds (STREAM_OPEN carries 4). `nonblocking`: a full socket buffer
+// (the peer does not read) is ERR_RESOURCE_LIMIT instead of a wait.
+void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds, bool nonblocking = false);
 
 // ---- segments (§5, §6) ----
 // Creates a memfd of max(length, min_size) bytes holding `length` bytes produced by `fill`
@@ -163,8 +175,40 @@ struct StreamInfo {
   int64_t batches = 0;
   std::optional<Error> unsupported;  // valid framing, but a type Arrow C++ cannot decode
 };
-// Validates (zero copy) and summarises an IPC stream; throws ERR_IPC_TRUNCATED / ERR_IPC_INVALID.
-StreamInfo validate_stream(const uint8_t* data, uint64_t length);
+// §14.1 decoding limits, per IPC message, each reference counted separately (ERR_IPC_LIMIT).
+struct IpcLimits {
+  uint64_t max_metadata_bytes = 64ull << 20;  // strings and vectors reachable from the Message
+  uint64_t max_metadata_entries = 65536;      // KeyValue entries (Message, Schema, Fields)
+  uint64_t max_fields = 65536;                // Field tables of a Schema, children included
+  uint32_t max_nesting_depth = 64;            // tables nested in each other (the Message is 0)
+};
+
+// The checks of every message's flatbuffer metadata before Arrow C++ decodes it (§7, §14.1):
+// bounds, the decoding limits, and the node/buffer/variadic counts the stream's schema fixes.
+// One checker follows one stream (it keeps the schema's layout and the dictionary ids).
+class IpcChecker {
+ public:
+  explicit IpcChecker(IpcLimits limits = {}) : limits_(limits) {}
+  // The encapsulated messages of [data, data + length) up to an end-of-stream marker (included)
+  // or the end; returns where they end. Throws ERR_IPC_LIMIT / _INVALID / _TRUNCATED / _UNSUPPORTED.
+  uint64_t check_messages(const uint8_t* data, uint64_t length);
+  // One Message flatbuffer; returns its body length.
+  int64_t check_message(const uint8_t* metadata, size_t length);
+  // What a RecordBatch holds for some fields: nodes, buffers (V5), union fields, view fields.
+  struct Layout {
+    uint64_t nodes = 0, buffers = 0, unions = 0, views = 0;
+  };
+
+ private:
+  IpcLimits limits_;
+  bool have_schema_ = false;
+  Layout batch_;
+  std::map<int64_t, Layout> dictionaries_;  // dictionary id -> its value field's layout
+};
+
+// Validates (zero copy) and summarises an IPC stream; throws ERR_IPC_LIMIT / ERR_IPC_TRUNCATED /
+// ERR_IPC_INVALID.
+StreamInfo validate_stream(const uint8_t* data, uint64_t length, const IpcLimits& limits = {});
 // Input file bytes -> IPC stream to send: streams unchanged, ARROW1 files re-framed (alignment 64).
 // Returns the segment fd and ipc_length.
 std::pair<Fd, uint64_t> segment_from_file_bytes(const std::vector<uint8_t>& bytes, uint64_t min_size,

@@ -6,18 +6,11 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "channel_internal.hpp"
+
 namespace arrow_shm {
 
 namespace {
-
-Deadline deadline_of(Timeout t) {
-  if (!t) return std::nullopt;
-  return Clock::now() + *t;
-}
-
-Error remote_error(const Frame& f, const char* fallback) {
-  return Error(f.get("code").value_or("ERR_REMOTE"), f.get("message").value_or(fallback));
-}
 
 // This side understands streams (§12); it does not offer "lease".
 constexpr const char* kCapabilities = "stream";
@@ -36,13 +29,22 @@ std::vector<std::string> split_capabilities(const std::string& list) {
   return out;
 }
 
-uint32_t parse_pid(const std::optional<std::string>& text) {
-  if (!text || text->empty() || text->size() > 9 || text->find_first_not_of("0123456789") != std::string::npos) return 0;
-  return static_cast<uint32_t>(std::stoul(*text));
+// A handshake number (§4): "0" or [1-9][0-9]*, at most `digits` digits (no sign, 0x, exponent,
+// space or empty string, which std::stoull would take); nullopt otherwise.
+std::optional<uint64_t> strict_decimal(const std::optional<std::string>& text, size_t digits = 9) {
+  if (!text || text->empty() || text->size() > digits || text->find_first_not_of("0123456789") != std::string::npos ||
+      ((*text)[0] == '0' && text->size() > 1))
+    return std::nullopt;
+  try {
+    return std::stoull(*text);
+  } catch (const std::out_of_range&) {  // 20 digits over 2^64
+    return std::nullopt;
+  }
 }
 
-constexpr size_t kMaxQueuedStreamOffers = 4;
 constexpr size_t kMaxQueuedStreamSegments = 256;
+
+constexpr int kMaxFramesPerPump = 256;
 
 bool carries_fds(Kind kind) {
   return kind == Kind::Table || kind == Kind::StreamOpen || kind == Kind::StreamSegment;
@@ -96,17 +98,15 @@ void Channel::handshake_as_connector(const Deadline& d) {
     throw remote_error(f, "handshake refused");
   }
   if (f.kind != Kind::Welcome || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected WELCOME"));
-  if (f.version != 1 || f.get("version").value_or("1") != "1")
-    fatal(Error("ERR_PROTOCOL_VERSION", "the listener chose an unknown version"));
+  const auto version = strict_decimal(f.get("version"));
+  if (!version) fatal(Error("ERR_PROTOCOL", "WELCOME lacks a decimal version"));
+  if (f.version != 1 || *version != 1) fatal(Error("ERR_PROTOCOL_VERSION", "the listener chose an unknown version"));
   if (auto m = f.get("max_message_bytes")) {
-    try {
-      peer_max_message_bytes_ = std::stoull(*m);
-    } catch (...) {
-      fatal(Error("ERR_PROTOCOL", "bad max_message_bytes in WELCOME"));
-    }
+    auto bytes = strict_decimal(m, 20);
+    if (!bytes) fatal(Error("ERR_PROTOCOL", "bad max_message_bytes in WELCOME"));
+    peer_max_message_bytes_ = *bytes;
   }
-  peer_capabilities_ = split_capabilities(f.get("capabilities").value_or(""));
-  peer_pid_ = parse_pid(f.get("pid"));
+  take_peer_info(f);
   handshaken_ = true;
 }
 
@@ -123,18 +123,12 @@ void Channel::handshake_as_listener(const Deadline& user) {
   if (!r) throw Error("ERR_PEER_CLOSED", "the peer hung up before HELLO");
   const Frame& f = r->frame;
   if (f.kind != Kind::Hello || !r->fds.empty()) fatal(Error("ERR_PROTOCOL", "expected HELLO"));
-  uint64_t lo = 0, hi = 0;
-  try {
-    lo = std::stoull(f.get("min_version").value_or("x"));
-    hi = std::stoull(f.get("max_version").value_or("x"));
-  } catch (...) {
-    fatal(Error("ERR_PROTOCOL", "HELLO lacks a decimal min_version/max_version"));
-  }
-  if (lo > 1 || hi < 1) fatal(Error("ERR_PROTOCOL_VERSION", "no common protocol version (this side speaks 1)"));
+  const auto lo = strict_decimal(f.get("min_version")), hi = strict_decimal(f.get("max_version"));
+  if (!lo || !hi) fatal(Error("ERR_PROTOCOL", "HELLO lacks a decimal min_version/max_version"));
+  if (*lo > 1 || *hi < 1) fatal(Error("ERR_PROTOCOL_VERSION", "no common protocol version (this side speaks 1)"));
+  take_peer_info(f);
   Frame welcome;
   welcome.kind = Kind::Welcome;
-  peer_capabilities_ = split_capabilities(f.get("capabilities").value_or(""));
-  peer_pid_ = parse_pid(f.get("pid"));
   welcome.metadata = {{"version", "1"},
                       {"capabilities", kCapabilities},
                       {"implementation", kImplementation},
@@ -142,6 +136,16 @@ void Channel::handshake_as_listener(const Deadline& user) {
                       {"max_message_bytes", std::to_string(kDefaultMaxMessageBytes)}};
   send_frame(welcome);
   handshaken_ = true;
+}
+
+// The peer's capabilities and pid from its HELLO/WELCOME; a pid, if given, is a strict decimal.
+void Channel::take_peer_info(const Frame& f) {
+  peer_capabilities_ = split_capabilities(f.get("capabilities").value_or(""));
+  if (auto pid = f.get("pid")) {
+    auto value = strict_decimal(pid);
+    if (!value) fatal(Error("ERR_PROTOCOL", "the peer's pid '" + pid->substr(0, 32) + "' is not a decimal number"));
+    peer_pid_ = static_cast<uint32_t>(*value);
+  }
 }
 
 void Channel::close() {
@@ -164,12 +168,40 @@ uint64_t Channel::send_frame(Frame f, int pass_fd) {
   return send_frame_fds(std::move(f), fds);
 }
 
-uint64_t Channel::send_frame_fds(Frame f, const std::vector<int>& fds) {
+uint64_t Channel::send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking) {
   if (!fd_) throw Error("ERR_CLOSED", "the channel is closed");
   f.message_id = next_id_++;
   auto bytes = encode_frame(f);
-  send_with_fds(fd_.get(), bytes.data(), bytes.size(), fds);
+  send_with_fds(fd_.get(), bytes.data(), bytes.size(), fds, nonblocking);
+  last_activity_ = Clock::now();
   return f.message_id;
+}
+
+// An ACK or ERROR written while handling the peer's frames never blocks: a peer that leaves its
+// socket unread until the buffer is full loses the connection instead of stalling this side.
+void Channel::send_control(Frame f) {
+  try {
+    send_frame_fds(std::move(f), {}, /*nonblocking=*/true);
+  } catch (const Error& e) {
+    if (e.code() == kErrResourceLimit) {
+      if (!failure_) failure_ = e;
+      peer_gone_ = true;
+      fd_.reset();
+    }
+    throw;
+  }
+}
+
+bool Channel::inbox_full() const {
+  return inbox_.size() >= options_.max_inbox_messages || inbox_bytes_ >= options_.max_inbox_bytes;
+}
+
+void Channel::fail(const Error& e) {
+  if (!fd_) return;
+  send_error(e, 0);
+  if (!failure_) failure_ = e;
+  peer_gone_ = true;
+  fd_.reset();
 }
 
 bool Channel::peer_has_capability(const std::string& name) const {
@@ -179,7 +211,9 @@ bool Channel::peer_has_capability(const std::string& name) const {
 }
 
 bool Channel::pump(int timeout_ms) {
-  while (fd_ && !peer_gone_) {
+  // At most kMaxFramesPerPump frames a call: a peer that keeps its frames coming cannot hold the
+  // caller here (a server polls many channels).
+  for (int frames = 0; fd_ && !peer_gone_ && !inbox_full() && frames < kMaxFramesPerPump; frames++) {
     pollfd p{fd_.get(), POLLIN, 0};
     int r = ::poll(&p, 1, timeout_ms);
     if (r < 0 && errno == EINTR) continue;
@@ -197,7 +231,7 @@ bool Channel::pump(int timeout_ms) {
       return false;
     }
   }
-  return false;
+  return !peer_gone();
 }
 
 void Channel::send_error(const Error& e, uint64_t correlation_id, uint8_t flags) {
@@ -207,7 +241,7 @@ void Channel::send_error(const Error& e, uint64_t correlation_id, uint8_t flags)
   f.correlation_id = correlation_id;
   f.metadata = {{"code", e.code()}, {"message", std::string(e.what()).substr(0, 4096)}};
   try {
-    send_frame(f);
+    send_control(f);
   } catch (const Error&) {
   }
 }
@@ -221,6 +255,12 @@ void Channel::fatal(const Error& e) {
 
 std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
   if (!fd_) return std::nullopt;
+  // §14.2: the socket waits while the inbox is full. This side is single-threaded, so waiting
+  // here for anything else could only end at the deadline: say so at once.
+  if (inbox_full())
+    throw Error(kErrResourceLimit, std::to_string(inbox_.size()) +
+                                       " received tables wait for receive_message() (max_inbox_messages / "
+                                       "max_inbox_bytes): take them first");
   wait_readable(fd_.get(), d, "the peer");
   std::vector<uint8_t> buf(kMaxFrameBytes);
   Received r;
@@ -230,6 +270,7 @@ std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
     fd_.reset();
     return std::nullopt;
   }
+  last_activity_ = Clock::now();
   if (flags & MSG_TRUNC) fatal(Error("ERR_PROTOCOL", "frame larger than 65536 bytes (MSG_TRUNC)"));
   if (flags & MSG_CTRUNC) fatal(Error("ERR_PROTOCOL", "too many file descriptors (MSG_CTRUNC)"));
   try {
@@ -252,9 +293,10 @@ bool Channel::handle_other(Received& r) {
       if (!options_.receives_streams) {
         r.fds.clear();
         send_error(Error("ERR_INVALID_ARGUMENT", "this side receives no stream"), f.message_id);
-      } else if (stream_offers_.size() >= kMaxQueuedStreamOffers) {
+      } else if (stream_offers_.size() >= options_.max_stream_offers) {
         r.fds.clear();
-        send_error(Error("ERR_PROTOCOL", "another STREAM_OPEN while streams are still offered"), f.message_id);
+        send_error(Error(kErrResourceLimit, "more STREAM_OPEN offers than max_stream_offers wait to be accepted"),
+                   f.message_id);
       } else {
         stream_offers_.push_back(std::move(r));
       }
@@ -283,9 +325,11 @@ bool Channel::handle_other(Received& r) {
         send_error(Error("ERR_IPC_UNSUPPORTED", "this side does not receive tables"), f.message_id);
       } else {
         try {
-          inbox_.push_back({accept_table(r), std::nullopt});
+          ReceivedTable m = accept_table(r);
+          inbox_bytes_ += static_cast<uint64_t>(m.ipc->size());
+          inbox_.push_back({std::move(m), std::nullopt});
         } catch (const Error& e) {
-          inbox_.push_back({std::nullopt, e});
+          if (fd_) inbox_.push_back({std::nullopt, e});  // else the connection failed: failure() says why
         }
       }
       return true;
@@ -350,7 +394,7 @@ uint64_t Channel::send(const arrow::Table& table, const KV& metadata, Timeout ti
 // Receiving
 
 // §5.1 on a received TABLE: map, validate, ACK and return it; or ERROR (same id) and throw.
-Message Channel::accept_table(Received& r) {
+ReceivedTable Channel::accept_table(Received& r) {
   const Frame& f = r.frame;
   const uint8_t reply_flags = (f.flags & kRequest) ? kResponse : 0;
   try {
@@ -361,16 +405,16 @@ Message Channel::accept_table(Received& r) {
     uint64_t length = f.ipc_length;
     Mapping mapping = open_segment(r.fds[0].get(), f.ipc_offset, length, options_.allow_unsealed);
     r.fds.clear();  // the mapping stays valid without the fd
-    Message m;
+    ReceivedTable m;
     m.message_id = f.message_id;
     m.flags = f.flags;
     m.metadata = f.metadata;
     m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), f.ipc_offset, length);
-    m.info = validate_stream(m.ipc->data(), length);
+    m.info = validate_stream(m.ipc->data(), length, options_.ipc_limits);
     Frame ack;
     ack.kind = Kind::Ack;
     ack.correlation_id = f.message_id;
-    send_frame(ack);
+    send_control(ack);
     return m;
   } catch (const Error& e) {
     r.fds.clear();
@@ -379,12 +423,13 @@ Message Channel::accept_table(Received& r) {
   }
 }
 
-std::optional<Message> Channel::receive_message(Timeout timeout) {
+std::optional<ReceivedTable> Channel::receive_message(Timeout timeout) {
   const Deadline d = deadline_of(timeout);
   for (;;) {
     if (!inbox_.empty()) {
       Incoming next = std::move(inbox_.front());
       inbox_.pop_front();
+      if (next.message) inbox_bytes_ -= static_cast<uint64_t>(next.message->ipc->size());
       if (next.error) throw *next.error;
       return std::move(next.message);
     }
@@ -420,13 +465,13 @@ std::shared_ptr<arrow::Table> Channel::request(const arrow::Table& table, Timeou
   }
 }
 
-void Channel::respond(const Message& request, const arrow::Table& response, const KV& metadata, Timeout timeout) {
+void Channel::respond(const ReceivedTable& request, const arrow::Table& response, const KV& metadata, Timeout timeout) {
   auto [segment, length] = segment_from_table(response);
   const uint64_t id = send_table(std::move(segment), length, metadata, kResponse, request.message_id);
   await_ack(id, deadline_of(timeout));
 }
 
-void Channel::respond_error(const Message& request, const Error& error) {
+void Channel::respond_error(const ReceivedTable& request, const Error& error) {
   Frame f;
   f.kind = Kind::Error;
   f.flags = kResponse;
@@ -438,7 +483,7 @@ void Channel::respond_error(const Message& request, const Error& error) {
 uint64_t Channel::serve(const Handler& handler, std::optional<uint64_t> count) {
   uint64_t answered = 0;
   while (!count || answered < *count) {
-    std::optional<Message> m;
+    std::optional<ReceivedTable> m;
     try {
       m = receive_message();
     } catch (const Error&) {

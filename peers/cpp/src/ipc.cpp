@@ -30,25 +30,6 @@ Error ipc_error(const arrow::Status& st) {
 
 namespace {
 
-void check(const arrow::Status& st) {
-  if (!st.ok()) throw ipc_error(st);
-}
-
-template <typename T>
-T unwrap(arrow::Result<T> r) {
-  if (!r.ok()) throw ipc_error(r.status());
-  return std::move(r).ValueOrDie();
-}
-
-std::string schema_line(const arrow::Schema& schema) {
-  std::string out;
-  for (int i = 0; i < schema.num_fields(); i++) {
-    if (i) out += ", ";
-    out += schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
-  }
-  return out;
-}
-
 // Arrow C++'s full validation also enforces value rules (date64 whole days, time-of-day range,
 // decimal precision) that Arrow's own integration files break and that are harmless to read.
 constexpr const char* kValueRules[] = {"whole number of days", "acceptable range", "does not fit in precision"};
@@ -100,6 +81,13 @@ std::shared_ptr<arrow::DataType> storage_type(const std::shared_ptr<arrow::DataT
 
 // ValidateFull(), where a value-rule failure is retried on a zero-copy view of the column as its
 // storage type, so every memory-safety check (offsets, lengths, indices) still runs.
+std::string schema_line(const arrow::Schema& schema) {
+  std::string out;
+  for (int i = 0; i < schema.num_fields(); i++)
+    out += (i ? ", " : "") + schema.field(i)->name() + ": " + schema.field(i)->type()->ToString();
+  return out;
+}
+
 void validate_batch(const arrow::RecordBatch& batch) {
   arrow::Status st = batch.ValidateFull();
   if (st.ok()) return;
@@ -146,12 +134,13 @@ std::pair<Fd, uint64_t> write_segment(const std::shared_ptr<arrow::Schema>& sche
 
 }  // namespace
 
-StreamInfo validate_stream(const uint8_t* data, uint64_t length) {
+StreamInfo validate_stream(const uint8_t* data, uint64_t length, const IpcLimits& limits) {
   StreamInfo info;
   // Non-owning buffer over the (read-only) mapping: every decoded column points into it.
   auto buffer = std::make_shared<arrow::Buffer>(data, static_cast<int64_t>(length));
   auto input = std::make_shared<arrow::io::BufferReader>(buffer);
   try {
+    IpcChecker(limits).check_messages(data, length);  // before Arrow C++ decodes any of it
     auto reader = unwrap(arrow::ipc::RecordBatchStreamReader::Open(input, arrow::ipc::IpcReadOptions::Defaults()));
     info.schema = schema_line(*reader->schema());
     info.num_columns = reader->schema()->num_fields();

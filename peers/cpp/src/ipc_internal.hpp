@@ -1,7 +1,10 @@
-// Shared by ipc.cpp and stream.cpp: Arrow status -> typed error, and batch validation.
+// Shared by the library, the CLI and the tests: Arrow status -> typed error, batch validation.
 #pragma once
 
+#include <string>
+
 #include <arrow/record_batch.h>
+#include <arrow/result.h>
 #include <arrow/status.h>
 
 #include "arrow_shm.hpp"
@@ -12,5 +15,18 @@ namespace arrow_shm {
 Error ipc_error(const arrow::Status& st);
 // Arrow's ValidateFull(), tolerant of the value rules Arrow's own integration files break.
 void validate_batch(const arrow::RecordBatch& batch);
+
+inline void check(const arrow::Status& st) {
+  if (!st.ok()) throw ipc_error(st);
+}
+
+template <typename T>
+T unwrap(arrow::Result<T> r) {
+  if (!r.ok()) throw ipc_error(r.status());
+  return std::move(r).ValueOrDie();
+}
+
+// "name: type, ..." of a schema (the `schema:` line of a summary).
+std::string schema_line(const arrow::Schema& schema);
 
 }  // namespace arrow_shm

@@ -1,5 +1,6 @@
 // Frames, sockets and segments (docs/PROTOCOL.md §2, §3, §5, §6).
 #include "arrow_shm.hpp"
+#include "bytes.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -35,16 +36,6 @@ int poll_timeout_ms(const Deadline& d) {
 // Frames
 
 namespace {
-void put_u16(std::vector<uint8_t>& b, size_t at, uint16_t v) { std::memcpy(&b[at], &v, 2); }
-void put_u32(std::vector<uint8_t>& b, size_t at, uint32_t v) { std::memcpy(&b[at], &v, 4); }
-void put_u64(std::vector<uint8_t>& b, size_t at, uint64_t v) { std::memcpy(&b[at], &v, 8); }
-template <typename T>
-T get(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "arrow-shm wire integers are little-endian");
 
 Error protocol(const std::string& m) { return Error("ERR_PROTOCOL", m); }
 
@@ -91,11 +82,11 @@ std::vector<uint8_t> encode_frame(const Frame& f) {
   if (meta) {
     size_t at = kHeaderLength;
     auto put_str = [&](const std::string& s) {
-      put_u32(b, at, static_cast<uint32_t>(s.size()));
+      store<uint32_t>(&b[at], static_cast<uint32_t>(s.size()));
       if (!s.empty()) std::memcpy(b.data() + at + 4, s.data(), s.size());
       at += 4 + s.size();
     };
-    put_u32(b, at, static_cast<uint32_t>(f.metadata.size()));
+    store<uint32_t>(&b[at], static_cast<uint32_t>(f.metadata.size()));
     at += 4;
     for (auto& [k, v] : f.metadata) {
       put_str(k);
@@ -103,16 +94,16 @@ std::vector<uint8_t> encode_frame(const Frame& f) {
     }
   }
   std::memcpy(&b[0], "ASHM", 4);
-  put_u16(b, 4, f.version);
+  store<uint16_t>(&b[4], f.version);
   b[6] = static_cast<uint8_t>(f.kind);
   b[7] = f.flags;
-  put_u32(b, 8, kHeaderLength);
-  put_u32(b, 12, static_cast<uint32_t>(b.size() - kHeaderLength));
-  put_u64(b, 16, f.message_id);
-  put_u64(b, 24, f.correlation_id);
-  put_u64(b, 32, f.ipc_offset);
-  put_u64(b, 40, f.ipc_length);
-  put_u32(b, 48, f.fd_count);
+  store<uint32_t>(&b[8], kHeaderLength);
+  store<uint32_t>(&b[12], static_cast<uint32_t>(b.size() - kHeaderLength));
+  store<uint64_t>(&b[16], f.message_id);
+  store<uint64_t>(&b[24], f.correlation_id);
+  store<uint64_t>(&b[32], f.ipc_offset);
+  store<uint64_t>(&b[40], f.ipc_length);
+  store<uint32_t>(&b[48], f.fd_count);
   return b;
 }
 
@@ -120,35 +111,35 @@ Frame decode_frame(const uint8_t* p, size_t n) {
   if (n < kHeaderLength) throw protocol("frame of " + std::to_string(n) + " bytes is shorter than its header");
   if (std::memcmp(p, "ASHM", 4) != 0) throw protocol("bad frame magic");
   Frame f;
-  f.version = get<uint16_t>(p + 4);
+  f.version = load<uint16_t>(p + 4);
   uint8_t kind = p[6];
   if (kind < 1 || kind > kMaxKind) throw protocol("unknown frame kind " + std::to_string(kind));
   f.kind = static_cast<Kind>(kind);
   f.flags = p[7];
   if (f.flags & ~(kLeased | kRequest | kResponse)) throw protocol("unknown frame flags");
-  uint32_t header_length = get<uint32_t>(p + 8);
-  uint32_t meta_length = get<uint32_t>(p + 12);
+  uint32_t header_length = load<uint32_t>(p + 8);
+  uint32_t meta_length = load<uint32_t>(p + 12);
   if (header_length != kHeaderLength) throw protocol("header_length " + std::to_string(header_length) + " is not 64");
   if (meta_length != n - kHeaderLength)
     throw protocol("metadata_length " + std::to_string(meta_length) + " does not match the frame size");
-  f.message_id = get<uint64_t>(p + 16);
-  f.correlation_id = get<uint64_t>(p + 24);
-  f.ipc_offset = get<uint64_t>(p + 32);
-  f.ipc_length = get<uint64_t>(p + 40);
-  f.fd_count = get<uint32_t>(p + 48);
+  f.message_id = load<uint64_t>(p + 16);
+  f.correlation_id = load<uint64_t>(p + 24);
+  f.ipc_offset = load<uint64_t>(p + 32);
+  f.ipc_length = load<uint64_t>(p + 40);
+  f.fd_count = load<uint32_t>(p + 48);
   // key/value block
   const uint8_t* m = p + kHeaderLength;
   size_t len = meta_length, pos = 0;
   if (len == 0) return f;
   if (len < 4) throw protocol("key/value block shorter than its count");
-  uint32_t count = get<uint32_t>(m);
+  uint32_t count = load<uint32_t>(m);
   pos = 4;
   if (count > (len - 4) / 8) throw protocol("key/value count does not fit in the block");
   for (uint32_t i = 0; i < count; i++) {
     std::string parts[2];
     for (auto& s : parts) {
       if (len - pos < 4) throw protocol("key/value block ends inside a length");
-      uint32_t l = get<uint32_t>(m + pos);
+      uint32_t l = load<uint32_t>(m + pos);
       pos += 4;
       if (l > len - pos) throw protocol("key/value string overruns the block");
       if (!valid_utf8(m + pos, l)) throw protocol("key/value string is not valid UTF-8");
@@ -180,19 +171,48 @@ std::pair<sockaddr_un, socklen_t> make_addr(const std::string& addr) {
 }
 }  // namespace
 
-void unlink_socket(const std::string& addr) {
-  if (addr.empty() || addr[0] == '@') return;
+void unlink_socket(const SocketFile& file) {
+  if (file.path.empty() || file.path[0] == '@') return;
   struct stat st {};
-  if (::lstat(addr.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(addr.c_str());
+  if (::lstat(file.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == file.dev && st.st_ino == file.ino)
+    ::unlink(file.path.c_str());
 }
 
-Fd listen_socket(const std::string& addr, int type) {
+namespace {
+// After bind() failed with EADDRINUSE (§14.2): a listener that answers keeps its path
+// (ERR_ADDRESS_IN_USE); a socket file nobody answers on is stale and removed.
+void remove_stale_socket(const std::string& addr, const sockaddr_un& sa, socklen_t len, int type) {
+  auto in_use = [&](const std::string& why) { return Error(kErrAddressInUse, addr + ": " + why); };
+  if (addr[0] == '@') throw in_use("another process listens on this abstract address");
+  struct stat st {};
+  if (::lstat(addr.c_str(), &st) != 0) return;  // gone meanwhile: bind again
+  if (!S_ISSOCK(st.st_mode)) throw in_use("the path exists and is not a socket");
+  Fd probe(::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe) throw_errno("socket", errno);
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&sa), len) == 0 || errno != ECONNREFUSED)
+    throw in_use("another listener answers on this path");
+  ::unlink(addr.c_str());
+}
+}  // namespace
+
+Fd listen_socket(const std::string& addr, int type, SocketFile* bound) {
   auto [sa, len] = make_addr(addr);
   Fd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
   if (!fd) throw_errno("socket", errno);
-  unlink_socket(addr);  // stale socket file
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), len) != 0) throw_errno("bind", errno);
-  if (addr[0] != '@' && ::chmod(addr.c_str(), 0600) != 0) throw_errno("chmod", errno);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), len) != 0) {
+    if (errno != EADDRINUSE) throw_errno("bind", errno);
+    remove_stale_socket(addr, sa, len, type);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), len) != 0) {
+      if (errno == EADDRINUSE) throw Error(kErrAddressInUse, addr + ": bound by another process meanwhile");
+      throw_errno("bind", errno);
+    }
+  }
+  if (addr[0] != '@') {
+    // Remembered so that close removes this file only, not a successor's (§14.2).
+    struct stat st {};
+    if (::chmod(addr.c_str(), 0600) != 0 || ::lstat(addr.c_str(), &st) != 0) throw_errno("chmod", errno);
+    if (bound) *bound = SocketFile{addr, st.st_dev, st.st_ino};
+  }
   if (::listen(fd.get(), 16) != 0) throw_errno("listen", errno);
   return fd;
 }
@@ -277,7 +297,7 @@ void send_with_fd(int sock, const void* data, size_t n, int pass_fd) {
   send_with_fds(sock, data, n, fds);
 }
 
-void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds) {
+void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>& pass_fds, bool nonblocking) {
   iovec iov{const_cast<void*>(data), n};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -297,9 +317,11 @@ void send_with_fds(int sock, const void* data, size_t n, const std::vector<int>&
   }
   ssize_t r;
   do {
-    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+    r = ::sendmsg(sock, &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
+    if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK))
+      throw Error(kErrResourceLimit, "the peer does not read its socket (send buffer full)");
     if (errno == EPIPE || errno == ECONNRESET) throw Error("ERR_PEER_CLOSED", "the peer hung up");
     throw_errno("sendmsg", errno);
   }

@@ -8,7 +8,8 @@
 // Each iteration takes a corpus entry (Arrow IPC streams / ARROW1 files from the files and
 // directories on the command line, plus a few frames built with encode_frame), applies 1-4
 // stacked mutations (bit flips, byte sets, truncations, length-field overwrites with boundary
-// values, chunk insert/delete/duplicate, splices with another entry) and feeds the result to
+// values, chunk insert/delete/duplicate, splices with another entry, and flatbuffer-aware ones:
+// shared offsets and huge counts, see mutate_flatbuffer) and feeds the result to
 //   decode_frame, validate_stream, decode_table and (ARROW1 inputs) segment_from_file_bytes;
 // every 8th iteration also calls open_segment with boundary offsets/lengths against a memfd, and
 // every 4th runs a receiving Channel against a scripted hostile peer (channel_case below).
@@ -138,8 +139,76 @@ std::vector<size_t> length_fields(const Bytes& b) {
   return at;
 }
 
+// ---- structure-aware mutations of the flatbuffer metadata (§14.1: shared offsets, huge counts) ----
+
+uint32_t u32_at(const Bytes& b, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, &b[at], 4);
+  return v;
+}
+
+// The metadata of each encapsulated message that follows a continuation marker: [begin, end).
+std::vector<std::pair<size_t, size_t>> metadata_regions(const Bytes& b) {
+  std::vector<std::pair<size_t, size_t>> out;
+  for (size_t at : length_fields(b)) {
+    if (at + 4 > b.size() || (at >= 4 && u32_at(b, at - 4) != 0xffffffffu)) continue;
+    const uint64_t len = u32_at(b, at);
+    if (len >= 8 && at + 4 + len <= b.size()) out.emplace_back(at + 4, at + 4 + len);
+  }
+  return out;
+}
+
+// 4-aligned positions in [begin, end) holding what looks like a forward offset inside the region.
+std::vector<size_t> offset_fields(const Bytes& b, size_t begin, size_t end) {
+  std::vector<size_t> out;
+  for (size_t at = begin; at + 4 <= end; at += 4) {
+    const uint32_t v = u32_at(b, at);
+    if (v >= 4 && v % 4 == 0 && at + v + 4 <= end) out.push_back(at);
+  }
+  return out;
+}
+
+// Makes metadata share what a flatbuffer may legally share, the way the bombs of attacks.py do:
+// an offset re-aimed at another offset's target, every element of a vector of offsets aimed at
+// one table or string, or a vector/string length set to a huge count.
+void mutate_flatbuffer(Bytes& b, Rng& r) {
+  auto regions = metadata_regions(b);
+  if (regions.empty()) return;
+  auto [begin, end] = regions[r.below(regions.size())];
+  auto offsets = offset_fields(b, begin, end);
+  if (offsets.empty()) return;
+  const size_t from = offsets[r.below(offsets.size())];
+  const size_t target = from + u32_at(b, from);
+  switch (r.below(3)) {
+    case 0: {  // another offset before `target` now points at it too
+      const size_t at = offsets[r.below(offsets.size())];
+      if (at < target) overwrite_int(b, at, target - at, 4);
+      return;
+    }
+    case 1: {  // a vector of offsets at `target`: all of its elements point at the first one's target
+      const uint64_t n = u32_at(b, target);
+      if (n < 2 || target + 4 + 4 * n > end) return;
+      const size_t first = target + 4, shared = first + u32_at(b, first);
+      for (uint64_t k = 0; k < n; k++) {
+        const size_t e = first + 4 * k;
+        if (e < shared) overwrite_int(b, e, shared - e, 4);
+      }
+      return;
+    }
+    default: {  // the count at `target` (a vector or string length) becomes huge
+      static const uint64_t counts[] = {65536, 65537, 100000, 1u << 24, 10000000, 0x7fffffff};
+      overwrite_int(b, target, counts[r.below(std::size(counts))], 4);
+      return;
+    }
+  }
+}
+
 void mutate_once(Bytes& b, const std::vector<Bytes>& corpus, Rng& r) {
-  switch (r.below(9)) {
+  switch (r.below(11)) {
+    case 9:
+    case 10:
+      mutate_flatbuffer(b, r);
+      return;
     case 0: {  // bit flips
       if (b.empty()) return;
       for (uint64_t k = 1 + r.below(8); k--;) b[r.below(b.size())] ^= static_cast<uint8_t>(1u << r.below(8));

@@ -10,6 +10,7 @@
 #include <arrow/api.h>
 #include <arrow/io/memory.h>
 #include <arrow/ipc/reader.h>
+#include <arrow/ipc/writer.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -142,7 +143,7 @@ void run() {
   // 3. request / response: an error answer, then the engine's summary
   uint64_t served = 0;
   std::thread serving([&] {
-    served = server->serve([](const Message& m) { return engine_answer(*m.table()); }, 2);
+    served = server->serve([](const ReceivedTable& m) { return engine_answer(*m.table()); }, 2);
   });
   try {
     client->request(*sample_table(), timeout);
@@ -481,6 +482,181 @@ void streams() {
   report("stream: /proc/self/fd count is flat", fds_after == fds_before,
          std::to_string(fds_before) + " -> " + std::to_string(fds_after));
 }
+// ---------------------------------------------------------------------------------------------
+// Limits (§14, issue #13). The shared-offset bombs themselves come from test/python/attacks.py
+// in test.sh; here each limit is shown configurable on streams Arrow C++ writes.
+
+std::vector<uint8_t> ipc_bytes(const std::shared_ptr<arrow::Schema>& schema, int64_t rows = 0) {
+  arrow::ArrayVector columns;
+  for (auto& f : schema->fields()) columns.push_back(value(arrow::MakeArrayOfNull(f->type(), rows)));
+  auto sink = value(arrow::io::BufferOutputStream::Create());
+  auto options = arrow::ipc::IpcWriteOptions::Defaults();
+  options.max_recursion_depth = 200;  // deeper than a reader takes: the limit under test must refuse it
+  auto writer = value(arrow::ipc::MakeStreamWriter(sink, schema, options));
+  if (!writer->WriteRecordBatch(*arrow::RecordBatch::Make(schema, rows, columns)).ok() || !writer->Close().ok())
+    throw std::runtime_error("cannot write the IPC stream");
+  auto buffer = value(sink->Finish());
+  return std::vector<uint8_t>(buffer->data(), buffer->data() + buffer->size());
+}
+
+// The error code validate_stream gives (or "ok").
+std::string validation(const std::vector<uint8_t>& bytes, const IpcLimits& limits = {}) {
+  try {
+    validate_stream(bytes.data(), bytes.size(), limits);
+    return "ok";
+  } catch (const Error& e) {
+    return e.code();
+  }
+}
+
+// A raw frame from `sock` (the hand-written side of a socketpair), or an empty frame on timeout.
+std::optional<Frame> raw_frame(int sock, int timeout_ms) {
+  try {
+    wait_readable(sock, Clock::now() + std::chrono::milliseconds(timeout_ms), "a frame");
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  std::vector<uint8_t> buf(kMaxFrameBytes);
+  std::vector<Fd> fds;
+  int flags = 0;
+  const size_t n = recv_with_fds(sock, buf.data(), buf.size(), fds, flags);
+  if (n == 0) return std::nullopt;
+  return decode_frame(buf.data(), n);
+}
+
+void send_raw(int sock, const Frame& f) {
+  auto bytes = encode_frame(f);
+  send_with_fds(sock, bytes.data(), bytes.size(), {});
+}
+
+Frame hello(const std::string& pid) {
+  Frame f;
+  f.kind = Kind::Hello;
+  f.metadata = {{"min_version", "1"}, {"max_version", "1"}, {"capabilities", "stream"}, {"pid", pid}};
+  return f;
+}
+
+void limits() {
+  using arrow::field;
+  // 1. each decoding limit of §14.1 is configurable and refuses with ERR_IPC_LIMIT
+  auto three = arrow::schema({field("a", arrow::int32()), field("b", arrow::utf8()), field("c", arrow::float64())});
+  IpcLimits two_fields;
+  two_fields.max_fields = 2;
+  report("limits: 3 fields pass by default", validation(ipc_bytes(three, 3)) == "ok", validation(ipc_bytes(three, 3)));
+  report("limits: 3 fields over max_fields 2: ERR_IPC_LIMIT", validation(ipc_bytes(three), two_fields) == "ERR_IPC_LIMIT",
+         validation(ipc_bytes(three), two_fields));
+  auto tagged = three->WithMetadata(arrow::key_value_metadata({"k1", "k2", "k3"}, {"v1", "v2", "v3"}));
+  IpcLimits two_entries;
+  two_entries.max_metadata_entries = 2;
+  report("limits: 3 schema metadata entries over max_metadata_entries 2",
+         validation(ipc_bytes(tagged), two_entries) == "ERR_IPC_LIMIT", validation(ipc_bytes(tagged), two_entries));
+  auto named = arrow::schema({field(std::string(4096, 'n'), arrow::int8())});
+  IpcLimits small_bytes;
+  small_bytes.max_metadata_bytes = 1024;
+  report("limits: a 4 KiB name over max_metadata_bytes 1 KiB", validation(ipc_bytes(named), small_bytes) == "ERR_IPC_LIMIT",
+         validation(ipc_bytes(named), small_bytes));
+  std::shared_ptr<arrow::DataType> deep = arrow::int32();
+  for (int i = 0; i < 8; i++) deep = arrow::list(deep);
+  auto nested = arrow::schema({field("deep", deep)});
+  IpcLimits shallow;
+  shallow.max_nesting_depth = 8;  // Message 0, Schema 1, Field 2, one more a level: 8 lists reach 10
+  report("limits: 8 nested lists pass by default", validation(ipc_bytes(nested, 2)) == "ok", validation(ipc_bytes(nested, 2)));
+  report("limits: 8 nested lists over max_nesting_depth 8", validation(ipc_bytes(nested), shallow) == "ERR_IPC_LIMIT",
+         validation(ipc_bytes(nested), shallow));
+  std::shared_ptr<arrow::DataType> too_deep = arrow::int32();
+  for (int i = 0; i < 70; i++) too_deep = arrow::list(too_deep);
+  auto bytes = ipc_bytes(arrow::schema({field("deep", too_deep)}));
+  report("limits: 70 nested lists over the default max_nesting_depth 64", validation(bytes) == "ERR_IPC_LIMIT",
+         validation(bytes));
+
+  // 2. a received table past the ChannelOptions' limit gets ERROR ERR_IPC_LIMIT; the connection goes on
+  const Timeout timeout = std::chrono::seconds(10);
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_errno("socketpair", errno);
+  ChannelOptions options;
+  options.ipc_limits = two_fields;
+  options.max_inbox_messages = 2;
+  std::unique_ptr<Channel> server;
+  std::thread accepting([&] { server = Channel::accept(Fd(pair[1]), timeout, options); });
+  auto client = Channel::handshake(Fd(pair[0]), timeout);
+  accepting.join();
+  auto one = arrow::Table::Make(arrow::schema({field("x", arrow::int64())}),
+                                {array<arrow::Int64Builder, int64_t>({1, 2})});
+  std::string code = "none";
+  std::thread refusing([&] {
+    try {
+      server->receive_message(timeout);
+    } catch (const Error& e) {
+      code = e.code();
+    }
+  });
+  std::string sender = "ACKed";
+  try {
+    client->send(*sample_table(), {}, timeout);
+  } catch (const Error& e) {
+    sender = e.code();
+  }
+  refusing.join();
+  report("limits: the sender gets ERROR ERR_IPC_LIMIT", sender == "ERR_IPC_LIMIT", sender);
+  report("limits: the receiver's receive_message throws ERR_IPC_LIMIT", code == "ERR_IPC_LIMIT", code);
+
+  // 3. max_inbox_messages 2: a third table is not read (its send waits for the ACK) until the
+  // application takes one; then it arrives
+  std::thread pumping([&] {
+    for (int i = 0; i < 20; i++) server->pump(50);
+  });
+  client->send(*one, {}, timeout);
+  client->send(*one, {}, timeout);
+  std::string third = "ACKed";
+  try {
+    client->send(*one, {}, std::chrono::milliseconds(300));
+  } catch (const Error& e) {
+    third = e.code();
+  }
+  pumping.join();
+  report("limits: past max_inbox_messages the sender waits (ERR_TIMEOUT)", third == "ERR_TIMEOUT", third);
+  report("limits: the inbox holds max_inbox_messages", server->inbox_full());
+  int taken = 0;
+  while (taken < 3 && server->receive_message(timeout)) taken++;
+  report("limits: taken from the inbox, the waiting table arrives", taken == 3, std::to_string(taken));
+  client->close();
+  server.reset();
+
+  // 4. max_stream_offers: the 17th STREAM_OPEN not yet accepted is refused with ERR_RESOURCE_LIMIT
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_errno("socketpair", errno);
+  Fd raw(pair[0]);
+  send_raw(raw.get(), hello("1"));
+  server = Channel::accept(Fd(pair[1]), timeout);
+  (void)raw_frame(raw.get(), 1000);  // WELCOME
+  for (uint64_t i = 0; i < 17; i++) {
+    Frame open;
+    open.kind = Kind::StreamOpen;
+    open.message_id = 10 + i;
+    send_raw(raw.get(), open);
+  }
+  server->pump(200);
+  auto refusal = raw_frame(raw.get(), 1000);
+  report("limits: the 17th stream offer gets ERROR ERR_RESOURCE_LIMIT",
+         refusal && refusal->kind == Kind::Error && refusal->correlation_id == 26 &&
+             refusal->get("code") == std::string("ERR_RESOURCE_LIMIT"),
+         refusal ? refusal->get("code").value_or("?") + " for " + std::to_string(refusal->correlation_id) : "nothing");
+  server.reset();
+
+  // 5. §4 strict decimals: a HELLO whose pid is not one is a fatal ERR_PROTOCOL
+  for (const char* pid : {"0x1", "-1", "1e3", " 7", "", "0123", "1234567890"}) {
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_errno("socketpair", errno);
+    Fd peer(pair[0]);
+    send_raw(peer.get(), hello(pid));
+    std::string got = "accepted";
+    try {
+      Channel::accept(Fd(pair[1]), timeout);
+    } catch (const Error& e) {
+      got = e.code();
+    }
+    report(std::string("limits: HELLO pid '") + pid + "' is ERR_PROTOCOL", got == "ERR_PROTOCOL", got);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -497,6 +673,13 @@ int main() {
     report("streams", false, e.code() + ": " + e.what());
   } catch (const std::exception& e) {
     report("streams", false, e.what());
+  }
+  try {
+    limits();
+  } catch (const Error& e) {
+    report("limits", false, e.code() + ": " + e.what());
+  } catch (const std::exception& e) {
+    report("limits", false, e.what());
   }
   return failures ? 1 : 0;
 }

@@ -2,16 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .channel import Channel, Listener, connect, listen
+from .channel import Channel, connect
 from .errors import ArrowShmError
-from .message import Message
+from .limits import IpcLimits
+from .listener import Listener, listen
+from .message import ReceivedTable
 from .seed import SeedListener, seed_receive
 
 __all__ = [
     "ArrowShmError",
     "Channel",
+    "IpcLimits",
     "Listener",
-    "Message",
+    "ReceivedTable",
     "SeedListener",
     "connect",
     "listen",

@@ -1,4 +1,5 @@
-"""Connections: listen/connect, handshake, TABLE/ACK/RELEASE/ERROR/GOODBYE (PROTOCOL.md §2-§8)."""
+"""Connections: connect, handshake, TABLE/ACK/RELEASE/ERROR/GOODBYE (PROTOCOL.md §2-§8). Listening
+is in listener.py, sockets in sockets.py; streams (§12) run on a channel's :class:`StreamLink`."""
 
 from __future__ import annotations
 
@@ -6,16 +7,12 @@ import array
 import errno as _errno
 import mmap
 import os
-import select
 import socket
-import stat
-import struct
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, Optional, Sequence, Set, Union
 
-from . import __version__
 from .errors import (
     CODES,
     ERR_CLOSED,
@@ -40,157 +37,31 @@ from .frame import (
     Kind,
     decode_frame,
     encode_frame,
+    error_frame,
 )
-from .message import Message, open_segment
+from .handshake import Agreement, check_hello, check_welcome, hello_metadata, welcome_metadata
+from .limits import IpcLimits, resolve_ipc_limits
+from .message import ReceivedTable, open_segment
 from .pool import SparePool
-from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, write_table_segment
+from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, close_fds, write_table_segment
+from .sockets import connect_socket, deadline_after, peer_credentials, recv_with_fds, time_left
+from .stream_link import PeerInfo, StreamLink
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from .stream import StreamReader, StreamWriter
+    from .consumer import StreamReader
+    from .producer import StreamWriter
 
-IMPLEMENTATION = f"arrow-shm-python/{__version__}"
 #: Frame kinds that carry file descriptors.
 _FD_KINDS = (Kind.TABLE, Kind.STREAM_OPEN, Kind.STREAM_SEGMENT)
 #: Capabilities this peer accepts as a receiver.
 CAPABILITIES = ("lease", "stream")
 HANDSHAKE_TIMEOUT = 5.0
-_MAX_FDS = 16  # ancillary room: more fds than a frame may carry are still received, then closed
-_PEERCRED = struct.Struct("3i")
-
-
-def socket_address(addr: str) -> str:
-    """``@name`` → abstract address (leading NUL, no trailing NULs); anything else is a path."""
-    if not addr:
-        raise ArrowShmError(ERR_INVALID_ARGUMENT, "empty socket address")
-    if addr.startswith("@"):
-        return "\0" + addr[1:]
-    return addr
-
-
-def _deadline(timeout: Optional[float]) -> Optional[float]:
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def bind_listening_socket(address: str, sock_type: int, backlog: int) -> tuple[socket.socket, Optional[str], Optional[tuple[int, int]]]:
-    """A listening socket at ``address``: a stale socket file is removed first; a path is bound,
-    chmod 0600, then listened on (§2). Returns (socket, path or None, (st_dev, st_ino) of the file)."""
-    target = socket_address(address)
-    path: Optional[str] = None if target.startswith("\0") else target
-    inode: Optional[tuple[int, int]] = None
-    sock = socket.socket(socket.AF_UNIX, sock_type | socket.SOCK_CLOEXEC)
-    try:
-        if path is not None:
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                pass
-            else:
-                if not stat.S_ISSOCK(st.st_mode):
-                    raise ArrowShmError(ERR_INVALID_ARGUMENT, f"{path} exists and is not a socket")
-                os.unlink(path)  # a stale socket file
-        try:
-            sock.bind(target)
-        except OSError as e:
-            raise syscall_error("bind", e) from None
-        if path is not None:
-            os.chmod(path, 0o600)
-            st = os.stat(path)
-            inode = (st.st_dev, st.st_ino)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        if inode is not None and path is not None:
-            os.unlink(path)
-        raise
-    return sock, path, inode
-
-
-def unlink_socket_file(path: Optional[str], inode: Optional[tuple[int, int]]) -> None:
-    """Remove our socket file, unless someone else's file has replaced it since."""
-    if path is None or inode is None:
-        return
-    try:
-        st = os.stat(path)
-        if (st.st_dev, st.st_ino) == inode:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def connect_socket(address: str, sock_type: int, deadline: Optional[float]) -> socket.socket:
-    """Connect to ``address``. With a deadline, a listener that is not there yet (ENOENT /
-    ECONNREFUSED) is retried until then (``ERR_TIMEOUT``); without one, failure is ``ERR_SYSCALL``."""
-    target = socket_address(address)
-    while True:
-        sock = socket.socket(socket.AF_UNIX, sock_type | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(target)
-            return sock
-        except OSError as e:
-            sock.close()
-            retry = e.errno in (_errno.ENOENT, _errno.ECONNREFUSED) and deadline is not None
-            if retry and time.monotonic() < deadline:  # type: ignore[operator]
-                time.sleep(0.01)
-                continue
-            if retry:
-                raise ArrowShmError(ERR_TIMEOUT, f"no listener at {address}: {e.strerror}") from None
-            raise syscall_error("connect", e) from None
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the peer via SO_PEERCRED."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError as e:
-        raise syscall_error("getsockopt(SO_PEERCRED)", e) from None
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    return pid, uid, gid
-
-
-def _close_fds(fds: Iterable[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def recv_with_fds(sock: socket.socket, bufsize: int, deadline: Optional[float]) -> tuple[bytes, list[int], int]:
-    """One ``recvmsg`` (after waiting for readability until ``deadline``): (data, fds, msg_flags)."""
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
-    while True:
-        remaining = _remaining(deadline)
-        ready = poller.poll(None if remaining is None else int(remaining * 1000) + (1 if remaining else 0))
-        if ready:
-            break
-        if deadline is not None and time.monotonic() >= deadline:
-            raise ArrowShmError(ERR_TIMEOUT, "timed out waiting for the peer")
-    try:
-        data, ancdata, msg_flags, _ = sock.recvmsg(
-            bufsize, socket.CMSG_SPACE(_MAX_FDS * 4), getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-        )
-    except ConnectionResetError:
-        return b"", [], 0
-    except OSError as e:
-        raise syscall_error("recvmsg", e) from None
-    fds: list[int] = []
-    for level, ctype, cdata in ancdata:
-        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-            fa = array.array("i")
-            fa.frombytes(cdata[: len(cdata) - (len(cdata) % fa.itemsize)])
-            fds.extend(fa)
-    return data, fds, msg_flags
-
-
-def _error_frame(code: str, message: str, correlation_id: int) -> Frame:
-    return Frame(kind=Kind.ERROR, correlation_id=correlation_id, metadata={"code": code, "message": message[:4096]})
+# Resource limits, PROTOCOL.md §14.2 (same names and defaults in every peer).
+DEFAULT_MAX_INBOX_MESSAGES = 64
+DEFAULT_MAX_INBOX_BYTES = 1024**3
+DEFAULT_MAX_STREAM_OFFERS = 16
 
 
 class _Pending:
@@ -199,8 +70,14 @@ class _Pending:
     def __init__(self, request: bool) -> None:
         self.acked = False
         self.error: Optional[ArrowShmError] = None
-        self.response: Optional[Message] = None
+        self.response: Optional[ReceivedTable] = None
         self.request = request
+
+
+def positive(name: str, value: int) -> int:
+    if not isinstance(value, int) or value <= 0:
+        raise ArrowShmError(ERR_INVALID_ARGUMENT, f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class Channel:
@@ -209,6 +86,20 @@ class Channel:
     Thread-safe: several threads may send, request and receive at once; whichever thread is waiting
     reads the socket and dispatches frames (ACKs for sends, responses for requests, tables for
     :meth:`receive`). Incoming TABLEs are checked (§5.1) and ACKed as soon as they are read.
+
+    Resource limits (PROTOCOL.md §14.2), keyword options:
+
+    - ``max_inbox_messages`` (64) and ``max_inbox_bytes`` (1 GiB, counting ``ipc_length``): received
+      tables (requests and refused tables included) not yet taken by :meth:`receive`. At the bound
+      this side stops reading the socket until the application takes one, so the kernel's socket
+      buffer pushes back on the sender. Frames behind them wait too (the ACKs of this side's own
+      sends included): keep receiving.
+    - ``max_stream_offers`` (16): ``STREAM_OPEN`` offers not yet accepted; the next one is answered
+      ``ERROR ERR_RESOURCE_LIMIT``.
+
+    Decoding limits (§14.1): ``ipc_limits``, an :class:`IpcLimits` or a mapping of some of its
+    fields (the others default), checked on every received table and stream record before pyarrow
+    sees it; a table over a limit is refused with ``ERROR ERR_IPC_LIMIT``.
     """
 
     def __init__(
@@ -222,9 +113,17 @@ class Channel:
         validate_full: bool = True,
         handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT,
         spare_segments: bool = True,
+        max_inbox_messages: int = DEFAULT_MAX_INBOX_MESSAGES,
+        max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
+        max_stream_offers: int = DEFAULT_MAX_STREAM_OFFERS,
+        ipc_limits: Union[IpcLimits, Dict[str, int], None] = None,
     ) -> None:
         if max_message_bytes <= 0:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "max_message_bytes must be positive")
+        self.max_inbox_messages = positive("max_inbox_messages", max_inbox_messages)
+        self.max_inbox_bytes = positive("max_inbox_bytes", max_inbox_bytes)
+        self.max_stream_offers = positive("max_stream_offers", max_stream_offers)
+        self.ipc_limits = resolve_ipc_limits(ipc_limits)
         self._sock: Optional[socket.socket] = sock
         self._listener_side = listener_side
         self._allowed_uids = set(allowed_uids) if allowed_uids is not None else {os.geteuid()}
@@ -242,13 +141,13 @@ class Channel:
         self._cond = threading.Condition()
         self._pumping = False
         self._failure: Optional[ArrowShmError] = None
-        self._incoming: Deque[Union[Message, ArrowShmError]] = deque()
+        self._incoming: Deque[Union[ReceivedTable, ArrowShmError]] = deque()
+        self._incoming_bytes = 0  # ipc_length of the messages in _incoming
+        #: monotonic time of the last frame sent or received (idle timeout, eviction).
+        self.last_activity = time.monotonic()
         self._pending: Dict[int, _Pending] = {}
-        self._stream_offers: Deque[tuple[Frame, list[int]]] = deque()
-        self._stream_reader: Optional["StreamReader"] = None
-        #: SUBSCRIBE frames waiting for a publication to answer them.
-        self._subscribe_requests: Deque[Frame] = deque()
-        self._accept_subscribe = False
+        #: The streams on this channel (§12) see it only through this link.
+        self.stream_link = StreamLink(_LinkPort(self), max_offers=self.max_stream_offers)
         #: Pre-allocated segments for the next sends (pool.py); None: every send allocates as it writes.
         self._spares: Optional[SparePool] = SparePool() if spare_segments else None
         try:
@@ -273,49 +172,19 @@ class Channel:
             raise err
 
     def _handshake(self, timeout: Optional[float]) -> None:
-        deadline = _deadline(timeout)
+        deadline = deadline_after(timeout)
         if self._listener_side:
             frame, _ = self._read_frame(deadline, handshake=True)
             if frame.kind != Kind.HELLO:
                 raise self._fatal(ArrowShmError(ERR_PROTOCOL, f"expected HELLO, got {frame.kind.name}"))
-            kv = frame.metadata
             try:
-                lo, hi = int(kv["min_version"]), int(kv["max_version"])
-            except (KeyError, ValueError):
-                raise self._fatal(ArrowShmError(ERR_PROTOCOL, "HELLO without valid min_version/max_version")) from None
-            if not lo <= PROTOCOL_VERSION <= hi:
-                raise self._fatal(
-                    ArrowShmError(
-                        ERR_PROTOCOL_VERSION,
-                        f"peer speaks protocol versions {lo}..{hi}, this side speaks {PROTOCOL_VERSION}",
-                    )
-                )
-            self._take_peer_info(kv)
-            self._send_frame(
-                Frame(
-                    kind=Kind.WELCOME,
-                    metadata={
-                        "version": str(PROTOCOL_VERSION),
-                        "capabilities": ",".join(self.capabilities),
-                        "implementation": IMPLEMENTATION,
-                        "pid": str(os.getpid()),
-                        "max_message_bytes": str(self.max_message_bytes),
-                    },
-                )
-            )
+                peer = check_hello(frame.metadata)
+            except ArrowShmError as e:
+                raise self._fatal(e) from None
+            self._take(peer)
+            self._send_frame(Frame(kind=Kind.WELCOME, metadata=welcome_metadata(self.capabilities, self.max_message_bytes)))
         else:
-            self._send_frame(
-                Frame(
-                    kind=Kind.HELLO,
-                    metadata={
-                        "min_version": str(PROTOCOL_VERSION),
-                        "max_version": str(PROTOCOL_VERSION),
-                        "capabilities": ",".join(self.capabilities),
-                        "implementation": IMPLEMENTATION,
-                        "pid": str(os.getpid()),
-                    },
-                )
-            )
+            self._send_frame(Frame(kind=Kind.HELLO, metadata=hello_metadata(self.capabilities)))
             frame, _ = self._read_frame(deadline, handshake=True)
             if frame.kind == Kind.ERROR:
                 err = self._remote_error(frame)
@@ -323,22 +192,16 @@ class Channel:
                 raise err
             if frame.kind != Kind.WELCOME:
                 raise self._fatal(ArrowShmError(ERR_PROTOCOL, f"expected WELCOME, got {frame.kind.name}"))
-            kv = frame.metadata
-            if kv.get("version") != str(PROTOCOL_VERSION):
-                raise self._fatal(
-                    ArrowShmError(ERR_PROTOCOL_VERSION, f"peer chose protocol version {kv.get('version')!r}")
-                )
-            self._take_peer_info(kv)
-            if "max_message_bytes" in kv:
-                try:
-                    self.peer_max_message_bytes = int(kv["max_message_bytes"])
-                except ValueError:
-                    raise self._fatal(ArrowShmError(ERR_PROTOCOL, "WELCOME with an invalid max_message_bytes")) from None
+            try:
+                peer = check_welcome(frame.metadata)
+            except ArrowShmError as e:
+                raise self._fatal(e) from None
+            self._take(peer)
 
-    def _take_peer_info(self, kv: Dict[str, str]) -> None:
-        caps = kv.get("capabilities", "")
-        self.peer_capabilities = {c.strip() for c in caps.split(",") if c.strip()}
-        self.peer_implementation = kv.get("implementation", "")
+    def _take(self, peer: Agreement) -> None:
+        self.peer_capabilities = peer.capabilities
+        self.peer_implementation = peer.implementation
+        self.peer_max_message_bytes = peer.max_message_bytes
 
     # ------------------------------------------------------------------ low level
 
@@ -361,13 +224,18 @@ class Channel:
         register: Optional[Callable[[int], None]] = None,
         *,
         fds: Sequence[int] = (),
+        blocking: bool = True,
     ) -> int:
         """Assign the next message_id, send the frame. Returns the id.
 
         ``register(id)`` runs before the frame leaves (so its ACK cannot be missed). Lock order:
-        the send lock, then the condition; never the other way round.
+        the send lock, then the condition; never the other way round. ``blocking=False`` (a
+        housekeeping thread closing the channel) gives up with ``ERR_TIMEOUT`` rather than wait
+        for another sender or for room in a socket the peer does not read.
         """
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=-1 if blocking else 0.05):
+            raise ArrowShmError(ERR_TIMEOUT, "another thread is sending")
+        try:
             sock = self._sock
             if sock is None:
                 raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
@@ -380,28 +248,49 @@ class Channel:
             if register is not None:
                 register(frame.message_id)
             try:
-                sock.sendmsg([data], anc)
+                sock.sendmsg([data], anc, 0 if blocking else socket.MSG_DONTWAIT)
             except (BrokenPipeError, ConnectionResetError):
                 raise ArrowShmError(ERR_PEER_CLOSED, "the peer hung up") from None
+            except BlockingIOError:
+                raise ArrowShmError(ERR_TIMEOUT, "the peer's socket buffer is full") from None
             except OSError as e:
                 if e.errno == _errno.EMSGSIZE:
                     raise ArrowShmError(ERR_INVALID_ARGUMENT, "frame too large for the socket") from None
                 raise syscall_error("sendmsg", e) from None
             self._next_id += 1
+            self.last_activity = time.monotonic()
             return frame.message_id
+        finally:
+            self._send_lock.release()
 
-    def _send_error_quietly(self, err: ArrowShmError, correlation_id: int, flags: int = 0) -> None:
+    def _send_error_quietly(self, err: ArrowShmError, correlation_id: int) -> None:
         try:
-            self._send_frame(
-                Frame(
-                    kind=Kind.ERROR,
-                    flags=flags,
-                    correlation_id=correlation_id,
-                    metadata={"code": err.code, "message": err.message[:4096]},
-                )
-            )
+            self._send_frame(error_frame(err.code, err.message, correlation_id))
         except ArrowShmError:
             pass
+
+    def evict(self, err: ArrowShmError, *, tell: bool = True) -> None:
+        """Close from another thread (a listener's idle timeout, max_connections, end of serve()):
+        ERROR ``err`` with correlation 0 (``tell=False``: GOODBYE) if the socket takes it at once,
+        then close. Queued tables stay receivable; a thread waiting on the channel gets ``err``."""
+        try:
+            frame = error_frame(err.code, err.message, 0) if tell else Frame(kind=Kind.GOODBYE)
+            self._send_frame(frame, blocking=False)
+        except ArrowShmError:
+            pass
+        with self._cond:
+            if self._failure is None:
+                self._failure = err
+            self._cond.notify_all()
+        self._drop_socket()
+
+    @property
+    def busy(self) -> bool:
+        """Something awaits an answer or a stream is open: never idle (§14.2 idle_timeout_ms)."""
+        return bool(self._pending) or self.stream_link.busy
+
+    def _inbox_full(self) -> bool:
+        return len(self._incoming) >= self.max_inbox_messages or self._incoming_bytes >= self.max_inbox_bytes
 
     def _fatal(self, err: ArrowShmError) -> ArrowShmError:
         """A frame-level error detected here: tell the peer (correlation 0), close, remember."""
@@ -428,7 +317,7 @@ class Channel:
             raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
         try:
             data, fds, msg_flags = recv_with_fds(sock, MAX_FRAME_BYTES, deadline)
-        except ArrowShmError as e:
+        except ArrowShmError:
             if self._sock is None and self._failure is not None:
                 raise self._failure from None  # closed by another thread while we waited
             raise
@@ -457,8 +346,9 @@ class Channel:
             elif frame.kind not in _FD_KINDS and fds:
                 raise ArrowShmError(ERR_PROTOCOL, f"{frame.kind.name} frame carries {len(fds)} file descriptors")
         except ArrowShmError as e:
-            _close_fds(fds)
+            close_fds(fds)
             raise self._fatal(e) from None
+        self.last_activity = time.monotonic()
         return frame, fds
 
     # ------------------------------------------------------------------ dispatch
@@ -472,10 +362,11 @@ class Channel:
                         return
                     if self._failure is not None:
                         raise self._failure
-                    if not self._pumping:
+                    # A full inbox: read nothing more until the application takes a table (§14.2).
+                    if not self._pumping and not self._inbox_full():
                         self._pumping = True
                         break
-                    remaining = _remaining(deadline)
+                    remaining = time_left(deadline)
                     if remaining == 0.0:
                         raise ArrowShmError(ERR_TIMEOUT, f"timed out waiting for {what}")
                     self._cond.wait(remaining)
@@ -535,18 +426,11 @@ class Channel:
                 self._failure = ArrowShmError(ERR_PEER_CLOSED, "the peer said GOODBYE")
             return True
         elif kind == Kind.STREAM_OPEN:
-            self._stream_offers.append((frame, fds))
+            self.stream_link.on_stream_open(frame, fds, outbox)
         elif kind == Kind.STREAM_SEGMENT:
-            if self._stream_reader is not None:
-                self._stream_reader._on_segment(frame, fds, outbox)
-            else:
-                _close_fds(fds)
-                outbox.append(_error_frame(ERR_PROTOCOL, "STREAM_SEGMENT without an open stream", frame.message_id))
+            self.stream_link.on_stream_segment(frame, fds, outbox)
         elif kind == Kind.SUBSCRIBE:
-            if self._accept_subscribe:
-                self._subscribe_requests.append(frame)
-            else:
-                outbox.append(_error_frame(ERR_INVALID_ARGUMENT, "this side publishes no stream", frame.message_id))
+            self.stream_link.on_subscribe(frame, outbox)
         else:
             return ArrowShmError(ERR_PROTOCOL, f"unexpected {kind.name} frame after the handshake")
         return None
@@ -556,7 +440,7 @@ class Channel:
         error: Optional[ArrowShmError] = None
         if len(fds) != 1 or frame.fd_count != 1:
             # Message-level (PROTOCOL.md §5.1 step 1): refuse this TABLE, keep the connection.
-            _close_fds(fds)
+            close_fds(fds)
             error = ArrowShmError(
                 ERR_PROTOCOL, f"TABLE frame must carry exactly 1 fd, got {len(fds)} (fd_count {frame.fd_count})"
             )
@@ -567,17 +451,12 @@ class Channel:
             else:
                 mapping = mapped
         if error is not None:
-            outbox.append(
-                Frame(
-                    kind=Kind.ERROR,
-                    flags=Flags.RESPONSE if frame.flags & Flags.REQUEST else 0,
-                    correlation_id=frame.message_id,
-                    metadata={"code": error.code, "message": error.message[:4096]},
-                )
-            )
+            flags = Flags.RESPONSE if frame.flags & Flags.REQUEST else 0
+            outbox.append(error_frame(error.code, error.message, frame.message_id, flags))
             self._deliver(frame, error)
             return None
-        message = Message(
+        message_id = frame.message_id
+        message = ReceivedTable(
             mapping=mapping,
             ipc_offset=frame.ipc_offset,
             ipc_length=frame.ipc_length,
@@ -587,6 +466,7 @@ class Channel:
             metadata=frame.metadata,
             channel=self,
             validate_full=self.validate_full,
+            on_release=(lambda: self._release(message_id)) if leased else None,
         )
         outbox.append(Frame(kind=Kind.ACK, correlation_id=frame.message_id))
         self._deliver(frame, message)
@@ -604,6 +484,7 @@ class Channel:
                 max_message_bytes=self.max_message_bytes,
                 allow_unsealed=self.allow_unsealed,
                 leased=leased,
+                ipc_limits=self.ipc_limits,
             )
         except ArrowShmError as e:
             return e
@@ -611,19 +492,21 @@ class Channel:
             os.close(fd)  # mapped (or rejected): the fd is no longer needed
         return mapping
 
-    def _deliver(self, frame: Frame, item: Union[Message, ArrowShmError]) -> None:
+    def _deliver(self, frame: Frame, item: Union[ReceivedTable, ArrowShmError]) -> None:
         if frame.flags & Flags.RESPONSE:
             st = self._pending.get(frame.correlation_id)
             if st is not None and st.request:
-                if isinstance(item, Message):
+                if isinstance(item, ReceivedTable):
                     st.response = item
                 elif st.error is None:
                     st.error = item
                 return
-            if isinstance(item, Message):
+            if isinstance(item, ReceivedTable):
                 item.close()  # a late or unknown response: ACKed, released, dropped (§8)
                 return
         self._incoming.append(item)
+        if isinstance(item, ReceivedTable):
+            self._incoming_bytes += item.ipc_length
 
     def _release(self, message_id: int) -> None:
         try:
@@ -666,7 +549,7 @@ class Channel:
     def _await(self, message_id: int, pending: _Pending, ready: Callable[[], bool], timeout: Optional[float], what: str) -> None:
         """Pump frames until ``ready()``; the answer's slot is freed whatever happens."""
         try:
-            self._wait(ready, _deadline(timeout), what)
+            self._wait(ready, deadline_after(timeout), what)
         finally:
             with self._cond:
                 self._pending.pop(message_id, None)
@@ -700,8 +583,8 @@ class Channel:
 
     def request(
         self, data: Any, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None
-    ) -> Message:
-        """Send a REQUEST table and wait for its RESPONSE (a :class:`Message`) or ERROR (raised).
+    ) -> ReceivedTable:
+        """Send a REQUEST table and wait for its RESPONSE (a :class:`ReceivedTable`) or ERROR (raised).
 
         On timeout raises ``ERR_TIMEOUT``; a response arriving later is ACKed and dropped.
         """
@@ -713,40 +596,36 @@ class Channel:
         raise pending.error
 
     def respond(
-        self, request: Message, data: Any, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None
+        self, request: ReceivedTable, data: Any, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None
     ) -> int:
         """Answer ``request`` with a RESPONSE table; waits for the ACK."""
         return self.send(data, metadata, timeout=timeout, flags=Flags.RESPONSE, correlation_id=request.message_id)
 
-    def respond_error(self, request: Message, code: str, message: str) -> None:
+    def respond_error(self, request: ReceivedTable, code: str, message: str) -> None:
         """Answer ``request`` with an ERROR frame carrying flag RESPONSE."""
-        self._send_frame(
-            Frame(
-                kind=Kind.ERROR,
-                flags=Flags.RESPONSE,
-                correlation_id=request.message_id,
-                metadata={"code": code, "message": message[:4096]},
-            )
-        )
+        self._send_frame(error_frame(code, message, request.message_id, Flags.RESPONSE))
 
-    def receive(self, *, timeout: Optional[float] = None) -> Message:
+    def receive(self, *, timeout: Optional[float] = None) -> ReceivedTable:
         """The next received table (not a response to one of our requests).
 
         A table that failed the receiver's checks raises its typed error here (the sender got an
         ERROR; the connection stays open). Raises ``ERR_PEER_CLOSED`` once the peer has gone and
         every queued table was taken.
         """
-        self._wait(lambda: bool(self._incoming), _deadline(timeout), "a table")
+        self._wait(lambda: bool(self._incoming), deadline_after(timeout), "a table")
         with self._cond:
             item = self._incoming.popleft()
+            if isinstance(item, ReceivedTable):
+                self._incoming_bytes -= item.ipc_length
+            self._cond.notify_all()  # room in the inbox: a waiting thread may read again
         if isinstance(item, ArrowShmError):
             raise item
         return item
 
-    def __iter__(self) -> Iterator[Message]:
+    def __iter__(self) -> Iterator[ReceivedTable]:
         return self
 
-    def __next__(self) -> Message:
+    def __next__(self) -> ReceivedTable:
         try:
             return self.receive()
         except ArrowShmError as e:
@@ -754,7 +633,7 @@ class Channel:
                 raise StopIteration from None
             raise
 
-    def serve(self, handler: Callable[[Message], Any], *, count: Optional[int] = None) -> int:
+    def serve(self, handler: Callable[[ReceivedTable], Any], *, count: Optional[int] = None) -> int:
         """Answer requests until the peer hangs up (or ``count`` requests were answered).
 
         ``handler(message)`` returns the response table (anything :meth:`send` accepts) or a
@@ -800,68 +679,44 @@ class Channel:
     # ------------------------------------------------------------------ streams (§12)
 
     def open_stream(self, schema: "pa.Schema", **options: Any) -> "StreamWriter":
-        """Open a stream of record batches to the peer (which reads it with ``accept_stream``);
-        returns once the peer mapped the ring. Options: see :class:`arrow_shm.stream.RingProducer`."""
-        from .stream import open_stream
+        """:meth:`arrow_shm.stream.StreamWriter.open` on this channel."""
+        from .producer import StreamWriter
 
-        return open_stream(self, schema, **options)
+        return StreamWriter.open(self, schema, **options)
 
     def accept_stream(self, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None) -> "StreamReader":
-        """The next stream the peer opens on this channel; its batches are read in place."""
-        self._wait(lambda: bool(self._stream_offers), _deadline(timeout), "a stream")
-        with self._cond:
-            frame, fds = self._stream_offers.popleft()
-        return self._open_reader(frame, fds, validate_full)
+        """:meth:`arrow_shm.stream.StreamReader.accept` on this channel."""
+        from .consumer import StreamReader
+
+        return StreamReader.accept(self, timeout=timeout, validate_full=validate_full)
 
     def subscribe(
         self, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None
     ) -> "StreamReader":
-        """Ask a publishing peer for its stream (SUBSCRIBE, §12.1)."""
-        pending = _Pending(False)
-        message_id = self._send_frame(Frame(kind=Kind.SUBSCRIBE, metadata=dict(metadata or {})), register=self._registering(pending))
-        self._await(message_id, pending, lambda: bool(self._stream_offers) or pending.error is not None, timeout, "a stream")
-        if pending.error is not None and not self._stream_offers:
-            raise pending.error
-        with self._cond:
-            frame, fds = self._stream_offers.popleft()
-        return self._open_reader(frame, fds, validate_full)
+        """:meth:`arrow_shm.stream.StreamReader.subscribe` on this channel."""
+        from .consumer import StreamReader
 
-    def _open_reader(self, frame: Frame, fds: list[int], validate_full: Optional[bool]) -> "StreamReader":
-        from .stream import StreamReader
+        return StreamReader.subscribe(self, metadata, timeout=timeout, validate_full=validate_full)
 
-        if self._stream_reader is not None:
-            _close_fds(fds)
-            err = ArrowShmError(ERR_PROTOCOL, "a second stream while one is open on this connection")
-            self._send_error_quietly(err, frame.message_id)
-            raise err
-        try:
-            reader = StreamReader(
-                self,
-                frame,
-                fds,
-                validate_full=self.validate_full if validate_full is None else validate_full,
-                max_message_bytes=self.max_message_bytes,
-            )
-        except ArrowShmError as e:
-            self._send_error_quietly(e, frame.message_id)
-            raise
-        self._stream_reader = reader
-        self._send_frame(Frame(kind=Kind.ACK, correlation_id=frame.message_id))
-        return reader
-
-    def _send_and_wait_ack(self, frame: Frame, fds: Sequence[int], timeout: Optional[float]) -> int:
-        """Send a frame with ``fds`` and wait for its ACK (an ERROR answer is raised)."""
+    def _send_awaiting(
+        self, frame: Frame, fds: Sequence[int], timeout: Optional[float], what: str, done: Optional[Callable[[], bool]]
+    ) -> Optional[ArrowShmError]:
+        """Send ``frame`` with ``fds``; pump until its ACK (or ``done()``) or an ERROR answering it,
+        which is returned."""
         pending = _Pending(False)
         message_id = self._send_frame(frame, register=self._registering(pending), fds=fds)
-        self._await(message_id, pending, lambda: pending.acked or pending.error is not None, timeout, f"the ACK of {frame.kind.name}")
-        if pending.error is not None:
-            raise pending.error
-        return message_id
+        if done is None:
+            ready = lambda: pending.acked or pending.error is not None  # noqa: E731
+        else:
+            ready = lambda: done() or pending.error is not None  # noqa: E731
+        self._await(message_id, pending, ready, timeout, what)
+        return pending.error
 
     def _pump_available(self) -> None:
-        """Dispatch one frame if the socket has one and no other thread is reading it."""
+        """Dispatch one frame if the socket has one, no other thread is reading it and the inbox
+        has room."""
         with self._cond:
-            if self._pumping or self._sock is None:
+            if self._pumping or self._sock is None or self._inbox_full():
                 return
             self._pumping = True
         try:
@@ -886,15 +741,14 @@ class Channel:
                 self._failure = ArrowShmError(ERR_CLOSED, "channel is closed")
             queued = list(self._incoming)
             self._incoming.clear()
-            offers = list(self._stream_offers)
-            self._stream_offers.clear()
+            self._incoming_bytes = 0
+            self._cond.notify_all()
         self._drop_socket()
         if self._spares is not None:
             self._spares.close()
-        for _, fds in offers:
-            _close_fds(fds)
+        self.stream_link.on_closed()
         for item in queued:
-            if isinstance(item, Message):
+            if isinstance(item, ReceivedTable):
                 item.close()
 
     def __enter__(self) -> "Channel":
@@ -910,53 +764,54 @@ class Channel:
             pass
 
 
-class Listener:
-    """A listening SOCK_SEQPACKET socket (mode 0600). :meth:`accept` returns handshaken channels."""
 
-    def __init__(self, address: str, *, backlog: int = 16, **channel_options: Any) -> None:
-        self.address = address
-        self._channel_options = channel_options
-        sock, self._path, self._inode = bind_listening_socket(address, socket.SOCK_SEQPACKET, backlog)
-        self._sock: Optional[socket.socket] = sock
+class _LinkPort:
+    """The channel's side of its :class:`StreamLink` (see stream_link.LinkPort): the one place a
+    stream's needs meet the channel's internals."""
 
-    def fileno(self) -> int:
-        if self._sock is None:
-            raise ArrowShmError(ERR_CLOSED, "listener is closed")
-        return self._sock.fileno()
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self.lock = channel._cond
 
-    def accept(self, *, timeout: Optional[float] = None, **overrides: Any) -> Channel:
-        """Wait for a connection (up to ``timeout`` seconds), check credentials, handshake."""
-        if self._sock is None:
-            raise ArrowShmError(ERR_CLOSED, "listener is closed")
-        poller = select.poll()
-        poller.register(self._sock.fileno(), select.POLLIN)
-        if not poller.poll(None if timeout is None else int(timeout * 1000)):
-            raise ArrowShmError(ERR_TIMEOUT, "timed out waiting for a connection")
-        try:
-            conn, _ = self._sock.accept()
-        except OSError as e:
-            raise syscall_error("accept", e) from None
-        options = dict(self._channel_options)
-        options.update(overrides)
-        return Channel(conn, listener_side=True, **options)
+    @property
+    def peer(self) -> PeerInfo:
+        ch = self._channel
+        return PeerInfo(ch.peer_pid, frozenset(ch.peer_capabilities), ch.peer_implementation)
+
+    @property
+    def failure(self) -> Optional[ArrowShmError]:
+        return self._channel._failure
+
+    @property
+    def receiving(self) -> tuple[bool, int, IpcLimits]:
+        ch = self._channel
+        return ch.validate_full, ch.max_message_bytes, ch.ipc_limits
+
+    def send_frame(self, frame: Frame, fds: Sequence[int] = ()) -> int:
+        return self._channel._send_frame(frame, fds=fds)
+
+    def send_awaiting(
+        self, frame: Frame, fds: Sequence[int], timeout: Optional[float], what: str, done: Optional[Callable[[], bool]] = None
+    ) -> Optional[ArrowShmError]:
+        return self._channel._send_awaiting(frame, fds, timeout, what, done)
+
+    def send_error(self, err: ArrowShmError, correlation_id: int) -> None:
+        self._channel._send_error_quietly(err, correlation_id)
+
+    def wait(self, ready: Callable[[], bool], timeout: Optional[float], what: str) -> None:
+        self._channel._wait(ready, deadline_after(timeout), what)
+
+    def poll_fd(self) -> Optional[int]:
+        ch = self._channel
+        sock = ch._sock
+        # A full inbox is not read (§14.2).
+        return None if sock is None or ch._inbox_full() else sock.fileno()
+
+    def pump_available(self) -> None:
+        self._channel._pump_available()
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        unlink_socket_file(self._path, self._inode)
-        self._inode = None
-
-    def __enter__(self) -> "Listener":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def listen(address: str, **channel_options: Any) -> Listener:
-    """Listen at ``address`` (path or ``@abstract``)."""
-    return Listener(address, **channel_options)
+        self._channel.close()
 
 
 def connect(address: str, *, timeout: Optional[float] = None, **channel_options: Any) -> Channel:
@@ -965,8 +820,8 @@ def connect(address: str, *, timeout: Optional[float] = None, **channel_options:
     With a ``timeout``, a listener that is not there yet (ENOENT / ECONNREFUSED) is retried until
     the timeout; without one, the first failure is raised (``ERR_SYSCALL``).
     """
-    deadline = _deadline(timeout)
+    deadline = deadline_after(timeout)
     sock = connect_socket(address, socket.SOCK_SEQPACKET, deadline)
     if "handshake_timeout" not in channel_options and timeout is not None:
-        channel_options["handshake_timeout"] = max(0.001, _remaining(deadline) or 0.001)
+        channel_options["handshake_timeout"] = max(0.001, time_left(deadline) or 0.001)
     return Channel(sock, listener_side=False, **channel_options)

@@ -6,21 +6,29 @@ import argparse
 import json
 import os
 import sys
+import threading
+import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from . import stream_cli
-from ._cli_common import PROG, open_channel
+from ._cli_common import PROG, check_out, open_channel, replace_when_complete
+from ._cli_common import UsageError as _UsageError
 from ._cli_common import listening as _listening
 from ._cli_common import timeout_of as _timeout
-from .channel import Channel, connect, listen
-from .errors import ERR_INVALID_ARGUMENT, ERR_IPC_UNSUPPORTED, ArrowShmError
+from .channel import Channel, connect
+from .listener import listen
+from .errors import (
+    ERR_CLOSED,
+    ERR_INVALID_ARGUMENT,
+    ERR_IPC_UNSUPPORTED,
+    ERR_PEER_CLOSED,
+    ERR_SYSCALL,
+    ERR_TIMEOUT,
+    ArrowShmError,
+)
 from .ipc import read_ipc_file_as_stream
-from .message import Message
+from .message import ReceivedTable
 from .seed import DEFAULT_SEED_SOCKET, SeedListener, seed_receive
-
-class _UsageError(Exception):
-    pass
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2 (never argparse's two-line usage)
@@ -148,7 +156,7 @@ def _format_value(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def _print_summary(message: Message, index: int) -> Optional[ArrowShmError]:
+def _print_summary(message: ReceivedTable, index: int) -> Optional[ArrowShmError]:
     lines = [f"== table {index}: {message.ipc_length} bytes of Arrow IPC =="]
     if message.metadata:
         lines.append("metadata: " + ", ".join(f"{k}={v}" for k, v in message.metadata.items()))
@@ -173,21 +181,34 @@ def _print_summary(message: Message, index: int) -> Optional[ArrowShmError]:
 
 
 class _Output:
+    """``--out``: checked before anything is accepted; each table is written to a temporary file
+    renamed into place once complete."""
+
     def __init__(self, out: Optional[str], count: int) -> None:
         self.out = out
         self.as_dir = out is not None and (count > 1 or os.path.isdir(out))
-        if self.as_dir:
-            assert out is not None
-            os.makedirs(out, exist_ok=True)
+        if out is not None:
+            check_out(out, self.as_dir)
 
-    def write(self, message: Message, index: int) -> None:
+    def write(self, message: ReceivedTable, index: int) -> None:
         if self.out is None:
             return
         path = os.path.join(self.out, f"{index:06d}.arrows") if self.as_dir else self.out
-        tmp = path + ".arrows.tmp" if not path.endswith(".arrows") else path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(memoryview(message.ipc_bytes))
-        os.replace(tmp, path)
+        try:
+            with replace_when_complete(path) as f:
+                f.write(memoryview(message.ipc_bytes))
+        except OSError as e:
+            raise ArrowShmError(ERR_SYSCALL, f"cannot write {path}: {e.strerror}", errno=e.errno, syscall="write") from None
+
+
+def _report_dropped(error: ArrowShmError, pid: Optional[int] = None) -> None:
+    """One line on stderr for a connection recv gave up on; silent for a sender that hung up (it is
+    done) and for the connections recv closes itself when it stops."""
+    if error.code in (ERR_PEER_CLOSED, ERR_CLOSED):
+        return
+    who = f" (pid {pid})" if pid is not None and pid > 0 else ""
+    sys.stderr.write(f"{PROG}: dropped a connection{who}: {error.code}: {error.message}\n")
+    sys.stderr.flush()
 
 
 def _cmd_recv(args: argparse.Namespace) -> int:
@@ -201,7 +222,7 @@ def _cmd_recv(args: argparse.Namespace) -> int:
     timeout = _timeout(args)
     status = 0
 
-    def handle(message: Message, index: int) -> None:
+    def handle(message: ReceivedTable, index: int) -> None:
         nonlocal status
         with message:
             output.write(message, index)
@@ -218,30 +239,63 @@ def _cmd_recv(args: argparse.Namespace) -> int:
         return status
 
     options = {"allow_unsealed": args.allow_unsealed}
-    received = 0
-
-    def drain(channel: Channel) -> None:
-        nonlocal received
-        with channel:
+    if args.connect:
+        received = 0
+        with connect(args.socket, timeout=timeout, **options) as channel:
             while received < args.count:
                 try:
                     message = channel.receive(timeout=timeout)
                 except ArrowShmError as e:
-                    if e.code == "ERR_PEER_CLOSED":
-                        return
+                    if e.code == ERR_PEER_CLOSED:
+                        break
                     raise
                 handle(message, received)
                 received += 1
-
-    if args.connect:
-        drain(connect(args.socket, timeout=timeout, **options))
         if received < args.count:
-            raise ArrowShmError("ERR_PEER_CLOSED", f"the peer hung up after {received} of {args.count} tables")
+            raise ArrowShmError(ERR_PEER_CLOSED, f"the peer hung up after {received} of {args.count} tables")
         return status
-    with listen(args.socket, **options) as lst:
+
+    # Listening: every connection is served at once, in its own thread; --count counts the tables of
+    # all of them. A connection that fails (a bad frame or table, idle) is dropped alone, with one
+    # line on stderr as the TypeScript CLI's (src/cli/serve.ts); the listener goes on.
+    lock = threading.Lock()
+    progress = {"received": 0, "at": time.monotonic()}
+    failures: List[BaseException] = []  # handling a table failed (say, writing --out): recv stops
+
+    def serve_connection(channel: Channel) -> None:
+        while True:
+            try:
+                message = channel.receive()
+            except ArrowShmError as e:
+                _report_dropped(e, channel.peer_pid)
+                return
+            with lock:
+                index = progress["received"]
+                if index >= args.count:
+                    message.close()
+                    return
+                try:
+                    handle(message, index)
+                except BaseException as e:  # noqa: BLE001 - raised by done() in the main thread
+                    failures.append(e)
+                    return
+                progress["received"] = index + 1
+                progress["at"] = time.monotonic()
+
+    def done() -> bool:
+        with lock:
+            if failures:
+                raise failures[0]
+            if progress["received"] >= args.count:
+                return True
+            if timeout is not None and time.monotonic() - progress["at"] > timeout:
+                received = progress["received"]
+                raise ArrowShmError(ERR_TIMEOUT, f"no table arrived within {args.timeout_ms} ms ({received} of {args.count} received)")
+        return False
+
+    with listen(args.socket, on_connection_error=_report_dropped, **options) as lst:
         _listening(args.socket)
-        while received < args.count:
-            drain(lst.accept(timeout=timeout))
+        lst.serve(serve_connection, until=done, poll_interval=0.05)
     return status
 
 

@@ -66,8 +66,28 @@ class Frame:
     metadata: Dict[str, str] = field(default_factory=dict)
 
 
+def error_frame(code: str, message: str, correlation_id: int, flags: int = 0) -> Frame:
+    """An ERROR frame (§7); the message is cut to 4096 characters."""
+    return Frame(kind=Kind.ERROR, flags=flags, correlation_id=correlation_id, metadata={"code": code, "message": message[:4096]})
+
+
 def _protocol(msg: str) -> ArrowShmError:
     return ArrowShmError(ERR_PROTOCOL, msg)
+
+
+def parse_decimal(text: Optional[str], what: str, max_digits: int = 9) -> int:
+    """A handshake number (§4): ``0`` or ``[1-9][0-9]*``, at most ``max_digits`` digits; no sign,
+    ``0x``, exponent, space or empty string (``int()`` accepts several of those). Else fatal
+    ``ERR_PROTOCOL``."""
+    ok = (
+        text is not None
+        and 0 < len(text) <= max_digits
+        and all("0" <= c <= "9" for c in text)
+        and (text == "0" or text[0] != "0")
+    )
+    if not ok:
+        raise _protocol(f"{what} {text!r} is not a decimal number")
+    return int(text)  # type: ignore[arg-type]
 
 
 def encode_kv(kv: Optional[Mapping[str, str]]) -> bytes:

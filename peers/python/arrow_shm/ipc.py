@@ -1,10 +1,10 @@
 """Arrow IPC stream framing validation (PROTOCOL.md §7) and decoding with pyarrow.
 
 :func:`validate_stream` walks every encapsulated message of a stream with bounds checks before any
-byte is handed to pyarrow: continuation / metadata_size, the flatbuffer ``Message`` table (a small
-bounds-checked flatbuffer reader, enough for the fields the framing depends on), ``bodyLength``
-and every buffer ``(offset, length)`` of record and dictionary batches. All arithmetic is on Python
-integers, so nothing can overflow.
+byte is handed to pyarrow: continuation / metadata_size, the flatbuffer ``Message`` (verified and
+held to the decoding limits of §14.1 by :mod:`.limits`, batch counts checked against the schema),
+``bodyLength`` and every buffer ``(offset, length)`` of record and dictionary batches. All
+arithmetic is on Python integers, so nothing can overflow.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from .errors import (
     ERR_IPC_UNSUPPORTED,
     ArrowShmError,
 )
+from .limits import FlatBuffer
+from .limits import IpcLimits, MessageChecker
 
 CONTINUATION = 0xFFFFFFFF
 EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -32,7 +34,7 @@ HEADER_RECORD_BATCH = 3
 _HEADER_NAMES = {0: "NONE", 1: "Schema", 2: "DictionaryBatch", 3: "RecordBatch", 4: "Tensor", 5: "SparseTensor"}
 
 _u8 = struct.Struct("<B")
-_u16 = struct.Struct("<H")
+_i16 = struct.Struct("<h")
 _i32 = struct.Struct("<i")
 _u32 = struct.Struct("<I")
 _i64 = struct.Struct("<q")
@@ -40,72 +42,6 @@ _i64 = struct.Struct("<q")
 
 def _invalid(msg: str) -> ArrowShmError:
     return ArrowShmError(ERR_IPC_INVALID, msg)
-
-
-class _FlatBuffer:
-    """Bounds-checked access to one flatbuffer (just the subset this module needs)."""
-
-    def __init__(self, data: memoryview) -> None:
-        self.data = data
-        self.n = len(data)
-
-    def _read(self, fmt: struct.Struct, pos: int) -> int:
-        if pos < 0 or pos + fmt.size > self.n:
-            raise _invalid(f"flatbuffer read at {pos} outside its {self.n} bytes")
-        return fmt.unpack_from(self.data, pos)[0]
-
-    def root(self) -> int:
-        return self._table_at(self._read(_u32, 0))
-
-    def _table_at(self, pos: int) -> int:
-        if pos < 0 or pos + 4 > self.n or pos % 4:
-            raise _invalid(f"flatbuffer table at {pos} outside its {self.n} bytes or misaligned")
-        vtable = pos - self._read(_i32, pos)
-        if vtable < 0 or vtable % 2:
-            raise _invalid("flatbuffer vtable outside the buffer or misaligned")
-        vsize = self._read(_u16, vtable)
-        tsize = self._read(_u16, vtable + 2)
-        if vsize < 4 or vsize % 2 or vtable + vsize > self.n:
-            raise _invalid("flatbuffer vtable has a bad size")
-        if tsize < 4 or pos + tsize > self.n:
-            raise _invalid("flatbuffer table has a bad size")
-        return pos
-
-    def _field(self, table: int, index: int, size: int) -> Optional[int]:
-        vtable = table - self._read(_i32, table)
-        vsize = self._read(_u16, vtable)
-        tsize = self._read(_u16, vtable + 2)
-        slot = 4 + 2 * index
-        if slot + 2 > vsize:
-            return None
-        off = self._read(_u16, vtable + slot)
-        if off == 0:
-            return None
-        if off + size > tsize:
-            raise _invalid("flatbuffer field lies outside its table")
-        return table + off
-
-    def scalar(self, table: int, index: int, fmt: struct.Struct, default: int = 0) -> int:
-        pos = self._field(table, index, fmt.size)
-        return default if pos is None else self._read(fmt, pos)
-
-    def table(self, table: int, index: int) -> Optional[int]:
-        pos = self._field(table, index, 4)
-        if pos is None:
-            return None
-        return self._table_at(pos + self._read(_u32, pos))
-
-    def struct_vector(self, table: int, index: int, elem_size: int) -> tuple[int, int]:
-        """(position of the first element, count) of a vector of structs; (0, 0) if absent."""
-        pos = self._field(table, index, 4)
-        if pos is None:
-            return 0, 0
-        vec = pos + self._read(_u32, pos)
-        count = self._read(_u32, vec)
-        start = vec + 4
-        if start + count * elem_size > self.n:
-            raise _invalid(f"flatbuffer vector of {count} elements overruns the buffer")
-        return start, count
 
 
 @dataclass
@@ -119,12 +55,12 @@ class StreamInfo:
     end: int
 
 
-def _check_buffers(fb: _FlatBuffer, rb: int, body_length: int, where: str) -> None:
+def _check_buffers(fb: FlatBuffer, rb: int, body_length: int, where: str) -> None:
     length = fb.scalar(rb, 0, _i64)
     if length < 0:
         raise _invalid(f"{where}: negative row count {length}")
-    _, _nodes = fb.struct_vector(rb, 1, 16)  # bounds-checked; values are checked by pyarrow
-    start, count = fb.struct_vector(rb, 2, 16)
+    _, _nodes = fb.vector(rb, 1, 16)  # bounds-checked; values are checked by pyarrow
+    start, count = fb.vector(rb, 2, 16)
     for i in range(count):
         off = _i64.unpack_from(fb.data, start + 16 * i)[0]
         blen = _i64.unpack_from(fb.data, start + 16 * i + 8)[0]
@@ -146,14 +82,23 @@ class MessageSpan:
     is_delta: bool = False
 
 
-def walk_messages(data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream") -> tuple[list[MessageSpan], int]:
+def walk_messages(
+    data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream", checker: Optional[MessageChecker] = None
+) -> tuple[list[MessageSpan], int]:
     """Walk the encapsulated messages of ``data`` with bounds checks; returns them and the offset
     where the walk stopped (just past an end-of-stream marker, or the end of ``data``).
 
     ``mode="stream"``: a whole IPC stream, first message (only) a Schema. ``mode="batches"``: the
     payload of a stream record (PROTOCOL.md §12.2): DictionaryBatches then exactly one RecordBatch,
     no Schema, no end-of-stream marker. Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
+
+    Each message's flatbuffer is first checked against the decoding limits of §14.1 by
+    ``checker`` (``ERR_IPC_LIMIT``), which also checks each batch's counts against the schema it
+    saw (``ERR_IPC_INVALID`` / ``ERR_IPC_UNSUPPORTED``): pass the checker that walked a stream's
+    prologue when walking its records (``mode="batches"``).
     """
+    if checker is None:
+        checker = MessageChecker()
     view = memoryview(data).cast("B")  # type: ignore[arg-type]
     n = len(view)
     pos = 0
@@ -183,7 +128,7 @@ def walk_messages(data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream
                 ERR_IPC_TRUNCATED,
                 f"message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream",
             )
-        fb = _FlatBuffer(view[meta_start : meta_start + meta_size])
+        fb = checker.verify(view[meta_start : meta_start + meta_size])
         msg = fb.root()
         header_type = fb.scalar(msg, 1, _u8)
         header = fb.table(msg, 2)
@@ -206,6 +151,7 @@ def walk_messages(data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream
                 ERR_IPC_TRUNCATED,
                 f"{where}: {body_length}-byte body runs past the end of the {n}-byte stream",
             )
+        checker.check_counts(fb, header_type, header, fb.scalar(msg, 0, _i16), where)
         span = MessageSpan(header_type, pos, body_start + body_length)
         if header_type == HEADER_RECORD_BATCH:
             _check_buffers(fb, header, body_length, where)
@@ -228,19 +174,41 @@ def walk_messages(data: Union[memoryview, bytes, pa.Buffer], mode: str = "stream
     return spans, pos
 
 
-def validate_stream(data: Union[memoryview, bytes, pa.Buffer]) -> StreamInfo:
-    """Validate the framing of an IPC stream (§7). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``.
+def validate_stream(data: Union[memoryview, bytes, pa.Buffer], limits: Optional[IpcLimits] = None) -> StreamInfo:
+    """Validate the framing of an IPC stream (§7) and its decoding limits (§14.1, ``limits``:
+    the defaults if ``None``). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``/``ERR_IPC_LIMIT``.
 
     Accepts the pre-0.15 forms (no continuation marker, 4-byte zero end of stream) and treats the
     end of the range as end of stream. Bytes after an end-of-stream marker are ignored.
     """
-    spans, end = walk_messages(data, "stream")
+    spans, end = walk_messages(data, "stream", MessageChecker(limits))
     return StreamInfo(
         messages=len(spans),
         record_batches=sum(1 for s in spans if s.header_type == HEADER_RECORD_BATCH),
         dictionary_batches=sum(1 for s in spans if s.header_type == HEADER_DICTIONARY_BATCH),
         end=end,
     )
+
+
+class PipeFile:
+    """What pyarrow asks of a Python file object it reads or writes one way, nothing seekable."""
+
+    closed = False
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def map_arrow_error(exc: BaseException) -> ArrowShmError:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import pyarrow as pa
 
 from .errors import ERR_CLOSED, ArrowShmError, syscall_error
 from .frame import Flags
 from .ipc import StreamInfo, decode_table, validate_stream
+from .limits import IpcLimits
 from .segment import DEFAULT_MAX_MESSAGE_BYTES, check_segment, map_readonly
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,6 +35,7 @@ def open_segment(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     allow_unsealed: bool = False,
     leased: bool = False,
+    ipc_limits: Optional[IpcLimits] = None,
 ) -> tuple[mmap.mmap, StreamInfo]:
     """PROTOCOL §5.1 steps 2-7 on a received fd (which the caller still owns and closes):
     check, map the whole file read-only, validate the IPC framing. ``ipc_length=None`` means "to
@@ -50,7 +52,7 @@ def open_segment(
     error: Optional[ArrowShmError] = None
     try:
         with memoryview(mapping) as view:
-            info = validate_stream(view[ipc_offset : ipc_offset + ipc_length])
+            info = validate_stream(view[ipc_offset : ipc_offset + ipc_length], ipc_limits)
     except ArrowShmError as e:
         error = ArrowShmError(e.code, e.message)  # without the traceback: it pins the mapping
     if error is not None:
@@ -59,8 +61,8 @@ def open_segment(
     return mapping, info
 
 
-class Message:
-    """One received TABLE.
+class ReceivedTable:
+    """One received TABLE (named apart from ``pyarrow.ipc.Message``, which is one IPC message).
 
     ``table`` decodes lazily, in place: its column buffers point into the shared mapping (no copy;
     compressed bodies are the exception, pyarrow decompresses them into new memory).
@@ -86,12 +88,15 @@ class Message:
         metadata: Optional[Dict[str, str]] = None,
         channel: Optional["Channel"] = None,
         validate_full: bool = True,
+        on_release: Optional[Callable[[], None]] = None,
     ) -> None:
         self._mapping: Optional[mmap.mmap] = mapping
         self._buffer: Optional[pa.Buffer] = pa.py_buffer(mapping).slice(ipc_offset, ipc_length)
         self._table: Optional[pa.Table] = None
         self._error: Optional[ArrowShmError] = None
         self._channel = channel
+        #: Sends RELEASE for a leased segment (set by the channel that received it).
+        self._on_release = on_release
         self._validate_full = validate_full
         self.message_id = message_id
         self.correlation_id = correlation_id
@@ -166,11 +171,12 @@ class Message:
         mapping, self._mapping = self._mapping, None
         if mapping is not None:
             close_mapping(mapping)
-        channel, self._channel = self._channel, None
-        if channel is not None and self.leased:
-            channel._release(self.message_id)
+        self._channel = None
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
 
-    def __enter__(self) -> "Message":
+    def __enter__(self) -> "ReceivedTable":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -178,4 +184,4 @@ class Message:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.ipc_length} bytes"
-        return f"<arrow_shm.Message id={self.message_id} {state} metadata={self.metadata!r}>"
+        return f"<arrow_shm.ReceivedTable id={self.message_id} {state} metadata={self.metadata!r}>"

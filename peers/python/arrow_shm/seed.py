@@ -7,16 +7,23 @@ memfd of at least 40,960 bytes attached, and closes. No handshake, no ACK.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import select
 import socket
 import time
 from typing import Any, Optional
 
-from .channel import bind_listening_socket, connect_socket, recv_with_fds, unlink_socket_file
-from .errors import ERR_PEER_CLOSED, ERR_PROTOCOL, ERR_TIMEOUT, ArrowShmError, syscall_error
-from .message import Message, open_segment
-from .segment import DEFAULT_MAX_MESSAGE_BYTES, SEED_SEGMENT_BYTES, write_table_segment
+from .sockets import bind_listening_socket, connect_socket, recv_with_fds, unlink_socket_file
+from .errors import ERR_PEER_CLOSED, ERR_PROTOCOL, ERR_SEGMENT_BOUNDS, ERR_TIMEOUT, ArrowShmError, syscall_error
+from .message import ReceivedTable, open_segment
+from .segment import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    SEED_SEGMENT_BYTES,
+    Segment,
+    check_segment,
+    write_table_segment,
+)
 
 DEFAULT_SEED_SOCKET = "/tmp/memfd_socket"
 
@@ -65,8 +72,10 @@ def seed_receive(
     timeout: Optional[float] = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     validate_full: bool = True,
-) -> Message:
-    """Connect to a seed sender, receive ``b'F'`` + fd, map it read-only and validate the stream.
+) -> ReceivedTable:
+    """Connect to a seed sender, receive ``b'F'`` + fd, copy it into a sealed segment of our own
+    (:func:`sealed_copy`: the sender may truncate its unsealed one), map that read-only and
+    validate the stream.
 
     The returned message's ``ipc_bytes`` cover the stream up to and including its end-of-stream
     marker (the rest of the segment is zero padding).
@@ -85,7 +94,40 @@ def seed_receive(
     try:
         if data != b"F" or len(fds) != 1:
             raise ArrowShmError(ERR_PROTOCOL, f"expected b'F' with one fd, got {data!r} with {len(fds)}")
-        mapping, info = open_segment(fd, 0, None, max_message_bytes=max_message_bytes, allow_unsealed=True)
+        copy = sealed_copy(fd, max_message_bytes)
     finally:
         os.close(fd)
-    return Message(mapping=mapping, ipc_offset=0, ipc_length=info.end, validate_full=validate_full)
+    with copy:
+        mapping, info = open_segment(copy.fd, 0, None, max_message_bytes=max_message_bytes)
+    return ReceivedTable(mapping=mapping, ipc_offset=0, ipc_length=info.end, validate_full=validate_full)
+
+
+def sealed_copy(fd: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Segment:
+    """A sealed copy of an unsealed segment, made by the kernel (copy_file_range, or pread): its
+    sender can truncate the original at any time, and reading a truncated page of a *mapping* is
+    SIGBUS, while a copy just comes up short. A short copy, or a size that changed meanwhile, is
+    ``ERR_SEGMENT_BOUNDS``."""
+    size = os.fstat(fd).st_size
+    check_segment(fd, 0, size, max_message_bytes=max_message_bytes, allow_unsealed=True)
+    copy = Segment.create(size, "arrow-shm-seed-copy")
+    try:
+        done = 0
+        while done < size:
+            try:
+                n = os.copy_file_range(fd, copy.fd, size - done, done, done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise syscall_error("copy_file_range", e) from None
+                chunk = os.pread(fd, min(size - done, 1 << 20), done)
+                n = len(chunk)
+                copy.write_at(done, chunk)
+            if n == 0:
+                break
+            done += n
+        if done != size or os.fstat(fd).st_size != size:
+            raise ArrowShmError(ERR_SEGMENT_BOUNDS, "the sender truncated its unsealed segment while it was copied")
+        copy.seal()
+    except BaseException:
+        copy.close()
+        raise
+    return copy

@@ -10,7 +10,7 @@ import fcntl
 import mmap
 import os
 import stat
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, TypeVar, Union
 
 import pyarrow as pa
 
@@ -47,6 +47,39 @@ SEED_SEGMENT_BYTES = 40960
 TableLike = Union[pa.Table, pa.RecordBatch, "list[pa.RecordBatch]"]
 
 
+_C = TypeVar("_C", bound="Closing")
+
+
+class Closing:
+    """A context manager that :meth:`close` s on exit, and closes when garbage-collected too (an
+    owner of fds or mappings must not leak them when the application forgets)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close each fd we own (negative: already gone); a failing close has nothing left to undo."""
+    for fd in fds:
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _memfd(name: str) -> int:
     try:
         return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -61,7 +94,7 @@ def _ftruncate(fd: int, size: int) -> None:
         raise syscall_error("ftruncate", e) from None
 
 
-class Segment:
+class Segment(Closing):
     """A sender-side memfd segment (owns its fd until :meth:`detach_fd` or :meth:`close`).
 
     Usage::
@@ -145,17 +178,6 @@ class Segment:
             fd, self._fd = self._fd, None
             os.close(fd)
 
-    def __enter__(self) -> "Segment":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _batches(data: TableLike) -> tuple[pa.Schema, list[pa.RecordBatch]]:
@@ -238,32 +260,33 @@ def write_table_segment(
         if length == 0:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "empty IPC stream")
         seg = create(max(length, min_size))
-        try:
-            seg.write_at(0, raw)
-            if seal:
-                seg.seal()
-        except BaseException:
-            seg.close()
-            raise
-        return seg, length
+        return _filled(seg, lambda: seg.write_at(0, raw), seal), length
 
     schema, batches = _batches(data)
     length = stream_size(schema, batches)
     seg = create(max(length, min_size))
-    try:
+
+    def write() -> None:
         sink = _PwriteSink(seg)
         stream = pa.PythonFile(sink, mode="w")
         _write_stream(stream, schema, batches)
         stream.close()
-        written = sink.position
-        if written != length:
-            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"stream size changed: {written} != {length}")
+        if sink.position != length:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"stream size changed: {sink.position} != {length}")
+
+    return _filled(seg, write, seal), length
+
+
+def _filled(seg: Segment, write: Callable[[], object], seal: bool) -> Segment:
+    """``seg`` after ``write()`` (and sealing, if asked); closed if anything fails."""
+    try:
+        write()
         if seal:
             seg.seal()
     except BaseException:
         seg.close()
         raise
-    return seg, length
+    return seg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import ExitStack
 from typing import Dict, List, Optional
 
 import pyarrow as pa
 
+from ._cli_common import check_out, open_channel, replace_when_complete
 from ._cli_common import listening as _listening
-from ._cli_common import open_channel
 from ._cli_common import timeout_of as _timeout
 from .errors import ERR_INVALID_ARGUMENT, ERR_SYSCALL, ArrowShmError
 from .ipc import EOS, decode_table
@@ -49,6 +50,8 @@ def send_stream(args: argparse.Namespace, meta: Dict[str, str], payloads: List[b
 
 def recv_stream(args: argparse.Namespace) -> int:
     timeout = _timeout(args)
+    if args.out:
+        check_out(args.out, False)
     with open_channel(args.socket, listen_first=not args.connect, timeout=timeout) as channel:
         _drain(channel.accept_stream(timeout=timeout), args)
     return 0
@@ -73,6 +76,8 @@ def pub(args: argparse.Namespace, meta: Dict[str, str], payloads: List[bytes]) -
 
 def sub(args: argparse.Namespace) -> int:
     timeout = _timeout(args)
+    if args.out:
+        check_out(args.out, False)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
@@ -92,8 +97,8 @@ def _drain(reader: StreamReader, args: argparse.Namespace) -> None:
     """Read a whole stream; ``--out`` gets the prologue, every record's messages, end-of-stream."""
     timeout = _timeout(args)
     rows = batches = 0
-    out = open(args.out, "wb") if args.out else None
-    try:
+    with ExitStack() as stack:
+        out = stack.enter_context(replace_when_complete(args.out)) if args.out else None
         with reader:
             if out is not None:
                 out.write(reader.prologue)
@@ -108,9 +113,6 @@ def _drain(reader: StreamReader, args: argparse.Namespace) -> None:
                     batches += 1
             if out is not None:
                 out.write(EOS)
-    finally:
-        if out is not None:
-            out.close()
     if args.print:
         lines = [f"== stream: {batches} batches =="]
         if reader.metadata:

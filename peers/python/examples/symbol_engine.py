@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from symbols import SYMBOL_SCHEMA, summarize  # noqa: E402
 
-from arrow_shm import ArrowShmError, Message, listen  # noqa: E402
+from arrow_shm import ArrowShmError, ReceivedTable, listen  # noqa: E402
 
 
-def handle(request: Message):
+def handle(request: ReceivedTable):
     table = request.table
     if not table.schema.equals(SYMBOL_SCHEMA):
         raise ArrowShmError("ERR_INVALID_ARGUMENT", f"unexpected request schema: {table.schema}")

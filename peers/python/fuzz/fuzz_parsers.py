@@ -24,6 +24,10 @@ ring           ``stream.StreamReader``: a sealed ring memfd whose header page an
                from the input, a prologue memfd, two eventfds; the ring header checks of
                ``_open``, then ``read()`` (record header checks, ``_decode``) until end or error
 file           ``ipc.read_ipc_file_as_stream`` (the CLI's Arrow IPC *file* input)
+ipc_shapes     structure-aware: the input picks the parameters of a hostile flatbuffer shape
+               (PROTOCOL.md §14.1: offsets shared by many references, a DAG of fields, huge or
+               lying declared counts, deep nesting, dictionary ids) and of the decoding limits;
+               ``ipc.validate_stream`` must refuse it or pyarrow's decoded schema must respect them
 =============  ===================================================================================
 
 Expected behaviour: a valid result or ``ArrowShmError`` with a known code. Anything else escapes
@@ -45,6 +49,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 from pathlib import Path
 
 import atheris
@@ -56,12 +61,21 @@ with atheris.instrument_imports(include=["arrow_shm"]):
     from arrow_shm import ipc as ash_ipc
     from arrow_shm import message as ash_message
     from arrow_shm import segment as ash_segment
+    from arrow_shm import ring as ash_ring
     from arrow_shm import stream as ash_stream
+    from arrow_shm import stream_link as ash_link
     from arrow_shm.errors import CODES, ERR_PEER_CLOSED, ArrowShmError
 
 import pyarrow as pa
 
-TARGETS = ("frame", "kv", "handshake", "ipc_stream", "ipc_batches", "table", "ring", "file")
+from arrow_shm.limits import DEFAULT_LIMITS, IpcLimits
+
+# The hand-made flatbuffer builder of the shared attacker (test/python/attacks.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "test" / "python"))
+import attacks  # noqa: E402
+
+# New targets go at the end: the selector byte of kept crashers must keep its meaning.
+TARGETS = ("frame", "kv", "handshake", "ipc_stream", "ipc_batches", "table", "ring", "file", "ipc_shapes")
 
 _FORCED = os.environ.get("FUZZ_TARGET") or None
 if _FORCED is not None and _FORCED not in TARGETS:
@@ -189,7 +203,7 @@ def t_table(data: bytes) -> None:
         mapping, info = ash_message.open_segment(seg.fd, off, length)
     finally:
         seg.close()
-    msg = ash_message.Message(mapping=mapping, ipc_offset=off, ipc_length=length)
+    msg = ash_message.ReceivedTable(mapping=mapping, ipc_offset=off, ipc_length=length)
     try:
         table = msg.table
         _consume(table)
@@ -198,20 +212,23 @@ def t_table(data: bytes) -> None:
         msg.close()
 
 
-class _StubChannel:
-    """What StreamReader uses of its Channel. The producer is already gone, so the reader never
-    sleeps: at the end of the published data it raises ERR_PEER_CLOSED."""
+class _StubPort:
+    """The channel's side of a StreamLink (stream_link.LinkPort), as far as a StreamReader uses it.
+    The producer is already gone, so the reader never sleeps: at the end of the published data it
+    raises ERR_PEER_CLOSED."""
 
     def __init__(self) -> None:
-        self._failure = ArrowShmError(ERR_PEER_CLOSED, "fuzz: the producer is gone")
-        self._stream_reader = None
-        self._sock = None
+        self.failure = ArrowShmError(ERR_PEER_CLOSED, "fuzz: the producer is gone")
+        self.lock = threading.Condition()
         self.sent_errors: list = []
 
-    def _send_error_quietly(self, err: ArrowShmError, correlation_id: int, flags: int = 0) -> None:
+    def send_error(self, err: ArrowShmError, correlation_id: int) -> None:
         self.sent_errors.append(err)
 
-    def _pump_available(self) -> None:
+    def poll_fd(self) -> None:
+        return None
+
+    def pump_available(self) -> None:
         pass
 
     def close(self) -> None:
@@ -277,8 +294,8 @@ def t_ring(data: bytes) -> None:
             "capacity": str(RING_CAPACITY),
         },
     )
-    ch = _StubChannel()
-    reader = ash_stream.StreamReader(ch, frame, fds)  # takes the fds (closes them on failure)
+    link = ash_link.StreamLink(_StubPort(), max_offers=1)
+    reader = ash_stream.StreamReader(link, frame, fds)  # takes the fds (closes them on failure)
     try:
         for _ in range(RING_CAPACITY // 64 + 1):
             item = reader.read(timeout=0.0)
@@ -308,6 +325,162 @@ def t_file(data: bytes) -> None:
     _consume(table)
 
 
+# ------------------------------------------------------------ hostile flatbuffer shapes (§14.1)
+
+_STRUCT, _UNION, _TIMESTAMP, _UTF8, _UTF8_VIEW, _NULL = 13, 14, 10, 5, 24, 1
+
+
+def _some(fdp: "atheris.FuzzedDataProvider", bits: int) -> int:
+    """Usually small, up to 2**bits: sizes and counts spread over every order of magnitude."""
+    return fdp.ConsumeIntInRange(0, 1 << fdp.ConsumeIntInRange(0, bits))
+
+
+def _field(b: "attacks.Builder", name: int, type_id: int, type_table: int, children: list[int],
+           metadata: int | None = None, dictionary: int | None = None) -> int:
+    fields = [(0, "off", name), (1, "bool", 1), (2, "u8", type_id), (3, "off", type_table),
+              (5, "off", b.offset_vector(children))]
+    if dictionary is not None:
+        fields.append((4, "off", dictionary))
+    if metadata is not None:
+        fields.append((6, "off", metadata))
+    return b.table(fields)
+
+
+def _batch(fdp: "atheris.FuzzedDataProvider", nodes: int, buffers: int, views: int = 0,
+           dictionary_id: int | None = None) -> "attacks.Parts":
+    """An empty RecordBatch (in a DictionaryBatch of ``dictionary_id`` if given); the input may make
+    any count lie (another value, or a declared count past the vector's data)."""
+    b = attacks.Builder()
+    counts = []
+    for honest in (nodes, buffers, views):
+        kind = fdp.ConsumeIntInRange(0, 3)
+        actual = honest if kind < 2 else _some(fdp, 12)
+        declared = fdp.ConsumeIntInRange(0, (1 << 32) - 1) if kind == 3 else None
+        counts.append((actual, declared))
+    (n, nd), (bf, bd), (v, vd) = counts
+    variadic = b.struct_vector(v, 8, b"".join(struct.pack("<q", fdp.ConsumeIntInRange(-1, 2)) for _ in range(v)), vd)
+    bufs = b.struct_vector(bf, 16, None, bd)
+    nds = b.struct_vector(n, 16, None, nd)
+    fields = [(0, "i64", 0), (1, "off", nds), (2, "off", bufs)]
+    if v or vd:
+        fields.append((4, "off", variadic))
+    rb = b.table(fields)
+    if dictionary_id is None:
+        return attacks._encapsulate(attacks._message(b, attacks.HEADER_RECORD_BATCH, rb, 0))
+    db = b.table([(0, "i64", dictionary_id), (1, "off", rb)])
+    return attacks._encapsulate(attacks._message(b, 2, db, 0))  # DictionaryBatch
+
+
+def _shape(fdp: "atheris.FuzzedDataProvider") -> tuple[bytes, int]:
+    """One hostile stream and the KeyValue entries of its Schema *Message* (pyarrow hides them)."""
+    b = attacks.Builder()
+    shape = fdp.ConsumeIntInRange(0, 4)
+    message_entries = 0
+    message_md = schema_md = field_md = None
+    batches: list[tuple] = []  # the honest counts of each batch, for _batch
+
+    def shared_metadata() -> tuple[int, int]:
+        count, size = _some(fdp, 17), _some(fdp, 21)
+        value, key = b.string(b"v" * size), b.string(b"k" * fdp.ConsumeIntInRange(0, 3))
+        return b.offset_vector([b.table([(0, "off", key), (1, "off", value)])] * count), count
+
+    def int32() -> tuple[int, int]:
+        return attacks.TYPE_INT, b.table([(0, "i32", 32), (1, "bool", 1)])
+
+    if shape == 0:  # KeyValues sharing one value: in the Message, the Schema or a Field
+        where = fdp.ConsumeIntInRange(0, 2)
+        md, count = shared_metadata()
+        if where == 0:
+            message_md, message_entries = md, count
+        elif where == 1:
+            schema_md = md
+        else:
+            field_md = md
+        top = [_field(b, b.string(b"x"), *int32(), [], field_md)]
+        batches.append((1, 2, 0))
+    elif shape == 1:  # a DAG of struct fields: width**depth fields from depth tables
+        dag, nodes, buffers = attacks._field_dag_schema(
+            fdp.ConsumeIntInRange(1, 80), fdp.ConsumeIntInRange(1, 8), fdp.ConsumeIntInRange(1, 8), _some(fdp, 16)
+        )
+        counts = (nodes, buffers, 0) if nodes <= 4096 else (0, 0, 0)  # past max_fields anyway
+        return attacks._parts_bytes(dag + _batch(fdp, *counts) + [attacks.EOS]), 0
+    elif shape == 2:  # lying counts of a small schema (int32, utf8, utf8 view, null)
+        menu = [(attacks.TYPE_INT, 2, 0), (_UTF8, 3, 0), (_UTF8_VIEW, 2, 1), (_NULL, 0, 0)]
+        top, nodes, buffers, views = [], 0, 0, 0
+        for i in range(fdp.ConsumeIntInRange(1, 3)):
+            type_id, nbuf, nview = menu[fdp.ConsumeIntInRange(0, 3)]
+            type_table = b.table([(0, "i32", 32), (1, "bool", 1)]) if type_id == attacks.TYPE_INT else b.table([])
+            top.append(_field(b, b.string(b"c%d" % i), type_id, type_table, []))
+            nodes, buffers, views = nodes + 1, buffers + nbuf, views + nview
+        batches.append((nodes, buffers, views))
+    elif shape == 3:  # one union type-id vector or time zone shared by many fields
+        if fdp.ConsumeBool():
+            ids = b.struct_vector(_some(fdp, 16), 4)
+            type_id, type_table = _UNION, b.table([(0, "i16", fdp.ConsumeIntInRange(0, 1)), (1, "off", ids)])
+        else:
+            tz = b.string(b"Z" * _some(fdp, 20))
+            type_id, type_table = _TIMESTAMP, b.table([(0, "i16", 1), (1, "off", tz)])
+        top = [_field(b, b.string(b"u"), type_id, type_table, [])] * _some(fdp, 16)
+        batches.append((len(top), len(top) * 2, 0))
+    else:  # dictionary ids: a batch for an id the schema has, or not
+        index = b.table([(0, "i32", 32), (1, "bool", 1)])
+        encoding = b.table([(0, "i64", fdp.ConsumeIntInRange(-1, 2)), (1, "off", index)])
+        top = [_field(b, b.string(b"d"), *int32(), [], None, encoding)]
+        batches.append((1, 2, 0, fdp.ConsumeIntInRange(-1, 2)))  # the dictionary: int32 values
+        batches.append((1, 2, 0))
+    fields = b.offset_vector(top)
+    schema_fields = [(1, "off", fields)] + ([(2, "off", schema_md)] if schema_md is not None else [])
+    schema = b.table(schema_fields)
+    parts = attacks._encapsulate(attacks._message(b, attacks.HEADER_SCHEMA, schema, 0, message_md))
+    for counts in batches:
+        parts += _batch(fdp, *counts)
+    return attacks._parts_bytes(parts + [attacks.EOS]), message_entries
+
+
+def _limits(fdp: "atheris.FuzzedDataProvider") -> IpcLimits:
+    if fdp.ConsumeBool():
+        return DEFAULT_LIMITS
+    return IpcLimits(
+        max_metadata_bytes=1 + _some(fdp, 27),
+        max_metadata_entries=1 + _some(fdp, 17),
+        max_fields=1 + _some(fdp, 17),
+        max_nesting_depth=1 + _some(fdp, 7),
+    )
+
+
+def _decoded(fields: "list[pa.Field]", level: int = 0) -> tuple[int, int, int, int]:
+    """(fields, KeyValue entries, metadata bytes, deepest level) of pyarrow's decoded fields."""
+    n = entries = size = deepest = 0
+    for f in fields:
+        md = f.metadata or {}
+        t = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+        children = [t.field(i) for i in range(t.num_fields)] if hasattr(t, "field") and t.num_fields else []
+        cn, ce, cs, cd = _decoded(children, level + 1)
+        n, entries = n + 1 + cn, entries + len(md) + ce
+        size += len(f.name.encode()) + sum(len(k) + len(v) for k, v in md.items()) + cs
+        deepest = max(deepest, level, cd)
+    return n, entries, size, deepest
+
+
+def t_ipc_shapes(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    limits = _limits(fdp)
+    stream, message_entries = _shape(fdp)
+    ash_ipc.validate_stream(stream, limits)  # refusing is fine (a typed error)
+    # Accepted: what pyarrow decodes must stay within the limits the walk enforced.
+    table = ash_ipc.decode_table(pa.py_buffer(stream))
+    fields, entries, size, deepest = _decoded(list(table.schema))
+    md = table.schema.metadata or {}
+    entries += len(md) + message_entries
+    size += sum(len(k) + len(v) for k, v in md.items())
+    _check(fields <= limits.max_fields, f"{fields} fields decoded under max_fields {limits.max_fields}")
+    _check(entries <= limits.max_metadata_entries, f"{entries} entries decoded under max_metadata_entries {limits.max_metadata_entries}")
+    _check(size <= limits.max_metadata_bytes, f"{size} metadata bytes decoded under max_metadata_bytes {limits.max_metadata_bytes}")
+    # A field L levels down is table 2 + L (Message 0, Schema 1), its type table 3 + L.
+    _check(not fields or deepest + 3 <= limits.max_nesting_depth, f"fields {deepest} levels deep under max_nesting_depth {limits.max_nesting_depth}")
+    _consume(table)
+
+
 _FUNCS = {
     "frame": t_frame,
     "kv": t_kv,
@@ -317,6 +490,7 @@ _FUNCS = {
     "table": t_table,
     "ring": t_ring,
     "file": t_file,
+    "ipc_shapes": t_ipc_shapes,
 }
 _RESOURCE_TARGETS = ("handshake", "table", "ring")
 
@@ -418,7 +592,7 @@ def _ring_input(prologue: bytes, records: bytes, start: int, write_position: int
 def _record(kind: int, payload: bytes, sequence: int, length: int | None = None) -> bytes:
     n = length if length is not None else (64 + len(payload) + 63) // 64 * 64
     rec = bytearray(n)
-    ash_stream._RECORD_HEADER.pack_into(rec, 0, n, kind, sequence, len(payload))
+    ash_ring.write_record_header(rec, 0, n, kind, sequence, len(payload))
     rec[64 : 64 + len(payload)] = payload
     return bytes(rec)
 
@@ -461,6 +635,14 @@ def make_seeds(out: Path) -> int:
     for p in sorted((shared / "arrow-fuzz").iterdir()):
         if p.is_file() and not p.name.endswith(".md"):
             streams[f"hostile-{p.name[-20:]}"] = p.read_bytes()
+    # The shapes of §14.1 at seed size (the full-size bombs are megabytes).
+    streams["bomb-metadata"] = attacks.metadata_bomb(300, 200)
+    streams["bomb-schema"] = attacks.schema_bomb(300, 100)
+    streams["bomb-fields"] = attacks.fields_many(300)
+    streams["counts-mismatch"] = attacks.counts_mismatch()
+    streams["unknown-type"] = attacks.unknown_type()
+    for i in range(16):  # the generator takes any bytes: a spread of parameters to start from
+        seeds[f"ipc_shapes-{i}"] = _sel("ipc_shapes") + bytes((i * 37 + k * (2 * i + 1)) % 256 for k in range(48))
     for k, b in streams.items():
         if len(b) > 65536:
             continue

@@ -72,6 +72,14 @@ def accept_in_thread(lst, **kw):
     return t, box
 
 
+def accept_raw(lst, **kw):
+    """A RawConnector connected to ``lst``, and the channel the listener accepted from it."""
+    t, box = accept_in_thread(lst, **kw)
+    raw = RawConnector(lst.address)
+    t.join()
+    return box.get("ch"), raw
+
+
 def pair(path, **kw):
     lst = listen(path, **kw)
     t, box = accept_in_thread(lst)
@@ -217,10 +225,7 @@ def test_no_fd_or_mapping_leaks(sock_path):
 
 def test_message_level_errors_keep_the_connection(sock_path):
     with listen(sock_path) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
-        server = box["ch"]
+        server, raw = accept_raw(lst)
         fds_before = open_fds()
         # 1. unsealed
         fd = os.memfd_create("x", os.MFD_ALLOW_SEALING)
@@ -281,29 +286,24 @@ def test_message_level_errors_keep_the_connection(sock_path):
 
 def test_allow_unsealed_accepts(sock_path):
     with listen(sock_path, allow_unsealed=True) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
+        server, raw = accept_raw(lst)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, TABLE.schema) as wr:
             wr.write_table(TABLE)
         seg, n = write_table_segment(sink.getvalue(), seal=False)
         raw.send_table(seg.fd, n)
         seg.close()
-        with box["ch"].receive(timeout=5) as m:
+        with server.receive(timeout=5) as m:
             assert m.table.equals(TABLE)
         assert raw.recv().kind == Kind.ACK
         raw.close()
-        box["ch"].close()
+        server.close()
 
 
 @pytest.mark.parametrize("case", ["fd_on_ack", "bad_magic", "version", "hello_again"])
 def test_frame_level_errors_close_the_connection(sock_path, case):
     with listen(sock_path) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
-        server = box["ch"]
+        server, raw = accept_raw(lst)
         seg, n = write_table_segment(TABLE)
         expected = "ERR_PROTOCOL"
         if case == "fd_on_ack":
@@ -333,10 +333,7 @@ def test_frame_level_errors_close_the_connection(sock_path, case):
 def test_wrong_fd_count_on_a_table_refuses_that_table_only(sock_path, case):
     """PROTOCOL.md §5.1 step 1: a message-level error; the connection keeps serving."""
     with listen(sock_path) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
-        server = box["ch"]
+        server, raw = accept_raw(lst)
         seg, n = write_table_segment(TABLE)
         fds = open_fds()
         if case == "no_fd":
@@ -483,14 +480,11 @@ def test_peer_closes_mid_message_sender_gets_peer_closed(sock_path):
 def test_peer_closes_with_table_queued(sock_path):
     """The sender sends a table and hangs up at once: the table is still delivered."""
     with listen(sock_path) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
+        server, raw = accept_raw(lst)
         seg, n = write_table_segment(TABLE)
         raw.send_table(seg.fd, n)
         seg.close()
         raw.close()
-        server = box["ch"]
         with server.receive(timeout=5) as m:
             assert m.table.equals(TABLE)
         assert list(server) == []
@@ -508,18 +502,16 @@ def test_too_large_for_peer_is_refused_locally(sock_path):
 
 def test_too_large_from_sender_gets_error_frame(sock_path):
     with listen(sock_path, max_message_bytes=1000) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
+        server, raw = accept_raw(lst)
         seg, n = write_table_segment(TABLE)
         raw.send_table(seg.fd, n)
         seg.close()
         with pytest.raises(ArrowShmError) as e:
-            box["ch"].receive(timeout=5)
+            server.receive(timeout=5)
         assert e.value.code == "ERR_TOO_LARGE"
         assert raw.recv().metadata["code"] == "ERR_TOO_LARGE"
         raw.close()
-        box["ch"].close()
+        server.close()
 
 
 def test_timeouts(sock_path):
@@ -649,18 +641,16 @@ def test_stream_at_a_nonzero_offset_in_a_larger_segment(sock_path):
         wr.write_table(TABLE)
     data = sink.getvalue().to_pybytes()
     with listen(sock_path) as lst:
-        t, box = accept_in_thread(lst)
-        raw = RawConnector(sock_path)
-        t.join()
+        server, raw = accept_raw(lst)
         with Segment.create(4096 + len(data) + 5000) as seg:
             seg.write_at(4096, data)
             seg.write_at(0, b"\xff" * 4096)  # garbage before the range
             seg.seal()
             raw.send_table(seg.fd, len(data), offset=4096)
-        with box["ch"].receive(timeout=5) as m:
+        with server.receive(timeout=5) as m:
             assert m.ipc_offset == 4096 and bytes(m.ipc_bytes) == data
             assert m.table.equals(TABLE)
             start, size = m.mapping_range()
             assert size == 4096 + len(data) + 5000
         raw.close()
-        box["ch"].close()
+        server.close()

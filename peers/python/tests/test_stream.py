@@ -447,14 +447,14 @@ def test_hostile_stream_open_is_refused_and_closes_every_fd(pair, case):
 
             fcntl.fcntl(fds[0], 1033, 7)
         elif case == "bad-magic":
-            real._header.page[0:8] = b"NOTARING"
+            real._map[0:8] = b"NOTARING"
         meta = {"stream_id": "1", "reader_slot": "0", "start_position": "0", "capacity": "65536"}
         frame = Frame(kind=Kind.STREAM_OPEN, ipc_length=len(prologue_bytes), metadata=meta)
         box: dict = {}
 
         def send() -> None:
             try:
-                producer._send_and_wait_ack(frame, fds, 5)
+                producer.stream_link.send_and_wait_ack(frame, fds, 5)
             except ArrowShmError as e:
                 box["e"] = e
 

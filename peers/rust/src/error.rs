@@ -24,11 +24,14 @@ pub enum ErrorCode {
     RingFull,
     NoReaderSlot,
     RingInvalid,
+    IpcLimit,
+    ResourceLimit,
+    AddressInUse,
 }
 
 impl ErrorCode {
     /// All codes, in the order of the table in PROTOCOL.md §9.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Protocol,
         ErrorCode::ProtocolVersion,
         ErrorCode::PeerCredentials,
@@ -48,6 +51,9 @@ impl ErrorCode {
         ErrorCode::RingFull,
         ErrorCode::NoReaderSlot,
         ErrorCode::RingInvalid,
+        ErrorCode::IpcLimit,
+        ErrorCode::ResourceLimit,
+        ErrorCode::AddressInUse,
     ];
 
     /// The code as it travels in `ERROR` frames, e.g. `"ERR_PROTOCOL"`.
@@ -72,6 +78,9 @@ impl ErrorCode {
             ErrorCode::RingFull => "ERR_RING_FULL",
             ErrorCode::NoReaderSlot => "ERR_NO_READER_SLOT",
             ErrorCode::RingInvalid => "ERR_RING_INVALID",
+            ErrorCode::IpcLimit => "ERR_IPC_LIMIT",
+            ErrorCode::ResourceLimit => "ERR_RESOURCE_LIMIT",
+            ErrorCode::AddressInUse => "ERR_ADDRESS_IN_USE",
         }
     }
 
@@ -136,6 +145,12 @@ impl Error {
 
     pub fn code(&self) -> ErrorCode {
         self.code
+    }
+
+    /// The same error, its message prefixed with the file it is about.
+    pub fn with_context(mut self, path: &std::path::Path) -> Error {
+        self.message = format!("{}: {}", path.display(), self.message);
+        self
     }
 }
 

@@ -56,6 +56,14 @@ pub fn kv_get<'a>(kv: &'a KeyValues, key: &str) -> Option<&'a str> {
     kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// A handshake decimal (PROTOCOL.md §4): `0` or `[1-9][0-9]*`, at most 9 digits; no sign, no
+/// `0x`, no exponent, no spaces, not empty.
+pub fn strict_decimal(text: &str) -> Option<u32> {
+    let b = text.as_bytes();
+    let ok = !b.is_empty() && b.len() <= 9 && b.iter().all(u8::is_ascii_digit) && (b[0] != b'0' || b.len() == 1);
+    ok.then(|| text.parse().expect("nine digits fit a u32"))
+}
+
 /// A decoded frame header plus its key/value block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -241,6 +249,16 @@ pub fn decode_kv(buf: &[u8]) -> Result<KeyValues> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handshake_decimals_are_strict() {
+        for (text, want) in [("0", Some(0)), ("1", Some(1)), ("123456789", Some(123_456_789)), ("4294967", Some(4_294_967))] {
+            assert_eq!(strict_decimal(text), want, "{text:?}");
+        }
+        for bad in ["", "01", "00", "+1", "-0", "0x1", "1e0", " 1", "1 ", "1234567890", "١"] {
+            assert_eq!(strict_decimal(bad), None, "{bad:?}");
+        }
+    }
 
     fn sample() -> Frame {
         let mut f = Frame::new(Kind::Table);

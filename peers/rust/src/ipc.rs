@@ -1,6 +1,7 @@
 //! Arrow IPC stream framing validation (PROTOCOL.md §7), zero-copy decoding over a mapping, and
 //! writing streams into segments.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
@@ -40,12 +41,24 @@ fn invalid<T>(msg: String) -> Result<T> {
     err(ErrorCode::IpcInvalid, msg)
 }
 
+/// Which message an error is about (formatted only when there is an error).
+struct Where {
+    index: usize,
+    pos: usize,
+}
+
+impl std::fmt::Display for Where {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "message {} at byte {}", self.index, self.pos)
+    }
+}
+
 /// Largest expansion of a compressed buffer, per byte of compressed data: LZ4 frames reach about
 /// 255:1, Zstandard about 32768:1 (an RLE block of 128 KiB from 4 bytes).
 const MAX_LZ4_RATIO: u64 = 256;
 const MAX_ZSTD_RATIO: u64 = 32_768;
 
-fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body: &[u8], where_: &str) -> Result<()> {
+fn check_buffers(rb: arrow_ipc::RecordBatch<'_>, body: &[u8], where_: &Where) -> Result<()> {
     let body_length = body.len() as u64;
     // arrow-rs allocates a compressed buffer's declared uncompressed length up front: a length
     // its codec cannot produce from the bytes at hand must be refused here, or the allocation
@@ -101,99 +114,208 @@ fn message_prefix(data: &[u8], pos: usize) -> Result<(i32, usize)> {
     Ok((u32_at(pos + 4) as i32, 8))
 }
 
-/// Validates the framing of an IPC stream (PROTOCOL.md §7) without decoding any data:
-/// prefixes, the flatbuffer `Message` (run through the flatbuffers verifier), header types,
-/// body and buffer bounds, with checked arithmetic. Accepts the pre-0.15 forms and treats the end
-/// of `data` as end of stream. Errors are `ERR_IPC_TRUNCATED` / `ERR_IPC_INVALID`.
-pub fn validate_stream(data: &[u8]) -> Result<StreamInfo> {
-    let n = data.len();
-    let mut pos = 0usize;
-    let mut info = StreamInfo::default();
-    loop {
-        if pos == n {
-            break;
+/// Decoding limits of PROTOCOL.md §14.1, per IPC message: past any of them the message is
+/// refused with `ERR_IPC_LIMIT` before anything is decoded. Every reference counts separately (a
+/// flatbuffer may point many offsets at one object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes the Message's flatbuffer expands to when every reference is followed: strings,
+    /// vectors and tables (the flatbuffers verifier's "apparent size"). Default 64 MiB.
+    pub max_metadata_bytes: usize,
+    /// `KeyValue` entries of the Message's, the Schema's and every Field's custom metadata.
+    /// Default 65,536.
+    pub max_metadata_entries: usize,
+    /// `Field` tables of a Schema, children included. Default 65,536.
+    pub max_fields: usize,
+    /// Tables nested inside each other, counted from the Message (Message 1, Schema 2, a
+    /// top-level Field 3, its type table or a child Field 4, ...). Default 64.
+    pub max_nesting_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_metadata_bytes: 64 << 20, max_metadata_entries: 65_536, max_fields: 65_536, max_nesting_depth: 64 }
+    }
+}
+
+/// The walk of one Message visits at most this many tables (§14.1).
+const MAX_TABLES: usize = 1_000_000;
+
+fn over_limit<T>(msg: String) -> Result<T> {
+    err(ErrorCode::IpcLimit, msg)
+}
+
+/// Verifies a Message flatbuffer within `limits`: the flatbuffers verifier follows every
+/// reference (bounding bytes, tables and depth), then fields and metadata entries are counted per
+/// reference, stopping at the limit.
+fn verify_message<'a>(bytes: &'a [u8], limits: &Limits, where_: &Where) -> Result<arrow_ipc::Message<'a>> {
+    use flatbuffers::InvalidFlatbuffer as Bad;
+    let opts = flatbuffers::VerifierOptions {
+        // The verifier counts the Message as depth 1; §14.1 counts it as 0, as the other peers do.
+        max_depth: limits.max_nesting_depth.saturating_add(1),
+        max_tables: MAX_TABLES,
+        max_apparent_size: limits.max_metadata_bytes,
+        ..Default::default()
+    };
+    let msg = arrow_ipc::root_as_message_with_opts(&opts, bytes).map_err(|e| {
+        let over = match e {
+            Bad::ApparentSizeTooLarge => format!("more than max_metadata_bytes {} when every reference is followed", limits.max_metadata_bytes),
+            Bad::DepthLimitReached => format!("tables nested deeper than max_nesting_depth {}", limits.max_nesting_depth),
+            Bad::TooManyTables => format!("more than {MAX_TABLES} tables when every reference is followed"),
+            _ => return Error::new(ErrorCode::IpcInvalid, format!("{where_}: bad flatbuffer: {}", e.to_string().trim_end())),
+        };
+        Error::new(ErrorCode::IpcLimit, format!("{where_}: the Message flatbuffer has {over}"))
+    })?;
+    type Vector<'a, T> = Option<flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<T>>>;
+    let kv_len = |v: Vector<'a, arrow_ipc::KeyValue<'a>>| v.map_or(0, |v| v.len());
+    let field_len = |v: Vector<'a, arrow_ipc::Field<'a>>| v.map_or(0, |v| v.len());
+    let too_many_fields = || over_limit(format!("{where_}: the schema has more than max_fields {} fields", limits.max_fields));
+    let mut entries = kv_len(msg.custom_metadata());
+    if let Some(schema) = msg.header_as_schema() {
+        entries += kv_len(schema.custom_metadata());
+        // Fields counted and fields waiting to be visited never exceed max_fields together.
+        let mut counted = 0usize;
+        let mut pending: Vec<arrow_ipc::Field<'a>> = Vec::new();
+        if field_len(schema.fields()) > limits.max_fields {
+            return too_many_fields();
         }
-        let (meta_size, prefix) = message_prefix(data, pos)?;
-        if meta_size == 0 {
-            pos += prefix;
-            break;
+        pending.extend(schema.fields().iter().flat_map(|v| v.iter()));
+        while let Some(f) = pending.pop() {
+            counted += 1;
+            entries += kv_len(f.custom_metadata());
+            if entries > limits.max_metadata_entries {
+                break;
+            }
+            if counted + pending.len() + field_len(f.children()) > limits.max_fields {
+                return too_many_fields();
+            }
+            pending.extend(f.children().iter().flat_map(|v| v.iter()));
         }
-        if meta_size < 0 {
-            return invalid(format!("negative metadata_size {meta_size} at byte {pos}"));
+    }
+    if entries > limits.max_metadata_entries {
+        return over_limit(format!(
+            "{where_}: more than max_metadata_entries {} custom metadata entries",
+            limits.max_metadata_entries
+        ));
+    }
+    Ok(msg)
+}
+
+/// FieldNodes, Buffers and BinaryView/Utf8View fields that a batch of some fields declares
+/// (§14.1); each union adds one more buffer with metadata V4 and earlier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Layout {
+    nodes: u64,
+    buffers: u64,
+    unions: u64,
+    views: u64,
+}
+
+impl Layout {
+    fn add(&mut self, o: Layout) {
+        self.nodes += o.nodes;
+        self.buffers += o.buffers;
+        self.unions += o.unions;
+        self.views += o.views;
+    }
+}
+
+/// The counts a stream's schema fixes: for its RecordBatches and, per dictionary id, for its
+/// DictionaryBatches (the dictionary's value field).
+#[derive(Debug, Clone, Default)]
+pub struct SchemaLayout {
+    record: Layout,
+    dictionaries: HashMap<i64, Layout>,
+}
+
+impl SchemaLayout {
+    fn of(schema: arrow_ipc::Schema<'_>) -> Result<SchemaLayout> {
+        let mut out = SchemaLayout::default();
+        for f in schema.fields().iter().flat_map(|v| v.iter()) {
+            let l = field_layout(f, false, &mut out.dictionaries)?;
+            out.record.add(l);
         }
-        let meta_size = meta_size as usize;
-        let meta_start = pos + prefix;
-        if meta_size > n - meta_start {
-            return truncated(format!(
-                "message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream"
-            ));
+        Ok(out)
+    }
+}
+
+/// A field's layout in a batch: a dictionary-encoded field as its index unless `as_values`.
+/// Records the value layout of every dictionary at or below the field in `dictionaries`.
+fn field_layout(f: arrow_ipc::Field<'_>, as_values: bool, dictionaries: &mut HashMap<i64, Layout>) -> Result<Layout> {
+    use arrow_ipc::Type as T;
+    if let (Some(d), false) = (f.dictionary(), as_values) {
+        if !dictionaries.contains_key(&d.id()) {
+            let values = field_layout(f, true, dictionaries)?;
+            dictionaries.insert(d.id(), values);
         }
-        let where_ = format!("message {} at byte {pos}", info.messages);
-        let msg = arrow_ipc::root_as_message(&data[meta_start..meta_start + meta_size])
-            .map_err(|e| Error::new(ErrorCode::IpcInvalid, format!("{where_}: bad flatbuffer: {e}")))?;
-        let header_type = msg.header_type();
-        let body_length = msg.bodyLength();
-        if body_length < 0 {
-            return invalid(format!("{where_}: negative bodyLength {body_length}"));
+        return Ok(Layout { nodes: 1, buffers: 2, ..Layout::default() });
+    }
+    let mut l = Layout { nodes: 1, ..Layout::default() };
+    l.buffers = match f.type_type() {
+        T::Null | T::RunEndEncoded => 0,
+        T::Struct_ | T::FixedSizeList => 1,
+        T::Union => {
+            l.unions = 1;
+            match f.type_as_union().map(|u| u.mode()) {
+                Some(arrow_ipc::UnionMode::Dense) => 2,
+                _ => 1,
+            }
         }
-        let body_length = body_length as u64;
-        let body_start = meta_start + meta_size;
-        if body_length > (n - body_start) as u64 {
-            return truncated(format!(
-                "{where_}: {body_length}-byte body runs past the end of the {n}-byte stream"
-            ));
+        T::Bool | T::Int | T::FloatingPoint | T::Decimal | T::Date | T::Time | T::Timestamp | T::Interval | T::Duration
+        | T::FixedSizeBinary | T::List | T::LargeList | T::Map => 2,
+        T::Binary | T::Utf8 | T::LargeBinary | T::LargeUtf8 | T::ListView | T::LargeListView => 3,
+        T::BinaryView | T::Utf8View => {
+            l.views = 1;
+            2
         }
-        let is_schema = header_type == MessageHeader::Schema;
-        if is_schema != (info.messages == 0)
-            && matches!(
-                header_type,
-                MessageHeader::Schema | MessageHeader::RecordBatch | MessageHeader::DictionaryBatch
+        other => {
+            return err(
+                ErrorCode::IpcUnsupported,
+                format!("field {:?} has a type this peer does not know (type id {})", f.name().unwrap_or(""), other.0),
             )
-        {
-            return invalid(format!("{where_}: the first message, and only it, must be a Schema"));
         }
-        match header_type {
-            MessageHeader::Schema => {
-                if msg.header_as_schema().is_none() {
-                    return invalid(format!("{where_}: message without a header"));
-                }
-            }
-            MessageHeader::RecordBatch => {
-                let Some(rb) = msg.header_as_record_batch() else {
-                    return invalid(format!("{where_}: message without a header"));
-                };
-                check_buffers(rb, &data[body_start..body_start + body_length as usize], &where_)?;
-                info.record_batches += 1;
-            }
-            MessageHeader::DictionaryBatch => {
-                let Some(db) = msg.header_as_dictionary_batch() else {
-                    return invalid(format!("{where_}: message without a header"));
-                };
-                let Some(rb) = db.data() else {
-                    return invalid(format!("{where_}: dictionary batch without data"));
-                };
-                check_buffers(rb, &data[body_start..body_start + body_length as usize], &where_)?;
-                info.dictionary_batches += 1;
-            }
-            other => {
-                return invalid(format!(
-                    "{where_}: header type {other:?} is not Schema/DictionaryBatch/RecordBatch"
-                ))
-            }
+    };
+    for c in f.children().iter().flat_map(|v| v.iter()) {
+        l.add(field_layout(c, false, dictionaries)?);
+    }
+    Ok(l)
+}
+
+/// Checks a batch's FieldNode, Buffer and variadicBufferCounts counts against its schema: O(1)
+/// each (plus one add per BinaryView/Utf8View field), before any of them is looked at.
+fn check_counts(rb: arrow_ipc::RecordBatch<'_>, want: &Layout, version: MetadataVersion, where_: &Where) -> Result<()> {
+    let nodes = rb.nodes().map_or(0, |v| v.len()) as u64;
+    if nodes != want.nodes {
+        return invalid(format!("{where_}: {nodes} field nodes where the schema has {}", want.nodes));
+    }
+    let variadic = rb.variadicBufferCounts();
+    let counts = variadic.map_or(0, |v| v.len()) as u64;
+    if counts != want.views {
+        return invalid(format!(
+            "{where_}: {counts} variadicBufferCounts where the schema has {} BinaryView/Utf8View fields",
+            want.views
+        ));
+    }
+    let mut expect = want.buffers + if version.0 <= MetadataVersion::V4.0 { want.unions } else { 0 };
+    for c in variadic.iter().flat_map(|v| v.iter()) {
+        match u64::try_from(c).ok().and_then(|c| expect.checked_add(c)) {
+            Some(e) => expect = e,
+            None => return invalid(format!("{where_}: bad variadic buffer count {c}")),
         }
-        info.messages += 1;
-        pos = body_start + body_length as usize;
     }
-    if info.messages == 0 {
-        return invalid("stream has no Schema message".to_string());
+    let buffers = rb.buffers().map_or(0, |v| v.len()) as u64;
+    if buffers != expect {
+        return invalid(format!("{where_}: {buffers} buffers where the schema lays out {expect}"));
     }
-    info.end = pos;
-    Ok(info)
+    Ok(())
 }
 
 /// Which sequence of messages [`walk_messages`] expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalkMode {
+    /// A whole IPC stream (§7): a Schema, then DictionaryBatches and RecordBatches in any order;
+    /// an end-of-stream marker, or the end of the data, ends it.
+    Stream,
     /// The start of a stream without record batches (a stream prologue, PROTOCOL.md §12.1): one
     /// Schema, then DictionaryBatches; an end-of-stream marker ends it.
     Prologue,
@@ -214,15 +336,42 @@ pub struct MessageSpan {
     pub is_delta: bool,
 }
 
-/// Walks the messages of a stream prologue or a stream record with the framing checks of §7
-/// (bounds, flatbuffer verification, buffer bounds). Errors are `ERR_IPC_TRUNCATED` /
-/// `ERR_IPC_INVALID`.
-pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
+/// Validates the framing of an IPC stream (PROTOCOL.md §7) and the limits of §14.1 without
+/// decoding any data. Accepts the pre-0.15 forms and treats the end of `data` as end of stream.
+/// Errors are `ERR_IPC_TRUNCATED` / `ERR_IPC_INVALID` / `ERR_IPC_LIMIT` / `ERR_IPC_UNSUPPORTED`.
+pub fn validate_stream(data: &[u8], limits: &Limits) -> Result<StreamInfo> {
+    let mut info = StreamInfo::default();
+    info.end = walk(data, WalkMode::Stream, limits, &mut None, |s| {
+        info.messages += 1;
+        match s.header {
+            MessageHeader::RecordBatch => info.record_batches += 1,
+            MessageHeader::DictionaryBatch => info.dictionary_batches += 1,
+            _ => {}
+        }
+    })?;
+    Ok(info)
+}
+
+/// Walks the messages of a stream prologue or a stream record with the checks of
+/// [`validate_stream`]. A prologue's Schema sets `layout`; a record's batches are checked against
+/// it (when set).
+pub fn walk_messages(data: &[u8], mode: WalkMode, limits: &Limits, layout: &mut Option<SchemaLayout>) -> Result<Vec<MessageSpan>> {
+    let mut spans = Vec::new();
+    walk(data, mode, limits, layout, |s| spans.push(*s))?;
+    Ok(spans)
+}
+
+/// The one walk behind [`validate_stream`] and [`walk_messages`]: every message's framing
+/// (bounds with checked arithmetic, the flatbuffer within `limits`, header types, counts fixed by
+/// the schema, buffer bounds), in the order `mode` allows. Returns the offset just past the
+/// end-of-stream marker (or the end of `data`).
+fn walk(data: &[u8], mode: WalkMode, limits: &Limits, layout: &mut Option<SchemaLayout>, mut visit: impl FnMut(&MessageSpan)) -> Result<usize> {
     let n = data.len();
     let mut pos = 0usize;
-    let mut spans: Vec<MessageSpan> = Vec::new();
+    let mut count = 0usize;
+    let mut last = None;
     while pos < n {
-        if mode == WalkMode::Record && spans.last().is_some_and(|s| s.header == MessageHeader::RecordBatch) {
+        if mode == WalkMode::Record && last == Some(MessageHeader::RecordBatch) {
             return invalid(format!("a stream record holds bytes after its RecordBatch (at byte {pos})"));
         }
         let (meta_size, prefix) = message_prefix(data, pos)?;
@@ -230,6 +379,7 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
             if mode == WalkMode::Record {
                 return invalid(format!("end-of-stream marker inside a stream record at byte {pos}"));
             }
+            pos += prefix;
             break;
         }
         if meta_size < 0 {
@@ -242,9 +392,8 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
                 "message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream"
             ));
         }
-        let where_ = format!("message {} at byte {pos}", spans.len());
-        let msg = arrow_ipc::root_as_message(&data[meta_start..meta_start + meta_size])
-            .map_err(|e| Error::new(ErrorCode::IpcInvalid, format!("{where_}: bad flatbuffer: {e}")))?;
+        let where_ = Where { index: count, pos };
+        let msg = verify_message(&data[meta_start..meta_start + meta_size], limits, &where_)?;
         let header = msg.header_type();
         let body_length = msg.bodyLength();
         if body_length < 0 {
@@ -258,14 +407,15 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
         let mut span = MessageSpan { header, start: pos, end: body_start + body.len(), dictionary_id: 0, is_delta: false };
         match header {
             MessageHeader::Schema => {
-                if mode == WalkMode::Record || !spans.is_empty() {
-                    return invalid(format!("{where_}: a Schema where none may be"));
-                }
-                if msg.header_as_schema().is_none() {
+                let Some(schema) = msg.header_as_schema() else {
                     return invalid(format!("{where_}: message without a header"));
+                };
+                if mode == WalkMode::Record || count > 0 {
+                    return invalid(format!("{where_}: a Schema where none may be (the first message, and only it, is a Schema)"));
                 }
+                *layout = Some(SchemaLayout::of(schema)?);
             }
-            MessageHeader::DictionaryBatch | MessageHeader::RecordBatch if mode == WalkMode::Prologue && spans.is_empty() => {
+            MessageHeader::DictionaryBatch | MessageHeader::RecordBatch if mode != WalkMode::Record && count == 0 => {
                 return invalid(format!("{where_}: the first message must be a Schema"));
             }
             MessageHeader::DictionaryBatch => {
@@ -275,6 +425,12 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
                 let Some(rb) = db.data() else {
                     return invalid(format!("{where_}: dictionary batch without data"));
                 };
+                if let Some(l) = layout {
+                    let Some(want) = l.dictionaries.get(&db.id()) else {
+                        return invalid(format!("{where_}: no field of the schema has dictionary id {}", db.id()));
+                    };
+                    check_counts(rb, want, msg.version(), &where_)?;
+                }
                 check_buffers(rb, body, &where_)?;
                 span.dictionary_id = db.id();
                 span.is_delta = db.isDelta();
@@ -286,21 +442,25 @@ pub fn walk_messages(data: &[u8], mode: WalkMode) -> Result<Vec<MessageSpan>> {
                 let Some(rb) = msg.header_as_record_batch() else {
                     return invalid(format!("{where_}: message without a header"));
                 };
+                if let Some(l) = layout {
+                    check_counts(rb, &l.record, msg.version(), &where_)?;
+                }
                 check_buffers(rb, body, &where_)?;
             }
             other => {
                 return invalid(format!("{where_}: header type {other:?} is not Schema/DictionaryBatch/RecordBatch"));
             }
         }
-        spans.push(span);
+        visit(&span);
+        count += 1;
+        last = Some(header);
         pos = span.end;
     }
     match mode {
-        WalkMode::Prologue if spans.is_empty() => invalid("stream prologue without a Schema".to_string()),
-        WalkMode::Record if spans.last().is_none_or(|s| s.header != MessageHeader::RecordBatch) => {
-            invalid("a stream record without a RecordBatch".to_string())
-        }
-        _ => Ok(spans),
+        WalkMode::Stream if count == 0 => invalid("stream has no Schema message".to_string()),
+        WalkMode::Prologue if count == 0 => invalid("stream prologue without a Schema".to_string()),
+        WalkMode::Record if last != Some(MessageHeader::RecordBatch) => invalid("a stream record without a RecordBatch".to_string()),
+        _ => Ok(pos),
     }
 }
 
@@ -356,15 +516,20 @@ fn decode_with(stream: &Buffer, require_alignment: bool) -> Result<(SchemaRef, V
     Ok((schema, batches))
 }
 
-/// Decodes a validated stream held in `stream` (an Arrow `Buffer`, typically over a read-only
-/// mapping) without copying: array buffers are slices of `stream`. If a buffer is not aligned
-/// for its type (a writer that aligned to 8 and a 16-byte type), decoding is retried allowing
-/// arrow-rs to copy those buffers into aligned memory and `realigned` is set.
+/// Validates (within the default [`Limits`]) and decodes a stream held in `stream`; see
+/// [`decode_validated`].
 pub fn decode_stream(stream: &Buffer) -> Result<Table> {
-    let info = validate_stream(stream.as_slice())?;
-    let stream = stream.slice_with_length(0, info.end);
+    let info = validate_stream(stream.as_slice(), &Limits::default())?;
+    decode_validated(&stream.slice_with_length(0, info.end))
+}
+
+/// Decodes a stream that [`validate_stream`] accepted, ending at its `end` (an Arrow `Buffer`,
+/// typically over a read-only mapping) without copying: array buffers are slices of `stream`. If
+/// a buffer is not aligned for its type (a writer that aligned to 8 and a 16-byte type), decoding
+/// is retried allowing arrow-rs to copy those buffers into aligned memory and `realigned` is set.
+pub fn decode_validated(stream: &Buffer) -> Result<Table> {
     let attempt = |require: bool| {
-        catch_unwind(AssertUnwindSafe(|| decode_with(&stream, require))).unwrap_or_else(|_| {
+        catch_unwind(AssertUnwindSafe(|| decode_with(stream, require))).unwrap_or_else(|_| {
             Err(Error::new(ErrorCode::IpcInvalid, "the Arrow decoder rejected the stream (panic)"))
         })
     };

@@ -10,10 +10,11 @@ pub mod ipc;
 pub mod ring;
 pub mod seed;
 pub mod segment;
+pub mod server;
 pub mod stream;
 pub mod sys;
 
-pub use channel::{connect, Channel, Listener, Message, Options};
+pub use channel::{connect, Channel, Listener, ReceivedTable, Options};
 pub use error::{Error, ErrorCode, Result};
 pub use ipc::Table;
 pub use stream::{open_stream, publish, subscribe, Publication, ReaderOptions, StreamBatch, StreamReader, StreamWriter, WriterOptions};

@@ -43,6 +43,33 @@ pub fn align_record(n: u64) -> u64 {
     n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
+/// The data offset of stream position `position`: the ring's one wrap.
+pub fn ring_offset(position: u64, capacity: u64) -> u64 {
+    position % capacity
+}
+
+/// Where a record goes (§12.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Data offset of the record.
+    pub offset: u64,
+    /// Bytes of PADDING record filling the tail first (0: the record fits before the end).
+    pub padding: u64,
+}
+
+/// The one wrap decision: a `length`-byte record written at position `write` goes right there
+/// if it fits before the end of the data area, else at offset 0 after a PADDING record that
+/// fills the tail. Records never straddle the end.
+pub fn place_record(write: u64, length: u64, capacity: u64) -> Placement {
+    let offset = ring_offset(write, capacity);
+    let tail = capacity - offset;
+    if length <= tail {
+        Placement { offset, padding: 0 }
+    } else {
+        Placement { offset: 0, padding: tail }
+    }
+}
+
 /// `ERR_INVALID_ARGUMENT` unless `capacity` is a power of two in [64 KiB, 2^40].
 pub fn check_capacity(capacity: u64) -> Result<()> {
     if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || !capacity.is_power_of_two() {
@@ -294,6 +321,10 @@ mod tests {
         let mut unknown = encode_record_header(64, RecordKind::End, 0, 0);
         unknown[4] = 9;
         assert_eq!(bad(unknown, 0, 64), ErrorCode::RingInvalid);
+        assert_eq!(place_record(cap + 128, 256, cap), Placement { offset: 128, padding: 0 });
+        assert_eq!(place_record(cap - 128, 128, cap), Placement { offset: cap - 128, padding: 0 });
+        assert_eq!(place_record(2 * cap - 128, 256, cap), Placement { offset: 0, padding: 128 });
+        assert_eq!(ring_offset(3 * cap + 64, cap), 64);
         assert!(check_capacity(65_536).is_ok());
         assert!(check_capacity(65_537).is_err() && check_capacity(32_768).is_err() && check_capacity(1 << 41).is_err());
     }

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::channel::Message;
+use crate::channel::ReceivedTable;
 use crate::error::{err, Error, ErrorCode, Result};
 use crate::segment::{WritableSegment, SEED_SEGMENT_BYTES};
 use crate::sys::{self, Address};
@@ -16,7 +16,7 @@ pub const DEFAULT_SEED_SOCKET: &str = "/tmp/memfd_socket";
 /// A `SOCK_STREAM` listener for `send --seed-compat` (mode 0600; removes its file on drop).
 pub struct SeedListener {
     fd: OwnedFd,
-    inode: Option<(String, u64)>,
+    inode: sys::SocketFile,
 }
 
 impl SeedListener {
@@ -48,7 +48,7 @@ pub fn seed_segment_size(len: usize) -> usize {
 }
 
 /// Connects to a seed sender, receives `'F'` + fd, maps it read-only and validates the stream.
-pub fn seed_receive(address: &str, timeout: Option<Duration>, max_message_bytes: u64) -> Result<Message> {
+pub fn seed_receive(address: &str, timeout: Option<Duration>, max_message_bytes: u64) -> Result<ReceivedTable> {
     let addr = Address::parse(address)?;
     let dl = timeout.map(|t| Instant::now() + t);
     let sock = sys::connect(&addr, libc::SOCK_STREAM, dl)?;
@@ -64,5 +64,5 @@ pub fn seed_receive(address: &str, timeout: Option<Duration>, max_message_bytes:
     if r.len != 1 || buf[0] != b'F' || r.fds.len() != 1 {
         return err(ErrorCode::Protocol, format!("expected 'F' with one fd, got {} bytes with {} fds", r.len, r.fds.len()));
     }
-    Message::from_seed_fd(&r.fds[0], max_message_bytes)
+    ReceivedTable::from_seed_fd(&r.fds[0], max_message_bytes)
 }

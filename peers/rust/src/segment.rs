@@ -271,7 +271,10 @@ pub fn check_segment(
     Ok((SegmentInfo { size, seals }, length))
 }
 
-/// Checks a received segment (§5.1 steps 2–6) and maps the whole file read-only.
+/// Checks a received segment (§5.1 steps 2–6) and maps the whole file read-only. A segment
+/// its sender can still shrink (no `F_SEAL_SHRINK`: only accepted with `allow_unsealed` or in
+/// seed mode) is copied instead, with `pread`, up to the end of its IPC range: reading a mapping
+/// of a file truncated meanwhile would kill the receiver with `SIGBUS`.
 /// Returns the mapping and the effective `ipc_length`.
 pub fn open_segment(
     fd: RawFd,
@@ -281,6 +284,39 @@ pub fn open_segment(
     allow_unsealed: bool,
 ) -> Result<(Mapping, u64)> {
     let (info, length) = check_segment(fd, ipc_offset, ipc_length, max_message_bytes, allow_unsealed)?;
+    if info.seals & libc::F_SEAL_SHRINK == 0 {
+        return Ok((copy_segment(fd, (ipc_offset + length) as usize)?, length));
+    }
     let map = Mapping::map(fd, info.size as usize, false)?;
     Ok((map, length))
+}
+
+/// The first `len` bytes of `fd`, read into private memory.
+fn copy_segment(fd: RawFd, len: usize) -> Result<Mapping> {
+    // SAFETY: a fresh private anonymous mapping; the result is checked.
+    let ptr = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(Error::last_os("mmap"));
+    }
+    let mut map = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len, writable: true };
+    let buf = map.as_mut_slice();
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: reading into the rest of our own buffer.
+        let r = unsafe { libc::pread(fd, buf[done..].as_mut_ptr().cast(), len - done, done as libc::off_t) };
+        match r {
+            0 => return err(ErrorCode::SegmentBounds, format!("the unsealed segment shrank below {len} bytes while it was read")),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    return Err(Error::from_io("pread", &e));
+                }
+            }
+            r => done += r as usize,
+        }
+    }
+    map.writable = false;
+    Ok(map)
 }

@@ -218,24 +218,46 @@ pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> Result<Received> {
     Ok(Received { len: r, fds, flags: msg.msg_flags })
 }
 
-/// Binds a listening socket of type `ty` at `addr`: removes a stale socket file first, binds,
-/// chmods to 0600, listens. Returns the fd and (for a path) its inode, to remove it later.
-pub fn bind_listen(addr: &Address, ty: i32, backlog: i32) -> Result<(OwnedFd, Option<(String, u64)>)> {
+/// A listener's socket file: its path, device and inode (to remove only that file later).
+pub type SocketFile = Option<(String, u64, u64)>;
+
+fn address_in_use(addr: &Address) -> Error {
+    let what = match addr {
+        Address::Path(p) => p.clone(),
+        Address::Abstract(n) => format!("@{n}"),
+    };
+    Error::new(ErrorCode::AddressInUse, format!("another listener answers on {what}"))
+}
+
+/// Binds a listening socket of type `ty` at `addr`, chmods it to 0600 and listens (§14.2): a
+/// socket file nobody answers on (left by a dead process) is replaced; one a live listener
+/// answers on is `ERR_ADDRESS_IN_USE`. Returns the fd and (for a path) its file, to remove later.
+pub fn bind_listen(addr: &Address, ty: i32, backlog: i32) -> Result<(OwnedFd, SocketFile)> {
     let fd = socket(ty)?;
     if let Address::Path(p) = addr {
         if let Ok(md) = std::fs::symlink_metadata(p) {
             use std::os::unix::fs::FileTypeExt;
-            if md.file_type().is_socket() {
-                let _ = std::fs::remove_file(p);
-            } else {
+            if !md.file_type().is_socket() {
                 return err(ErrorCode::InvalidArgument, format!("{p} exists and is not a socket"));
             }
+            let probe = socket(ty)?;
+            let (sa, len) = addr.sockaddr();
+            // SAFETY: valid sockaddr of `len` bytes.
+            let r = unsafe { libc::connect(probe.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) };
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            // A live listener of another socket type still owns the path (EPROTOTYPE).
+            if r == 0 || errno == Some(libc::EPROTOTYPE) || errno == Some(libc::EAGAIN) {
+                return Err(address_in_use(addr));
+            }
+            let _ = std::fs::remove_file(p);
         }
     }
     let (sa, len) = addr.sockaddr();
     // SAFETY: valid sockaddr of `len` bytes.
     if unsafe { libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_un).cast(), len) } != 0 {
-        return Err(Error::last_os("bind"));
+        let e = Error::last_os("bind");
+        // An abstract name (or a path bound meanwhile) is taken.
+        return Err(if e.errno == Some(libc::EADDRINUSE) { address_in_use(addr) } else { e });
     }
     let mut inode = None;
     if let Address::Path(p) = addr {
@@ -244,12 +266,12 @@ pub fn bind_listen(addr: &Address, ty: i32, backlog: i32) -> Result<(OwnedFd, Op
             let _ = std::fs::remove_file(p);
             return Err(Error::from_io("chmod", &e));
         }
-        inode = std::fs::symlink_metadata(p).ok().map(|m| (p.clone(), m.ino()));
+        inode = std::fs::symlink_metadata(p).ok().map(|m| (p.clone(), m.dev(), m.ino()));
     }
     // SAFETY: plain syscall.
     if unsafe { libc::listen(fd.as_raw_fd(), backlog) } != 0 {
         let e = Error::last_os("listen");
-        if let Some((p, _)) = &inode {
+        if let Some((p, _, _)) = &inode {
             let _ = std::fs::remove_file(p);
         }
         return Err(e);
@@ -257,11 +279,11 @@ pub fn bind_listen(addr: &Address, ty: i32, backlog: i32) -> Result<(OwnedFd, Op
     Ok((fd, inode))
 }
 
-/// Removes a listener's socket file if it is still the one it created.
-pub fn unlink_own(inode: &Option<(String, u64)>) {
+/// Removes a listener's socket file if it is still the one it created (same device and inode).
+pub fn unlink_own(file: &SocketFile) {
     use std::os::unix::fs::MetadataExt;
-    if let Some((p, ino)) = inode {
-        if std::fs::symlink_metadata(p).map(|m| m.ino() == *ino).unwrap_or(false) {
+    if let Some((p, dev, ino)) = file {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -257,10 +257,10 @@ fn sixteen_byte_types_in_an_8_aligned_stream_are_realigned() {
 #[test]
 fn ipc_validation_cases() {
     let stream = std::fs::read(testdata().join("arrow-gold/1.0.0-littleendian/generated_primitive.stream")).unwrap();
-    let info = ipc::validate_stream(&stream).unwrap();
+    let info = ipc::validate_stream(&stream, &Default::default()).unwrap();
     assert_eq!(info.end, stream.len());
     assert_eq!(info.record_batches, 2);
-    let code = |b: &[u8]| ipc::validate_stream(b).unwrap_err().code;
+    let code = |b: &[u8]| ipc::validate_stream(b, &Default::default()).unwrap_err().code;
     assert_eq!(code(&stream[..3]), ErrorCode::IpcTruncated);
     assert_eq!(code(&stream[..6]), ErrorCode::IpcTruncated);
     assert_eq!(code(&stream[..100]), ErrorCode::IpcTruncated);
@@ -277,49 +277,14 @@ fn ipc_validation_cases() {
     // trailing bytes after EOS are ignored; a missing EOS is fine
     let mut extra = stream.clone();
     extra.extend_from_slice(&[1, 2, 3]);
-    assert_eq!(ipc::validate_stream(&extra).unwrap().end, stream.len());
+    assert_eq!(ipc::validate_stream(&extra, &Default::default()).unwrap().end, stream.len());
     assert!(decode_bytes(&extra).is_ok());
     let no_eos = &stream[..stream.len() - 8];
-    assert_eq!(ipc::validate_stream(no_eos).unwrap().end, no_eos.len());
+    assert_eq!(ipc::validate_stream(no_eos, &Default::default()).unwrap().end, no_eos.len());
     assert_eq!(decode_bytes(no_eos).unwrap().num_rows(), decode_bytes(&stream).unwrap().num_rows());
 }
 
 // ---------------------------------------------------------------- protocol over raw frames
-
-fn raw_connect(a: &str) -> OwnedFd {
-    let fd = sys::connect(&sys::Address::parse(a).unwrap(), libc::SOCK_SEQPACKET, Some(std::time::Instant::now() + Duration::from_secs(10))).unwrap();
-    let mut hello = Frame::new(Kind::Hello);
-    hello.message_id = 1;
-    hello.metadata = vec![
-        ("min_version".into(), "1".into()),
-        ("max_version".into(), "3".into()),
-        ("capabilities".into(), "".into()),
-        ("implementation".into(), "raw-test".into()),
-        ("pid".into(), "1".into()),
-    ];
-    sys::send_with_fds(fd.as_raw_fd(), &hello.encode().unwrap(), &[]).unwrap();
-    let w = raw_read(&fd);
-    assert_eq!(w.kind, Kind::Welcome);
-    assert_eq!(w.version, 1);
-    assert_eq!(arrow_shm::frame::kv_get(&w.metadata, "version"), Some("1"));
-    fd
-}
-
-fn raw_read(fd: &OwnedFd) -> Frame {
-    let mut buf = vec![0u8; 65536];
-    sys::wait_readable(fd.as_raw_fd(), Some(std::time::Instant::now() + Duration::from_secs(10)), "frame").unwrap();
-    let r = sys::recv_with_fds(fd.as_raw_fd(), &mut buf).unwrap();
-    Frame::decode(&buf[..r.len]).unwrap()
-}
-
-fn raw_table(fd: &OwnedFd, id: u64, seg: &OwnedFd, len: u64, flags: u8) {
-    let mut t = Frame::new(Kind::Table);
-    t.message_id = id;
-    t.flags = flags;
-    t.ipc_length = len;
-    t.fd_count = 1;
-    sys::send_with_fds(fd.as_raw_fd(), &t.encode().unwrap(), &[seg.as_raw_fd()]).unwrap();
-}
 
 #[test]
 fn bad_tables_get_errors_and_the_connection_continues() {

@@ -2,9 +2,10 @@
 
 mod common;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -13,7 +14,7 @@ use arrow_shm::frame::{kv_get, Frame, Kind};
 use arrow_shm::ring::{self, encode_record_header, RecordKind, RingHeader, RING_HEADER_BYTES, RING_SEALS};
 use arrow_shm::segment::{self, Mapping};
 use arrow_shm::stream::{self, ReaderOptions, StreamReader, WriterOptions};
-use arrow_shm::{channel, ipc, sys, ErrorCode, Listener, Options};
+use arrow_shm::{channel, ipc, sys, Channel, ErrorCode, Listener, Options};
 use common::*;
 
 const T: Option<Duration> = Some(Duration::from_secs(20));
@@ -32,24 +33,41 @@ fn reader_options() -> ReaderOptions {
     ReaderOptions { read_timeout: T, ..ReaderOptions::default() }
 }
 
+fn connect(a: &str) -> Channel {
+    channel::connect(a, Options { timeout: T, ..Options::default() }).unwrap()
+}
+
+/// Listens on a new address, runs `producer` (given the address) on a thread, and accepts its
+/// stream here.
+fn stream_from<R: Send + 'static>(tag: &str, producer: impl FnOnce(String) -> R + Send + 'static) -> (StreamReader, JoinHandle<R>) {
+    let a = addr(tag);
+    let lst = Listener::bind(&a, Options::default()).unwrap();
+    let producer = std::thread::spawn(move || producer(a));
+    let reader = StreamReader::accept(lst.accept(T).unwrap(), reader_options(), T).unwrap();
+    (reader, producer)
+}
+
+/// Listens on a new address and runs `consumer` on a thread with the stream it accepts there;
+/// returns the producer's channel to it.
+fn stream_to<R: Send + 'static>(tag: &str, consumer: impl FnOnce(StreamReader) -> R + Send + 'static) -> (Channel, JoinHandle<R>) {
+    let a = addr(tag);
+    let lst = Listener::bind(&a, Options::default()).unwrap();
+    let consumer = std::thread::spawn(move || consumer(StreamReader::accept(lst.accept(T).unwrap(), reader_options(), T).unwrap()));
+    (connect(&a), consumer)
+}
+
 /// Streams `batches` from a producer thread to a consumer here and compares each batch read
 /// with the one sent; returns how many lay inside the ring mapping (read in place). Batches are
 /// dropped as they are read: held ones would hold the ring.
 fn round_trip(schema: SchemaRef, batches: Vec<RecordBatch>, options: WriterOptions) -> usize {
     let want = batches.clone();
-    let a = addr("rt");
-    let lst = Listener::bind(&a, Options::default()).unwrap();
-    let a2 = a.clone();
-    let producer = std::thread::spawn(move || {
-        let ch = channel::connect(&a2, Options { timeout: T, ..Options::default() }).unwrap();
-        let mut w = stream::open_stream(ch, schema, options).unwrap();
+    let (mut reader, producer) = stream_from("rt", move |a| {
+        let mut w = stream::open_stream(connect(&a), schema, options).unwrap();
         for b in &batches {
             w.write(b).unwrap();
         }
         w.finish(T).unwrap();
     });
-    let ch = lst.accept(T).unwrap();
-    let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
     let mut got = 0;
     let mut in_ring = 0;
     while let Some(item) = reader.read().unwrap() {
@@ -125,13 +143,8 @@ fn big_batches_go_through_stream_segments_and_small_ones_wrap() {
 
 #[test]
 fn a_full_ring_fails_fast_with_ring_full() {
-    let a = addr("full");
-    let lst = Listener::bind(&a, Options::default()).unwrap();
-    let a2 = a.clone();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let consumer = std::thread::spawn(move || {
-        let ch = lst.accept(T).unwrap();
-        let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
+    let (ch, consumer) = stream_to("full", move |mut reader| {
         let held = reader.read().unwrap().unwrap(); // hold the first batch: nothing is released
         rx.recv().unwrap();
         drop(held);
@@ -141,7 +154,6 @@ fn a_full_ring_fails_fast_with_ring_full() {
         }
         n
     });
-    let ch = channel::connect(&a2, Options { timeout: T, ..Options::default() }).unwrap();
     let options = WriterOptions { capacity: 65_536, fail_when_full: true, ..WriterOptions::default() };
     let mut w = stream::open_stream(ch, big_schema(), options).unwrap();
     let b = batch(300, 5);
@@ -162,11 +174,7 @@ fn a_full_ring_fails_fast_with_ring_full() {
 
 #[test]
 fn max_messages_limits_unreleased_records() {
-    let a = addr("maxmsg");
-    let lst = Listener::bind(&a, Options::default()).unwrap();
-    let consumer = std::thread::spawn(move || {
-        let ch = lst.accept(T).unwrap();
-        let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
+    let (ch, consumer) = stream_to("maxmsg", |mut reader| {
         std::thread::sleep(Duration::from_millis(300));
         let mut n = 0;
         while reader.read().unwrap().is_some() {
@@ -174,7 +182,6 @@ fn max_messages_limits_unreleased_records() {
         }
         n
     });
-    let ch = channel::connect(&a, Options { timeout: T, ..Options::default() }).unwrap();
     let options = WriterOptions { max_messages: Some(2), fail_when_full: true, ..WriterOptions::default() };
     let mut w = stream::open_stream(ch, big_schema(), options).unwrap();
     let b = batch(10, 2);
@@ -190,12 +197,8 @@ fn max_messages_limits_unreleased_records() {
 #[test]
 fn producer_gone_before_end_drains_then_peer_closed() {
     for abort in [true, false] {
-        let a = addr("gone");
-        let lst = Listener::bind(&a, Options::default()).unwrap();
-        let a2 = a.clone();
-        let producer = std::thread::spawn(move || {
-            let ch = channel::connect(&a2, Options { timeout: T, ..Options::default() }).unwrap();
-            let mut w = stream::open_stream(ch, big_schema(), WriterOptions::default()).unwrap();
+        let (mut reader, producer) = stream_from("gone", move |a| {
+            let mut w = stream::open_stream(connect(&a), big_schema(), WriterOptions::default()).unwrap();
             for i in 0..3 {
                 w.write(&batch(100, 2 + i)).unwrap();
             }
@@ -205,8 +208,6 @@ fn producer_gone_before_end_drains_then_peer_closed() {
                 drop(w); // as if the process died: no END record
             }
         });
-        let ch = lst.accept(T).unwrap();
-        let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
         producer.join().unwrap();
         for _ in 0..3 {
             assert!(reader.read().unwrap().is_some());
@@ -218,15 +219,10 @@ fn producer_gone_before_end_drains_then_peer_closed() {
 
 #[test]
 fn a_consumer_that_leaves_fails_the_writer_with_peer_closed() {
-    let a = addr("leave");
-    let lst = Listener::bind(&a, Options::default()).unwrap();
-    let consumer = std::thread::spawn(move || {
-        let ch = lst.accept(T).unwrap();
-        let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
+    let (ch, consumer) = stream_to("leave", |mut reader| {
         let _ = reader.read().unwrap();
         // dropped here: leaves the stream
     });
-    let ch = channel::connect(&a, Options { timeout: T, ..Options::default() }).unwrap();
     let mut w = stream::open_stream(ch, big_schema(), WriterOptions { capacity: 65_536, ..WriterOptions::default() }).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let e = loop {
@@ -241,29 +237,10 @@ fn a_consumer_that_leaves_fails_the_writer_with_peer_closed() {
 
 // ------------------------------------------------------------------- a hostile raw producer
 
-fn raw_read(fd: &OwnedFd) -> Frame {
-    let mut buf = vec![0u8; 65536];
-    sys::wait_readable(fd.as_raw_fd(), Some(Instant::now() + Duration::from_secs(10)), "frame").unwrap();
-    let r = sys::recv_with_fds(fd.as_raw_fd(), &mut buf).unwrap();
-    Frame::decode(&buf[..r.len]).unwrap()
-}
-
 /// A hand-made producer: connects, opens a stream over a ring it builds itself, lets `corrupt`
 /// write records and positions, and returns the ERROR frame the consumer answered with.
 fn hostile_producer(a: &str, corrupt: impl FnOnce(&RingHeader, &mut [u8])) -> Frame {
-    let fd = sys::connect(&sys::Address::parse(a).unwrap(), libc::SOCK_SEQPACKET, Some(Instant::now() + Duration::from_secs(10))).unwrap();
-    let mut hello = Frame::new(Kind::Hello);
-    hello.message_id = 1;
-    hello.metadata = vec![
-        ("min_version".into(), "1".into()),
-        ("max_version".into(), "1".into()),
-        ("capabilities".into(), "stream".into()),
-        ("implementation".into(), "hostile".into()),
-        ("pid".into(), "1".into()),
-    ];
-    sys::send_with_fds(fd.as_raw_fd(), &hello.encode().unwrap(), &[]).unwrap();
-    let w = raw_read(&fd);
-    assert_eq!(w.kind, Kind::Welcome);
+    let (fd, w) = raw_hello(a, "stream");
     assert_eq!(kv_get(&w.metadata, "capabilities"), Some("stream"));
 
     let capacity = 65_536u64;
@@ -296,12 +273,7 @@ fn hostile_producer(a: &str, corrupt: impl FnOnce(&RingHeader, &mut [u8])) -> Fr
 }
 
 fn consume_hostile(tag: &str, corrupt: impl FnOnce(&RingHeader, &mut [u8]) + Send + 'static) -> (arrow_shm::Error, Frame) {
-    let a = addr(tag);
-    let lst = Listener::bind(&a, Options::default()).unwrap();
-    let a2 = a.clone();
-    let producer = std::thread::spawn(move || hostile_producer(&a2, corrupt));
-    let ch = lst.accept(T).unwrap();
-    let mut reader = StreamReader::accept(ch, reader_options(), T).unwrap();
+    let (mut reader, producer) = stream_from(tag, move |a| hostile_producer(&a, corrupt));
     let e = loop {
         match reader.read() {
             Ok(Some(_)) => continue,

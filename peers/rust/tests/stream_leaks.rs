@@ -12,14 +12,6 @@ use arrow_shm::stream::{self, ReaderOptions, StreamReader, WriterOptions};
 use arrow_shm::{channel, ErrorCode, Listener, Options};
 use common::*;
 
-fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn memfd_maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().filter(|l| l.contains("memfd:")).count()
-}
-
 #[test]
 fn no_fd_or_mapping_leaks_over_many_streams() {
     let t = Some(Duration::from_secs(20));
@@ -67,8 +59,8 @@ fn no_fd_or_mapping_leaks_over_many_streams() {
         }
     };
     round(3); // warm-up: lazily created process-wide fds
-    let (fds, maps) = (fd_count(), memfd_maps());
+    let (fds, maps) = (open_fds(), memfd_maps());
     round(30);
-    assert_eq!(fd_count(), fds, "fds leaked");
+    assert_eq!(open_fds(), fds, "fds leaked");
     assert_eq!(memfd_maps(), maps, "memfd mappings leaked");
 }

@@ -38,7 +38,7 @@ class MappedBuffer : public arrow::Buffer {
 std::shared_ptr<arrow::Table> decode_table(const std::shared_ptr<arrow::Buffer>& ipc);
 
 // One received TABLE, already checked (§5.1, §7) and acknowledged.
-struct Message {
+struct ReceivedTable {
   uint64_t message_id = 0;
   uint8_t flags = 0;
   KV metadata;
@@ -55,6 +55,12 @@ struct ChannelOptions {
   bool allow_unsealed = false;  // accept segments without seals (§6.3)
   bool receives_tables = true;  // false: refuse incoming non-response tables (ERR_IPC_UNSUPPORTED)
   bool receives_streams = true;  // false: refuse STREAM_OPEN (ERR_INVALID_ARGUMENT) instead of queueing it
+  IpcLimits ipc_limits;          // §14.1, for every received table
+  // §14.2: received tables not yet taken by receive_message(): past either bound the socket is
+  // not read until the application takes one (the sender's sends then wait for their ACK).
+  size_t max_inbox_messages = 64;
+  uint64_t max_inbox_bytes = 1ull << 30;  // their mapped ipc_length
+  size_t max_stream_offers = 16;          // STREAM_OPEN offers not yet accepted; more: ERR_RESOURCE_LIMIT
 };
 
 class StreamReader;
@@ -85,15 +91,15 @@ class Channel {
   // or the table's typed error if it failed the checks (the sender got an ERROR; still open).
   std::shared_ptr<arrow::Table> receive(Timeout timeout = {});
   // The same with the frame's id, flags and metadata; nullopt once the peer said GOODBYE or hung up.
-  std::optional<Message> receive_message(Timeout timeout = {});
+  std::optional<ReceivedTable> receive_message(Timeout timeout = {});
 
   // §8: sends `table` as a REQUEST and returns the RESPONSE table (or throws the peer's ERROR).
   std::shared_ptr<arrow::Table> request(const arrow::Table& table, Timeout timeout = {}, const KV& metadata = {});
-  void respond(const Message& request, const arrow::Table& response, const KV& metadata = {}, Timeout timeout = {});
-  void respond_error(const Message& request, const Error& error);
+  void respond(const ReceivedTable& request, const arrow::Table& response, const KV& metadata = {}, Timeout timeout = {});
+  void respond_error(const ReceivedTable& request, const Error& error);
   // Answers requests with `handler` until the peer hangs up or `count` were answered; an Error
   // the handler throws goes back as an ERROR, any other exception as ERR_REMOTE. Returns the count.
-  using Handler = std::function<std::shared_ptr<arrow::Table>(const Message&)>;
+  using Handler = std::function<std::shared_ptr<arrow::Table>(const ReceivedTable&)>;
   uint64_t serve(const Handler& handler, std::optional<uint64_t> count = std::nullopt);
 
   // Sends GOODBYE and closes (idempotent).
@@ -112,6 +118,14 @@ class Channel {
   const std::optional<Error>& failure() const { return failure_; }
   // The socket, for poll(2) next to other fds; -1 once closed.
   int native_handle() const { return fd_.get(); }
+  // A received table (or its typed error) waits in the inbox: receive_message() returns at once.
+  bool has_message() const { return !inbox_.empty(); }
+  // The inbox is at max_inbox_messages / max_inbox_bytes: the socket is not read meanwhile.
+  bool inbox_full() const;
+  // When a frame last went in either direction (idle_timeout_ms of §14.2).
+  Clock::time_point last_activity() const { return last_activity_; }
+  // Ends the connection with ERROR `e` (correlation_id 0) and no GOODBYE, e.g. an idle one (§14.2).
+  void fail(const Error& e);
 
  private:
   friend class StreamReader;
@@ -123,13 +137,15 @@ class Channel {
     std::vector<Fd> fds;
   };
   uint64_t send_frame(Frame f, int pass_fd = -1);
-  uint64_t send_frame_fds(Frame f, const std::vector<int>& fds);
+  uint64_t send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking = false);
+  void send_control(Frame f);
   void send_error(const Error& e, uint64_t correlation_id, uint8_t flags = 0);
   [[noreturn]] void fatal(const Error& e);
   std::optional<Received> read_frame(const Deadline& d);
   void handshake_as_connector(const Deadline& d);
   void handshake_as_listener(const Deadline& d);
-  Message accept_table(Received& r);
+  void take_peer_info(const Frame& f);
+  ReceivedTable accept_table(Received& r);
   uint64_t send_table(Fd segment, uint64_t ipc_length, const KV& metadata, uint8_t flags, uint64_t correlation_id);
   void await_ack(uint64_t id, const Deadline& d);
   // Handles a frame the caller does not wait for; returns false if it was GOODBYE.
@@ -154,20 +170,22 @@ class Channel {
   // Tables that arrived while this side waited for something else (already ACKed, or the typed
   // error their sender was told), handed out in order by receive_message().
   struct Incoming {
-    std::optional<Message> message;
+    std::optional<ReceivedTable> message;
     std::optional<Error> error;
   };
   std::deque<Incoming> inbox_;
+  uint64_t inbox_bytes_ = 0;
+  Clock::time_point last_activity_ = Clock::now();
 };
 
 // A listening SOCK_SEQPACKET socket (a path, chmod 0600, or "@name": abstract); the socket file
 // is removed by the destructor.
 class Listener {
  public:
-  explicit Listener(std::string addr) : addr_(std::move(addr)), fd_(listen_socket(addr_, SOCK_SEQPACKET)) {}
+  explicit Listener(std::string addr) : addr_(std::move(addr)), fd_(listen_socket(addr_, SOCK_SEQPACKET, &file_)) {}
   Listener(const Listener&) = delete;
   Listener& operator=(const Listener&) = delete;
-  ~Listener() { unlink_socket(addr_); }
+  ~Listener() { unlink_socket(file_); }
   // Waits for the next peer and answers its handshake.
   std::unique_ptr<Channel> accept(Timeout timeout = {}, ChannelOptions options = {});
   const std::string& address() const { return addr_; }
@@ -175,6 +193,7 @@ class Listener {
 
  private:
   std::string addr_;
+  SocketFile file_;  // before fd_: listen_socket fills it
   Fd fd_;
 };
 

@@ -39,26 +39,62 @@ constexpr uint64_t kMaxRingCapacity = 1ull << 40;
 constexpr uint32_t kMaxRingReaders = 62;
 constexpr uint64_t kDefaultRingCapacity = 16ull << 20;
 constexpr uint64_t kRecordHeaderBytes = 64;
+constexpr uint64_t kRecordAlign = 64;
 enum class RecordKind : uint32_t { Batch = 1, Padding = 2, External = 3, End = 4 };
+
+// Byte offsets of the header page's fields and of the fields of a reader slot (§12.2).
+struct RingField {
+  static constexpr size_t magic = 0, layout_version = 8, header_length = 12, capacity = 16, max_readers = 24;
+  static constexpr size_t write_position = 64, producer_waiting = 72, ended = 76, slots = 128;
+};
+struct SlotField {
+  static constexpr size_t bytes = 64, read_position = 0, state = 8, waiting = 12, pid = 16;
+};
 
 // ERR_INVALID_ARGUMENT unless a power of two in [65536, 2^40].
 void check_ring_capacity(uint64_t capacity);
+
+// The data offset of `position`: the ring's one wrap.
+inline uint64_t ring_offset(uint64_t position, uint64_t capacity) { return position % capacity; }
+
+// Where a record of `length` bytes goes when the producer is at `write` (§12.2): its data offset,
+// after `padding` bytes of PADDING that fill the end of the ring when it would not fit there.
+struct RecordPlacement {
+  uint64_t offset;
+  uint64_t padding;  // 0 when it fits before the end
+};
+RecordPlacement place_record(uint64_t write, uint64_t length, uint64_t capacity);
+
+// The 64-byte header of every record (§12.2). `kind` stays raw: a peer may write any number.
+struct RecordHeader {
+  static constexpr size_t length_at = 0, kind_at = 4, sequence_at = 8, ipc_length_at = 16;
+  uint32_t length = 0;
+  uint32_t kind = 0;
+  uint64_t sequence = 0;
+  uint64_t ipc_length = 0;
+  static RecordHeader read(const uint8_t* record);
+  void write(uint8_t* record) const;  // the 24 fields, then zeros to 64 bytes
+};
 
 // The header page of a ring: every access of a shared field is one atomic operation (§12.3).
 class RingHeader {
  public:
   explicit RingHeader(uint8_t* page = nullptr) : page_(page) {}
   uint8_t* page() const { return page_; }
-  std::atomic_ref<uint64_t> write_position() const { return u64(64); }
-  std::atomic_ref<uint32_t> producer_waiting() const { return u32(72); }
-  std::atomic_ref<uint32_t> ended() const { return u32(76); }
-  std::atomic_ref<uint64_t> read_position(uint32_t slot) const { return u64(slot_at(slot)); }
-  std::atomic_ref<uint32_t> state(uint32_t slot) const { return u32(slot_at(slot) + 8); }
-  std::atomic_ref<uint32_t> waiting(uint32_t slot) const { return u32(slot_at(slot) + 12); }
-  std::atomic_ref<uint32_t> pid(uint32_t slot) const { return u32(slot_at(slot) + 16); }
+  // The producer's constants of a new (zeroed) ring (§12.4 step 1).
+  void init(uint64_t capacity, uint32_t max_readers) const;
+  // A consumer's checks of a ring it was given: ERR_RING_INVALID unless it is the ring STREAM_OPEN describes.
+  void check(uint64_t capacity, uint64_t slot) const;
+  std::atomic_ref<uint64_t> write_position() const { return u64(RingField::write_position); }
+  std::atomic_ref<uint32_t> producer_waiting() const { return u32(RingField::producer_waiting); }
+  std::atomic_ref<uint32_t> ended() const { return u32(RingField::ended); }
+  std::atomic_ref<uint64_t> read_position(uint32_t slot) const { return u64(slot_at(slot) + SlotField::read_position); }
+  std::atomic_ref<uint32_t> state(uint32_t slot) const { return u32(slot_at(slot) + SlotField::state); }
+  std::atomic_ref<uint32_t> waiting(uint32_t slot) const { return u32(slot_at(slot) + SlotField::waiting); }
+  std::atomic_ref<uint32_t> pid(uint32_t slot) const { return u32(slot_at(slot) + SlotField::pid); }
 
  private:
-  static size_t slot_at(uint32_t slot) { return 128 + 64 * static_cast<size_t>(slot); }
+  static size_t slot_at(uint32_t slot) { return RingField::slots + SlotField::bytes * static_cast<size_t>(slot); }
   std::atomic_ref<uint64_t> u64(size_t at) const { return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(page_ + at)); }
   std::atomic_ref<uint32_t> u32(size_t at) const { return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page_ + at)); }
   uint8_t* page_;
@@ -105,6 +141,7 @@ class StreamBatch {
 struct StreamReaderOptions {
   Timeout read_timeout;                                 // read(): ERR_TIMEOUT after this long without a batch
   uint64_t max_message_bytes = kDefaultMaxMessageBytes;  // largest batch accepted through its own segment
+  IpcLimits ipc_limits;                                  // §14.1, for the prologue and every record
 };
 
 class StreamReader {
@@ -164,6 +201,7 @@ class StreamReader {
   RingHeader header_;
   Fd data_event_, space_event_;
   std::shared_ptr<detail::ReleaseQueue> releases_;
+  IpcChecker checker_;  // every message's metadata, before the Arrow reader sees it
   detail::QueueMessageReader* messages_ = nullptr;  // owned by reader_
   std::shared_ptr<arrow::RecordBatchReader> reader_;
   std::shared_ptr<arrow::Schema> schema_;

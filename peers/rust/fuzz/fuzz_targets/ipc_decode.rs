@@ -7,7 +7,6 @@
 use arrow_array::Array;
 use arrow_buffer::{Buffer, MutableBuffer};
 use arrow_shm::ipc::decode_stream;
-use arrow_shm::ErrorCode;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -29,9 +28,6 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Err(e) => assert!(
-            matches!(e.code, ErrorCode::IpcTruncated | ErrorCode::IpcInvalid | ErrorCode::IpcUnsupported),
-            "{e:?}"
-        ),
+        Err(e) => assert!(e.code.as_str().starts_with("ERR_IPC_"), "{e:?}"),
     }
 });

@@ -1,0 +1,59 @@
+// The command line of docs/CLI.md (arrow-shm-cpp): options, and what the command files share.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "arrow_shm/channel.hpp"
+
+namespace arrow_shm::cli {
+
+constexpr const char* kProg = "arrow-shm";
+
+// Status 2, the message on stderr.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// `--help` / `-h`: the usage of the program or of one command, on stdout, status 0.
+struct HelpRequest {
+  std::string text;
+};
+
+struct Options {
+  std::string command;
+  std::optional<std::string> socket, out;
+  bool listen = false, connect = false, print = false, seed_compat = false, allow_unsealed = false;
+  bool stream = false;
+  std::optional<uint64_t> ring_bytes;
+  int64_t subscribers = 1;
+  KV meta;
+  std::optional<int64_t> timeout_ms;
+  std::optional<int64_t> count;  // recv: default 1; engine: default forever
+  std::vector<std::string> files;
+};
+
+// argv -> Options; throws UsageError or HelpRequest (flags.cpp: one table of commands and flags).
+Options parse(int argc, char** argv);
+
+// A FILE argument's bytes (- is stdin); an empty one is ERR_INVALID_ARGUMENT.
+std::vector<uint8_t> load(const std::string& path);
+// "arrow-shm: WHAT CODE: message" on stderr.
+void report(const std::string& what, const Error& e);
+// The "listening on ADDR" line the tests and scripts wait for, on stderr.
+void listening(const std::string& addr);
+Timeout timeout(const Options& o);
+// --listen: listens on --socket (announcing it) and accepts one channel; else connects to it.
+std::unique_ptr<Channel> open_channel(const Options& o, bool listen, ChannelOptions options = {});
+
+int cmd_recv(const Options& o);         // recv.cpp
+int cmd_send_stream(const Options& o);  // streams.cpp
+int cmd_recv_stream(const Options& o);
+int cmd_pub(const Options& o);
+int cmd_sub(const Options& o);
+
+}  // namespace arrow_shm::cli

@@ -1,0 +1,157 @@
+// Walks the encapsulated messages of an Arrow IPC stream and checks every length and offset
+// before any Arrow library sees the bytes (docs/PROTOCOL.md §7).
+import { Message } from 'apache-arrow/ipc/metadata/message';
+import { MessageHeader } from 'apache-arrow';
+import { fail } from '../errors.js';
+import { FlatView, verifyMessageFlatbuffer } from './flatbuffer.js';
+import { checkBatchCounts, schemaLayout, type SchemaLayout } from './layout.js';
+import { resolveIpcLimits, type IpcLimits } from './limits.js';
+
+const CONTINUATION = 0xffffffff;
+
+export interface IpcSummary {
+  messages: number;
+  recordBatches: number;
+  dictionaryBatches: number;
+  /** Bytes up to and including the end-of-stream marker (or the whole range if it has none). */
+  streamLength: number;
+}
+
+function asNumber(x: bigint | number): number {
+  return typeof x === 'bigint' ? (x <= BigInt(Number.MAX_SAFE_INTEGER) && x >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(x) : Number.NaN) : x;
+}
+
+/** One checked encapsulated message: its decoded metadata and where its body lies in the bytes. */
+export interface IpcMessage {
+  message: Message;
+  /** The flatbuffer Message (after the continuation marker and length), padding included. */
+  metadataStart: number;
+  metadataLength: number;
+  bodyStart: number;
+  bodyLength: number;
+}
+
+/**
+ * Checks the metadata of one message after another, remembering the stream's schema so that each
+ * batch's counts can be checked against it (§14.1) before arrow-js decodes anything.
+ */
+export class IpcMessageChecker {
+  readonly limits: Readonly<IpcLimits>;
+  #layout: SchemaLayout | null = null;
+
+  constructor(limits?: Partial<IpcLimits>) {
+    this.limits = resolveIpcLimits(limits);
+  }
+
+  /** Verifies `metadata` (a flatbuffer Message), checks it against the schema seen so far, decodes it. */
+  check(metadata: Uint8Array, where: string): Message {
+    verifyMessageFlatbuffer(metadata, this.limits);
+    const fb = new FlatView(metadata);
+    const root = fb.root();
+    const version = fb.i16(root, 0);
+    const header = fb.table(root, 2);
+    const type = fb.u8(root, 1);
+    if (type === MessageHeader.Schema) {
+      if (this.#layout) throw fail('ERR_IPC_INVALID', `unexpected Schema message ${where}`);
+      this.#layout = schemaLayout(fb, header, version);
+    } else if (type === MessageHeader.RecordBatch || type === MessageHeader.DictionaryBatch) {
+      if (!this.#layout) throw fail('ERR_IPC_INVALID', `IPC stream must start with a Schema message, got ${MessageHeader[type]} ${where}`);
+      if (type === MessageHeader.RecordBatch) checkBatchCounts(fb, header, this.#layout.batch, `the record batch ${where}`);
+      else {
+        const id = fb.i64(header, 0);
+        const layout = this.#layout.dictionaries.get(id);
+        if (!layout) throw fail('ERR_IPC_INVALID', `dictionary batch ${where} for id ${id}, which no field of the schema uses`);
+        const data = fb.table(header, 1);
+        if (data === 0) throw fail('ERR_IPC_INVALID', `dictionary batch ${where} without data`);
+        checkBatchCounts(fb, data, layout, `the dictionary batch ${where}`);
+      }
+    }
+    try {
+      return Message.decode(metadata);
+    } catch (e) {
+      throw fail('ERR_IPC_INVALID', `undecodable message metadata ${where}: ${(e as Error).message}`, e);
+    }
+  }
+}
+
+/**
+ * Walks and checks every encapsulated message of `bytes`. `'stream'`: an IPC stream (a Schema
+ * first, an optional end-of-stream marker). `'batches'`: the messages of a stream record
+ * (§12.2): dictionary and record batches only, no Schema, no end-of-stream marker, checked by a
+ * `checker` that saw the stream's Schema. `onMessage` sees each message once it is checked.
+ */
+export function walkIpcMessages(bytes: Uint8Array, mode: 'stream' | 'batches', onMessage?: (m: IpcMessage) => void, checker: IpcMessageChecker = new IpcMessageChecker()): IpcSummary {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const end = bytes.length;
+  const summary: IpcSummary = { messages: 0, recordBatches: 0, dictionaryBatches: 0, streamLength: end };
+  let pos = 0;
+  while (pos < end) {
+    if (end - pos < 4) throw fail('ERR_IPC_TRUNCATED', `IPC stream ends ${end - pos} bytes into a message prefix at offset ${pos}`);
+    let prefix = 4;
+    let size = view.getInt32(pos, true);
+    if (view.getUint32(pos, true) === CONTINUATION) {
+      if (end - pos < 8) throw fail('ERR_IPC_TRUNCATED', `IPC stream ends inside the message length at offset ${pos}`);
+      size = view.getInt32(pos + 4, true);
+      prefix = 8;
+    }
+    if (size === 0) {
+      if (mode === 'batches') throw fail('ERR_IPC_INVALID', `end-of-stream marker inside a stream record at offset ${pos}`);
+      summary.streamLength = pos + prefix;
+      break;
+    }
+    if (size < 0) throw fail('ERR_IPC_INVALID', `negative metadata size ${size} at offset ${pos}`);
+    const metaStart = pos + prefix;
+    if (size > end - metaStart) throw fail('ERR_IPC_TRUNCATED', `message metadata of ${size} bytes at offset ${metaStart} runs past the end of the ${end}-byte stream`);
+    // The checker also enforces the order: one Schema, first (for 'batches', seen in the prologue).
+    const message = checker.check(bytes.subarray(metaStart, metaStart + size), `at offset ${pos}`);
+    const header = message.headerType;
+    const bodyLength = asNumber(message.bodyLength as bigint | number);
+    const bodyStart = metaStart + size;
+    if (!(bodyLength >= 0)) throw fail('ERR_IPC_INVALID', `invalid body length ${String(message.bodyLength)} at offset ${pos}`);
+    if (bodyLength > end - bodyStart) throw fail('ERR_IPC_TRUNCATED', `message body of ${bodyLength} bytes at offset ${bodyStart} runs past the end of the ${end}-byte stream`);
+    if (header === MessageHeader.RecordBatch || header === MessageHeader.DictionaryBatch) {
+      checkBatchHeader(message, header, pos, bodyStart, bodyLength);
+      if (header === MessageHeader.RecordBatch) summary.recordBatches++;
+      else summary.dictionaryBatches++;
+    } else if (header !== MessageHeader.Schema) {
+      throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
+    }
+    summary.messages++;
+    onMessage?.({ message, metadataStart: metaStart, metadataLength: size, bodyStart, bodyLength });
+    pos = bodyStart + bodyLength;
+  }
+  if (mode === 'stream' && summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
+  return summary;
+}
+
+function checkBatchHeader(message: Message, header: MessageHeader, pos: number, bodyStart: number, bodyLength: number): void {
+  let decoded: { data?: unknown };
+  try {
+    decoded = message.header() as unknown as { data?: unknown };
+  } catch (e) {
+    throw fail('ERR_IPC_INVALID', `undecodable batch header at offset ${pos}: ${(e as Error).message}`, e);
+  }
+  const batch = (header === MessageHeader.RecordBatch ? decoded : decoded?.data) as
+    | { length: bigint | number; nodes: { length: bigint | number; nullCount: bigint | number }[]; buffers: { offset: bigint | number; length: bigint | number }[] }
+    | undefined;
+  if (!batch) throw fail('ERR_IPC_INVALID', `batch message without a header at offset ${pos}`);
+  const length = asNumber(batch.length);
+  if (!(length >= 0)) throw fail('ERR_IPC_INVALID', `invalid batch length ${String(batch.length)} at offset ${pos}`);
+  for (const node of batch.nodes) {
+    const n = asNumber(node.length);
+    const nulls = asNumber(node.nullCount);
+    if (!(n >= 0) || !(nulls >= 0) || nulls > n) throw fail('ERR_IPC_INVALID', `invalid field node (length ${String(node.length)}, nulls ${String(node.nullCount)}) at offset ${pos}`);
+  }
+  for (const region of batch.buffers) {
+    const offset = asNumber(region.offset);
+    const length = asNumber(region.length);
+    if (!(offset >= 0) || !(length >= 0) || offset + length > bodyLength) {
+      throw fail('ERR_IPC_INVALID', `buffer [${String(region.offset)}, +${String(region.length)}) outside its ${bodyLength}-byte body at offset ${bodyStart}`);
+    }
+  }
+}
+
+/** Checks a whole IPC stream (framing, flatbuffers, decoding limits, counts) before anything decodes it. */
+export function validateIpcStream(bytes: Uint8Array, limits?: Partial<IpcLimits>): IpcSummary {
+  return walkIpcMessages(bytes, 'stream', undefined, new IpcMessageChecker(limits));
+}

@@ -1,0 +1,168 @@
+// Arrow Flight's wire format (docs/PROTOCOL.md §13): the service definition, addresses,
+// IPC messages as FlightData and back, app_metadata, and the same-host upgrade's identity.
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { fail } from '../errors.js';
+import { walkIpcMessages } from '../ipc/messages.js';
+import { layoutIpcStream, writeIpcLayout } from '../ipc/writer.js';
+import { type FlightLimits } from './flight-limits.js';
+import { PreparedTable, type Sendable } from '../ipc/prepared.js';
+
+export const PROTO = fileURLToPath(new URL('../../../proto/flight.proto', import.meta.url));
+export const CONTINUATION = 0xffffffff;
+export const END_OF_STREAM = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+/** gRPC's default 4 MiB message limit would refuse most tables: ours instead (gRPC checks it from the length prefix). */
+export const channelOptions = (limits: FlightLimits) => ({ 'grpc.max_receive_message_length': limits.maxFlightDataBytes, 'grpc.max_send_message_length': -1 });
+export const DEFAULT_MAX_MESSAGE_BYTES = 2 ** 32;
+
+export interface FlightDescriptor {
+  type: 'UNKNOWN' | 'PATH' | 'CMD';
+  cmd: Buffer;
+  path: string[];
+}
+
+export interface FlightData {
+  flight_descriptor?: FlightDescriptor | null;
+  data_header: Buffer;
+  app_metadata: Buffer;
+  data_body: Buffer;
+}
+
+export type ServiceClient = grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientDuplexStream<unknown, unknown> & grpc.ClientReadableStream<unknown>>;
+let service: { client: new (address: string, credentials: grpc.ChannelCredentials, options: object) => ServiceClient; definition: grpc.ServiceDefinition } | null = null;
+
+export function flightService() {
+  if (!service) {
+    const definition = protoLoader.loadSync(PROTO, { keepCase: true, longs: String, enums: String, bytes: Buffer, defaults: true });
+    const pkg = grpc.loadPackageDefinition(definition) as unknown as { arrow: { flight: { protocol: { FlightService: grpc.ServiceClientConstructor } } } };
+    const ctor = pkg.arrow.flight.protocol.FlightService;
+    service = { client: ctor as unknown as NonNullable<typeof service>['client'], definition: ctor.service };
+  }
+  return service;
+}
+
+/** `grpc://host:port` (plain) or `grpc+tls://host:port`; anything else is a local socket address. */
+export function isFlightAddress(address: string): boolean {
+  return /^grpc(\+tls)?:\/\//.test(address);
+}
+
+export function parseAddress(address: string): { target: string; tls: boolean } {
+  const m = /^grpc(\+tls)?:\/\/([^/]+)\/?$/.exec(address);
+  if (!m) throw fail('ERR_INVALID_ARGUMENT', `not a Flight address (grpc://host:port): ${address}`);
+  return { target: m[2]!, tls: m[1] !== undefined };
+}
+
+/** This boot of this machine: two processes that share it can share memory (if they reach the socket). */
+export function hostIdentity(): string {
+  const read = (f: string) => {
+    try {
+      return readFileSync(f, 'utf8').trim();
+    } catch {
+      return '';
+    }
+  };
+  return `${read('/etc/machine-id')}/${read('/proc/sys/kernel/random/boot_id')}`;
+}
+
+/** The metadata key that carries the Flight descriptor path of a table sent over the upgraded channel. */
+/** The call metadata key naming the channel a call belongs to (§13.2). */
+export const CHANNEL_ID_KEY = 'arrow-shm-channel';
+
+/** The ticket a FlightChannel client long-polls for what the server side sends it (§13.2). */
+export const INBOX_TICKET = 'arrow-shm.inbox';
+/** The action a FlightChannel client sends when it closes (§13.2). */
+export const CLOSE_ACTION = 'arrow-shm.close';
+
+/** What a server may answer a DoPut with, all PutResults together. */
+export const MAX_PUT_RESULT_BYTES = 16 * 2 ** 20;
+/** A Handshake payload larger than this is not an upgrade offer (nothing to parse). */
+export const MAX_HANDSHAKE_BYTES = 4096;
+
+export const PATH_KEY = 'flight.path';
+export const UPGRADE_VERSION = 1;
+
+/**
+ * The IPC messages of `data` (a table, IPC stream bytes, or a PreparedTable read through a
+ * read-only mapping) as FlightData, `appMetadata` on the first batch. The FlightData are views:
+ * gRPC copies them into its frames as it writes.
+ */
+export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
+  const bytes = ipcBytes(data);
+  const out: FlightData[] = [];
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let metadataPending = appMetadata !== undefined;
+  walkIpcMessages(bytes, 'stream', (m) => {
+    const carriesMetadata = metadataPending && m.message.headerType === 3; // the first RecordBatch
+    if (carriesMetadata) metadataPending = false;
+    out.push({
+      flight_descriptor: out.length === 0 ? descriptor : null,
+      data_header: buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength),
+      app_metadata: carriesMetadata ? Buffer.from(appMetadata!) : Buffer.alloc(0),
+      data_body: buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength),
+    });
+  });
+  return out;
+}
+
+/** The IPC stream of `data`: bytes as they are, a prepared segment's bytes, a table laid out once. */
+export function ipcBytes(data: Sendable): Uint8Array {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof PreparedTable) {
+    // A copy: the mapping is released at once instead of living as long as gRPC holds the views.
+    const mapping = data.segment.takeReadOnlyMapping();
+    try {
+      return mapping.bytes(data.ipcOffset, data.ipcLength).slice();
+    } finally {
+      mapping.release();
+    }
+  }
+  const layout = layoutIpcStream(data);
+  const bytes = new Uint8Array(layout.byteLength);
+  writeIpcLayout(layout, bytes);
+  return bytes;
+}
+
+/** @internal Writes every message, waiting for room when gRPC's flow control says so; stops once `stopped()`. */
+export async function writeAll(call: { write(m: FlightData): boolean; once(event: 'drain', listener: () => void): unknown }, messages: FlightData[], stopped = () => false): Promise<void> {
+  for (const m of messages) {
+    if (stopped()) return;
+    if (!call.write(m)) await new Promise<void>((r) => call.once('drain', r));
+  }
+}
+
+export const pad8 = (n: number) => (8 - (n % 8)) % 8;
+
+/**
+ * Re-frames received FlightData as one IPC stream (continuation, length, header, body, each padded
+ * to 8 bytes, then the end-of-stream marker). This is the one copy a Flight receive makes: gRPC
+ * hands each message over in its own buffer, at whatever alignment protobuf left the body.
+ */
+export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX_MESSAGE_BYTES): Uint8Array {
+  let total = END_OF_STREAM.length;
+  for (const m of messages) {
+    if (m.data_header.length === 0) continue; // metadata-only message
+    total += 8 + m.data_header.length + pad8(m.data_header.length) + m.data_body.length + pad8(m.data_body.length);
+  }
+  if (total > maxBytes) throw fail('ERR_TOO_LARGE', `Flight stream of ${total} bytes exceeds the ${maxBytes}-byte limit`);
+  const out = new Uint8Array(total);
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const m of messages) {
+    if (m.data_header.length === 0) continue;
+    const headerLength = m.data_header.length + pad8(m.data_header.length);
+    view.setUint32(at, CONTINUATION, true);
+    view.setInt32(at + 4, headerLength, true);
+    out.set(m.data_header, at + 8);
+    at += 8 + headerLength;
+    out.set(m.data_body, at);
+    at += m.data_body.length + pad8(m.data_body.length);
+  }
+  out.set(END_OF_STREAM, at);
+  return out;
+}
+
+/** The descriptor name of a CLI input file. */
+export const flightName = (file: string): string => (file === '-' ? 'stdin' : basename(file));
