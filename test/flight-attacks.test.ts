@@ -19,11 +19,18 @@ import { DEFAULT_FLIGHT_LIMITS } from '../src/transport/flight-limits.js';
 import { generateSymbolTable } from '../src/cli/symbols.js';
 import { cliScript, hasVenv, repoRoot, runProcess, startListening, venvPython } from './helpers.js';
 
+/** Hostile IPC streams of test/python/attacks.py and the code each must be refused with. */
+const HOSTILE_TABLES = [
+  ['metadata-bomb', 'ERR_IPC_LIMIT'],
+  ['schema-bomb', 'ERR_IPC_LIMIT'],
+  ['counts-mismatch', 'ERR_IPC_INVALID'],
+] as const;
+
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const attacker = path.join(repoRoot, 'test', 'python', 'flight_attacker.py');
 const attacksPy = path.join(repoRoot, 'test', 'python', 'attacks.py');
 const peer = path.join(repoRoot, 'test', 'python', 'flight_peer.py');
-const flightJs = path.join(repoRoot, 'dist', 'src', 'transport', 'flight.js');
+const flightJs = path.join(repoRoot, 'dist', 'src', 'transport', 'flight-server.js');
 /** The heap of every Node process under attack: a decoded bomb would need ~98 GiB. */
 const HEAP = '--max-old-space-size=384';
 const code = (c: string) => (e: unknown) => e instanceof ArrowShmError && e.code === c;
@@ -66,6 +73,7 @@ function rssKiB(child: ChildProcess): number {
 /** A receiver process: a FlightServer with these limits, answering DoExchange with the request, logging each receive(). */
 const RECEIVER = `
 import { FlightServer } from ${JSON.stringify(flightJs)};
+
 const options = JSON.parse(process.argv[1]);
 const server = await FlightServer.listen('grpc://127.0.0.1:0', { ...options, onExchange: (request) => request.bytes });
 process.stderr.write('arrow-shm: listening on ' + server.address + '\\n');
@@ -220,11 +228,7 @@ test('a hostile Flight server cannot crash the Node client or the CLI: bombs in 
     return /grpc:\/\/\S+/.exec(s.line)![0];
   };
   try {
-    for (const [kind, expected] of [
-      ['metadata-bomb', 'ERR_IPC_LIMIT'],
-      ['schema-bomb', 'ERR_IPC_LIMIT'],
-      ['counts-mismatch', 'ERR_IPC_INVALID'],
-    ] as const) {
+    for (const [kind, expected] of HOSTILE_TABLES) {
       const client = await FlightClient.connect(await hostile(kind), { timeoutMs: 30_000 });
       await assert.rejects(client.doGet('t'), code(expected), `DoGet answered with ${kind}`);
       await assert.rejects(client.exchange('t', readFileSync(file)), code(expected), `DoExchange answered with ${kind}`);
@@ -251,11 +255,7 @@ test('arrow-shm send given a hostile file exits with a clear error (file and --s
   const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-send-'));
   const server = await FlightServer.listen('grpc://127.0.0.1:0');
   try {
-    for (const [kind, expected] of [
-      ['metadata-bomb', 'ERR_IPC_LIMIT'],
-      ['schema-bomb', 'ERR_IPC_LIMIT'],
-      ['counts-mismatch', 'ERR_IPC_INVALID'],
-    ] as const) {
+    for (const [kind, expected] of HOSTILE_TABLES) {
       const file = path.join(dir, `${kind}.arrows`);
       const w = await runProcess(venvPython, [attacksPy, 'write', kind, '--out', file]);
       assert.equal(w.code, 0, w.stderr);
