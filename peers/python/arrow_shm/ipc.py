@@ -44,6 +44,10 @@ def _invalid(msg: str) -> ArrowShmError:
     return ArrowShmError(ERR_IPC_INVALID, msg)
 
 
+def _truncated(msg: str) -> ArrowShmError:
+    return ArrowShmError(ERR_IPC_TRUNCATED, msg)
+
+
 @dataclass
 class StreamInfo:
     """What :func:`validate_stream` learned about a stream."""
@@ -105,11 +109,11 @@ def walk_messages(
     spans: list[MessageSpan] = []
     while pos < n:
         if n - pos < 4:
-            raise ArrowShmError(ERR_IPC_TRUNCATED, f"stream ends inside a message prefix at byte {pos}")
+            raise _truncated(f"stream ends inside a message prefix at byte {pos}")
         word = _u32.unpack_from(view, pos)[0]
         if word == CONTINUATION:
             if n - pos < 8:
-                raise ArrowShmError(ERR_IPC_TRUNCATED, f"stream ends inside a message prefix at byte {pos}")
+                raise _truncated(f"stream ends inside a message prefix at byte {pos}")
             meta_size = _i32.unpack_from(view, pos + 4)[0]
             prefix = 8
         else:
@@ -124,10 +128,7 @@ def walk_messages(
             raise _invalid(f"negative metadata_size {meta_size} at byte {pos}")
         meta_start = pos + prefix
         if meta_size > n - meta_start:
-            raise ArrowShmError(
-                ERR_IPC_TRUNCATED,
-                f"message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream",
-            )
+            raise _truncated(f"message at byte {pos}: {meta_size}-byte metadata runs past the end of the {n}-byte stream")
         fb = checker.verify(view[meta_start : meta_start + meta_size])
         msg = fb.root()
         header_type = fb.scalar(msg, 1, _u8)
@@ -147,10 +148,7 @@ def walk_messages(
             raise _invalid(f"{where}: negative bodyLength {body_length}")
         body_start = meta_start + meta_size
         if body_length > n - body_start:
-            raise ArrowShmError(
-                ERR_IPC_TRUNCATED,
-                f"{where}: {body_length}-byte body runs past the end of the {n}-byte stream",
-            )
+            raise _truncated(f"{where}: {body_length}-byte body runs past the end of the {n}-byte stream")
         checker.check_counts(fb, header_type, header, fb.scalar(msg, 0, _i16), where)
         span = MessageSpan(header_type, pos, body_start + body_length)
         if header_type == HEADER_RECORD_BATCH:
