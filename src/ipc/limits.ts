@@ -20,9 +20,13 @@ export const DEFAULT_IPC_LIMITS: Readonly<IpcLimits> = Object.freeze({
   maxNestingDepth: 64,
 });
 
-/** Fills in defaults and checks that every given limit is a positive integer. */
+/**
+ * Fills in defaults and checks that every given limit is a positive integer. What it returns is
+ * frozen and passes back through unchanged, so limits resolved once at set-up cost nothing per message.
+ */
 export function resolveIpcLimits(limits: Partial<IpcLimits> | undefined): Readonly<IpcLimits> {
   if (!limits) return DEFAULT_IPC_LIMITS;
+  if (Object.isFrozen(limits) && Object.keys(DEFAULT_IPC_LIMITS).every((k) => k in limits)) return limits as Readonly<IpcLimits>;
   const resolved = { ...DEFAULT_IPC_LIMITS };
   for (const key of Object.keys(DEFAULT_IPC_LIMITS) as (keyof IpcLimits)[]) {
     const value = limits[key];
@@ -30,5 +34,5 @@ export function resolveIpcLimits(limits: Partial<IpcLimits> | undefined): Readon
     if (!Number.isSafeInteger(value) || value <= 0) throw fail('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, got ${value}`);
     resolved[key] = value;
   }
-  return resolved;
+  return Object.freeze(resolved);
 }

@@ -54,7 +54,7 @@ export function flightLimits(limits: Partial<FlightLimits> | undefined, maxMessa
   for (const [key, value] of Object.entries(resolved)) {
     if (key !== 'ipc' && (!Number.isSafeInteger(value) || (value as number) <= 0)) throw fail('ERR_INVALID_ARGUMENT', `${key} must be a positive integer, got ${String(value)}`);
   }
-  resolveIpcLimits(resolved.ipc); // checks them now rather than at the first call
+  resolved.ipc = resolveIpcLimits(resolved.ipc); // checked now, and resolved once rather than per FlightData
   return resolved;
 }
 

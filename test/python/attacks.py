@@ -639,14 +639,20 @@ def attack_bad(path: str, what: str, seconds: float, value: Optional[str]) -> di
 # Hostile peers for the sender side.
 
 
-def listen_lease_hoard(path: str, seconds: float) -> dict:
-    """Accept connections, WELCOME with `lease`, ACK every TABLE, never RELEASE."""
-    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+def _listening_socket(path: str, kind: int, backlog: int) -> socket.socket:
+    """Listens at ``path`` (replacing whatever file is there) and says so on stdout."""
+    lsock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
     if os.path.exists(path):
         os.unlink(path)
     lsock.bind(path)
-    lsock.listen(16)
+    lsock.listen(backlog)
     _emit(event="listening", socket=path)
+    return lsock
+
+
+def listen_lease_hoard(path: str, seconds: float) -> dict:
+    """Accept connections, WELCOME with `lease`, ACK every TABLE, never RELEASE."""
+    lsock = _listening_socket(path, socket.SOCK_SEQPACKET, 16)
     conns: List[RawPeer] = []
     tables = 0
     deadline = time.monotonic() + seconds
@@ -696,12 +702,7 @@ def seed_truncate(path: str, seconds: float) -> dict:
     fd = os.memfd_create("seed", os.MFD_CLOEXEC)
     os.ftruncate(fd, 40960)
     os.pwrite(fd, data, 0)
-    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    if os.path.exists(path):
-        os.unlink(path)
-    lsock.bind(path)
-    lsock.listen(1)
-    _emit(event="listening", socket=path)
+    lsock = _listening_socket(path, socket.SOCK_STREAM, 1)
     try:
         if not select.select([lsock], [], [], seconds)[0]:
             return {"result": "no receiver"}
