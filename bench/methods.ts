@@ -8,8 +8,14 @@ import { checksumSymbolTable, type SymbolRow } from '../src/cli/symbols.js';
 
 export const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 
+/** This process's CPU time so far, user + system, all threads, in ms. */
+export const cpuMs = (): number => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e3;
+};
+
 export const SOCKET_METHODS = ['json', 'msgpack', 'msgpackr-records', 'arrow-socket'] as const;
-export const SHM_METHODS = ['arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt', 'arrow-shm-trusted'] as const;
+export const SHM_METHODS = ['arrow-shm', 'arrow-shm-leased', 'arrow-shm-prebuilt', 'arrow-shm-trusted', 'arrow-shm-full', 'arrow-shm-born'] as const;
 export type Method = (typeof SOCKET_METHODS)[number] | (typeof SHM_METHODS)[number] | 'v8' | 'flight';
 
 const plain = new Packr({ useRecords: false });

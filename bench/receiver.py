@@ -1,7 +1,18 @@
-"""Python receiving half of a benchmark method (see bench/receiver.ts): prints "ready", then one JSON
-line {"t1": ms} per hand-off, t1 on CLOCK_MONOTONIC (the clock of Node's process.hrtime)."""
+"""Python receiving half of a benchmark method (bench contract: see bench/receiver.ts).
+
+  receiver.py --method M --socket ADDR [--read] [--breakdown]
+Prints "ready", then one JSON line {"t1": ms, "cpu_ms": ms} per hand-off: t1 on CLOCK_MONOTONIC
+(the clock of every peer) when the table is usable (after reading every value with --read);
+cpu_ms this process's user + system CPU time so far (all threads).
+Methods: json, arrow-socket, and arrow-shm with the receiver's validation policy: arrow-shm
+(validate="bounds", the default), arrow-shm-trusted (validate="framing": a trusted sender),
+arrow-shm-full (validate="full": UTF-8 too). --breakdown (arrow-shm*): the line also carries
+"stages", the time each stage ended ([["wake", ms], ["map", ms], ["check", ms], ["ack", ms],
+["decode", ms], ["validate", ms]] and ["read", ms] with --read; reported by arrow_shm.trace).
+"""
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -12,18 +23,28 @@ import pyarrow.compute  # noqa: F401  (report() reads every value with it)
 import pyarrow.ipc as ipc
 
 import arrow_shm
+from arrow_shm.trace import set_handoff_hook
 
 args = sys.argv[1:]
 method = args[args.index("--method") + 1]
 address = args[args.index("--socket") + 1]
 read = "--read" in args
+breakdown = "--breakdown" in args and method.startswith("arrow-shm")
+POLICIES = {"arrow-shm": "bounds", "arrow-shm-trusted": "framing", "arrow-shm-full": "full"}
+stages: list = []
 
 
 def now_ms() -> float:
     return time.monotonic_ns() / 1e6
 
 
+def cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1e3
+
+
 def report(table_or_rows) -> None:
+    t1 = now_ms()
     if read:
         # read every value once (pyarrow.compute over each column); the checksum itself is not compared
         if isinstance(table_or_rows, pa.Table):
@@ -31,7 +52,13 @@ def report(table_or_rows) -> None:
                 pa.compute.sum(pa.compute.binary_length(column) if pa.types.is_string(column.type) else column)
         else:
             sum(len(r["id"]) + len(r["fqn"]) + r["kind"] + r["file_id"] + r["start_line"] for r in table_or_rows)
-    sys.stdout.write(json.dumps({"t1": now_ms()}) + "\n")
+        t1 = now_ms()
+        stages.append(["read", t1])
+    out = {"t1": t1, "cpu_ms": cpu_ms()}
+    if breakdown:
+        out["stages"] = list(stages)
+    stages.clear()
+    sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
 
 
@@ -67,9 +94,10 @@ if method in ("json", "arrow-socket"):
     except EOFError:
         pass
 else:
-    # The Python peer accepts leased segments. "arrow-shm-trusted": the sender is trusted, so the
-    # receiver skips validate_full (the O(n) pass over every offset; framing is still checked).
-    listener = arrow_shm.listen(address, validate_full=method != "arrow-shm-trusted")
+    # The Python peer accepts leased segments (arrow-shm-leased, arrow-shm-prebuilt senders too).
+    listener = arrow_shm.listen(address, validate=POLICIES.get(method, "bounds"))
+    if breakdown:
+        set_handoff_hook(lambda stage, _id, at: stages.append([stage, at]))
     print("ready", flush=True)
     channel = listener.accept()
     listener.close()

@@ -332,60 +332,6 @@ static napi_value pwrite_js(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// fallocateAsync(fd, length): Promise<void>; allocates (and zeroes) the pages of [0, length) on
-// the libuv threadpool, so refilling a pool of segments never stalls the event loop.
-typedef struct {
-  napi_async_work work;
-  napi_deferred deferred;
-  int fd;
-  int64_t length;
-  int err;
-} fallocate_job;
-
-static void fallocate_execute(napi_env env, void* data) {
-  (void)env;
-  fallocate_job* job = data;
-  int rc;
-  RETRY_EINTR(rc = fallocate(job->fd, 0, 0, (off_t)job->length));
-  job->err = rc == 0 ? 0 : errno;
-}
-
-static void fallocate_complete(napi_env env, napi_status status, void* data) {
-  fallocate_job* job = data;
-  if (status == napi_ok && job->err == 0) {
-    napi_value undefined;
-    napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, job->deferred, undefined);
-  } else {
-    // Build the error through the same path as synchronous failures, then reject with it.
-    throw_errno(env, "fallocate", job->err ? job->err : ECANCELED);
-    napi_value exc;
-    napi_get_and_clear_last_exception(env, &exc);
-    napi_reject_deferred(env, job->deferred, exc);
-  }
-  napi_delete_async_work(env, job->work);
-  free(job);
-}
-
-static napi_value fallocate_async_js(napi_env env, napi_callback_info info) {
-  ARGS(2);
-  ARG_FD(0, fd);
-  ARG_INT(1, length, 1, INT64_MAX);
-  fallocate_job* job = calloc(1, sizeof *job);
-  if (!job) return throw_errno(env, "calloc", ENOMEM);
-  job->fd = fd;
-  job->length = length;
-  napi_value promise, name;
-  napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "arrow-shm:fallocate", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
-    free(job);
-    return throw_arg(env, "cannot queue the fallocate job");
-  }
-  return promise;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Mappings exposed as external ArrayBuffers.
 // One record per mapping; the ArrayBuffer's finalizer and an explicit unmap() both end up in
@@ -521,21 +467,83 @@ static napi_value report_mapping_js(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// Faults in every page of [addr, addr + len) for writing: 0, or an errno.
+static int populate_range(void* addr, size_t len) {
+  if (madvise(addr, len, MADV_POPULATE_WRITE) == 0) return 0;
+  if (errno != EINVAL) return errno;
+  // Kernel without MADV_POPULATE_WRITE: touch one byte per page.
+  volatile uint8_t* p = addr;
+  long page = sysconf(_SC_PAGESIZE);
+  for (size_t i = 0; i < len; i += (size_t)page) p[i] = p[i];
+  return 0;
+}
+
 // populate(arrayBuffer): fault in every page of a writable mapping now (pre-touch for pools)
 static napi_value populate_js(napi_env env, napi_callback_info info) {
   ARGS(1);
   mapping* m = arg_mapping(env, argv[0]);
   if (!m) return throw_arg(env, "expected a live mapping");
-  void* data = m->addr;
-  size_t len = m->length;
-  if (madvise(data, len, MADV_POPULATE_WRITE) != 0) {
-    if (errno != EINVAL) return throw_errno(env, "madvise(MADV_POPULATE_WRITE)", errno);
-    // Kernel without MADV_POPULATE_WRITE: touch one byte per page.
-    volatile uint8_t* p = data;
-    long page = sysconf(_SC_PAGESIZE);
-    for (size_t i = 0; i < len; i += (size_t)page) p[i] = p[i];
+  int err = populate_range(m->addr, m->length);
+  return err ? throw_errno(env, "madvise(MADV_POPULATE_WRITE)", err) : NULL;
+}
+
+// populateAsync(arrayBuffer): Promise<void>; populate() on the libuv threadpool, so that spare
+// segments are allocated, zeroed and mapped off the event loop. The caller keeps the mapping
+// until the promise settles; a reference keeps the ArrayBuffer from being collected meanwhile.
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref buffer;
+  void* addr;
+  size_t length;
+  int err;
+} populate_job;
+
+static void populate_execute(napi_env env, void* data) {
+  (void)env;
+  populate_job* job = data;
+  job->err = populate_range(job->addr, job->length);
+}
+
+static void populate_complete(napi_env env, napi_status status, void* data) {
+  populate_job* job = data;
+  if (status == napi_ok && job->err == 0) {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    throw_errno(env, "madvise(MADV_POPULATE_WRITE)", job->err ? job->err : ECANCELED);
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_reject_deferred(env, job->deferred, exc);
   }
-  return NULL;
+  napi_delete_reference(env, job->buffer);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value populate_async_js(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  mapping* m = arg_mapping(env, argv[0]);
+  if (!m) return throw_arg(env, "expected a live mapping");
+  populate_job* job = calloc(1, sizeof *job);
+  if (!job) return throw_errno(env, "calloc", ENOMEM);
+  job->addr = m->addr;
+  job->length = m->length;
+  if (napi_create_reference(env, argv[0], 1, &job->buffer) != napi_ok) {
+    free(job);
+    return throw_arg(env, "cannot reference the mapping");
+  }
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_string_utf8(env, "arrow-shm:populate", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, populate_execute, populate_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_reference(env, job->buffer);
+    free(job);
+    return throw_arg(env, "cannot queue the populate job");
+  }
+  return promise;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -917,7 +925,7 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
       METHOD("addSeals", add_seals_js),
       METHOD("close", close_js),
       METHOD("pwrite", pwrite_js),
-      METHOD("fallocateAsync", fallocate_async_js),
+      METHOD("populateAsync", populate_async_js),
       METHOD("mmap", mmap_js),
       METHOD("unmap", unmap_js),
       METHOD("reportMapping", report_mapping_js),

@@ -17,4 +17,7 @@ python3 -m venv "$venv"
 if [[ -f "$root/peers/python/pyproject.toml" ]]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root/peers/python"
 fi
+# The pinned pyarrow wheel as a file: peers/python/tests/test_package.py installs the built wheel
+# into a fresh venv from it with --no-index (nothing is downloaded at test time).
+"$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps -d "$root/.build/wheels" "$(grep '^pyarrow==' "$lock")"
 echo "$want" > "$stamp"

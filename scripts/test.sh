@@ -18,7 +18,13 @@ status=0
 # --test-force-exit: a failed assertion that skipped a test's cleanup must not leave its file running forever.
 node --test --test-force-exit dist/test/*.test.js || status=1
 .build/venv/bin/python -m pytest -q -p no:cacheprovider peers/python/tests || status=1
+# The Python package's type hints (py.typed), checked as its users' mypy would see them.
+.build/venv/bin/python -m mypy --strict --config-file peers/python/pyproject.toml --cache-dir .build/mypy-cache peers/python/arrow_shm || status=1
 cargo test --quiet --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
+# The Rust crate as packaged (#14): metadata and files, docs on every public item without a
+# warning (its crate-level example runs as a doctest in `cargo test` above).
+cargo package --quiet --offline --allow-dirty --no-verify --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --manifest-path peers/rust/Cargo.toml --target-dir .build/rust || status=1
 peers/cpp/test.sh || status=1
 # ASan+UBSan: the C++ peer's tests and a short mutation fuzz, the addon under the native-level Node tests.
 scripts/sanitize.sh || status=1

@@ -22,6 +22,8 @@ export const ErrorCodes = [
   'ERR_IPC_LIMIT',
   'ERR_RESOURCE_LIMIT',
   'ERR_ADDRESS_IN_USE',
+  'ERR_NOT_FOUND',
+  'ERR_EXISTS',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

@@ -8,7 +8,9 @@ export { Channel } from './transport/channel.js';
 export { Listener, type ListenerOptions } from './transport/listener.js';
 export { ReceivedTable } from './transport/received.js';
 export { PreparedTable, type Sendable } from './ipc/prepared.js';
+export { TableBuilder, type TableBuilderOptions } from './ipc/builder.js';
 export { type ChannelOptions, type PeerInfo, type SendOptions } from './transport/options.js';
+export { HANDOFF_CHANNEL, type HandoffEvent, type HandoffStage } from './trace.js';
 export { DEFAULT_IPC_LIMITS, type IpcLimits } from './ipc/limits.js';
 export { FrameKind, FrameFlags, PROTOCOL_VERSION, type KeyValues } from './transport/frame.js';
 export { seedSend, seedReceive, SEED_SOCKET_PATH } from './transport/seed.js';
@@ -22,3 +24,7 @@ export { isFlightAddress } from './transport/flight-codec.js';
 export { FlightChannel, FlightListener, type FlightChannelOptions, type FlightListenerOptions } from './transport/flight-channel.js';
 // connect/listen choose the transport by address: a path or @name is shared memory, grpc:// is Flight.
 export { connect, listen, type AnyChannel, type AnyListener, type ChannelAt, type ConnectOptions, type FlightAddress, type ListenerAt, type ListenOptions } from './transport/address.js';
+// The table store (docs/PROTOCOL.md §15): named tables any local process can put and get, zero-copy.
+export { openStore, StoreClient, StoreWatch, type GetOptions, type PutOptions, type PutResult, type StoreClientOptions, type StoreEntry, type StoreEvent } from './store/client.js';
+export { serveStore, TableStore, type StoreOptions, type StoreStats } from './store/server.js';
+export { DEFAULT_STORE_LIMITS, type EvictPolicy, type StoreLimits } from './store/protocol.js';

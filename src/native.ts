@@ -37,11 +37,12 @@ export interface NativeBinding {
   addSeals(fd: number, seals: number): void;
   close(fd: number): void;
   pwrite(fd: number, bytes: Uint8Array, offset: number): void;
-  fallocateAsync(fd: number, length: number): Promise<void>;
   mmap(fd: number, length: number, writable: boolean, offset?: number): ArrayBuffer;
   unmap(buffer: ArrayBuffer): boolean;
   reportMapping(buffer: ArrayBuffer): void;
   populate(buffer: ArrayBuffer): void;
+  /** populate() on the libuv threadpool; keep the mapping until the promise settles. */
+  populateAsync(buffer: ArrayBuffer): Promise<void>;
   socket(seqpacket: boolean): number;
   bind(fd: number, address: string): void;
   listen(fd: number, backlog: number): void;

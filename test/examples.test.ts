@@ -3,15 +3,17 @@
 // package installed into a temp app, compiled (Node 20 runs no TypeScript) and run as written,
 // with the real processes it describes. Also: docs/api is what the TSDoc comments generate, and
 // what item 7 of the issue asked of the CLI (help, `sub` without a publisher, metadata, the demo's
-// Arrow IPC row) and of `npm run bench` (its prerequisites checked up front).
+// Arrow IPC row) and of `npm run bench` (its prerequisites checked up front). The programs of
+// examples/ run the same way: copied into that app, type-checked (`checkJs`) and run as their
+// README says, with the Python venv and the Rust peer the repository builds.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect } from '../src/index.js';
-import { cliScript, goldStreams, repoRoot, runCli, runProcess, startListening, waitFor } from './helpers.js';
+import { cliScript, goldStreams, repoRoot, runCli, runProcess, startListening, venvPython, waitFor } from './helpers.js';
 import { makeApp, noCompilerEnv, packTarball, run } from './package-app.js';
 
 interface Example { source: string; name: string; code: string }
@@ -27,6 +29,7 @@ function examples(): Example[] {
 }
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'arrow-shm-examples-'));
+const tsc = path.join(repoRoot, 'node_modules', '.bin', 'tsc');
 const app = path.join(tmp, 'app');
 const ran = new Set<string>();
 const children = new Set<ChildProcess>();
@@ -47,7 +50,7 @@ before(() => {
     include: ['*.ts'],
   }));
   for (const e of list) writeFileSync(path.join(app, e.name), e.code);
-  const tsc = path.join(repoRoot, 'node_modules', '.bin', 'tsc');
+  cpSync(path.join(repoRoot, 'examples'), path.join(app, 'examples'), { recursive: true });
   for (const args of [['--noEmit', '-p', '.'], ['-p', '.']]) {
     const r = run(tsc, args, { cwd: app, env: process.env });
     assert.equal(r.status, 0, `tsc ${args.join(' ')}:\n${r.stdout}${r.stderr}`);
@@ -59,10 +62,15 @@ after(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-/** Starts an example (compiled) as its own process. */
+/** Starts a README example (compiled) as its own process. */
 function start(name: string) {
   ran.add(name);
-  const child = spawn(process.execPath, [path.join(app, 'out', name.replace(/\.ts$/, '.js'))], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return spawnProgram(process.execPath, [path.join(app, 'out', name.replace(/\.ts$/, '.js'))]);
+}
+
+/** Starts a program as its own process, killed after 30 s (or after the tests, if one failed). */
+function spawnProgram(command: string, args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -131,6 +139,12 @@ test('README streams: a StreamWriter to a StreamReader over one channel; both ex
   assert.equal(r.stdout, '3\n3\n3\n');
 });
 
+test('README table store: a store, a put and a zero-copy get in one program, which exits', async () => {
+  const r = await start('store.ts').done;
+  ok(r, 'store.ts');
+  assert.equal(r.stdout, '2 etl 300\ntrades/today 2\n');
+});
+
 test('README publish/subscribe: two subscribers get every batch; all three exit', async () => {
   const publisher = start('publisher.ts');
   await waitFor(() => listeningBy(publisher.child.pid!, '/tmp/feed.sock'), 'the publisher listening');
@@ -150,6 +164,101 @@ test('every marked example was run by a test above', (t) => {
     const unmarked = [...text.matchAll(/(?<!-->\n)```(ts|js)\n/g)].map((m) => text.slice(0, m.index).split('\n').length);
     if (unmarked.length > 0) t.diagnostic(`${source}: TypeScript/JavaScript blocks not run (no example marker) at lines ${unmarked.join(', ')}`);
   }
+});
+
+// examples/: each program run as examples/README.md says, from the app (the packed package).
+const examplesRan = new Set<string>();
+
+/** Starts examples/FILE with args: Node for .mjs, the venv's Python (arrow_shm, pandas, ...) for .py. */
+function example(file: string, args: string[] = [], env: NodeJS.ProcessEnv = {}) {
+  examplesRan.add(file);
+  // PYTHONUNBUFFERED='' (unset): unbuffered, print() writes a line and its newline apart, and
+  // processes that share this pipe would interleave the pieces.
+  return spawnProgram(file.endsWith('.py') ? venvPython : process.execPath, [path.join(app, 'examples', file), ...args], { ...process.env, PYTHONUNBUFFERED: '', ...env });
+}
+
+test('examples/: every Node program type-checks (checkJs, strict) against the packed package', () => {
+  writeFileSync(path.join(app, 'examples', 'tsconfig.json'), JSON.stringify({
+    extends: '../tsconfig.json', compilerOptions: { allowJs: true, checkJs: true, noEmit: true }, include: ['*/*.mjs'],
+  }));
+  const r = run(tsc, ['-p', 'examples'], { cwd: app, env: process.env });
+  assert.equal(r.status, 0, `tsc -p examples:\n${r.stdout}${r.stderr}`);
+});
+
+/** Output of several processes or threads, whose lines interleave in any order. */
+const lines = (text: string) => text.trim().split('\n').sort();
+
+test('examples/node-to-python: a Python worker reads the service\'s table in place with pandas and Polars, DuckDB answers', async () => {
+  const r = await example('node-to-python/service.mjs', [], { PYTHON: venvPython }).done;
+  ok(r, 'service.mjs');
+  assert.deepEqual(lines(r.stdout), [
+    'python: 30000 rows from trades, in place: yes',
+    'pandas: mean AAPL price 148.0, in place: yes',
+    'polars: 18000 trades of 5 or more, numbers in place: yes',
+    'duckdb: 3 symbols',
+    'node: AAPL notional 8138594',
+    'node: GOOG notional 8137811',
+    'node: MSFT notional 8137820',
+  ].sort());
+});
+
+test('examples/python-to-rust: a Python tool starts the Rust engine and gets its summary', async () => {
+  const bin = path.join(repoRoot, '.build', 'rust', 'release');
+  assert.ok(existsSync(path.join(bin, 'arrow-shm-rs')), 'the Rust peer is built (peers/rust/build.sh)');
+  const r = await example('python-to-rust/ask_engine.py', [], { PATH: `${bin}${path.delimiter}${process.env.PATH}` }).done;
+  ok(r, 'ask_engine.py');
+  assert.equal(r.stdout.replace(/arrow-shm-rs\/\S+/, 'arrow-shm-rs/VERSION'), [
+    'file_id 0: 3 symbols, lines 1-60',
+    'file_id 1: 2 symbols, lines 3-90',
+    'kind 0: 3 symbols, lines 1-50',
+    'kind 1: 2 symbols, lines 20-90',
+    'answered by arrow-shm-rs/VERSION',
+    '',
+  ].join('\n'));
+});
+
+test('examples/worker-threads: two worker threads read their tables in place and answer with tables', async () => {
+  const r = await example('worker-threads/threads.mjs').done;
+  ok(r, 'threads.mjs');
+  assert.deepEqual(lines(r.stdout), [
+    'main: a worker summed 4999950000',
+    'main: a worker summed 9999900000',
+    'worker: 100000 values, in place: yes',
+    'worker: 100000 values, in place: yes',
+  ]);
+});
+
+test('examples/flight: a Node client asks a Node Flight server over grpc://; Ctrl-C stops the server', async () => {
+  const server = example('flight/server.mjs', ['grpc://127.0.0.1:0']);
+  await waitFor(() => /listening on \S+\n/.test(server.stdout()), 'the Flight server listening', 20_000);
+  const address = /listening on (\S+)/.exec(server.stdout())![1]!;
+  const client = await example('flight/client.mjs', [address]).done;
+  ok(client, 'client.mjs');
+  assert.equal(client.stdout, 'client: connected over grpc\nclient: Kyoto 40\nclient: Lyon 100\nclient: Oslo 70\n');
+  server.child.kill('SIGINT');
+  const r = await server.done;
+  ok(r, 'server.mjs');
+  assert.equal(r.stdout, `server: listening on ${address}\nserver: 6 rows over grpc\n`);
+});
+
+test('examples/store: Python workers wait for named tables a Node producer puts in its store', async () => {
+  const r = await example('store/producer.mjs', [], { PYTHON: venvPython }).done;
+  ok(r, 'producer.mjs');
+  // Sizes are the IPC writer's business; rows, versions and the data's notional are the example's.
+  assert.deepEqual(lines(r.stdout.replace(/\d+ bytes \(budget \d+\)/, 'B bytes (budget M)').replace(/\d+ bytes$/gm, 'B bytes')), [
+    'node: put trades/2026-12-03 version 1, 50000 rows, B bytes',
+    'node: put trades/2026-12-04 version 2, 50000 rows, B bytes',
+    'python: trades/2026-12-03 version 1: 50000 rows, notional 40,693,330',
+    'python: trades/2026-12-04 version 2: 50000 rows, notional 40,968,330',
+    'node: the store holds 2 tables, B bytes (budget M); none held now that the workers are done: true',
+  ].sort());
+});
+
+test('every example directory was run by a test above, with the command examples/README.md gives', () => {
+  const dirs = readdirSync(path.join(repoRoot, 'examples'), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name);
+  assert.deepEqual([...new Set([...examplesRan].map((f) => path.dirname(f)))].sort(), dirs.sort());
+  const readme = readFileSync(path.join(repoRoot, 'examples', 'README.md'), 'utf8');
+  for (const file of examplesRan) assert.match(readme, new RegExp(`(node|python) examples/${file.replace('.', '\\.')}`), file);
 });
 
 test('docs/api is what `npm run docs` generates from the TSDoc comments', async () => {
@@ -197,6 +306,6 @@ test('npm run bench says which prerequisites are missing before it starts', asyn
   symlinkSync('/bin/sh', path.join(bin, 'sh'));
   const r = spawnSync(process.execPath, [path.join(repoRoot, 'dist', 'bench', 'run.js')], { encoding: 'utf8', env: { ...process.env, PATH: bin }, timeout: 30_000 });
   assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /^npm run bench: missing prerequisites:\n(  - .+\n)*  - cargo, for the Rust receiver.*\n  - a C compiler \(cc\)/);
+  assert.match(r.stderr, /^npm run bench: missing prerequisites:\n(  - .+\n)*  - cargo, for the Rust sender and receiver.*\n  - a C compiler \(cc\)/);
   assert.equal(r.stdout, '');
 });

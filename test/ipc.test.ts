@@ -131,3 +131,21 @@ test('truncating a valid stream at any point gives ERR_IPC_TRUNCATED or ERR_IPC_
     );
   }
 });
+
+test('a schema is encoded once per Schema object, and again when its metadata changed', () => {
+  const table = generateSymbolTable(10);
+  const bytesOf = () => {
+    const layout = layoutIpcStream(table);
+    const out = new Uint8Array(layout.byteLength);
+    writeIpcLayout(layout, out);
+    return out;
+  };
+  const first = bytesOf();
+  assert.deepEqual(bytesOf(), first, 'the same schema, the same bytes');
+  table.schema.metadata.set('origin', 'test');
+  table.schema.fields[0]!.metadata.set('unit', 'none');
+  const decoded = decodeTable(bytesOf());
+  assert.equal(decoded.schema.metadata.get('origin'), 'test', 'schema metadata set after a first send is sent');
+  assert.equal(decoded.schema.fields[0]!.metadata.get('unit'), 'none', 'field metadata too');
+  assert.equal(checksumSymbolTable(decoded), checksumSymbolTable(table));
+});

@@ -12,16 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_us(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
-}
+#include "limits.h"
 
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
 
 /* turn: even = parent's move, odd = child's move. */
 static void run(int rounds, int sleeping, _Atomic uint64_t *turn, int to_child, int to_parent, double *out) {
@@ -48,7 +40,7 @@ static void run(int rounds, int sleeping, _Atomic uint64_t *turn, int to_child, 
     out[i] = (now_us() - t0) / 2;
   }
   waitpid(pid, NULL, 0);
-  qsort(out, rounds, sizeof *out, cmp);
+  sort_samples(out, rounds);
 }
 
 int main(int argc, char **argv) {

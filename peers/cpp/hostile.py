@@ -1,6 +1,9 @@
 """Hostile TABLE frames against a listening receiver: prints the ERROR code each one gets back.
 
-Usage: python hostile.py ADDR CASE   (CASE: unsealed, notmemfd, misaligned, outside, zero, leased, nofd)
+Usage: python hostile.py ADDR CASE [STREAM]   (CASE: ok, unsealed, notmemfd, misaligned, outside, zero,
+leased, nofd; INLINE tables of §5.3: inline-ok, inline-offset, inline-short, inline-fd, inline-leased,
+inline-kind, inline-garbage). For an inline case the answer is CODE@CORRELATION_ID: @0 is a
+connection-level (fatal) ERROR, @2 one about the TABLE.
 """
 import os, socket, struct, sys
 
@@ -46,6 +49,32 @@ assert kind == 2, kind
 import fcntl
 F_ADD_SEALS, SEALS = 1033, 1 | 2 | 4 | 8
 data = open(sys.argv[3], "rb").read() if len(sys.argv) > 3 else b"\xff" * 64
+
+if case.startswith("inline"):
+    # §5.3: header, metadata, zeros to 8, the stream to the end of the frame; then one thing wrong.
+    meta = kv({"name": "hostile"})
+    start = (64 + len(meta) + 7) & ~7
+    ipc = b"\xff" * 64 if case == "inline-garbage" else data
+    kind, flags, off, length, fds, fd_count = 3, 8, start, len(ipc), [], 0
+    if case == "inline-offset":
+        off = start + 8
+    elif case == "inline-short":
+        length -= 8
+    elif case == "inline-fd":
+        fd = os.memfd_create("h", os.MFD_ALLOW_SEALING)
+        os.write(fd, ipc)
+        fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
+        fds, fd_count = [fd], 1
+    elif case == "inline-leased":
+        flags |= 1
+    elif case == "inline-kind":
+        kind = 4
+    head = HDR.pack(b"ASHM", 1, kind, flags, 64, len(meta), 2, 0, off, length, fd_count, b"\0" * 12)
+    msg = (head + meta).ljust(start, b"\0") + ipc
+    s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i" * len(fds), *fds))] if fds else [])
+    kind, correlation, meta = parse(s.recv(65536))
+    print({4: "ACK"}.get(kind) or f"{meta.get('code')}@{correlation}")
+    sys.exit(0)
 fd = os.memfd_create("h", os.MFD_ALLOW_SEALING)
 os.write(fd, data)
 off, length, flags, fds = 0, len(data), 0, [fd]

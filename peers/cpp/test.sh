@@ -4,7 +4,8 @@
 # ARROW1 files cpp->cpp (re-framed stream validated), every fuzz file through `validate` and through
 # cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, hostile frames, and
 # streams by CLI (send --stream / recv --stream, pub / sub) with node and python, both ways, and
-# the limits of PROTOCOL §14 against a live receiver (test/python/attacks.py).
+# the limits of PROTOCOL §14 against a live receiver (test/python/attacks.py), the validation policy
+# (--validate bounds|full|framing) on patched streams, and inline tables (§5.3) with Node both ways.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -172,6 +173,14 @@ hostile outside ERR_SEGMENT_BOUNDS
 hostile zero ERR_SEGMENT_BOUNDS
 hostile leased ERR_SEGMENT_UNSEALED
 hostile nofd ERR_PROTOCOL
+# INLINE tables (§5.3): wrong layout or kind is fatal (@0), an fd or LEASED refuses that TABLE (@2)
+hostile inline-ok ACK
+hostile inline-offset ERR_PROTOCOL@0
+hostile inline-short ERR_PROTOCOL@0
+hostile inline-kind ERR_PROTOCOL@0
+hostile inline-fd ERR_PROTOCOL@2
+hostile inline-leased ERR_PROTOCOL@2
+hostile inline-garbage ERR_IPC_INVALID@2
 
 # 6. streams by CLI (PROTOCOL.md §12): the received stream file read by pyarrow equals the input
 same_table() {  # EXPECTED RECEIVED [times]: pyarrow reads RECEIVED as EXPECTED's rows `times` times over
@@ -322,6 +331,108 @@ if [[ -S "$lsock.stale" ]]; then pass; else fail "a listener removed a socket fi
 # 7c. --out is checked before listening
 bad_out="$("$bin" recv --socket "$lsock.out" --out "$tmp/no/such/dir/x.arrows" --timeout-ms 1000 2>&1)"
 if [[ $? == 2 && $bad_out == *--out* && ! -e "$lsock.out" ]]; then pass; else fail "recv --out to a missing directory: $bad_out"; fi
+
+# 8. the validation policy (--validate bounds|full|framing, as the Python peer's `validate`): bounds
+# (default) checks every offset, index and length but not UTF-8; full also UTF-8; framing nothing
+# after decoding. Files pyarrow writes, then patches.
+"$py" - "$tmp" <<'PY'
+import struct, sys, pyarrow as pa, pyarrow.ipc as ipc
+out = sys.argv[1]
+def write(name, column):
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, pa.schema([("c", column.type)])) as w:
+        w.write_batch(pa.record_batch([column], names=["c"]))
+    data = sink.getvalue().to_pybytes()
+    open(f"{out}/{name}.arrows", "wb").write(data)
+    return data
+def patch(name, data, old, new):
+    at = data.index(struct.pack(f"<{len(old)}i", *old))
+    open(f"{out}/{name}.arrows", "wb").write(data[:at] + struct.pack(f"<{len(new)}i", *new) + data[at + 4 * len(new):])
+s = pa.array(["abc", "defgh"])
+write("views", pa.StructArray.from_arrays([
+    pa.array(["a", "b" * 40], pa.string_view()), pa.array([["a"], ["b", "c"]], pa.list_view(pa.string())),
+    pa.RunEndEncodedArray.from_arrays([1, 2], pa.array(["x", "y"])), pa.array([[("k", "v")], []], pa.map_(pa.string(), pa.string())),
+    pa.UnionArray.from_dense(pa.array([0, 1], pa.int8()), pa.array([0, 0], pa.int32()), [pa.array(["u"]), pa.array([1])]),
+    pa.array(["p", "q"]).dictionary_encode(), pa.array(["l", "m"], pa.large_string())],
+    ["sv", "lv", "ree", "map", "union", "dict", "large"]))
+bad = pa.array([b"ok", b"\xff\xfe"], pa.binary()).view(pa.string())
+write("utf8", bad)
+write("utf8-view", pa.array([b"ok", b"\xff" * 20], pa.binary_view()).view(pa.string_view()))
+write("utf8-nested", pa.StructArray.from_arrays([pa.ListArray.from_arrays([0, 2], bad)], ["l"]))
+patch("offsets", write("offsets", s), [0, 3, 8], [0, 3, 4000])
+patch("offsets-nested", write("offsets-nested", pa.ListArray.from_arrays([0, 2], s)), [0, 3, 8], [0, 3, 4000])
+patch("index", write("index", pa.DictionaryArray.from_arrays(pa.array([2, 1, 2, 0], pa.int32()), pa.array(["x", "y", "z"]))), [2, 1, 2, 0], [2, 1, 77, 0])
+PY
+for row in views:ok:ok:ok utf8:ok:ERR_IPC_INVALID:ok utf8-view:ok:ERR_IPC_INVALID:ok utf8-nested:ok:ERR_IPC_INVALID:ok \
+  offsets:ERR_IPC_INVALID:ERR_IPC_INVALID:- offsets-nested:ERR_IPC_INVALID:ERR_IPC_INVALID:- index:ERR_IPC_INVALID:ERR_IPC_INVALID:-; do
+  IFS=: read -r name bounds full framing <<<"$row"
+  got=""
+  for mode in bounds full framing; do
+    want="${!mode}"
+    [[ $want == - ]] && continue  # framing: for trusted senders, nothing to assert
+    r="$("$bin" validate --validate "$mode" "$tmp/$name.arrows" 2>&1)"
+    if [[ $want == ok ]]; then [[ $r == ok ]]; else [[ $r == "arrow-shm: $want:"* ]]; fi || got+=" $mode: ${r:0:120}"
+  done
+  if [[ -z $got ]]; then pass; else fail "validate $name:$got"; fi
+done
+[[ "$("$bin" validate "$tmp/utf8.arrows" 2>&1)" == ok ]] && pass || fail "validate: bounds is not the default"
+"$bin" validate --validate strict "$tmp/utf8.arrows" >/dev/null 2>&1
+[[ $? == 2 ]] && pass || fail "validate --validate strict: not a usage error"
+# live: invalid UTF-8 is taken by a default recv and refused by recv --validate full (the sender
+# gets the ERROR); offsets past the data are refused by the default recv
+live_validate() {  # FILE EXPECTED(ACK|code) [recv flags...]
+  local file="$1" want="$2"
+  shift 2
+  n=$((n + 1))
+  local sock="@arrow-shm-cpp-test-$$-$n" got
+  start_listener "$tmp/$n.recv.err" "$bin" recv --socket "$sock" --timeout-ms 10000 "$@" || { fail "live validate: no listener"; return; }
+  got="$(timeout 10 "$bin" send --socket "$sock" --timeout-ms 5000 "$file" 2>&1)" && got=ACK
+  [[ $got == ACK ]] || timeout 5 "$bin" send --socket "$sock" --timeout-ms 5000 "$first" >/dev/null 2>&1
+  wait "$pid"
+  local rc=$?
+  if [[ ($got == ACK && $want == ACK || $got == *"$want"*) && $rc == 0 ]]; then pass; else fail "live validate $(basename "$file") $*: got '$got', recv status $rc"; fi
+}
+live_validate "$tmp/utf8.arrows" ACK
+live_validate "$tmp/utf8.arrows" ERR_IPC_INVALID --validate full
+live_validate "$tmp/offsets.arrows" ERR_IPC_INVALID
+live_validate "$tmp/utf8.arrows" ACK --validate framing
+
+# 9. inline tables with Node, both ways: Node sees the C++ side list `inline` and its small table
+# arrive with flag INLINE (and not with --max-inline-bytes 0); the C++ receiver takes Node's.
+node_inline="$(cd "$root" && timeout 60 node --input-type=module - "$bin" "$first" "$tmp" <<'JS' 2>&1
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+const { listen, connect, FrameFlags } = await import(process.cwd() + '/dist/src/index.js');
+const [bin, file, tmp] = process.argv.slice(2);
+const bytes = new Uint8Array(readFileSync(file));
+const out = [];
+for (const extra of [[], ['--max-inline-bytes', '0']]) {
+  const address = `${tmp}/node-inline-${extra.length}.sock`;
+  const listener = await listen(address);
+  const child = spawn(bin, ['send', '--socket', address, '--timeout-ms', '10000', ...extra, file], { stdio: 'inherit' });
+  const channel = await listener.accept();
+  const message = await channel.receive();
+  out.push(`cpp->node${extra.length ? ' max-inline-0' : ''}: ${message.flags & FrameFlags.INLINE ? 'inline' : 'segment'} ${Buffer.from(message.bytes).equals(bytes) ? 'equal' : 'differs'}`);
+  message.close();
+  await new Promise((resolve) => child.on('exit', resolve));
+  channel.close();
+  listener.close();
+}
+const address = `${tmp}/cpp-inline.sock`;
+const recv = spawn(bin, ['recv', '--socket', address, '--out', `${tmp}/from-node.arrows`, '--timeout-ms', '10000'], { stdio: ['ignore', 'ignore', 'pipe'] });
+await new Promise((resolve) => recv.stderr.on('data', (d) => String(d).includes('listening on') && resolve()));
+const channel = await connect(address, { timeoutMs: 10000 });
+await channel.send(bytes);
+out.push(`node->cpp: peer lists ${channel.peer.capabilities.includes('inline') ? 'inline' : 'no inline'}`);
+channel.close();
+await new Promise((resolve) => recv.on('exit', resolve));
+console.log(out.join('\n'));
+JS
+)"
+for want in "cpp->node: inline equal" "cpp->node max-inline-0: segment equal" "node->cpp: peer lists inline"; do
+  grep -qxF "$want" <<<"$node_inline" && pass || fail "inline with node: no '$want' in: ${node_inline:0:300}"
+done
+cmp -s "$first" "$tmp/from-node.arrows" && pass || fail "inline node -> cpp: the received stream differs"
 
 # --help / -h: usage on stdout, status 0, for the program and each command
 for args in "--help" "-h" "send --help" "recv --help" "pub -h" "sub --help" "validate --help" "engine --help"; do

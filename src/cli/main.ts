@@ -19,6 +19,7 @@ import { FlightClient } from '../transport/flight-client.js';
 import { FlightServer } from '../transport/flight-server.js';
 import { flightName, isFlightAddress } from '../transport/flight-codec.js';
 import { type FlightMessage } from '../transport/flight-message.js';
+import { addStoreCommands } from './store.js';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -272,6 +273,8 @@ function program(): Command {
     .option('--rows <n>', 'rows in the table', positiveInt, 100_000)
     .option('--runs <n>', 'hand-offs to time', positiveInt, 7)
     .action((flags: { rows: number; runs: number }) => runDemo(flags));
+
+  addStoreCommands(cli, { printSummary, positiveInt, keyValue });
 
   cli.command('__demo-receiver', { hidden: true }).requiredOption('--socket <addr>').requiredOption('--baseline-socket <path>').requiredOption('--runs <n>', '', positiveInt).action(runDemoReceiver);
   cli

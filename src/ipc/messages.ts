@@ -1,7 +1,7 @@
 // Walks the encapsulated messages of an Arrow IPC stream and checks every length and offset
 // before any Arrow library sees the bytes (docs/PROTOCOL.md §7).
-import { Message } from 'apache-arrow/ipc/metadata/message';
-import { MessageHeader } from 'apache-arrow';
+import { Message, type RecordBatch as RecordBatchHeader } from 'apache-arrow/ipc/metadata/message';
+import { MessageHeader, type Schema } from 'apache-arrow';
 import { fail } from '../errors.js';
 import { FlatView, verifyMessageFlatbuffer } from './flatbuffer.js';
 import { checkBatchCounts, schemaLayout, type SchemaLayout } from './layout.js';
@@ -29,6 +29,50 @@ export interface IpcMessage {
   metadataLength: number;
   bodyStart: number;
   bodyLength: number;
+  /**
+   * A batch's decoded header, decoded once when it was checked: the RecordBatch header of a record
+   * batch, the DictionaryBatch header (its `data` the RecordBatch header) of a dictionary batch.
+   */
+  header?: RecordBatchHeader;
+  /** A Schema message's checked schema. */
+  schema?: CheckedSchema;
+}
+
+/** A checked Schema message: its layout (what batches must declare) and, decoded on first use, its Schema. */
+export class CheckedSchema {
+  #schema: Schema | undefined;
+
+  constructor(
+    readonly message: Message,
+    readonly layout: SchemaLayout,
+  ) {}
+
+  /** The apache-arrow Schema (decoded once; arrow-js errors surface here, when someone decodes). */
+  get schema(): Schema {
+    this.#schema ??= this.message.header() as Schema;
+    return this.#schema;
+  }
+}
+
+const SCHEMAS_KEPT = 4;
+
+/**
+ * The last Schema messages a receiver checked, by their exact bytes. A peer sends the same schema
+ * with every table; bytes equal to ones already verified verify the same, so they are not
+ * verified, walked and decoded again.
+ */
+export class SchemaCache {
+  #known: { bytes: Uint8Array; checked: CheckedSchema }[] = [];
+
+  find(bytes: Uint8Array): CheckedSchema | undefined {
+    const known = this.#known.find((k) => k.bytes.length === bytes.length && Buffer.from(k.bytes.buffer, k.bytes.byteOffset, k.bytes.length).equals(bytes));
+    return known?.checked;
+  }
+
+  add(bytes: Uint8Array, checked: CheckedSchema): void {
+    this.#known.unshift({ bytes: bytes.slice(), checked });
+    if (this.#known.length > SCHEMAS_KEPT) this.#known.pop();
+  }
 }
 
 /**
@@ -38,13 +82,29 @@ export interface IpcMessage {
 export class IpcMessageChecker {
   readonly limits: Readonly<IpcLimits>;
   #layout: SchemaLayout | null = null;
+  #schema: CheckedSchema | null = null;
+  #schemas: SchemaCache | null;
 
-  constructor(limits?: Partial<IpcLimits>) {
+  /** `schemas`: Schema messages checked before (the same limits), which need no second check. */
+  constructor(limits?: Partial<IpcLimits>, schemas: SchemaCache | null = null) {
     this.limits = resolveIpcLimits(limits);
+    this.#schemas = schemas;
+  }
+
+  /** The stream's Schema, once checked. */
+  get schema(): CheckedSchema | null {
+    return this.#schema;
   }
 
   /** Verifies `metadata` (a flatbuffer Message), checks it against the schema seen so far, decodes it. */
   check(metadata: Uint8Array, where: string): Message {
+    const known = this.#schemas?.find(metadata);
+    if (known) {
+      if (this.#layout) throw fail('ERR_IPC_INVALID', `unexpected Schema message ${where}`);
+      this.#schema = known;
+      this.#layout = known.layout;
+      return known.message;
+    }
     verifyMessageFlatbuffer(metadata, this.limits);
     const fb = new FlatView(metadata);
     const root = fb.root();
@@ -66,11 +126,19 @@ export class IpcMessageChecker {
         checkBatchCounts(fb, data, layout, `the dictionary batch ${where}`);
       }
     }
+    let message: Message;
     try {
-      return Message.decode(metadata);
+      // arrow-js decodes a header lazily from these bytes: a Schema, which outlives its stream in
+      // the cache, gets bytes of its own (a received segment is unmapped when its table closes).
+      message = Message.decode(type === MessageHeader.Schema ? metadata.slice() : metadata);
     } catch (e) {
       throw fail('ERR_IPC_INVALID', `undecodable message metadata ${where}: ${(e as Error).message}`, e);
     }
+    if (type === MessageHeader.Schema) {
+      this.#schema = new CheckedSchema(message, this.#layout!);
+      this.#schemas?.add(metadata, this.#schema);
+    }
+    return message;
   }
 }
 
@@ -109,22 +177,24 @@ export function walkIpcMessages(bytes: Uint8Array, mode: 'stream' | 'batches', o
     const bodyStart = metaStart + size;
     if (!(bodyLength >= 0)) throw fail('ERR_IPC_INVALID', `invalid body length ${String(message.bodyLength)} at offset ${pos}`);
     if (bodyLength > end - bodyStart) throw fail('ERR_IPC_TRUNCATED', `message body of ${bodyLength} bytes at offset ${bodyStart} runs past the end of the ${end}-byte stream`);
+    let decoded: RecordBatchHeader | undefined;
     if (header === MessageHeader.RecordBatch || header === MessageHeader.DictionaryBatch) {
-      checkBatchHeader(message, header, pos, bodyStart, bodyLength);
+      decoded = checkBatchHeader(message, header, pos, bodyStart, bodyLength);
       if (header === MessageHeader.RecordBatch) summary.recordBatches++;
       else summary.dictionaryBatches++;
     } else if (header !== MessageHeader.Schema) {
       throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
     }
     summary.messages++;
-    onMessage?.({ message, metadataStart: metaStart, metadataLength: size, bodyStart, bodyLength });
+    const schema = header === MessageHeader.Schema ? (checker.schema ?? undefined) : undefined;
+    onMessage?.({ message, metadataStart: metaStart, metadataLength: size, bodyStart, bodyLength, header: decoded, schema });
     pos = bodyStart + bodyLength;
   }
   if (mode === 'stream' && summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
   return summary;
 }
 
-function checkBatchHeader(message: Message, header: MessageHeader, pos: number, bodyStart: number, bodyLength: number): void {
+function checkBatchHeader(message: Message, header: MessageHeader, pos: number, bodyStart: number, bodyLength: number): RecordBatchHeader {
   let decoded: { data?: unknown };
   try {
     decoded = message.header() as unknown as { data?: unknown };
@@ -149,9 +219,26 @@ function checkBatchHeader(message: Message, header: MessageHeader, pos: number, 
       throw fail('ERR_IPC_INVALID', `buffer [${String(region.offset)}, +${String(region.length)}) outside its ${bodyLength}-byte body at offset ${bodyStart}`);
     }
   }
+  return decoded as unknown as RecordBatchHeader;
 }
 
 /** Checks a whole IPC stream (framing, flatbuffers, decoding limits, counts) before anything decodes it. */
 export function validateIpcStream(bytes: Uint8Array, limits?: Partial<IpcLimits>): IpcSummary {
   return walkIpcMessages(bytes, 'stream', undefined, new IpcMessageChecker(limits));
+}
+
+/** A checked stream: its summary, and its messages ready for IpcDecoder (reader.ts). */
+export interface CheckedStream {
+  summary: IpcSummary;
+  messages: IpcMessage[];
+}
+
+/**
+ * validateIpcStream, keeping the checked messages so that decoding does not parse them again.
+ * `schemas`: a receiver's cache of Schema messages it checked before.
+ */
+export function checkIpcStream(bytes: Uint8Array, limits?: Partial<IpcLimits>, schemas: SchemaCache | null = null): CheckedStream {
+  const messages: IpcMessage[] = [];
+  const summary = walkIpcMessages(bytes, 'stream', (m) => messages.push(m), new IpcMessageChecker(limits, schemas));
+  return { summary, messages };
 }

@@ -1,48 +1,58 @@
 // An IPC stream written once into a sealed segment, to be sent to any number of peers.
-import { SparePool } from '../shm/pool.js';
+import type { SparePool } from '../shm/pool.js';
 import { Segment } from '../shm/segment.js';
 import { validateIpcStream } from './messages.js';
-import { layoutIpcStream, type TableLike } from './writer.js';
+import { layoutIpcStream, writeIpcLayout, type IpcLayout, type TableLike } from './writer.js';
 
 /**
  * An IPC stream already written into a sealed segment: send it to any number of channels with
  * no further copy. The fd stays open until `close()`.
  */
 export class PreparedTable {
-  readonly ipcOffset = 0;
   private constructor(
     readonly segment: Segment,
     readonly ipcLength: number,
+    /** Where the IPC stream starts in the segment (0, except for a TableBuilder's). */
+    readonly ipcOffset = 0,
   ) {}
 
+  /** @internal A sealed segment holding an IPC stream at [ipcOffset, +ipcLength) (TableBuilder). */
+  static sealed(segment: Segment, ipcOffset: number, ipcLength: number): PreparedTable {
+    return new PreparedTable(segment, ipcLength, ipcOffset);
+  }
+
+  /** Writes `data` (a Table/RecordBatch or raw IPC stream bytes, checked first) into a new sealed segment. */
+  static from(data: TableLike | Uint8Array): PreparedTable {
+    return PreparedTable.write(data instanceof Uint8Array ? data : layoutIpcStream(data), null);
+  }
+
   /**
-   * Writes `data` (a Table/RecordBatch or raw IPC stream bytes) into a new sealed segment, taken
-   * from `spares` (pre-allocated pages) when one is ready.
+   * @internal `from` for a planned stream or raw bytes, into a spare segment of `spares` when one
+   * is ready: its pages are already allocated and mapped, so the copy is one memcpy.
    */
-  static from(data: TableLike | Uint8Array, spares?: SparePool): PreparedTable {
-    const create = (size: number) => (spares ? spares.take(size).segment : Segment.create(size));
-    if (data instanceof Uint8Array) {
-      const summary = validateIpcStream(data);
-      const segment = create(Math.max(data.byteLength, 1));
-      try {
-        segment.write(data, 0);
-        segment.seal('sealed');
-      } catch (e) {
-        segment.close();
-        throw e;
-      }
-      return new PreparedTable(segment, Math.max(summary.streamLength, data.byteLength));
-    }
-    const layout = layoutIpcStream(data);
-    const segment = create(layout.byteLength);
+  static write(data: IpcLayout | Uint8Array, spares: SparePool | null): PreparedTable {
+    const layout = data instanceof Uint8Array ? null : data;
+    const length = layout ? layout.byteLength : Math.max(validateIpcStream(data as Uint8Array).streamLength, data.byteLength, 1);
+    const spare = spares?.take(length) ?? null;
+    const segment = spare ?? Segment.create(length);
     try {
-      for (const chunk of layout.chunks) segment.write(chunk.bytes, chunk.offset);
+      if (spare) {
+        // Warm, mapped pages: one memcpy. A spare may be up to a page larger: trimming unmaps it
+        // first, as sealing needs no writable mapping left.
+        const target = spare.writableBytes();
+        if (layout) writeIpcLayout(layout, target);
+        else target.set(data as Uint8Array);
+        segment.truncate(length);
+      } else if (layout) {
+        // A fresh memfd: pwrite fills its pages in the kernel, with no page fault per 4 KiB.
+        for (const chunk of layout.chunks) segment.write(chunk.bytes, chunk.offset);
+      } else segment.write(data as Uint8Array, 0);
       segment.seal('sealed');
     } catch (e) {
       segment.close();
       throw e;
     }
-    return new PreparedTable(segment, layout.byteLength);
+    return new PreparedTable(segment, length);
   }
 
   close(): void {

@@ -1,8 +1,11 @@
-// Decoding received IPC bytes into apache-arrow objects. Validation happened at receive time
+// Decoding checked IPC messages into apache-arrow objects, in place: every column buffer is a
+// view of the bytes the messages came in. The messages were verified and checked first
 // (messages.ts); here errors of the Arrow library are mapped to typed errors.
-import { RecordBatchReader, Table, type RecordBatch } from 'apache-arrow';
+import { MessageHeader, RecordBatch, RecordBatchReader, Schema, Struct, Table, Vector, makeData, type Data, type DataType } from 'apache-arrow';
+import type { RecordBatch as RecordBatchHeader } from 'apache-arrow/ipc/metadata/message';
+import { VectorLoader } from 'apache-arrow/visitor/vectorloader';
 import { ArrowShmError, fail } from '../errors.js';
-import { validateIpcStream } from './messages.js';
+import { checkIpcStream, type IpcMessage } from './messages.js';
 import './codecs.js';
 
 // arrow-js's wording for types and features it does not implement.
@@ -15,29 +18,143 @@ export function classify(e: unknown): ArrowShmError {
   return fail('ERR_IPC_INVALID', `arrow-js rejected the IPC stream: ${message}`, e);
 }
 
-/** The record batches of a validated IPC stream; column buffers are views into `bytes`. */
+interface DictionaryHeader {
+  id: number;
+  isDelta: boolean;
+  data: RecordBatchHeader;
+}
+
+const isCompressed = (header: RecordBatchHeader): boolean => (header as unknown as { compression?: unknown }).compression != null;
+
+/**
+ * Loads checked messages one after another, as the Arrow stream format has it: a Schema, then
+ * dictionaries (whole, replacements or deltas) and record batches. Column buffers are views of
+ * the bodies it is given; compressed bodies are refused (ERR_IPC_UNSUPPORTED): they cannot be
+ * read in place, and `decodeChecked` hands such streams to arrow-js's reader instead.
+ */
+export class IpcDecoder {
+  #schema: Schema | null;
+  #dictionaries = new Map<number, Vector>();
+
+  constructor(schema: Schema | null = null) {
+    this.#schema = schema;
+  }
+
+  get schema(): Schema {
+    if (!this.#schema) throw fail('ERR_IPC_INVALID', 'IPC stream without a Schema message');
+    return this.#schema;
+  }
+
+  /**
+   * One checked message and its body; a RecordBatch when it is one. `copyDictionary`: keep a copy
+   * of a dictionary's body, for bodies in memory that is reused (a stream's ring).
+   */
+  load(message: IpcMessage, body: Uint8Array, copyDictionary = false): RecordBatch | null {
+    const { message: m } = message;
+    switch (m.headerType) {
+      case MessageHeader.Schema:
+        this.#schema = message.schema?.schema ?? (m.header() as Schema);
+        return null;
+      case MessageHeader.DictionaryBatch:
+        this.#loadDictionary(message.header as unknown as DictionaryHeader, copyDictionary ? body.slice() : body);
+        return null;
+      case MessageHeader.RecordBatch: {
+        const header = message.header!;
+        const schema = this.schema;
+        const children = this.#load(header, body, schema.fields.map((f) => f.type));
+        const data = makeData({ type: new Struct(schema.fields), length: Number(header.length), children });
+        return recordBatch(schema, data, (m as { metadata?: Map<string, string> }).metadata);
+      }
+      default:
+        throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[m.headerType] ?? m.headerType} message`);
+    }
+  }
+
+  #loadDictionary(header: DictionaryHeader, body: Uint8Array): void {
+    const type = this.schema.dictionaries.get(header.id);
+    if (!type) throw fail('ERR_IPC_INVALID', `dictionary batch for id ${header.id}, which no field of the schema uses`);
+    const existing = this.#dictionaries.get(header.id);
+    if (header.isDelta && !existing) throw fail('ERR_IPC_INVALID', `delta for dictionary ${header.id}, which was never sent whole`);
+    const [data] = this.#load(header.data, body, [type]);
+    const vector = new Vector([data!]);
+    this.#dictionaries.set(header.id, (header.isDelta && existing ? existing.concat(vector) : vector).memoize());
+  }
+
+  #load(header: RecordBatchHeader, body: Uint8Array, types: DataType[]) {
+    if (isCompressed(header)) throw fail('ERR_IPC_UNSUPPORTED', 'compressed batches cannot be read in place: streams carry uncompressed bodies (PROTOCOL.md §12.2)');
+    try {
+      return new VectorLoader(body, header.nodes, header.buffers, this.#dictionaries, this.schema.metadataVersion, header.variadicBufferCounts).visitMany(types);
+    } catch (e) {
+      throw classify(e);
+    }
+  }
+}
+
+/**
+ * A RecordBatch with its message's custom metadata. apache-arrow 21.2 takes the metadata as a third
+ * argument; 21.1 (the lowest of the peer range) has no place for it, and its own reader drops it too.
+ */
+function recordBatch(schema: Schema, data: Data<Struct>, metadata: Map<string, string> | undefined): RecordBatch {
+  if (!metadata || metadata.size === 0) return new RecordBatch(schema, data);
+  try {
+    return new RecordBatch(schema, data, metadata);
+  } catch {
+    return new RecordBatch(schema, data);
+  }
+}
+
+/** Whether any batch of `messages` has a compressed body. */
+function anyCompressed(messages: readonly IpcMessage[]): boolean {
+  return messages.some((m) => m.header && (isCompressed(m.header) || (m.message.headerType === MessageHeader.DictionaryBatch && isCompressed((m.header as unknown as DictionaryHeader).data))));
+}
+
+/**
+ * The record batches of a checked stream: `messages` are what checkIpcStream found in `bytes`.
+ * Column buffers are views into `bytes`; a compressed stream is decompressed by arrow-js's reader.
+ */
+export function decodeCheckedBatches(bytes: Uint8Array, messages: readonly IpcMessage[]): { schema: Schema; batches: RecordBatch[] } {
+  if (anyCompressed(messages)) {
+    try {
+      const reader = RecordBatchReader.from(bytes);
+      const batches = reader.readAll();
+      return { schema: reader.schema, batches };
+    } catch (e) {
+      throw classify(e);
+    }
+  }
+  const decoder = new IpcDecoder();
+  const batches: RecordBatch[] = [];
+  try {
+    for (const m of messages) {
+      const batch = decoder.load(m, bytes.subarray(m.bodyStart, m.bodyStart + m.bodyLength));
+      if (batch) batches.push(batch);
+    }
+    return { schema: decoder.schema, batches };
+  } catch (e) {
+    throw classify(e);
+  }
+}
+
+export function decodeCheckedTable(bytes: Uint8Array, messages: readonly IpcMessage[]): Table {
+  const { schema, batches } = decodeCheckedBatches(bytes, messages);
+  return new Table(batches.length > 0 ? batches : [emptyBatch(schema)]);
+}
+
+/** A stream without batches is a table of one empty batch, as apache-arrow's own reader makes it. */
+function emptyBatch(schema: Schema): RecordBatch {
+  const children = schema.fields.map((f) => makeData({ type: f.type, length: 0, nullCount: 0 }));
+  return new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: 0, nullCount: 0, children }));
+}
+
+/** The record batches of an IPC stream, checked first; column buffers are views into `bytes`. */
 export function decodeBatches(bytes: Uint8Array): RecordBatch[] {
-  try {
-    const reader = RecordBatchReader.from(bytes);
-    const batches = reader.readAll();
-    return batches;
-  } catch (e) {
-    throw classify(e);
-  }
+  return decodeCheckedBatches(bytes, checkIpcStream(bytes).messages).batches;
 }
 
+/** Checks, then decodes an IPC stream in place: for bytes that did not come through a channel (files, tests). */
 export function decodeTable(bytes: Uint8Array): Table {
-  try {
-    const reader = RecordBatchReader.from(bytes);
-    const batches = reader.readAll();
-    return batches.length > 0 ? new Table(batches) : new Table(reader.schema);
-  } catch (e) {
-    throw classify(e);
-  }
+  return decodeCheckedTable(bytes, checkIpcStream(bytes).messages);
 }
 
-/** Validates, then decodes: for bytes that did not come through a channel (files, tests). */
-export function tableFromIpcBytes(bytes: Uint8Array): Table {
-  validateIpcStream(bytes);
-  return decodeTable(bytes);
-}
+/** The same as `decodeTable`. */
+export const tableFromIpcBytes = decodeTable;

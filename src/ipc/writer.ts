@@ -90,6 +90,14 @@ function foreignTable(table: object) {
   return fail('ERR_INVALID_ARGUMENT', `this table was made by ${theirs}, not by the ES module apache-arrow that arrow-shm imports (${ours ? at(ours) : 'version unknown'}): install one copy (apache-arrow is a peer dependency of arrow-shm) and import it, or send IPC bytes (tableToIPC)`);
 }
 
+const encodedSchemas = new WeakMap<Schema, { metadata: string; flatbuffer: Uint8Array }>();
+
+/** The schema's and its fields' metadata, as one string to compare. */
+function metadataOf(schema: Schema): string {
+  const fields = (fs: readonly Field[]): unknown[] => fs.map((f) => [f.metadata.size ? [...f.metadata] : 0, f.type.children?.length ? fields(f.type.children) : 0]);
+  return JSON.stringify([[...schema.metadata], fields(schema.fields)]);
+}
+
 /** Plans encapsulated messages one after the other, starting at `position`. */
 export class LayoutBuilder {
   readonly chunks: IpcChunk[] = [];
@@ -102,18 +110,27 @@ export class LayoutBuilder {
 
   /** One encapsulated message: continuation, size, flatbuffer, padding, body at a 64-byte boundary. */
   message(message: Message, body: Uint8Array[], regions: BufferRegion[]): void {
-    const flatbuffer = Message.encode(message);
+    this.encoded(Message.encode(message), body, regions, Number(message.bodyLength));
+  }
+
+  /** The same, for a flatbuffer Message already encoded. */
+  private encoded(flatbuffer: Uint8Array, body: Uint8Array[], regions: BufferRegion[], bodyLength: number): void {
     const start = this.position;
     const bodyStart = align(start + 8 + flatbuffer.length);
     this.chunks.push({ offset: start, bytes: this.prefix(bodyStart - start - 8), body: false }, { offset: start + 8, bytes: flatbuffer, body: false });
     body.forEach((bytes, i) => {
       if (bytes.byteLength > 0) this.chunks.push({ offset: bodyStart + Number(regions[i]!.offset), bytes, body: true });
     });
-    this.position = bodyStart + Number(message.bodyLength);
+    this.position = bodyStart + bodyLength;
   }
 
   schema(schema: Schema): void {
-    this.message(Message.from(schema), [], []);
+    // A sender repeats the same Schema with every table: encode it once. A Schema is immutable
+    // but for its metadata Maps, which are compared to what was encoded.
+    const metadata = metadataOf(schema);
+    let known = encodedSchemas.get(schema);
+    if (!known || known.metadata !== metadata) encodedSchemas.set(schema, (known = { metadata, flatbuffer: Message.encode(Message.from(schema)) }));
+    this.encoded(known.flatbuffer, [], [], 0);
   }
 
   endOfStream(): void {

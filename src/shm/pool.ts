@@ -1,5 +1,5 @@
-// Memory that is ready before it is needed. A fresh memfd costs a page allocation (and zeroing)
-// per 4 KiB page at first write; these pools move that cost off the send path.
+// Memory that is ready before it is needed. A fresh memfd costs a page allocation, zeroing and a
+// page fault per 4 KiB page at first write; these pools move that cost off the send path.
 import { native } from '../native.js';
 import { Segment } from './segment.js';
 
@@ -65,36 +65,50 @@ abstract class ClassedPool {
 }
 
 /**
- * Spare, pre-allocated, not yet sealed segments for sealed sends. `take` hands one out (trimmed
- * to the exact size) and starts allocating its replacement on the libuv threadpool.
+ * Spare segments for sealed sends, made ready off the send path: mapped writable, and every page
+ * allocated, zeroed and mapped on the libuv threadpool (MADV_POPULATE_WRITE). A send copies into
+ * warm pages (one memcpy, no page fault), then unmaps and seals; measured on the 100k-symbol table
+ * that is about 1.5x faster than pwrite into a fresh memfd, or into one fallocate(2) prepared.
+ * `take` hands one out and starts preparing its replacement at the size just asked for
+ * (page-rounded), so the pool follows the traffic and a send unmaps no more than it wrote.
  */
 export class SparePool extends ClassedPool {
   #pending = new Map<number, Promise<void>>();
 
-  /** A new segment of `size` bytes: pre-allocated when a spare was ready, fresh otherwise. */
-  take(size: number): { segment: Segment; preallocated: boolean } {
+  /** A spare of at least `size` bytes, mapped writable and populated, or null when none is ready. */
+  take(size: number): Segment | null {
     const cls = sizeClass(size);
-    const spare = this.pop(cls);
-    this.#refill(cls);
-    if (!spare) return { segment: Segment.create(size), preallocated: false };
-    spare.truncate(size);
-    return { segment: spare, preallocated: true };
+    let spare = this.pop(cls) ?? null;
+    if (spare && spare.size < size) {
+      spare.close(); // prepared for a smaller table of this class: the traffic changed
+      spare = null;
+    }
+    this.#refill(cls, Math.ceil(size / PAGE) * PAGE);
+    return spare;
   }
 
-  #refill(cls: number): void {
+  #refill(cls: number, size: number): void {
     if (this.closed || this.#pending.has(cls) || (this.free.get(cls)?.length ?? 0) >= this.limits.perClass) return;
     if (this.bytes + cls > this.limits.maxBytes) return;
-    const segment = Segment.create(cls, 'arrow-shm-spare');
-    // The fd stays open until the job settles: closing it earlier could let the kernel reuse the
-    // number for another file while the threadpool still works on it.
-    const job = native.fallocateAsync(segment.fd, cls).then(
-      () => this.keep(cls, segment),
-      () => segment.close(),
+    let segment: Segment | undefined;
+    let job: Promise<void>;
+    try {
+      segment = Segment.create(size, 'arrow-shm-spare');
+      job = native.populateAsync(segment.writableBuffer());
+    } catch {
+      segment?.close(); // out of memory or fds: the next send allocates as it goes
+      return;
+    }
+    const spare = segment;
+    // The mapping stays until the job settles: the threadpool is writing through it.
+    const settled = job.then(
+      () => this.keep(cls, spare),
+      () => spare.close(),
     );
-    this.#pending.set(cls, job.finally(() => this.#pending.delete(cls)));
+    this.#pending.set(cls, settled.finally(() => this.#pending.delete(cls)));
   }
 
-  /** Resolves when no background allocation is running (for tests and orderly shutdown). */
+  /** Resolves when no background preparation is running (for tests and orderly shutdown). */
   async settled(): Promise<void> {
     await Promise.all(this.#pending.values());
   }

@@ -151,11 +151,16 @@ export class Segment {
 
   /** Writable bytes of the whole segment (maps it on first use). */
   writableBytes(): Uint8Array {
+    return new Uint8Array(this.writableBuffer());
+  }
+
+  /** The ArrayBuffer of the segment's writable mapping (mapped on first use). */
+  writableBuffer(): ArrayBuffer {
     if (!this.#mapping || !this.#mapping.writable) {
       this.#mapping?.release();
       this.#mapping = new Mapping(this.fd, this.size, true);
     }
-    return this.#mapping.bytes();
+    return this.#mapping.buffer;
   }
 
   /**
@@ -169,8 +174,7 @@ export class Segment {
 
   /** Fault every page in now, so later writes cost a memcpy and nothing more. */
   prefault(): void {
-    this.writableBytes();
-    native.populate(this.#mapping!.buffer);
+    native.populate(this.writableBuffer());
   }
 
   /**

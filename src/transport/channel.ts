@@ -6,16 +6,17 @@ import { constants as osConstants } from 'node:os';
 import { ArrowShmError, fail, isErrorCode } from '../errors.js';
 import { AsyncQueue } from '../queue.js';
 import { withTimeout } from '../timeout.js';
-import { validateIpcStream } from '../ipc/messages.js';
+import { traceStage } from '../trace.js';
+import { SchemaCache, checkIpcStream, validateIpcStream } from '../ipc/messages.js';
 import { PreparedTable, type Sendable } from '../ipc/prepared.js';
-import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
+import { layoutIpcStream, writeIpcLayout, type IpcLayout } from '../ipc/writer.js';
 import { closeFds } from '../shm/fds.js';
 import { LeasePool, SparePool } from '../shm/pool.js';
 import { mapReceivedSegment, Segment, type SealPolicy } from '../shm/segment.js';
-import { decodeFrame, encodeFrame, FRAME_FDS, FrameFlags, FrameKind, PROTOCOL_VERSION, type Frame, type FrameInit, type KeyValues } from './frame.js';
+import { decodeFrame, encodeFrame, FRAME_FDS, FrameFlags, FrameKind, inlineRoom, PROTOCOL_VERSION, type Frame, type FrameInit, type InlineStream, type KeyValues } from './frame.js';
 import { checkHello, checkWelcome, helloMetadata, welcomeMetadata, type Agreement } from './handshake.js';
 import { normalizeOptions, type ChannelOptions, type PeerInfo, type SendOptions } from './options.js';
-import { ReceivedTable } from './received.js';
+import { FrameMemory, ReceivedTable } from './received.js';
 import { StreamLink } from './stream-link.js';
 import { PacketSocket, connectSocket, type Datagram } from './socket.js';
 
@@ -48,6 +49,8 @@ export class Channel {
   #leases = new Map<bigint, Segment>();
   #leasedBytes = 0;
   #inboxBytes = 0;
+  /** Schema messages this channel received and checked: a peer sends the same one every time. */
+  #schemas = new SchemaCache();
   #streams: StreamLink;
   /** Called once the handshake is done, before any later frame is handled. */
   #onOpen: ((channel: Channel) => void) | undefined;
@@ -235,19 +238,29 @@ export class Channel {
 
   // -------------------------------------------------------------------------------------------
 
-  /** @internal */
-  /** `onId` learns the frame's message id before the frame leaves (requests wait on it). */
+  /**
+   * @internal Sends a TABLE frame: inline when the IPC stream fits in the frame and the peer takes
+   * inline tables (§5.3), else in a segment. `onId` learns the frame's message id before the frame
+   * leaves (requests wait on it).
+   */
   async sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> {
     if (this.#state !== 'open') throw this.#closeError ?? fail('ERR_CLOSED', 'the channel is not open');
-    if (!(data instanceof PreparedTable) && this.#options.lease && this.#peer.capabilities.includes('lease') && this.#leases.size < this.#options.maxLeases) {
-      const leased = this.#sendLeased(data, options, flags, correlationId, onId);
+    if (data instanceof PreparedTable) return this.#sendTableFrame({ fd: data.segment.fd, ipcOffset: data.ipcOffset, ipcLength: data.ipcLength }, flags, correlationId, options, undefined, { registered: (id) => onId?.(id) });
+    const source = data instanceof Uint8Array ? data : layoutIpcStream(data);
+    if (source instanceof Uint8Array) validateIpcStream(source);
+    if (this.#peer.capabilities.includes('inline') && source.byteLength <= Math.min(this.#options.maxInlineBytes, inlineRoom(options.metadata))) {
+      const inline: InlineStream = { byteLength: source.byteLength, writeInto: (target) => (source instanceof Uint8Array ? target.set(source) : writeIpcLayout(source, target)) };
+      return this.#sendTableFrame({ inline }, flags | FrameFlags.INLINE, correlationId, options, undefined, { registered: (id) => onId?.(id) });
+    }
+    if (this.#options.lease && this.#peer.capabilities.includes('lease') && this.#leases.size < this.#options.maxLeases) {
+      const leased = this.#sendLeased(source, options, flags, correlationId, onId);
       if (leased) return leased;
     }
-    const prepared = data instanceof PreparedTable ? data : PreparedTable.from(data, this.#spares ?? undefined);
+    const prepared = PreparedTable.write(source, this.#spares);
     // A segment made for this send is closed as soon as its fd is in flight (or the send failed).
-    const closeOwn = () => prepared !== data && prepared.close();
+    const closeOwn = () => prepared.close();
     try {
-      return await this.#sendTableFrame(prepared.segment.fd, prepared.ipcLength, flags, correlationId, options, closeOwn, { registered: (id) => onId?.(id) });
+      return await this.#sendTableFrame({ fd: prepared.segment.fd, ipcLength: prepared.ipcLength }, flags, correlationId, options, closeOwn, { registered: (id) => onId?.(id) });
     } finally {
       closeOwn();
     }
@@ -257,16 +270,14 @@ export class Channel {
    * §6.2: copy into a warm leased segment; it returns to the pool when the peer sends RELEASE.
    * Null when that would hold more than maxLeasedBytes: the caller sends it sealed instead.
    */
-  #sendLeased(data: TableLike | Uint8Array, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> | null {
-    const layout = data instanceof Uint8Array ? null : layoutIpcStream(data);
-    if (data instanceof Uint8Array) validateIpcStream(data);
-    const length = layout ? layout.byteLength : (data as Uint8Array).byteLength;
+  #sendLeased(source: IpcLayout | Uint8Array, options: SendOptions, flags: number, correlationId: bigint, onId?: (id: bigint) => void): Promise<void> | null {
+    const length = source.byteLength;
     if (this.#leasedBytes + length > this.#options.maxLeasedBytes) return null;
     const segment = this.#leasePool.acquire(length);
     const target = segment.writableBytes();
-    if (layout) writeIpcLayout(layout, target, true);
-    else target.set(data as Uint8Array);
-    return this.#sendTableFrame(segment.fd, length, flags | FrameFlags.LEASED, correlationId, options, undefined, {
+    if (source instanceof Uint8Array) target.set(source);
+    else writeIpcLayout(source, target, true);
+    return this.#sendTableFrame({ fd: segment.fd, ipcLength: length }, flags | FrameFlags.LEASED, correlationId, options, undefined, {
       registered: (id) => {
         this.#leases.set(id, segment);
         this.#leasedBytes += segment.size;
@@ -286,10 +297,12 @@ export class Channel {
     this.#leasePool.giveBack(segment);
   }
 
-  /** Sends one TABLE frame with `fd` attached and resolves when the peer acknowledges it. */
+  /**
+   * Sends one TABLE frame, with a segment's fd attached or the IPC stream inline, and resolves
+   * when the peer acknowledges it.
+   */
   async #sendTableFrame(
-    fd: number,
-    ipcLength: number,
+    body: { fd: number; ipcOffset?: number; ipcLength: number } | { inline: InlineStream },
     flags: number,
     correlationId: bigint,
     options: SendOptions,
@@ -302,8 +315,16 @@ export class Channel {
     acked.catch(() => {});
     try {
       try {
-        const frame = encodeFrame({ kind: FrameKind.Table, flags, messageId: id, correlationId, ipcLength: BigInt(ipcLength), fdCount: 1, metadata: options.metadata });
-        await this.#socket.send(frame, [fd]);
+        const init = { kind: FrameKind.Table, flags, messageId: id, correlationId, metadata: options.metadata };
+        if ('inline' in body) {
+          const frame = encodeFrame({ ...init, inline: body.inline }); // the copy
+          traceStage('copy', id);
+          await this.#socket.send(frame);
+        } else {
+          traceStage('copy', id);
+          await this.#socket.send(encodeFrame({ ...init, ipcOffset: BigInt(body.ipcOffset ?? 0), ipcLength: BigInt(body.ipcLength), fdCount: 1 }), [body.fd]);
+        }
+        traceStage('send', id);
       } catch (e) {
         hooks?.failed?.(id); // only a frame that never left may be reused
         throw e;
@@ -332,7 +353,7 @@ export class Channel {
   }
 
   #localCapabilities(): string[] {
-    return this.#options.acceptLeased ? ['lease', 'stream'] : ['stream'];
+    return this.#options.acceptLeased ? ['lease', 'stream', 'inline'] : ['stream', 'inline'];
   }
 
   #next(): Promise<ReceivedTable | null> {
@@ -466,14 +487,16 @@ export class Channel {
   }
 
   #onTable(frame: Frame, fds: number[]): void {
+    traceStage('wake', frame.messageId);
     let message: ReceivedTable;
     try {
-      message = this.#mapTable(frame, fds);
+      message = frame.inline ? this.#inlineTable(frame, fds) : this.#mapTable(frame, fds);
     } catch (e) {
       const error = asError(e);
       this.sendError(error.code, error.message, frame.messageId, frame.flags & FrameFlags.REQUEST ? FrameFlags.RESPONSE : 0).catch(() => {});
       return;
     }
+    // Acknowledged at once, before anyone sees it: a receiver may exit right after receive().
     this.#socket.send(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: frame.messageId })).catch(() => {});
     if (frame.flags & FrameFlags.RESPONSE) {
       const pending = this.#requests.get(frame.correlationId);
@@ -482,6 +505,20 @@ export class Channel {
       return;
     }
     this.#deliver(message);
+  }
+
+  /** §5.3: a table inside its frame (decodeFrame checked where it lies). */
+  #inlineTable(frame: Frame, fds: number[]): ReceivedTable {
+    if (fds.length > 0 || frame.fdCount !== 0 || frame.flags & FrameFlags.LEASED) {
+      closeFds(fds);
+      throw fail('ERR_PROTOCOL', `INLINE TABLE frame must carry no fd and no LEASED flag (fds ${fds.length}, fd_count ${frame.fdCount})`);
+    }
+    const bytes = frame.inline!;
+    if (bytes.byteLength > this.#options.maxMessageBytes) throw fail('ERR_TOO_LARGE', `message of ${bytes.byteLength} bytes exceeds the limit of ${this.#options.maxMessageBytes} bytes`);
+    traceStage('map', frame.messageId);
+    const checked = checkIpcStream(bytes, this.#options.ipcLimits, this.#schemas);
+    traceStage('check', frame.messageId);
+    return new ReceivedTable(this, frame.messageId, frame.flags, frame.metadata, new FrameMemory(bytes.buffer as ArrayBuffer), bytes.byteOffset, bytes.byteLength, checked);
   }
 
   /** docs/PROTOCOL.md §5.1, in order. Closes every fd; returns a message owning a read-only mapping. */
@@ -497,11 +534,13 @@ export class Channel {
     }
     const policy: SealPolicy = this.#options.allowUnsealed ? 'unsealed' : leased ? 'leased' : 'sealed';
     const mapping = mapReceivedSegment(fds[0]!, { policy, ipcOffset: frame.ipcOffset, ipcLength: frame.ipcLength, maxMessageBytes: this.#options.maxMessageBytes });
+    traceStage('map', frame.messageId);
     try {
       const offset = Number(frame.ipcOffset);
       const length = Number(frame.ipcLength);
-      const summary = validateIpcStream(mapping.bytes(offset, length), this.#options.ipcLimits);
-      return new ReceivedTable(this, frame.messageId, frame.flags, frame.metadata, mapping, offset, length, summary);
+      const checked = checkIpcStream(mapping.bytes(offset, length), this.#options.ipcLimits, this.#schemas);
+      traceStage('check', frame.messageId);
+      return new ReceivedTable(this, frame.messageId, frame.flags, frame.metadata, mapping, offset, length, checked);
     } catch (e) {
       mapping.release();
       throw e;

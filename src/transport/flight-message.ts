@@ -1,8 +1,8 @@
 // A table received through Flight: one copy, re-framed as an IPC stream and validated.
 import type { RecordBatch, Table } from 'apache-arrow';
 import { fail, type ErrorCode } from '../errors.js';
-import { decodeBatches, decodeTable } from '../ipc/reader.js';
-import { validateIpcStream, type IpcSummary } from '../ipc/messages.js';
+import { decodeCheckedBatches, decodeCheckedTable } from '../ipc/reader.js';
+import { checkIpcStream, type CheckedStream, type IpcMessage, type IpcSummary } from '../ipc/messages.js';
 import type { KeyValues } from './frame.js';
 import { type FlightLimits } from './flight-limits.js';
 import { type Sendable } from '../ipc/prepared.js';
@@ -19,16 +19,21 @@ export class FlightMessage {
   #table: Table | undefined;
   #closed = false;
   #responder: FlightResponder | null;
+  #messages: readonly IpcMessage[];
+  /** What the checks found in the stream. */
+  readonly summary: IpcSummary;
 
   constructor(
     /** The IPC stream, checked (§7): schema, dictionaries, batches, end-of-stream marker. */
     readonly bytes: Uint8Array,
     readonly metadata: KeyValues,
-    readonly summary: IpcSummary,
+    checked: CheckedStream,
     /** The descriptor's path (DoPut), the command (DoExchange) or the ticket (DoGet). */
     readonly name: string,
     responder: FlightResponder | null = null,
   ) {
+    this.summary = checked.summary;
+    this.#messages = checked.messages;
     this.#responder = responder;
   }
 
@@ -59,13 +64,13 @@ export class FlightMessage {
 
   get table(): Table {
     if (this.#closed) throw fail('ERR_CLOSED', 'the message was closed');
-    this.#table ??= decodeTable(this.bytes);
+    this.#table ??= decodeCheckedTable(this.bytes, this.#messages);
     return this.#table;
   }
 
   get batches(): RecordBatch[] {
     if (this.#closed) throw fail('ERR_CLOSED', 'the message was closed');
-    return this.#table?.batches ?? decodeBatches(this.bytes);
+    return this.#table?.batches ?? decodeCheckedBatches(this.bytes, this.#messages).batches;
   }
 
   close(): void {
@@ -84,9 +89,9 @@ export class FlightMessage {
  */
 export function received(messages: FlightData[], name: string, limits: FlightLimits, responder: FlightResponder | null = null): FlightMessage {
   const bytes = ipcFromFlightData(messages); // the collector bounded it (maxCallBytes)
-  const summary = validateIpcStream(bytes, limits.ipc);
+  const checked = checkIpcStream(bytes, limits.ipc);
   const batch = messages.find((m) => m.app_metadata.length > 0);
-  return new FlightMessage(bytes, batch ? decodeMetadata(batch.app_metadata) : {}, summary, name, responder);
+  return new FlightMessage(bytes, batch ? decodeMetadata(batch.app_metadata) : {}, checked, name, responder);
 }
 
 /** @internal User metadata travels as a JSON object of strings in the first batch's app_metadata. */

@@ -17,6 +17,8 @@ export enum FrameKind {
   StreamOpen = 8,
   StreamSegment = 9,
   Subscribe = 10,
+  /** Table store requests, answers and events (§15); only between sides that listed `store`. */
+  Store = 11,
 }
 
 /** How many fds each kind carries (docs/PROTOCOL.md §3, §12.1); every other kind carries none. */
@@ -26,8 +28,10 @@ export const FrameFlags = {
   LEASED: 0x01,
   REQUEST: 0x02,
   RESPONSE: 0x04,
+  /** A TABLE whose IPC stream travels inside the frame, with no segment (§5.3). */
+  INLINE: 0x08,
 } as const;
-const KNOWN_FLAGS = FrameFlags.LEASED | FrameFlags.REQUEST | FrameFlags.RESPONSE;
+const KNOWN_FLAGS = FrameFlags.LEASED | FrameFlags.REQUEST | FrameFlags.RESPONSE | FrameFlags.INLINE;
 
 export type KeyValues = Record<string, string>;
 
@@ -41,6 +45,8 @@ export interface Frame {
   ipcLength: bigint;
   fdCount: number;
   metadata: KeyValues;
+  /** An INLINE TABLE's IPC stream (§5.3): a view of the frame's bytes, 8-aligned. */
+  inline?: Uint8Array;
 }
 
 const encoder = new TextEncoder();
@@ -107,14 +113,35 @@ export interface FrameInit {
   ipcLength?: bigint;
   fdCount?: number;
   metadata?: KeyValues;
+  /** An INLINE TABLE's IPC stream (§5.3), written after the metadata at an 8-byte boundary. */
+  inline?: InlineStream;
+}
+
+/** An IPC stream that writes itself into a frame. */
+export interface InlineStream {
+  byteLength: number;
+  writeInto(target: Uint8Array): void;
+}
+
+const align8 = (n: number) => Math.ceil(n / 8) * 8;
+
+/** Where an INLINE TABLE's IPC stream starts: after the header and metadata, 8-aligned (§5.3). */
+export const inlineOffset = (metadataLength: number): number => align8(HEADER_LENGTH + metadataLength);
+
+/** The largest IPC stream an INLINE TABLE frame with `metadata` can carry. */
+export function inlineRoom(metadata: KeyValues | undefined): number {
+  const metadataLength = metadata && Object.keys(metadata).length > 0 ? encodeKeyValues(metadata).length : 0;
+  return MAX_FRAME - inlineOffset(metadataLength);
 }
 
 export function encodeFrame(init: FrameInit): Uint8Array {
   const metadata = init.metadata && Object.keys(init.metadata).length > 0 ? encodeKeyValues(init.metadata) : new Uint8Array(0);
-  if (HEADER_LENGTH + metadata.length > MAX_FRAME) {
-    throw fail('ERR_TOO_LARGE', `frame metadata of ${metadata.length} bytes exceeds the ${MAX_FRAME - HEADER_LENGTH}-byte limit`);
+  const ipcOffset = init.inline ? inlineOffset(metadata.length) : 0;
+  const total = init.inline ? ipcOffset + init.inline.byteLength : HEADER_LENGTH + metadata.length;
+  if (total > MAX_FRAME) {
+    throw fail('ERR_TOO_LARGE', `frame of ${total} bytes (metadata ${metadata.length}) exceeds the ${MAX_FRAME}-byte limit`);
   }
-  const out = new Uint8Array(HEADER_LENGTH + metadata.length);
+  const out = new Uint8Array(total);
   const view = new DataView(out.buffer);
   view.setUint32(0, MAGIC, true);
   view.setUint16(4, init.version ?? PROTOCOL_VERSION, true);
@@ -124,10 +151,11 @@ export function encodeFrame(init: FrameInit): Uint8Array {
   view.setUint32(12, metadata.length, true);
   view.setBigUint64(16, init.messageId, true);
   view.setBigUint64(24, init.correlationId ?? 0n, true);
-  view.setBigUint64(32, init.ipcOffset ?? 0n, true);
-  view.setBigUint64(40, init.ipcLength ?? 0n, true);
+  view.setBigUint64(32, init.inline ? BigInt(ipcOffset) : (init.ipcOffset ?? 0n), true);
+  view.setBigUint64(40, init.inline ? BigInt(init.inline.byteLength) : (init.ipcLength ?? 0n), true);
   view.setUint32(48, init.fdCount ?? 0, true);
   out.set(metadata, HEADER_LENGTH);
+  init.inline?.writeInto(out.subarray(ipcOffset));
   return out;
 }
 
@@ -138,13 +166,26 @@ export function decodeFrame(bytes: Uint8Array): Frame {
   const magic = view.getUint32(0, true);
   if (magic !== MAGIC) throw fail('ERR_PROTOCOL', `bad frame magic 0x${magic.toString(16).padStart(8, '0')}, expected 0x${MAGIC.toString(16)} ("ASHM")`);
   const kind = view.getUint8(6);
-  if (kind < FrameKind.Hello || kind > FrameKind.Subscribe) throw fail('ERR_PROTOCOL', `unknown frame kind ${kind}`);
+  if (kind < FrameKind.Hello || kind > FrameKind.Store) throw fail('ERR_PROTOCOL', `unknown frame kind ${kind}`);
   const flags = view.getUint8(7);
   if (flags & ~KNOWN_FLAGS) throw fail('ERR_PROTOCOL', `unknown frame flags 0x${flags.toString(16)}`);
   const headerLength = view.getUint32(8, true);
   if (headerLength !== HEADER_LENGTH) throw fail('ERR_PROTOCOL', `header length ${headerLength}, expected ${HEADER_LENGTH}`);
   const metadataLength = view.getUint32(12, true);
-  if (metadataLength !== bytes.length - HEADER_LENGTH) {
+  const ipcOffset = view.getBigUint64(32, true);
+  const ipcLength = view.getBigUint64(40, true);
+  let metadataEnd = bytes.length;
+  let inline: Uint8Array | undefined;
+  if (flags & FrameFlags.INLINE) {
+    // §5.3: header, metadata, padding to 8, then exactly the IPC stream, to the end of the frame.
+    if (kind !== FrameKind.Table) throw fail('ERR_PROTOCOL', `INLINE flag on a ${FrameKind[kind]} frame`);
+    const start = inlineOffset(metadataLength);
+    if (metadataLength > bytes.length - HEADER_LENGTH || ipcOffset !== BigInt(start) || ipcLength === 0n || ipcOffset + ipcLength !== BigInt(bytes.length)) {
+      throw fail('ERR_PROTOCOL', `INLINE TABLE frame of ${bytes.length} bytes with metadata ${metadataLength}, IPC range [${ipcOffset}, +${ipcLength}): the stream must start at ${start} and end the frame`);
+    }
+    metadataEnd = HEADER_LENGTH + metadataLength;
+    inline = bytes.subarray(start);
+  } else if (metadataLength !== bytes.length - HEADER_LENGTH) {
     throw fail('ERR_PROTOCOL', `metadata length ${metadataLength} does not match the ${bytes.length - HEADER_LENGTH} bytes after the header`);
   }
   return {
@@ -153,10 +194,11 @@ export function decodeFrame(bytes: Uint8Array): Frame {
     flags,
     messageId: view.getBigUint64(16, true),
     correlationId: view.getBigUint64(24, true),
-    ipcOffset: view.getBigUint64(32, true),
-    ipcLength: view.getBigUint64(40, true),
+    ipcOffset,
+    ipcLength,
     fdCount: view.getUint32(48, true),
-    metadata: metadataLength > 0 ? decodeKeyValues(bytes.subarray(HEADER_LENGTH)) : Object.create(null),
+    metadata: metadataLength > 0 ? decodeKeyValues(bytes.subarray(HEADER_LENGTH, metadataEnd)) : Object.create(null),
+    inline,
   };
 }
 

@@ -24,6 +24,13 @@ export interface ChannelOptions {
   lease?: boolean;
   /** Pre-allocated spare segments kept per size class for sealed sends (0 disables). Default 1. */
   spareSegments?: number;
+  /**
+   * Tables whose IPC stream is at most this many bytes travel inside the frame when the peer
+   * accepts inline tables (docs/PROTOCOL.md §5.3): one copy through the socket instead of a
+   * segment, which costs more system calls than a small table is worth. At most what a frame
+   * holds (about 64 KiB); 0 sends every table in a segment. Default 65536.
+   */
+  maxInlineBytes?: number;
   /** What one received IPC message may decode to (docs/PROTOCOL.md §14.1). */
   ipcLimits?: Partial<IpcLimits>;
   /**
@@ -68,6 +75,7 @@ export function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
     handshakeTimeoutMs: o.handshakeTimeoutMs ?? 5000,
     lease: o.lease ?? false,
     spareSegments: o.spareSegments ?? 1,
+    maxInlineBytes: nonNegative('maxInlineBytes', o.maxInlineBytes, 65536),
     ipcLimits: resolveIpcLimits(o.ipcLimits),
     maxInboxMessages: positive('maxInboxMessages', o.maxInboxMessages, 64),
     maxInboxBytes: positive('maxInboxBytes', o.maxInboxBytes, 1024 ** 3),
@@ -75,6 +83,12 @@ export function normalizeOptions(o: ChannelOptions): Required<ChannelOptions> {
     maxLeases: positive('maxLeases', o.maxLeases, 64),
     maxLeasedBytes: positive('maxLeasedBytes', o.maxLeasedBytes, 1024 ** 3),
   };
+}
+
+function nonNegative(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 0) throw fail('ERR_INVALID_ARGUMENT', `${name} must be a non-negative integer, got ${value}`);
+  return value;
 }
 
 /** A limit option: a positive integer, or its default when not given. */

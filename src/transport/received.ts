@@ -3,17 +3,55 @@
 import type { RecordBatch, Table } from 'apache-arrow';
 import { type ArrowShmError, fail } from '../errors.js';
 import type { Sendable } from '../ipc/prepared.js';
-import { decodeBatches, decodeTable } from '../ipc/reader.js';
-import type { IpcSummary } from '../ipc/messages.js';
-import type { Mapping } from '../shm/segment.js';
+import { decodeCheckedBatches, decodeCheckedTable } from '../ipc/reader.js';
+import type { CheckedStream, IpcMessage, IpcSummary } from '../ipc/messages.js';
 import { FrameFlags, type KeyValues } from './frame.js';
 import type { SendOptions } from './options.js';
+import { traceStage } from '../trace.js';
 
 /** What a received table needs of the channel it came on: answering it, handing a lease back. */
 export interface TableOrigin {
   sendFrameWithTable(data: Sendable, options: SendOptions, flags: number, correlationId: bigint): Promise<void>;
   sendError(code: string, message: string, correlationId: bigint, flags?: number): Promise<void>;
   releaseLease(id: bigint): void;
+}
+
+/** Where a received table's bytes live: a mapped segment (a Mapping), or an inline table's frame. */
+export interface TableMemory {
+  readonly buffer: ArrayBuffer;
+  readonly released: boolean;
+  bytes(offset: number, length: number): Uint8Array;
+  /** Detaches every view of `buffer` (they read as empty) and lets the memory go. */
+  release(): void;
+}
+
+/** An inline table's bytes (docs/PROTOCOL.md §5.3): the received frame's own ArrayBuffer. */
+export class FrameMemory implements TableMemory {
+  #buffer: ArrayBuffer | null;
+
+  constructor(buffer: ArrayBuffer) {
+    this.#buffer = buffer;
+  }
+
+  get buffer(): ArrayBuffer {
+    if (!this.#buffer) throw fail('ERR_CLOSED', 'the message was closed');
+    return this.#buffer;
+  }
+
+  get released(): boolean {
+    return this.#buffer === null;
+  }
+
+  bytes(offset: number, length: number): Uint8Array {
+    return new Uint8Array(this.buffer, offset, length);
+  }
+
+  release(): void {
+    const buffer = this.#buffer;
+    this.#buffer = null;
+    // Transferring detaches the buffer: views of it read as empty, as after a mapping's release.
+    if (buffer) structuredClone(buffer, { transfer: [buffer] });
+  }
 }
 
 const leaseRegistry = new FinalizationRegistry<{ channel: WeakRef<TableOrigin>; id: bigint }>((held) => {
@@ -26,22 +64,27 @@ const leaseRegistry = new FinalizationRegistry<{ channel: WeakRef<TableOrigin>; 
  * view into the segment is detached: it reads as empty, never as freed memory.
  */
 export class ReceivedTable {
-  #mapping: Mapping;
+  #mapping: TableMemory;
   #table: Table | undefined;
   #channel: TableOrigin | null;
   #leased: boolean;
+  #messages: readonly IpcMessage[];
   readonly bytes: Uint8Array;
+  /** What the receive-time checks found in the stream. */
+  readonly summary: IpcSummary;
 
   constructor(
     channel: TableOrigin | null,
     readonly id: bigint,
     readonly flags: number,
     readonly metadata: KeyValues,
-    mapping: Mapping,
+    mapping: TableMemory,
     ipcOffset: number,
     ipcLength: number,
-    readonly summary: IpcSummary,
+    checked: CheckedStream,
   ) {
+    this.summary = checked.summary;
+    this.#messages = checked.messages;
     this.#channel = channel;
     this.#mapping = mapping;
     this.#leased = (flags & FrameFlags.LEASED) !== 0;
@@ -57,7 +100,7 @@ export class ReceivedTable {
     return this.#mapping.released;
   }
 
-  /** The ArrayBuffer over the shared mapping: every column buffer of `table` is a view of it. */
+  /** The ArrayBuffer the table's bytes are in (the shared mapping; for an inline table, the frame): every column buffer of `table` is a view of it. */
   get sharedBuffer(): ArrayBuffer {
     return this.#mapping.buffer;
   }
@@ -65,13 +108,16 @@ export class ReceivedTable {
   /** The decoded table (decoded on first access, zero-copy). Throws ERR_IPC_UNSUPPORTED for types arrow-js lacks. */
   get table(): Table {
     if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
-    this.#table ??= decodeTable(this.bytes);
+    if (!this.#table) {
+      this.#table = decodeCheckedTable(this.bytes, this.#messages);
+      traceStage('decode', this.id);
+    }
     return this.#table;
   }
 
   get batches(): RecordBatch[] {
     if (this.closed) throw fail('ERR_CLOSED', 'the message was closed');
-    return this.#table?.batches ?? decodeBatches(this.bytes);
+    return this.#table?.batches ?? decodeCheckedBatches(this.bytes, this.#messages).batches;
   }
 
   /** Answers a request with a table. */

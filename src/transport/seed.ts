@@ -3,7 +3,7 @@
 import { readSync } from 'node:fs';
 import { fail } from '../errors.js';
 import { native } from '../native.js';
-import { validateIpcStream } from '../ipc/messages.js';
+import { checkIpcStream, validateIpcStream } from '../ipc/messages.js';
 import { layoutIpcStream, writeIpcLayout, type TableLike } from '../ipc/writer.js';
 import { Segment, type Mapping } from '../shm/segment.js';
 import { ReceivedTable } from './received.js';
@@ -70,8 +70,8 @@ export async function seedReceive(address: string, options: { timeoutMs?: number
   }
   const mapping = copyIntoOwnSegment(Segment.adopt(received.fds[0]!));
   try {
-    const summary = validateIpcStream(mapping.bytes());
-    return new ReceivedTable(null, 1n, 0, Object.create(null), mapping, 0, summary.streamLength, summary);
+    const checked = checkIpcStream(mapping.bytes());
+    return new ReceivedTable(null, 1n, 0, Object.create(null), mapping, 0, checked.summary.streamLength, checked);
   } catch (e) {
     mapping.release();
     throw e;

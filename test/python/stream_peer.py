@@ -61,7 +61,7 @@ elif mode == "hold":
     report(batches=batches, rows=rows, sum=total)
 elif mode == "count":
     fds_start = fds()
-    with connect(address, timeout=20) as channel, channel.accept_stream(timeout=20, validate_full=False) as reader:
+    with connect(address, timeout=20) as channel, channel.accept_stream(timeout=20, validate="framing") as reader:
         lo, size = reader.data_range()
         batches = rows = 0
         in_place = True

@@ -74,9 +74,10 @@ constexpr const char* kImplementation = "arrow-shm-cpp/0.1.0";
 // ---- frames (§3) ----
 enum class Kind : uint8_t {
   Hello = 1, Welcome, Table, Ack, Release, Error, Goodbye,
-  StreamOpen, StreamSegment, Subscribe  // §12.1, capability "stream"
+  StreamOpen, StreamSegment, Subscribe,  // §12.1, capability "stream"
+  Store                                   // §15.1, capability "store" (this side is no store)
 };
-constexpr uint8_t kMaxKind = static_cast<uint8_t>(Kind::Subscribe);
+constexpr uint8_t kMaxKind = static_cast<uint8_t>(Kind::Store);
 // Error codes added for streams (§12.4); the others are spelled out where they are thrown.
 constexpr const char* kErrRingFull = "ERR_RING_FULL";
 constexpr const char* kErrNoReaderSlot = "ERR_NO_READER_SLOT";
@@ -85,9 +86,15 @@ constexpr const char* kErrRingInvalid = "ERR_RING_INVALID";
 constexpr const char* kErrIpcLimit = "ERR_IPC_LIMIT";
 constexpr const char* kErrResourceLimit = "ERR_RESOURCE_LIMIT";
 constexpr const char* kErrAddressInUse = "ERR_ADDRESS_IN_USE";
-enum Flags : uint8_t { kLeased = 1, kRequest = 2, kResponse = 4 };
+// Table store (§15.7): no such name (or watch); a put without replace of a name that exists.
+constexpr const char* kErrNotFound = "ERR_NOT_FOUND";
+constexpr const char* kErrExists = "ERR_EXISTS";
+// kInline (§5.3): a TABLE whose IPC stream is inside the frame, at ipc_offset = inline_offset().
+enum Flags : uint8_t { kLeased = 1, kRequest = 2, kResponse = 4, kInline = 8 };
 constexpr uint32_t kHeaderLength = 64;
 constexpr size_t kMaxFrameBytes = 65536;
+// Where an INLINE TABLE's stream starts: after the header and metadata, 8-aligned (§5.3).
+constexpr uint64_t inline_offset(uint64_t metadata_length) { return (kHeaderLength + metadata_length + 7) & ~uint64_t{7}; }
 
 using KV = std::vector<std::pair<std::string, std::string>>;  // insertion order kept
 
@@ -104,8 +111,13 @@ struct Frame {
   std::optional<std::string> get(const std::string& key) const;
 };
 
-std::vector<uint8_t> encode_frame(const Frame& f);
-Frame decode_frame(const uint8_t* data, size_t n);  // throws fatal ERR_PROTOCOL
+// `inline_ipc` (with kInline): the IPC stream written after the metadata at inline_offset(), which
+// sets ipc_offset/ipc_length (§5.3).
+std::vector<uint8_t> encode_frame(const Frame& f, const uint8_t* inline_ipc = nullptr, size_t inline_length = 0);
+// Throws fatal ERR_PROTOCOL. An INLINE TABLE's stream is [ipc_offset, n) of `data` (checked: §5.3).
+Frame decode_frame(const uint8_t* data, size_t n);
+// The size of the key/value block encode_frame writes for `metadata`.
+size_t metadata_bytes(const KV& metadata);
 
 // ---- sockets (§2) ----
 // A socket file this process bound: unlinked on close only if the path is still that file (§14.2).
@@ -206,14 +218,35 @@ class IpcChecker {
   std::map<int64_t, Layout> dictionaries_;  // dictionary id -> its value field's layout
 };
 
+// What a received table is checked for after decoding (option `validate`, the same names in every
+// peer). Before decoding, the IPC framing and every buffer's bounds are always checked (§7).
+//   Bounds (default): Arrow's ValidateFull on a zero-copy view of each column in which utf8 /
+//     large_utf8 / string_view (nested too) are binary / large_binary / binary_view: offsets,
+//     sizes, dictionary indices, run ends, union ids and views are all checked, so Arrow C++
+//     kernels cannot read out of bounds; only the O(bytes) UTF-8 scan is skipped.
+//   Full: that scan too (every string is valid UTF-8).
+//   Framing: nothing after decoding: for trusted senders only.
+enum class Validate { Bounds, Full, Framing };
+Validate parse_validate(const std::string& name);  // "bounds" | "full" | "framing", else ERR_INVALID_ARGUMENT
+const char* validate_name(Validate validate);
+
 // Validates (zero copy) and summarises an IPC stream; throws ERR_IPC_LIMIT / ERR_IPC_TRUNCATED /
 // ERR_IPC_INVALID.
-StreamInfo validate_stream(const uint8_t* data, uint64_t length, const IpcLimits& limits = {});
+StreamInfo validate_stream(const uint8_t* data, uint64_t length, const IpcLimits& limits = {},
+                           Validate validate = Validate::Bounds);
+// An IPC stream to send: in a new segment, or in memory when it is at most `max_inline` bytes
+// (it then travels inside its TABLE frame, §5.3).
+struct OutgoingStream {
+  Fd segment;                  // empty for an inline stream
+  std::vector<uint8_t> bytes;  // the inline stream
+  uint64_t length = 0;         // ipc_length
+  bool is_inline() const { return !segment; }
+};
 // Input file bytes -> IPC stream to send: streams unchanged, ARROW1 files re-framed (alignment 64).
-// Returns the segment fd and ipc_length.
-std::pair<Fd, uint64_t> segment_from_file_bytes(const std::vector<uint8_t>& bytes, uint64_t min_size,
-                                                bool seal);
-// A table written as an IPC stream (alignment 64) into a new, sealed segment: fd and ipc_length.
-std::pair<Fd, uint64_t> segment_from_table(const arrow::Table& table);
+// A segment is max(length, min_size) bytes, sealed if `seal`.
+OutgoingStream stream_from_file_bytes(const std::vector<uint8_t>& bytes, uint64_t min_size, bool seal,
+                                      uint64_t max_inline = 0);
+// A table written as an IPC stream (alignment 64), a segment one sealed.
+OutgoingStream stream_from_table(const arrow::Table& table, uint64_t max_inline = 0);
 
 }  // namespace arrow_shm

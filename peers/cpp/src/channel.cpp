@@ -1,19 +1,22 @@
 // One connection: handshake, TABLE/ACK/ERROR/GOODBYE and request/response (PROTOCOL §4-§9).
 #include "arrow_shm/channel.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include <poll.h>
 #include <unistd.h>
 
 #include "channel_internal.hpp"
+#include "ipc_internal.hpp"
 
 namespace arrow_shm {
 
 namespace {
 
-// This side understands streams (§12); it does not offer "lease".
-constexpr const char* kCapabilities = "stream";
+// This side understands streams (§12) and takes inline tables (§5.3); it does not offer "lease".
+constexpr const char* kCapabilities = "stream,inline";
 
 std::vector<std::string> split_capabilities(const std::string& list) {
   std::vector<std::string> out;
@@ -133,7 +136,7 @@ void Channel::handshake_as_listener(const Deadline& user) {
                       {"capabilities", kCapabilities},
                       {"implementation", kImplementation},
                       {"pid", std::to_string(::getpid())},
-                      {"max_message_bytes", std::to_string(kDefaultMaxMessageBytes)}};
+                      {"max_message_bytes", std::to_string(options_.max_message_bytes)}};
   send_frame(welcome);
   handshaken_ = true;
 }
@@ -168,10 +171,11 @@ uint64_t Channel::send_frame(Frame f, int pass_fd) {
   return send_frame_fds(std::move(f), fds);
 }
 
-uint64_t Channel::send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking) {
+uint64_t Channel::send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking,
+                                 const std::vector<uint8_t>* inline_ipc) {
   if (!fd_) throw Error("ERR_CLOSED", "the channel is closed");
   f.message_id = next_id_++;
-  auto bytes = encode_frame(f);
+  auto bytes = inline_ipc ? encode_frame(f, inline_ipc->data(), inline_ipc->size()) : encode_frame(f);
   send_with_fds(fd_.get(), bytes.data(), bytes.size(), fds, nonblocking);
   last_activity_ = Clock::now();
   return f.message_id;
@@ -262,7 +266,9 @@ std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
                                        " received tables wait for receive_message() (max_inbox_messages / "
                                        "max_inbox_bytes): take them first");
   wait_readable(fd_.get(), d, "the peer");
-  std::vector<uint8_t> buf(kMaxFrameBytes);
+  // One buffer per thread, not per frame or channel: nothing received points into it afterwards
+  // (an INLINE stream is copied out below).
+  thread_local std::vector<uint8_t> buf(kMaxFrameBytes);
   Received r;
   int flags = 0;
   size_t n = recv_with_fds(fd_.get(), buf.data(), buf.size(), r.fds, flags);
@@ -280,6 +286,12 @@ std::optional<Channel::Received> Channel::read_frame(const Deadline& d) {
   }
   if (handshaken_ && r.frame.version != 1)
     fatal(Error("ERR_PROTOCOL_VERSION", "frame of version " + std::to_string(r.frame.version) + ", agreed 1"));
+  if (r.frame.flags & kInline) {
+    // decode_frame checked that [ipc_offset, n) is the stream; this side's copy, 64-byte aligned.
+    auto copy = unwrap(arrow::AllocateBuffer(static_cast<int64_t>(r.frame.ipc_length)));
+    std::memcpy(copy->mutable_data(), buf.data() + r.frame.ipc_offset, r.frame.ipc_length);
+    r.inline_ipc = std::move(copy);
+  }
   return r;
 }
 
@@ -339,6 +351,8 @@ bool Channel::handle_other(Received& r) {
     case Kind::Hello:
     case Kind::Welcome:
       fatal(Error("ERR_PROTOCOL", "handshake frame after the handshake"));
+    case Kind::Store:  // only between sides that listed "store" (§15.1): this side is no store
+      fatal(Error("ERR_PROTOCOL", "unexpected STORE frame after the handshake"));
     case Kind::Goodbye:
       peer_gone_ = true;
       if (!failure_) failure_ = Error("ERR_PEER_CLOSED", "the peer said GOODBYE");
@@ -351,21 +365,32 @@ bool Channel::handle_other(Received& r) {
 // ---------------------------------------------------------------------------------------------
 // Sending
 
-uint64_t Channel::send_table(Fd segment, uint64_t ipc_length, const KV& metadata, uint8_t flags,
-                             uint64_t correlation_id) {
-  if (ipc_length > peer_max_message_bytes_)
-    throw Error("ERR_TOO_LARGE", "IPC stream of " + std::to_string(ipc_length) +
+uint64_t Channel::send_table(OutgoingStream stream, const KV& metadata, uint8_t flags, uint64_t correlation_id) {
+  if (stream.length > peer_max_message_bytes_)
+    throw Error("ERR_TOO_LARGE", "IPC stream of " + std::to_string(stream.length) +
                                      " bytes exceeds the peer's max_message_bytes");
   Frame table;
   table.kind = Kind::Table;
   table.flags = flags;
   table.correlation_id = correlation_id;
-  table.ipc_offset = 0;
-  table.ipc_length = ipc_length;
-  table.fd_count = 1;
   table.metadata = metadata;
-  return send_frame(table, segment.get());
-  // `segment` closes here: the peer holds its own fd, and the seals make it immutable.
+  if (stream.is_inline()) {  // §5.3: encode_frame places it and sets ipc_offset / ipc_length
+    if (stream.length > inline_room(metadata)) throw Error("ERR_INVALID_ARGUMENT", "the stream does not fit inline");
+    table.flags |= kInline;
+    return send_frame_fds(table, {}, false, &stream.bytes);
+  }
+  table.ipc_offset = 0;
+  table.ipc_length = stream.length;
+  table.fd_count = 1;
+  return send_frame(table, stream.segment.get());
+  // the segment closes here: the peer holds its own fd, and the seals make it immutable.
+}
+
+uint64_t Channel::inline_room(const KV& metadata) const {
+  if (!peer_has_capability("inline")) return 0;
+  const uint64_t offset = inline_offset(metadata_bytes(metadata));
+  const uint64_t room = offset < kMaxFrameBytes ? kMaxFrameBytes - offset : 0;
+  return std::min(room, options_.max_inline_bytes);
 }
 
 void Channel::await_ack(uint64_t id, const Deadline& d) {
@@ -379,38 +404,57 @@ void Channel::await_ack(uint64_t id, const Deadline& d) {
   }
 }
 
-uint64_t Channel::send_segment(Fd segment, uint64_t ipc_length, const KV& metadata, Timeout timeout) {
-  uint64_t id = send_table(std::move(segment), ipc_length, metadata, 0, 0);
+uint64_t Channel::send_stream(OutgoingStream stream, const KV& metadata, Timeout timeout) {
+  uint64_t id = send_table(std::move(stream), metadata, 0, 0);
   await_ack(id, deadline_of(timeout));
   return id;
 }
 
+uint64_t Channel::send_segment(Fd segment, uint64_t ipc_length, const KV& metadata, Timeout timeout) {
+  OutgoingStream stream;
+  stream.segment = std::move(segment);
+  stream.length = ipc_length;
+  return send_stream(std::move(stream), metadata, timeout);
+}
+
 uint64_t Channel::send(const arrow::Table& table, const KV& metadata, Timeout timeout) {
-  auto [segment, length] = segment_from_table(table);
-  return send_segment(std::move(segment), length, metadata, timeout);
+  return send_stream(stream_from_table(table, inline_room(metadata)), metadata, timeout);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Receiving
 
-// §5.1 on a received TABLE: map, validate, ACK and return it; or ERROR (same id) and throw.
+// §5.1 (§5.3 for an INLINE one) on a received TABLE: map, validate, ACK and return it; or ERROR
+// (same id) and throw.
 ReceivedTable Channel::accept_table(Received& r) {
   const Frame& f = r.frame;
   const uint8_t reply_flags = (f.flags & kRequest) ? kResponse : 0;
   try {
-    if (f.fd_count != 1 || r.fds.size() != 1)
-      throw Error("ERR_PROTOCOL", "TABLE with fd_count " + std::to_string(f.fd_count) + " and " +
-                                      std::to_string(r.fds.size()) + " fds received");
-    if (f.flags & kLeased) throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
-    uint64_t length = f.ipc_length;
-    Mapping mapping = open_segment(r.fds[0].get(), f.ipc_offset, length, options_.allow_unsealed);
-    r.fds.clear();  // the mapping stays valid without the fd
     ReceivedTable m;
+    if (f.flags & kInline) {  // decode_frame checked where the stream lies
+      if (f.fd_count != 0 || !r.fds.empty() || (f.flags & kLeased))
+        throw Error("ERR_PROTOCOL", "INLINE TABLE frame must carry no fd and no LEASED flag (fd_count " +
+                                        std::to_string(f.fd_count) + ", " + std::to_string(r.fds.size()) + " fds)");
+      if (f.ipc_length > options_.max_message_bytes)
+        throw Error("ERR_TOO_LARGE", "ipc_length " + std::to_string(f.ipc_length) + " exceeds max_message_bytes " +
+                                         std::to_string(options_.max_message_bytes));
+      m.ipc = std::move(r.inline_ipc);
+    } else {
+      if (f.fd_count != 1 || r.fds.size() != 1)
+        throw Error("ERR_PROTOCOL", "TABLE with fd_count " + std::to_string(f.fd_count) + " and " +
+                                        std::to_string(r.fds.size()) + " fds received");
+      if (f.flags & kLeased) throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
+      uint64_t length = f.ipc_length;
+      Mapping mapping =
+          open_segment(r.fds[0].get(), f.ipc_offset, length, options_.allow_unsealed, options_.max_message_bytes);
+      r.fds.clear();  // the mapping stays valid without the fd
+      m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), f.ipc_offset, length);
+    }
     m.message_id = f.message_id;
     m.flags = f.flags;
     m.metadata = f.metadata;
-    m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), f.ipc_offset, length);
-    m.info = validate_stream(m.ipc->data(), length, options_.ipc_limits);
+    m.info = validate_stream(m.ipc->data(), static_cast<uint64_t>(m.ipc->size()), options_.ipc_limits,
+                             options_.validate);
     Frame ack;
     ack.kind = Kind::Ack;
     ack.correlation_id = f.message_id;
@@ -450,8 +494,7 @@ std::shared_ptr<arrow::Table> Channel::receive(Timeout timeout) {
 // Request / response (§8)
 
 std::shared_ptr<arrow::Table> Channel::request(const arrow::Table& table, Timeout timeout, const KV& metadata) {
-  auto [segment, length] = segment_from_table(table);
-  const uint64_t id = send_table(std::move(segment), length, metadata, kRequest, 0);
+  const uint64_t id = send_table(stream_from_table(table, inline_room(metadata)), metadata, kRequest, 0);
   const Deadline d = deadline_of(timeout);
   for (;;) {
     auto r = read_frame(d);
@@ -466,8 +509,8 @@ std::shared_ptr<arrow::Table> Channel::request(const arrow::Table& table, Timeou
 }
 
 void Channel::respond(const ReceivedTable& request, const arrow::Table& response, const KV& metadata, Timeout timeout) {
-  auto [segment, length] = segment_from_table(response);
-  const uint64_t id = send_table(std::move(segment), length, metadata, kResponse, request.message_id);
+  const uint64_t id =
+      send_table(stream_from_table(response, inline_room(metadata)), metadata, kResponse, request.message_id);
   await_ack(id, deadline_of(timeout));
 }
 

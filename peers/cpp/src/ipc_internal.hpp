@@ -13,8 +13,9 @@ namespace arrow_shm {
 
 // ERR_IPC_TRUNCATED / ERR_IPC_INVALID / ERR_IPC_UNSUPPORTED / ERR_TOO_LARGE for a failed Arrow call.
 Error ipc_error(const arrow::Status& st);
-// Arrow's ValidateFull(), tolerant of the value rules Arrow's own integration files break.
-void validate_batch(const arrow::RecordBatch& batch);
+// The checks of `validate` on a decoded batch (Arrow's ValidateFull(), on a view with strings as
+// binary for Bounds), tolerant of the value rules Arrow's own integration files break.
+void validate_batch(const arrow::RecordBatch& batch, Validate validate = Validate::Bounds);
 
 inline void check(const arrow::Status& st) {
   if (!st.ok()) throw ipc_error(st);

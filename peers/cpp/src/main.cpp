@@ -74,10 +74,9 @@ int cmd_send(const Options& o) {
     Fd lst = listen_socket(addr, SOCK_STREAM, &guard.file);
     listening(addr);
     for (auto& data : inputs) {
-      auto [seg, length] = segment_from_file_bytes(data, kSeedSegmentBytes, /*seal=*/false);
-      (void)length;
+      OutgoingStream stream = stream_from_file_bytes(data, kSeedSegmentBytes, /*seal=*/false);
       Fd conn = accept_socket(lst.get(), deadline_after_ms(o.timeout_ms));
-      send_with_fd(conn.get(), "F", 1, seg.get());
+      send_with_fd(conn.get(), "F", 1, stream.segment.get());
     }
     return 0;
   }
@@ -86,11 +85,10 @@ int cmd_send(const Options& o) {
   ChannelOptions options;
   options.receives_tables = false;
   options.receives_streams = false;  // nor streams: it would never read them
+  if (o.max_inline_bytes) options.max_inline_bytes = *o.max_inline_bytes;
   auto ch = open_channel(o, o.listen, options);
-  for (auto& data : inputs) {
-    auto [segment, length] = segment_from_file_bytes(data, 0, /*seal=*/true);
-    ch->send_segment(std::move(segment), length, o.meta, timeout(o));
-  }
+  for (auto& data : inputs)
+    ch->send_stream(stream_from_file_bytes(data, 0, /*seal=*/true, ch->inline_room(o.meta)), o.meta, timeout(o));
   ch->close();
   return 0;
 }
@@ -125,7 +123,7 @@ int cmd_engine(const Options& o) {
 // `validate FILE`: the receiver's IPC validation on a file; prints `ok` or the typed error.
 int cmd_validate(const Options& o) {
   auto data = load(o.files[0]);
-  StreamInfo info = validate_stream(data.data(), data.size());
+  StreamInfo info = validate_stream(data.data(), data.size(), {}, o.validate);
   if (info.unsupported) throw *info.unsupported;
   std::cout << "ok" << std::endl;
   return 0;

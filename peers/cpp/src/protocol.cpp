@@ -70,15 +70,19 @@ std::optional<std::string> Frame::get(const std::string& key) const {
   return std::nullopt;
 }
 
-std::vector<uint8_t> encode_frame(const Frame& f) {
-  size_t meta = 0;
-  if (!f.metadata.empty()) {
-    meta = 4;
-    for (auto& [k, v] : f.metadata) meta += 8 + k.size() + v.size();
-  }
-  if (kHeaderLength + meta > kMaxFrameBytes)
-    throw Error("ERR_INVALID_ARGUMENT", "metadata does not fit in a 65536-byte frame");
-  std::vector<uint8_t> b(kHeaderLength + meta, 0);
+size_t metadata_bytes(const KV& metadata) {
+  if (metadata.empty()) return 0;
+  size_t meta = 4;
+  for (auto& [k, v] : metadata) meta += 8 + k.size() + v.size();
+  return meta;
+}
+
+std::vector<uint8_t> encode_frame(const Frame& f, const uint8_t* inline_ipc, size_t inline_length) {
+  const size_t meta = metadata_bytes(f.metadata);
+  const size_t ipc_offset = inline_ipc ? inline_offset(meta) : 0;
+  if (kHeaderLength + meta > kMaxFrameBytes || (inline_ipc && ipc_offset + inline_length > kMaxFrameBytes))
+    throw Error("ERR_INVALID_ARGUMENT", "metadata (and inline stream) do not fit in a 65536-byte frame");
+  std::vector<uint8_t> b(inline_ipc ? ipc_offset + inline_length : kHeaderLength + meta, 0);
   if (meta) {
     size_t at = kHeaderLength;
     auto put_str = [&](const std::string& s) {
@@ -98,12 +102,13 @@ std::vector<uint8_t> encode_frame(const Frame& f) {
   b[6] = static_cast<uint8_t>(f.kind);
   b[7] = f.flags;
   store<uint32_t>(&b[8], kHeaderLength);
-  store<uint32_t>(&b[12], static_cast<uint32_t>(b.size() - kHeaderLength));
+  store<uint32_t>(&b[12], static_cast<uint32_t>(meta));
   store<uint64_t>(&b[16], f.message_id);
   store<uint64_t>(&b[24], f.correlation_id);
-  store<uint64_t>(&b[32], f.ipc_offset);
-  store<uint64_t>(&b[40], f.ipc_length);
+  store<uint64_t>(&b[32], inline_ipc ? ipc_offset : f.ipc_offset);
+  store<uint64_t>(&b[40], inline_ipc ? inline_length : f.ipc_length);
   store<uint32_t>(&b[48], f.fd_count);
+  if (inline_ipc) std::memcpy(b.data() + ipc_offset, inline_ipc, inline_length);
   return b;
 }
 
@@ -116,17 +121,26 @@ Frame decode_frame(const uint8_t* p, size_t n) {
   if (kind < 1 || kind > kMaxKind) throw protocol("unknown frame kind " + std::to_string(kind));
   f.kind = static_cast<Kind>(kind);
   f.flags = p[7];
-  if (f.flags & ~(kLeased | kRequest | kResponse)) throw protocol("unknown frame flags");
+  if (f.flags & ~(kLeased | kRequest | kResponse | kInline)) throw protocol("unknown frame flags");
   uint32_t header_length = load<uint32_t>(p + 8);
   uint32_t meta_length = load<uint32_t>(p + 12);
   if (header_length != kHeaderLength) throw protocol("header_length " + std::to_string(header_length) + " is not 64");
-  if (meta_length != n - kHeaderLength)
-    throw protocol("metadata_length " + std::to_string(meta_length) + " does not match the frame size");
   f.message_id = load<uint64_t>(p + 16);
   f.correlation_id = load<uint64_t>(p + 24);
   f.ipc_offset = load<uint64_t>(p + 32);
   f.ipc_length = load<uint64_t>(p + 40);
   f.fd_count = load<uint32_t>(p + 48);
+  if (f.flags & kInline) {
+    // §5.3: header, metadata, zeros up to 8, then exactly the IPC stream, to the end of the frame.
+    if (f.kind != Kind::Table) throw protocol("INLINE flag on a frame of kind " + std::to_string(kind));
+    if (meta_length > n - kHeaderLength || f.ipc_offset != inline_offset(meta_length) || f.ipc_length == 0 ||
+        f.ipc_offset > n || f.ipc_length != n - f.ipc_offset)
+      throw protocol("INLINE TABLE frame of " + std::to_string(n) + " bytes with metadata " + std::to_string(meta_length) +
+                     ", IPC range [" + std::to_string(f.ipc_offset) + ", +" + std::to_string(f.ipc_length) +
+                     "): the stream must start at " + std::to_string(inline_offset(meta_length)) + " and end the frame");
+  } else if (meta_length != n - kHeaderLength) {
+    throw protocol("metadata_length " + std::to_string(meta_length) + " does not match the frame size");
+  }
   // key/value block
   const uint8_t* m = p + kHeaderLength;
   size_t len = meta_length, pos = 0;

@@ -10,7 +10,7 @@
 // stacked mutations (bit flips, byte sets, truncations, length-field overwrites with boundary
 // values, chunk insert/delete/duplicate, splices with another entry, and flatbuffer-aware ones:
 // shared offsets and huge counts, see mutate_flatbuffer) and feeds the result to
-//   decode_frame, validate_stream, decode_table and (ARROW1 inputs) segment_from_file_bytes;
+//   decode_frame, validate_stream, decode_table and (ARROW1 inputs) stream_from_file_bytes;
 // every 8th iteration also calls open_segment with boundary offsets/lengths against a memfd, and
 // every 4th runs a receiving Channel against a scripted hostile peer (channel_case below).
 // The only allowed failure is arrow_shm::Error. Any other exception makes the run fail (exit 1);
@@ -298,7 +298,7 @@ void execute(const Bytes& input, Counts& frames, Counts& streams, Counts& tables
     if (table) (void)table->num_rows();
   });
   if (input.size() >= 6 && std::memcmp(input.data(), "ARROW1", 6) == 0)
-    run_target(files, [&] { (void)arrow_shm::segment_from_file_bytes(input, 0, /*seal=*/false); });
+    run_target(files, [&] { (void)arrow_shm::stream_from_file_bytes(input, 0, /*seal=*/false); });
   g_current = nullptr;
 }
 
@@ -404,6 +404,17 @@ void channel_case(const std::vector<Bytes>& corpus, const std::vector<Bytes>& fr
       f.ipc_length = r.below(4) ? payload.size() : kInteresting[r.below(std::size(kInteresting))];
       f.fd_count = r.below(8) ? 1 : static_cast<uint32_t>(r.below(3));
       if (r.below(3) == 0) f.metadata = {{"name", "fuzz"}};
+      if (r.below(4) == 0 && payload.size() + 128 <= kMaxFrameBytes) {
+        // §5.3: the stream inside the frame (sometimes with LEASED or an fd as well)
+        f.flags = static_cast<uint8_t>(kInline | (r.below(4) ? 0 : kLeased));
+        f.fd_count = r.below(8) ? 0 : 1;
+        if (f.fd_count) {
+          keep.push_back(raw_segment(0, payload, true));
+          fds.push_back(keep.back().get());
+        }
+        send(encode_frame(f, payload.data(), payload.size()), fds);
+        continue;
+      }
       const uint64_t at = f.ipc_offset < 8192 ? f.ipc_offset : 0;
       keep.push_back(raw_segment(at, payload, /*seal=*/r.below(5) != 0));
       for (uint64_t nfd = r.below(8) ? 1 : r.below(3); nfd--;) fds.push_back(keep.back().get());
@@ -457,6 +468,13 @@ std::vector<Bytes> seed_frames() {
   f.fd_count = 1;
   f.metadata = {{"name", "t\xc3\xa9st"}, {"", ""}};
   out.push_back(arrow_shm::encode_frame(f));
+  f = {};
+  f.kind = arrow_shm::Kind::Table;
+  f.flags = arrow_shm::kInline;
+  f.message_id = 8;
+  f.metadata = {{"name", "inline"}};
+  const uint8_t eos[] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0};
+  out.push_back(arrow_shm::encode_frame(f, eos, sizeof eos));
   f = {};
   f.kind = arrow_shm::Kind::Error;
   f.correlation_id = 7;

@@ -106,7 +106,9 @@ void run() {
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_errno("socketpair", errno);
   std::unique_ptr<Channel> server;
   std::thread accepting([&] { server = Channel::accept(Fd(pair[1]), timeout); });
-  auto client = Channel::handshake(Fd(pair[0]), timeout);
+  ChannelOptions segments_only;  // this part is about segments: no inline tables (§5.3)
+  segments_only.max_inline_bytes = 0;
+  auto client = Channel::handshake(Fd(pair[0]), timeout, segments_only);
   accepting.join();
   report("handshake over a socketpair", client && server);
 
@@ -120,8 +122,11 @@ void run() {
   report("received table equals the sent one", table->Equals(*sent), table->ToString());
   report("metadata arrives", message->metadata == KV{{"name", "selftest"}});
 
-  const uint8_t* lo = message->ipc->mapping_data();
-  const uint8_t* hi = lo + message->ipc->mapping_size();
+  auto segment = std::dynamic_pointer_cast<MappedBuffer>(message->ipc);
+  report("max_inline_bytes 0: the table came in a segment", segment && !message->is_inline());
+  if (!segment) return;
+  const uint8_t* lo = segment->mapping_data();
+  const uint8_t* hi = lo + segment->mapping_size();
   bool all_inside = true;
   std::string why;
   for (auto& column : table->columns())
@@ -134,6 +139,7 @@ void run() {
   auto kept = table->column(1);
   table.reset();
   message.reset();
+  segment.reset();
   report("a column alone keeps the mapping alive", read_maps(lo).covers);
   kept.reset();
   const Maps after = read_maps(lo);
@@ -657,6 +663,218 @@ void limits() {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Inline tables (§5.3) and the STORE kind (§15.1) between two C++ channels.
+
+struct Pair {
+  std::unique_ptr<Channel> client, server;
+};
+Pair channel_pair(ChannelOptions server_options = {}, ChannelOptions client_options = {}) {
+  const Timeout timeout = std::chrono::seconds(10);
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) throw_errno("socketpair", errno);
+  Pair p;
+  std::thread accepting([&] { p.server = Channel::accept(Fd(fds[1]), timeout, server_options); });
+  p.client = Channel::handshake(Fd(fds[0]), timeout, client_options);
+  accepting.join();
+  return p;
+}
+
+void inline_tables() {
+  const Timeout timeout = std::chrono::seconds(10);
+  // 1. a small table goes inline; the receiver's copy is 8-aligned and the columns point into it
+  auto p = channel_pair();
+  report("inline: both sides list the capability", p.client->peer_has_capability("inline") &&
+                                                        p.server->peer_has_capability("inline"));
+  auto sent = sample_table();
+  std::thread sending([&] { p.client->send(*sent, {{"name", "small"}}, timeout); });
+  auto m = p.server->receive_message(timeout);
+  sending.join();
+  if (!m) return report("inline: receive", false, "nothing");
+  auto table = m->table();
+  const uint8_t* lo = m->ipc->data();
+  std::string why;
+  bool inside_copy = true;
+  for (auto& column : table->columns())
+    for (auto& chunk : column->chunks()) inside_copy = inside(*chunk->data(), lo, lo + m->ipc->size(), why) && inside_copy;
+  report("inline: a small table arrives INLINE, equal, with its metadata",
+         m->is_inline() && table->Equals(*sent) && m->metadata == KV{{"name", "small"}},
+         std::to_string(m->flags) + " " + table->ToString().substr(0, 200));
+  report("inline: the stream is 8-aligned and every column lies inside it (zero copy from the copy)",
+         reinterpret_cast<uintptr_t>(lo) % 8 == 0 && inside_copy, why);
+
+  // 2. requests and responses inline, both ways
+  std::thread serving([&] { p.server->serve([](const ReceivedTable& r) { return engine_answer(*r.table()); }, 1); });
+  auto response = p.client->request(*symbol_table(), timeout);
+  serving.join();
+  report("inline: a request and its response", response && response->num_rows() == 4);
+  p.client->close();
+
+  // 3. over the receiver's max_message_bytes (100): a C++ sender refuses itself (told in WELCOME);
+  // an INLINE frame that comes anyway gets ERROR ERR_TOO_LARGE, and the connection goes on
+  ChannelOptions tiny;
+  tiny.max_message_bytes = 100;
+  auto q = channel_pair(tiny);
+  std::string sender = "ACKed";
+  try {
+    q.client->send(*sent, {}, timeout);
+  } catch (const Error& e) {
+    sender = e.code();
+  }
+  report("inline: a sender keeps to the peer's max_message_bytes", sender == "ERR_TOO_LARGE", sender);
+  q.client->close();
+  int raw_pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, raw_pair) != 0) throw_errno("socketpair", errno);
+  Fd hostile(raw_pair[0]);
+  send_raw(hostile.get(), hello("1"));
+  auto small = Channel::accept(Fd(raw_pair[1]), timeout, tiny);
+  (void)raw_frame(hostile.get(), 1000);  // WELCOME
+  auto stream = stream_from_table(*sent, 65000);
+  Frame frame;
+  frame.kind = Kind::Table;
+  frame.flags = kInline;
+  frame.message_id = 2;
+  auto bytes = encode_frame(frame, stream.bytes.data(), stream.bytes.size());
+  send_with_fds(hostile.get(), bytes.data(), bytes.size(), {});
+  std::string receiver = "none";
+  try {
+    small->receive_message(timeout);
+  } catch (const Error& e) {
+    receiver = e.code();
+  }
+  auto refusal = raw_frame(hostile.get(), 1000);
+  report("inline: past max_message_bytes: ERROR ERR_TOO_LARGE for that table, the connection goes on",
+         receiver == "ERR_TOO_LARGE" && refusal && refusal->correlation_id == 2 &&
+             refusal->get("code") == std::string("ERR_TOO_LARGE") && !small->peer_gone(),
+         receiver);
+
+  // 4. max_inline_bytes 0: never inline
+  ChannelOptions never;
+  never.max_inline_bytes = 0;
+  auto r = channel_pair({}, never);
+  std::thread sending2([&] { r.client->send(*sent, {}, timeout); });
+  auto segment = r.server->receive_message(timeout);
+  sending2.join();
+  report("inline: max_inline_bytes 0 sends a segment", segment && !segment->is_inline() &&
+                                                           std::dynamic_pointer_cast<MappedBuffer>(segment->ipc));
+  r.client->close();
+
+  // 5. a STORE frame to a side that is no store: fatal ERR_PROTOCOL (as Node's channel)
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) throw_errno("socketpair", errno);
+  Fd raw(pair[0]);
+  send_raw(raw.get(), hello("1"));
+  auto server = Channel::accept(Fd(pair[1]), timeout);
+  (void)raw_frame(raw.get(), 1000);  // WELCOME
+  Frame store;
+  store.kind = Kind::Store;
+  store.flags = kRequest;
+  store.message_id = 2;
+  store.metadata = {{"op", "list"}};
+  send_raw(raw.get(), store);
+  server->pump(1000);
+  auto answer = raw_frame(raw.get(), 1000);
+  report("store: a STORE frame to a non-store is a fatal ERR_PROTOCOL",
+         server->peer_gone() && server->failure() && server->failure()->code() == "ERR_PROTOCOL" && answer &&
+             answer->kind == Kind::Error && answer->correlation_id == 0,
+         server->failure() ? server->failure()->code() : "no failure");
+  report("store: ERR_NOT_FOUND / ERR_EXISTS are codes of this peer",
+         std::string(kErrNotFound) == "ERR_NOT_FOUND" && std::string(kErrExists) == "ERR_EXISTS");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validation policy (Validate): bounds, full, framing on hostile streams Arrow C++ writes.
+
+std::vector<uint8_t> stream_of(const std::shared_ptr<arrow::Array>& column) {
+  auto schema = arrow::schema({arrow::field("c", column->type())});
+  auto sink = value(arrow::io::BufferOutputStream::Create());
+  auto writer = value(arrow::ipc::MakeStreamWriter(sink, schema));
+  if (!writer->WriteRecordBatch(*arrow::RecordBatch::Make(schema, column->length(), {column})).ok() ||
+      !writer->Close().ok())
+    throw std::runtime_error("cannot write the IPC stream");
+  auto buffer = value(sink->Finish());
+  return std::vector<uint8_t>(buffer->data(), buffer->data() + buffer->size());
+}
+
+// `bytes` with the first occurrence of the int32 run `from` replaced by `to` (a buffer of the body).
+std::vector<uint8_t> patched(std::vector<uint8_t> bytes, std::vector<int32_t> from, std::vector<int32_t> to) {
+  const size_t n = from.size() * 4;
+  for (size_t at = 0; at + n <= bytes.size(); at += 4)
+    if (std::memcmp(bytes.data() + at, from.data(), n) == 0) {
+      std::memcpy(bytes.data() + at, to.data(), n);
+      return bytes;
+    }
+  throw std::runtime_error("pattern not found");
+}
+
+std::string checked(const std::vector<uint8_t>& bytes, Validate v) {
+  try {
+    validate_stream(bytes.data(), bytes.size(), {}, v);
+    return "ok";
+  } catch (const Error& e) {
+    return e.code();
+  }
+}
+
+void validation_policy() {
+  auto binary = array<arrow::BinaryBuilder, std::string>({"ok", "\xff\xfe", "abc", "defgh"});
+  auto bad_utf8 = stream_of(value(binary->View(arrow::utf8())));
+  auto nested_bad_utf8 = stream_of(value(arrow::ListArray::FromArrays(
+      *array<arrow::Int32Builder, int32_t>({0, 1, 4}), *value(binary->View(arrow::utf8())))));
+  auto text = array<arrow::StringBuilder, std::string>({"abc", "defgh"});
+  auto past_data = patched(stream_of(text), {0, 3, 8}, {0, 3, 4000});
+  auto nested_past_data = patched(stream_of(value(arrow::ListArray::FromArrays(
+                                      *array<arrow::Int32Builder, int32_t>({0, 2}), *text))),
+                                  {0, 3, 8}, {0, 3, 4000});
+  auto dictionary = value(arrow::DictionaryArray::FromArrays(
+      arrow::dictionary(arrow::int32(), arrow::utf8()), array<arrow::Int32Builder, int32_t>({2, 1, 2, 0}),
+      array<arrow::StringBuilder, std::string>({"x", "y", "z"})));
+  auto bad_index = patched(stream_of(dictionary), {2, 1, 2, 0}, {2, 1, 77, 0});
+  struct Case {
+    const char* name;
+    const std::vector<uint8_t>& bytes;
+    const char *bounds, *full, *framing;
+  };
+  const Case cases[] = {
+      {"invalid UTF-8", bad_utf8, "ok", "ERR_IPC_INVALID", "ok"},
+      {"invalid UTF-8 in a list", nested_bad_utf8, "ok", "ERR_IPC_INVALID", "ok"},
+      {"utf8 offsets past the data buffer", past_data, "ERR_IPC_INVALID", "ERR_IPC_INVALID", nullptr},
+      {"utf8 offsets past the data buffer in a list", nested_past_data, "ERR_IPC_INVALID", "ERR_IPC_INVALID", nullptr},
+      {"a dictionary index past the dictionary", bad_index, "ERR_IPC_INVALID", "ERR_IPC_INVALID", nullptr},
+      {"a valid dictionary", stream_of(dictionary), "ok", "ok", "ok"},
+  };
+  for (auto& c : cases) {
+    const std::string got = checked(c.bytes, Validate::Bounds) + " / " + checked(c.bytes, Validate::Full) + " / " +
+                            (c.framing ? checked(c.bytes, Validate::Framing) : "-");
+    const std::string want =
+        std::string(c.bounds) + " / " + c.full + " / " + (c.framing ? c.framing : "-");
+    report(std::string("validate bounds / full / framing: ") + c.name, got == want, got);
+  }
+  bool names = true;
+  for (const char* n : {"bounds", "full", "framing"}) names = names && std::string(validate_name(parse_validate(n))) == n;
+  std::string other = "accepted";
+  try {
+    parse_validate("strict");
+  } catch (const Error& e) {
+    other = e.code();
+  }
+  report("validate: the three names, anything else ERR_INVALID_ARGUMENT", names && other == "ERR_INVALID_ARGUMENT", other);
+
+  // Every gold stream gets the same verdict under bounds and full (they hold valid UTF-8).
+  int same = 0, differ = 0;
+  std::string first_difference;
+  for (auto& entry : std::filesystem::recursive_directory_iterator(gold_dir())) {
+    if (entry.path().extension() != ".stream") continue;
+    std::ifstream f(entry.path(), std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const std::string b = checked(bytes, Validate::Bounds), full = checked(bytes, Validate::Full);
+    if (b == full && b == "ok") same++;
+    else if (differ++ == 0) first_difference = entry.path().filename().string() + ": " + b + " / " + full;
+  }
+  report("validate: every gold stream passes bounds and full", same > 20 && differ == 0,
+         std::to_string(same) + " ok, " + first_difference);
+}
+
 }  // namespace
 
 int main() {
@@ -673,6 +891,16 @@ int main() {
     report("streams", false, e.code() + ": " + e.what());
   } catch (const std::exception& e) {
     report("streams", false, e.what());
+  }
+  using Part = std::pair<const char*, void (*)()>;
+  for (auto [name, part] : {Part{"inline", inline_tables}, Part{"validate", validation_policy}}) {
+    try {
+      part();
+    } catch (const Error& e) {
+      report(name, false, e.code() + ": " + e.what());
+    } catch (const std::exception& e) {
+      report(name, false, e.what());
+    }
   }
   try {
     limits();

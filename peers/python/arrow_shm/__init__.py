@@ -8,6 +8,8 @@ from .limits import IpcLimits
 from .listener import Listener, listen
 from .message import ReceivedTable
 from .seed import SeedListener, seed_receive
+from .store import StoreClient, StoreWatch, open_store
+from .store_protocol import PutResult, StoreEntry, StoreEvent, StoreStats
 
 __all__ = [
     "ArrowShmError",
@@ -15,9 +17,16 @@ __all__ = [
     "IpcLimits",
     "Listener",
     "ReceivedTable",
+    "PutResult",
     "SeedListener",
+    "StoreClient",
+    "StoreEntry",
+    "StoreEvent",
+    "StoreStats",
+    "StoreWatch",
     "connect",
     "listen",
+    "open_store",
     "seed_receive",
     "__version__",
 ]

@@ -40,16 +40,19 @@ from .frame import (
     error_frame,
 )
 from .handshake import Agreement, check_hello, check_welcome, hello_metadata, welcome_metadata
-from .limits import IpcLimits, resolve_ipc_limits
+from .ipc import DEFAULT_VALIDATE, check_validate
+from .limits import IpcLimits, SchemaCache, resolve_ipc_limits
 from .message import ReceivedTable, open_segment
 from .pool import SparePool
 from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, close_fds, write_table_segment
 from .sockets import connect_socket, deadline_after, peer_credentials, recv_with_fds, time_left
 from .stream_link import PeerInfo, StreamLink
+from .trace import trace_stage
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
+    from .builder import SegmentBuilder
     from .consumer import StreamReader
     from .producer import StreamWriter
 
@@ -110,7 +113,7 @@ class Channel:
         allowed_uids: Optional[Set[int]] = None,
         allow_unsealed: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        validate_full: bool = True,
+        validate: str = DEFAULT_VALIDATE,
         handshake_timeout: Optional[float] = HANDSHAKE_TIMEOUT,
         spare_segments: bool = True,
         max_inbox_messages: int = DEFAULT_MAX_INBOX_MESSAGES,
@@ -124,12 +127,14 @@ class Channel:
         self.max_inbox_bytes = positive("max_inbox_bytes", max_inbox_bytes)
         self.max_stream_offers = positive("max_stream_offers", max_stream_offers)
         self.ipc_limits = resolve_ipc_limits(ipc_limits)
+        #: Schema messages of received tables already verified (a sender repeats its schema).
+        self._schemas = SchemaCache()
         self._sock: Optional[socket.socket] = sock
         self._listener_side = listener_side
         self._allowed_uids = set(allowed_uids) if allowed_uids is not None else {os.geteuid()}
         self.allow_unsealed = allow_unsealed
         self.max_message_bytes = max_message_bytes
-        self.validate_full = validate_full
+        self.validate = validate
         self.capabilities: tuple[str, ...] = CAPABILITIES
         self.version = PROTOCOL_VERSION
         self.peer_pid = self.peer_uid = self.peer_gid = -1
@@ -151,6 +156,7 @@ class Channel:
         #: Pre-allocated segments for the next sends (pool.py); None: every send allocates as it writes.
         self._spares: Optional[SparePool] = SparePool() if spare_segments else None
         try:
+            check_validate(validate)  # in here: a bad value closes the socket too
             self._check_credentials()
             self._handshake(handshake_timeout)
         except BaseException:
@@ -386,6 +392,8 @@ class Channel:
             if e.code == ERR_PEER_CLOSED or e.code in FATAL_CODES:
                 return  # self._failure is set; _wait raises it unless ready() is already true
             raise
+        if frame.kind == Kind.TABLE:
+            trace_stage("wake", frame.message_id)
         outbox: list[Frame] = []
         with self._cond:
             outcome = self._dispatch(frame, fds, outbox)
@@ -395,6 +403,8 @@ class Channel:
                 self._send_frame(out)
             except ArrowShmError:
                 pass
+        if frame.kind == Kind.TABLE:
+            trace_stage("ack", frame.message_id)
         if isinstance(outcome, ArrowShmError):
             self._fatal(outcome)
         elif outcome:
@@ -465,7 +475,7 @@ class Channel:
             flags=frame.flags,
             metadata=frame.metadata,
             channel=self,
-            validate_full=self.validate_full,
+            validate=self.validate,
             on_release=(lambda: self._release(message_id)) if leased else None,
         )
         outbox.append(Frame(kind=Kind.ACK, correlation_id=frame.message_id))
@@ -485,6 +495,8 @@ class Channel:
                 allow_unsealed=self.allow_unsealed,
                 leased=leased,
                 ipc_limits=self.ipc_limits,
+                schemas=self._schemas,
+                message_id=frame.message_id,
             )
         except ArrowShmError as e:
             return e
@@ -532,6 +544,10 @@ class Channel:
         """Send one table (pyarrow Table / RecordBatch / list of batches, or IPC stream bytes, copied
         byte for byte) in a new sealed segment; wait for the peer's ACK. Returns the message_id."""
         message_id, pending = self._start_table(data, metadata, flags=flags, correlation_id=correlation_id, request=False)
+        return self._acked(message_id, pending, timeout)
+
+    def _acked(self, message_id: int, pending: _Pending, timeout: Optional[float]) -> int:
+        """``message_id`` once its ACK came; an ERROR answering it is raised."""
         self._await(message_id, pending, lambda: pending.acked or pending.error is not None, timeout, "an ACK")
         if pending.error is not None:
             raise pending.error
@@ -559,27 +575,55 @@ class Channel:
     ) -> tuple[int, _Pending]:
         if self._sock is None:
             raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
+        seg, length = write_table_segment(data, create=self._spares.take if self._spares else Segment.create)
+        trace_stage("copy", 0)
+        with seg:
+            started = self._send_table_fd(seg.fd, 0, length, metadata, flags=flags, correlation_id=correlation_id, request=request)
+        if self._spares is not None:
+            self._spares.prepare(length)  # the next send's segment, made while the peer reads this one
+        return started
+
+    def _send_table_fd(
+        self, fd: int, ipc_offset: int, length: int, metadata: Optional[Dict[str, str]], *, flags: int, correlation_id: int, request: bool
+    ) -> tuple[int, _Pending]:
+        """The TABLE frame of a written, sealed segment (the caller still owns ``fd``)."""
         if metadata:
             for key in metadata:
                 if isinstance(key, str) and key.startswith("arrow-shm."):
                     raise ArrowShmError(ERR_INVALID_ARGUMENT, f"metadata key {key!r} is reserved")
-        seg, length = write_table_segment(data, create=self._spares.take if self._spares else Segment.create)
-        with seg:
-            if self.peer_max_message_bytes is not None and length > self.peer_max_message_bytes:
-                raise ArrowShmError(
-                    ERR_TOO_LARGE, f"{length}-byte message exceeds the peer's max_message_bytes {self.peer_max_message_bytes}"
-                )
-            pending = _Pending(request)
-            frame = Frame(
-                kind=Kind.TABLE,
-                flags=flags,
-                correlation_id=correlation_id,
-                ipc_offset=0,
-                ipc_length=length,
-                metadata=dict(metadata or {}),
+        if self.peer_max_message_bytes is not None and length > self.peer_max_message_bytes:
+            raise ArrowShmError(
+                ERR_TOO_LARGE, f"{length}-byte message exceeds the peer's max_message_bytes {self.peer_max_message_bytes}"
             )
-            message_id = self._send_frame(frame, seg.fd, self._registering(pending))
+        pending = _Pending(request)
+        frame = Frame(
+            kind=Kind.TABLE,
+            flags=flags,
+            correlation_id=correlation_id,
+            ipc_offset=ipc_offset,
+            ipc_length=length,
+            metadata=dict(metadata or {}),
+        )
+        message_id = self._send_frame(frame, fd, self._registering(pending))
+        trace_stage("send", message_id)
         return message_id, pending
+
+    def allocate(self, nbytes: int, *, header_bytes: int = 65536) -> "SegmentBuilder":
+        """A segment whose body of ``nbytes`` the application fills, then sends with no copy
+        (:class:`arrow_shm.builder.SegmentBuilder`)."""
+        from .builder import SegmentBuilder
+
+        return SegmentBuilder(self, nbytes, header_bytes=header_bytes)
+
+    def send_segment(
+        self, fd: int, ipc_offset: int, ipc_length: int, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None
+    ) -> int:
+        """Send a sealed segment the caller wrote (the IPC stream at ``ipc_offset``); wait for the
+        ACK. The caller keeps ``fd``. Returns the message_id."""
+        if self._sock is None:
+            raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
+        message_id, pending = self._send_table_fd(fd, ipc_offset, ipc_length, metadata, flags=0, correlation_id=0, request=False)
+        return self._acked(message_id, pending, timeout)
 
     def request(
         self, data: Any, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None
@@ -684,19 +728,19 @@ class Channel:
 
         return StreamWriter.open(self, schema, **options)
 
-    def accept_stream(self, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None) -> "StreamReader":
+    def accept_stream(self, *, timeout: Optional[float] = None, validate: Optional[str] = None) -> "StreamReader":
         """:meth:`arrow_shm.stream.StreamReader.accept` on this channel."""
         from .consumer import StreamReader
 
-        return StreamReader.accept(self, timeout=timeout, validate_full=validate_full)
+        return StreamReader.accept(self, timeout=timeout, validate=validate)
 
     def subscribe(
-        self, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, validate_full: Optional[bool] = None
+        self, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, validate: Optional[str] = None
     ) -> "StreamReader":
         """:meth:`arrow_shm.stream.StreamReader.subscribe` on this channel."""
         from .consumer import StreamReader
 
-        return StreamReader.subscribe(self, metadata, timeout=timeout, validate_full=validate_full)
+        return StreamReader.subscribe(self, metadata, timeout=timeout, validate=validate)
 
     def _send_awaiting(
         self, frame: Frame, fds: Sequence[int], timeout: Optional[float], what: str, done: Optional[Callable[[], bool]]
@@ -760,6 +804,8 @@ class Channel:
     def __del__(self) -> None:
         try:
             self._drop_socket()
+            if self._spares is not None:
+                self._spares.close()  # its worker thread and spare segments
         except Exception:
             pass
 
@@ -783,9 +829,9 @@ class _LinkPort:
         return self._channel._failure
 
     @property
-    def receiving(self) -> tuple[bool, int, IpcLimits]:
+    def receiving(self) -> tuple[str, int, IpcLimits]:
         ch = self._channel
-        return ch.validate_full, ch.max_message_bytes, ch.ipc_limits
+        return ch.validate, ch.max_message_bytes, ch.ipc_limits
 
     def send_frame(self, frame: Frame, fds: Sequence[int] = ()) -> int:
         return self._channel._send_frame(frame, fds=fds)

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from . import stream_cli
+from . import store_cli, stream_cli
 from ._cli_common import PROG, check_out, open_channel, replace_when_complete
 from ._cli_common import UsageError as _UsageError
 from ._cli_common import listening as _listening
@@ -96,6 +96,7 @@ def _build_parser() -> _Parser:
     b.add_argument("--out")
     b.add_argument("--print", action="store_true")
     b.add_argument("--timeout-ms", type=_non_negative_int)
+    store_cli.add_parsers(sub, _positive_int)
     return parser
 
 
@@ -259,7 +260,7 @@ def _cmd_recv(args: argparse.Namespace) -> int:
     # all of them. A connection that fails (a bad frame or table, idle) is dropped alone, with one
     # line on stderr as the TypeScript CLI's (src/cli/serve.ts); the listener goes on.
     lock = threading.Lock()
-    progress = {"received": 0, "at": time.monotonic()}
+    progress: Dict[str, Any] = {"received": 0, "at": time.monotonic()}
     failures: List[BaseException] = []  # handling a table failed (say, writing --out): recv stops
 
     def serve_connection(channel: Channel) -> None:
@@ -308,6 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return stream_cli.pub(args, _meta(args), [_load(p) for p in args.files])
         if args.command == "sub":
             return stream_cli.sub(args)
+        if args.command in store_cli.COMMANDS:
+            return store_cli.run(args, store_cli.Parts(print_summary=_print_summary, output=_Output, load=_load, check_files=_check_files, meta=_meta))
         command: Callable[[argparse.Namespace], int] = _cmd_send if args.command == "send" else _cmd_recv
         return command(args)
     except _UsageError as e:

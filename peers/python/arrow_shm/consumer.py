@@ -24,7 +24,16 @@ from .errors import (
     syscall_error,
 )
 from .frame import Frame, Kind, error_frame
-from .ipc import HEADER_DICTIONARY_BATCH, HEADER_RECORD_BATCH, PipeFile, _validate_full, map_arrow_error, walk_messages
+from .ipc import (
+    DEFAULT_VALIDATE,
+    HEADER_DICTIONARY_BATCH,
+    HEADER_RECORD_BATCH,
+    PipeFile,
+    check_validate,
+    map_arrow_error,
+    validate_table,
+    walk_messages,
+)
 from .limits import IpcLimits, MessageChecker
 from .message import close_mapping
 from .ring import (
@@ -146,11 +155,14 @@ class StreamReader(Closing):
     publishing peer for its stream."""
 
     @classmethod
-    def accept(cls, channel: "Channel", *, timeout: Optional[float] = None, validate_full: Optional[bool] = None) -> "StreamReader":
-        """The next stream the peer opens on ``channel``; its batches are read in place."""
+    def accept(cls, channel: "Channel", *, timeout: Optional[float] = None, validate: Optional[str] = None) -> "StreamReader":
+        """The next stream the peer opens on ``channel``; its batches are read in place.
+        ``validate``: see :data:`arrow_shm.ipc.VALIDATE_MODES` (default: the channel's)."""
+        if validate is not None:
+            check_validate(validate)
         link = channel.stream_link
         frame, fds = link.next_offer(timeout)
-        return cls._take_offer(link, frame, fds, validate_full)
+        return cls._take_offer(link, frame, fds, validate)
 
     @classmethod
     def subscribe(
@@ -159,15 +171,17 @@ class StreamReader(Closing):
         metadata: Optional[Dict[str, str]] = None,
         *,
         timeout: Optional[float] = None,
-        validate_full: Optional[bool] = None,
+        validate: Optional[str] = None,
     ) -> "StreamReader":
         """Ask the publishing peer of ``channel`` for its stream (SUBSCRIBE, §12.1)."""
+        if validate is not None:
+            check_validate(validate)
         link = channel.stream_link
         frame, fds = link.subscribe(metadata, timeout)
-        return cls._take_offer(link, frame, fds, validate_full)
+        return cls._take_offer(link, frame, fds, validate)
 
     @classmethod
-    def _take_offer(cls, link: StreamLink, frame: Frame, fds: List[int], validate_full: Optional[bool]) -> "StreamReader":
+    def _take_offer(cls, link: StreamLink, frame: Frame, fds: List[int], validate: Optional[str]) -> "StreamReader":
         """Map an offered stream with the channel's receiving options; ACK it (or answer ERROR)."""
         if link.sink is not None:
             close_fds(fds)
@@ -179,7 +193,7 @@ class StreamReader(Closing):
                 link,
                 frame,
                 fds,
-                validate_full=link.validate_full if validate_full is None else validate_full,
+                validate=link.validate if validate is None else validate,
                 max_message_bytes=link.max_message_bytes,
                 ipc_limits=link.ipc_limits,
             )
@@ -196,7 +210,7 @@ class StreamReader(Closing):
         frame: Frame,
         fds: List[int],
         *,
-        validate_full: bool = True,
+        validate: str = DEFAULT_VALIDATE,
         max_message_bytes: int = 2**32,
         owns_channel: bool = False,
         ipc_limits: Optional[IpcLimits] = None,
@@ -204,7 +218,7 @@ class StreamReader(Closing):
         """Checks and maps what a STREAM_OPEN carries (§12.1, §12.2). Takes ownership of ``fds``:
         on failure everything is closed and the typed error raised."""
         self._link = link
-        self._validate_full = validate_full
+        self._validate = validate
         # Decoding limits (§14.1); it learns the prologue's schema, so each record's counts are checked against it.
         self._checker = MessageChecker(ipc_limits)
         self._max_message_bytes = max_message_bytes
@@ -216,7 +230,7 @@ class StreamReader(Closing):
         self._data_map: Optional[mmap.mmap] = None
         self._data: Optional[memoryview] = None
         self._prologue_map: Optional[mmap.mmap] = None
-        self._prologue = None
+        self._prologue: Optional[memoryview] = None
         self._data_fd = self._space_fd = -1
         self._held: Deque[_Held] = deque()
         self._segments: Dict[int, Union[tuple[mmap.mmap, int, int], ArrowShmError]] = {}
@@ -280,7 +294,7 @@ class StreamReader(Closing):
         spans, _ = walk_messages(view, "stream", self._checker)
         if any(s.header_type == HEADER_RECORD_BATCH for s in spans):
             raise ArrowShmError(ERR_RING_INVALID, "the stream prologue holds a RecordBatch")
-        self._prologue: Optional[memoryview] = view
+        self._prologue = view
         for s in spans:
             self._feed.push(view[s.start : s.end])
         try:
@@ -424,10 +438,10 @@ class StreamReader(Closing):
                 self._feed.push(bytes(data[s.start : s.end]) if s.header_type == HEADER_DICTIONARY_BATCH else data[s.start : s.end])
             try:
                 batch = self._reader.read_next_batch()
-                if self._validate_full:
-                    _validate_full(pa.Table.from_batches([batch]))
-                else:
+                if self._validate == "framing":
                     batch.validate()
+                else:
+                    validate_table(pa.Table.from_batches([batch]), self._validate)
             except StopIteration:
                 raise ArrowShmError(ERR_RING_INVALID, "a stream record without a RecordBatch") from None
             except (pa.ArrowException, EOFError, ValueError, OSError, TypeError, IndexError, OverflowError) as e:

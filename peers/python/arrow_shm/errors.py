@@ -26,6 +26,10 @@ ERR_NO_READER_SLOT = "ERR_NO_READER_SLOT"
 ERR_RING_INVALID = "ERR_RING_INVALID"
 ERR_RESOURCE_LIMIT = "ERR_RESOURCE_LIMIT"
 ERR_ADDRESS_IN_USE = "ERR_ADDRESS_IN_USE"
+#: A table store has no such name (or watch), §15.7.
+ERR_NOT_FOUND = "ERR_NOT_FOUND"
+#: A table store put without replace of a name that exists, §15.7.
+ERR_EXISTS = "ERR_EXISTS"
 
 CODES = frozenset(
     {
@@ -51,6 +55,8 @@ CODES = frozenset(
         ERR_RING_INVALID,
         ERR_RESOURCE_LIMIT,
         ERR_ADDRESS_IN_USE,
+        ERR_NOT_FOUND,
+        ERR_EXISTS,
     }
 )
 

@@ -39,6 +39,8 @@ class Kind(IntEnum):
     STREAM_OPEN = 8
     STREAM_SEGMENT = 9
     SUBSCRIBE = 10
+    #: Table store requests, answers and watch events (§15), between sides that listed `store`.
+    STORE = 11
 
 
 class Flags(IntFlag):
@@ -199,7 +201,7 @@ def decode_frame(data: bytes | memoryview) -> Frame:
     ) = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise _protocol(f"bad frame magic {bytes(magic)!r}, expected b'ASHM'")
-    if not Kind.HELLO <= kind <= Kind.SUBSCRIBE:
+    if not Kind.HELLO <= kind <= Kind.STORE:
         raise _protocol(f"unknown frame kind {kind}")
     if flags & ~KNOWN_FLAGS:
         raise _protocol(f"unknown frame flags 0x{flags:x}")

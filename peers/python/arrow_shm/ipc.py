@@ -16,13 +16,15 @@ from typing import Optional, Union
 import pyarrow as pa
 
 from .errors import (
+    ERR_INVALID_ARGUMENT,
     ERR_IPC_INVALID,
     ERR_IPC_TRUNCATED,
     ERR_IPC_UNSUPPORTED,
     ArrowShmError,
 )
 from .limits import FlatBuffer
-from .limits import IpcLimits, MessageChecker
+from .limits import IpcLimits, MessageChecker, SchemaCache
+from .trace import trace_stage
 
 CONTINUATION = 0xFFFFFFFF
 EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -103,7 +105,7 @@ def walk_messages(
     """
     if checker is None:
         checker = MessageChecker()
-    view = memoryview(data).cast("B")  # type: ignore[arg-type]
+    view = memoryview(data).cast("B")
     n = len(view)
     pos = 0
     spans: list[MessageSpan] = []
@@ -172,14 +174,17 @@ def walk_messages(
     return spans, pos
 
 
-def validate_stream(data: Union[memoryview, bytes, pa.Buffer], limits: Optional[IpcLimits] = None) -> StreamInfo:
+def validate_stream(
+    data: Union[memoryview, bytes, pa.Buffer], limits: Optional[IpcLimits] = None, schemas: Optional[SchemaCache] = None
+) -> StreamInfo:
     """Validate the framing of an IPC stream (§7) and its decoding limits (§14.1, ``limits``:
     the defaults if ``None``). Raises ``ERR_IPC_TRUNCATED``/``ERR_IPC_INVALID``/``ERR_IPC_LIMIT``.
 
     Accepts the pre-0.15 forms (no continuation marker, 4-byte zero end of stream) and treats the
-    end of the range as end of stream. Bytes after an end-of-stream marker are ignored.
+    end of the range as end of stream. Bytes after an end-of-stream marker are ignored. ``schemas``:
+    a channel's cache of Schema messages it already verified (:class:`.limits.SchemaCache`).
     """
-    spans, end = walk_messages(data, "stream", MessageChecker(limits))
+    spans, end = walk_messages(data, "stream", MessageChecker(limits, schemas))
     return StreamInfo(
         messages=len(spans),
         record_batches=sum(1 for s in spans if s.header_type == HEADER_RECORD_BATCH),
@@ -254,56 +259,137 @@ def _breaks_only_value_rules(e: pa.ArrowInvalid) -> bool:
     return any(rule in str(e) for rule in _VALUE_RULES)
 
 
-def _validate_full(table: pa.Table) -> None:
-    """``validate(full=True)``: offsets, lengths and indices are all checked against the buffers.
+#: What a received table is checked for after decoding (the ``validate`` option; same names in every peer):
+#: ``"bounds"`` (default) everything Arrow C++ kernels need to stay inside the buffers (offsets,
+#: sizes, dictionary indices, run ends, union ids, views), which is Arrow's full validation except
+#: its O(bytes) UTF-8 scan; ``"full"`` that scan too; ``"framing"`` nothing beyond the IPC framing
+#: and buffer bounds checked before decoding (for trusted senders).
+VALIDATE_MODES = ("bounds", "full", "framing")
+DEFAULT_VALIDATE = "bounds"
 
-    Arrow C++ also enforces value rules (date64 whole days, time-of-day range, decimal precision)
-    that Arrow's own integration files break and that are harmless to read. When only such a rule
-    fails, the column is validated again as its physical storage type (a zero-copy view), so every
-    memory-safety check still runs.
+
+def check_validate(validate: object) -> str:
+    """``validate`` if it is one of :data:`VALIDATE_MODES`, else ``ERR_INVALID_ARGUMENT``."""
+    if validate not in VALIDATE_MODES:
+        raise ArrowShmError(ERR_INVALID_ARGUMENT, f"validate must be one of {', '.join(VALIDATE_MODES)}; got {validate!r}")
+    return str(validate)
+
+
+def _binary_type(t: pa.DataType) -> Optional[pa.DataType]:
+    """``t`` with every utf8 / large_utf8 / string_view (nested ones too) replaced by the binary
+    type of the same layout; ``None`` when ``t`` holds no strings."""
+    if pa.types.is_string(t):
+        return pa.binary()
+    if pa.types.is_large_string(t):
+        return pa.large_binary()
+    if pa.types.is_string_view(t):
+        return pa.binary_view()
+    if isinstance(t, pa.BaseExtensionType):
+        return _binary_type(t.storage_type)
+    if pa.types.is_dictionary(t) or pa.types.is_run_end_encoded(t):
+        values = _binary_type(t.value_type)
+        if values is None:
+            return None
+        if pa.types.is_dictionary(t):
+            return pa.dictionary(t.index_type, values, t.ordered)
+        return pa.run_end_encoded(t.run_end_type, values)
+    fields = [t.field(i) for i in range(t.num_fields)]
+    children = [_binary_type(f.type) for f in fields]
+    if all(c is None for c in children):
+        return None
+    new = [f if c is None else f.with_type(c) for f, c in zip(fields, children)]
+    if pa.types.is_list(t):
+        return pa.list_(new[0])
+    if pa.types.is_large_list(t):
+        return pa.large_list(new[0])
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(new[0], t.list_size)
+    if pa.types.is_list_view(t):
+        return pa.list_view(new[0])
+    if pa.types.is_large_list_view(t):
+        return pa.large_list_view(new[0])
+    if pa.types.is_map(t):
+        entries = new[0].type
+        return pa.map_(entries.field(0), entries.field(1), t.keys_sorted)
+    if pa.types.is_struct(t):
+        return pa.struct(new)
+    if pa.types.is_union(t):
+        return pa.union(new, t.mode, t.type_codes)
+    return None  # a nested type unknown here keeps its strings: validated in full, never less
+
+
+def _as_binary(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A zero-copy view of ``column`` with its strings as binary (their UTF-8 is then not scanned)."""
+    binary = _binary_type(column.type)
+    if binary is None:
+        return column
+    return pa.chunked_array([chunk.view(binary) for chunk in column.chunks], binary)
+
+
+def validate_table(table: pa.Table, validate: str = DEFAULT_VALIDATE) -> None:
+    """Check a decoded ``table`` as the ``validate`` policy says (see :data:`VALIDATE_MODES`).
+
+    ``"bounds"`` runs Arrow's full validation on a zero-copy view of each column whose strings
+    are binary: every offset, size and index is still checked against its buffer. Arrow C++ also
+    enforces value rules (date64 whole days, time-of-day range, decimal precision) that Arrow's
+    own integration files break and that are harmless to read: when only such a rule fails, the
+    column is validated again as its physical storage type, so every memory-safety check still runs.
     """
+    if check_validate(validate) == "framing":
+        return
+    if validate == "full":
+        try:
+            table.validate(full=True)
+            return
+        except pa.ArrowInvalid as e:
+            if not _breaks_only_value_rules(e):
+                raise
+    table.validate()  # the shape: every column as long as the table (cheap)
+    for i, column in enumerate(table.columns):
+        try:
+            _validate_column(column if validate == "full" else _as_binary(column))
+        except pa.ArrowInvalid as e:
+            raise pa.ArrowInvalid(f"Column {i}: {e}") from None
+
+
+def _validate_column(column: pa.ChunkedArray) -> None:
     try:
-        table.validate(full=True)
+        column.validate(full=True)
         return
     except pa.ArrowInvalid as e:
         if not _breaks_only_value_rules(e):
             raise
         first = e
-    for column in table.columns:
-        # Columns without a value-rule failure are done here: only the others are taken apart into
-        # Python chunk objects, which pyarrow cannot build for every type (month intervals: KeyError).
+    # Only a column failing a value rule is taken apart into Python chunk objects, which pyarrow
+    # cannot build for every type (month intervals: KeyError).
+    storage = _storage_type(column.type)
+    for chunk in column.chunks:
         try:
-            column.validate(full=True)
+            chunk.validate(full=True)
             continue
         except pa.ArrowInvalid as e:
-            if not _breaks_only_value_rules(e):
+            if not _breaks_only_value_rules(e) or storage == chunk.type:
                 raise
-        storage = _storage_type(column.type)
-        for chunk in column.chunks:
-            try:
-                chunk.validate(full=True)
-                continue
-            except pa.ArrowInvalid as e:
-                if not _breaks_only_value_rules(e) or storage == chunk.type:
-                    raise
-            try:
-                viewed = chunk.view(storage)
-            except (pa.ArrowException, TypeError) as e:
-                raise first from e
-            viewed.validate(full=True)
+        try:
+            viewed = chunk.view(storage)
+        except (pa.ArrowException, TypeError) as e:
+            raise first from e
+        viewed.validate(full=True)
 
 
-def decode_table(buf: pa.Buffer, *, validate_full: bool = True) -> pa.Table:
+def decode_table(buf: pa.Buffer, *, validate: str = DEFAULT_VALIDATE, message_id: int = 0) -> pa.Table:
     """Decode an (already framing-validated) IPC stream in place; columns point into ``buf``.
 
-    With ``validate_full`` (default) the decoded table is checked with ``Table.validate(full=True)``
-    so that hostile offsets can never lead to an out-of-bounds read later.
+    The decoded table is then checked as ``validate`` says (:func:`validate_table`): by default
+    so that hostile offsets can never lead to an out-of-bounds read later. ``message_id``: the
+    frame's, for :func:`.trace.trace_stage`.
     """
     try:
         reader = pa.ipc.open_stream(buf)
         table = reader.read_all()
-        if validate_full:
-            _validate_full(table)
+        trace_stage("decode", message_id)
+        validate_table(table, validate)
+        trace_stage("validate", message_id)
         return table
     except ArrowShmError:
         raise
@@ -318,11 +404,12 @@ def read_ipc_file_as_stream(data: bytes) -> bytes:
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
         # The file reader checks no offsets: hostile ones would reach the writer, which slices
         # buffers with them (negative lengths, reads past the buffers). Check what a receiver checks.
-        _validate_full(pa.Table.from_batches(batches, schema=reader.schema))
+        validate_table(pa.Table.from_batches(batches, schema=reader.schema))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, reader.schema) as writer:
             for batch in batches:
                 writer.write_batch(batch)
-        return sink.getvalue().to_pybytes()
+        stream: bytes = sink.getvalue().to_pybytes()
+        return stream
     except (pa.ArrowException, EOFError, ValueError, OSError) as e:
         raise map_arrow_error(e) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import ERR_INVALID_ARGUMENT, ERR_IPC_INVALID, ERR_IPC_LIMIT, ERR_IPC_UNSUPPORTED, ArrowShmError
 
@@ -79,7 +79,8 @@ class FlatBuffer:
     def read(self, fmt: struct.Struct, pos: int) -> int:
         if pos < 0 or pos + fmt.size > self.n:
             raise _invalid(f"flatbuffer read at {pos} outside its {self.n} bytes")
-        return fmt.unpack_from(self.data, pos)[0]
+        value: int = fmt.unpack_from(self.data, pos)[0]
+        return value
 
     def root(self) -> int:
         return self.table_at(self.read(_u32, 0))
@@ -139,7 +140,7 @@ class FlatBuffer:
 # ------------------------------------------------------------------------------------------------
 # The walk: a table spec lists, per slot, what the slot holds.
 
-Spec = List[Tuple]  # per slot: ("s", size) | ("str",) | ("t", spec) | ("v", elem) | ("tv", spec) | ("u", type_slot, pick)
+Spec = List[Tuple[Any, ...]]  # per slot: ("s", size) | ("str",) | ("t", spec) | ("v", elem) | ("tv", spec) | ("u", type_slot, pick)
 
 _KEY_VALUE: Spec = [("str",), ("str",)]
 _INT: Spec = [("s", 4), ("s", 1)]
@@ -258,7 +259,7 @@ def verify_message(meta: Union[memoryview, bytes], limits: IpcLimits = DEFAULT_L
     root = read(_u32, 0)
     # Depth-first, children before their parent, with an explicit stack (no recursion limit):
     # frames of [table, spec, depth, totals, children, next child].
-    stack: List[list] = [[root, _MESSAGE, 0, *open_table(root, _MESSAGE), 0]]
+    stack: List[List[Any]] = [[root, _MESSAGE, 0, *open_table(root, _MESSAGE), 0]]
     while stack:
         frame = stack[-1]
         t, spec, depth, totals, children, i = frame
@@ -274,7 +275,7 @@ def verify_message(meta: Union[memoryview, bytes], limits: IpcLimits = DEFAULT_L
         else:
             stack.pop()
             check(totals)
-            done = memo[(t, id(spec))] = tuple(totals)  # type: ignore[assignment]
+            done = memo[(t, id(spec))] = tuple(totals)
             if not stack:
                 break
             totals = stack[-1][3]
@@ -348,7 +349,8 @@ def schema_layout(fb: FlatBuffer, schema: int, version: int) -> SchemaLayout:
         return t + fo if fo else 0
 
     def target(pos: int) -> int:
-        return pos + _u32.unpack_from(data, pos)[0]
+        offset: int = _u32.unpack_from(data, pos)[0]
+        return pos + offset
 
     def children_of(f: int) -> List[int]:
         pos = slot(f, 5)
@@ -442,21 +444,58 @@ def check_batch_counts(fb: FlatBuffer, record_batch: int, layout: BatchLayout, w
         raise _invalid(f"{what} declares {declared} buffers, its schema needs {buffers}")
 
 
+class SchemaCache:
+    """Schema messages a channel already verified, with their layouts: a sender repeats the same
+    Schema message with every table, and a byte-identical message verifies the same (against the
+    same limits: one cache per channel). Holds at most ``max_entries`` messages of at most
+    ``max_message_bytes`` each (copies: never the received mapping), the most recent kept."""
+
+    def __init__(self, max_entries: int = 8, max_message_bytes: int = 64 * 1024) -> None:
+        self._entries: Dict[bytes, Tuple[FlatBuffer, SchemaLayout]] = {}
+        self._max_entries = max_entries
+        self._max_message_bytes = max_message_bytes
+
+    def get(self, meta: memoryview) -> Optional[Tuple[FlatBuffer, SchemaLayout]]:
+        return self._entries.get(bytes(meta)) if len(meta) <= self._max_message_bytes else None
+
+    def put(self, meta: memoryview, layout: SchemaLayout) -> None:
+        if len(meta) > self._max_message_bytes:
+            return
+        key = bytes(meta)
+        if len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (FlatBuffer(memoryview(key)), layout)
+
+
 class MessageChecker:
     """Checks one message after another (``walk_messages``), remembering the stream's schema so
     that each batch's counts are checked against it. Share one between a stream's prologue and its
-    records (``mode="batches"``)."""
+    records (``mode="batches"``). With ``schemas``, a Schema message found there is not verified
+    again."""
 
-    def __init__(self, limits: Union[IpcLimits, Mapping[str, int], None] = None) -> None:
+    def __init__(self, limits: Union[IpcLimits, Mapping[str, int], None] = None, schemas: Optional[SchemaCache] = None) -> None:
         self.limits = resolve_ipc_limits(limits)
         self.layout: Optional[SchemaLayout] = None
+        self._schemas = schemas
+        self._known: Optional[SchemaLayout] = None  # the layout of the message verify() found in the cache
 
     def verify(self, meta: memoryview) -> FlatBuffer:
+        self._known = None
+        if self._schemas is not None:
+            hit = self._schemas.get(meta)
+            if hit is not None:
+                fb, self._known = hit
+                return fb
         return verify_message(meta, self.limits)
 
     def check_counts(self, fb: FlatBuffer, header_type: int, header: int, version: int, where: str) -> None:
         if header_type == 1:  # Schema
+            if self._known is not None:
+                self.layout = self._known
+                return
             self.layout = schema_layout(fb, header, version)
+            if self._schemas is not None:
+                self._schemas.put(fb.data, self.layout)
             return
         if self.layout is None:
             return  # "batches" mode without the prologue's checker: nothing to compare with

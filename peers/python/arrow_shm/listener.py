@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .channel import Channel, positive
 from .errors import ERR_CLOSED, ERR_INVALID_ARGUMENT, ERR_RESOURCE_LIMIT, ERR_SYSCALL, ERR_TIMEOUT, ArrowShmError, syscall_error
 from .frame import MAX_FRAME_BYTES, encode_frame, error_frame
+from .ipc import check_validate
 from .segment import close_fds
 from .sockets import MAX_FDS, bind_listening_socket, deadline_after, fds_of, time_left, unlink_socket_file
 
@@ -127,6 +128,8 @@ class Listener:
         if not isinstance(idle_timeout_ms, int) or idle_timeout_ms < 0:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, f"idle_timeout_ms must be a non-negative integer, got {idle_timeout_ms!r}")
         self.idle_timeout_ms = idle_timeout_ms
+        if "validate" in channel_options:
+            check_validate(channel_options["validate"])  # a bad policy fails here, not at the first accept
         self._channel_options = channel_options
         self._lock = threading.Lock()
         self._accepted: List[_Accepted] = []

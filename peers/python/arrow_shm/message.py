@@ -10,9 +10,10 @@ import pyarrow as pa
 
 from .errors import ERR_CLOSED, ArrowShmError, syscall_error
 from .frame import Flags
-from .ipc import StreamInfo, decode_table, validate_stream
-from .limits import IpcLimits
+from .ipc import DEFAULT_VALIDATE, StreamInfo, check_validate, decode_table, validate_stream
+from .limits import IpcLimits, SchemaCache
 from .segment import DEFAULT_MAX_MESSAGE_BYTES, check_segment, map_readonly
+from .trace import trace_stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
@@ -36,10 +37,14 @@ def open_segment(
     allow_unsealed: bool = False,
     leased: bool = False,
     ipc_limits: Optional[IpcLimits] = None,
+    schemas: Optional[SchemaCache] = None,
+    message_id: int = 0,
 ) -> tuple[mmap.mmap, StreamInfo]:
     """PROTOCOL §5.1 steps 2-7 on a received fd (which the caller still owns and closes):
     check, map the whole file read-only, validate the IPC framing. ``ipc_length=None`` means "to
-    the end of the file" (seed mode). Raises the typed error; nothing stays mapped on failure."""
+    the end of the file" (seed mode). Raises the typed error; nothing stays mapped on failure.
+    ``schemas``: the channel's Schema messages already verified; ``message_id``: the frame's, for
+    :func:`.trace.trace_stage`."""
     if ipc_length is None:
         try:
             ipc_length = max(0, os.fstat(fd).st_size - ipc_offset)
@@ -49,15 +54,17 @@ def open_segment(
         fd, ipc_offset, ipc_length, max_message_bytes=max_message_bytes, allow_unsealed=allow_unsealed, leased=leased
     )
     mapping = map_readonly(fd, size)
+    trace_stage("map", message_id)
     error: Optional[ArrowShmError] = None
     try:
         with memoryview(mapping) as view:
-            info = validate_stream(view[ipc_offset : ipc_offset + ipc_length], ipc_limits)
+            info = validate_stream(view[ipc_offset : ipc_offset + ipc_length], ipc_limits, schemas)
     except ArrowShmError as e:
         error = ArrowShmError(e.code, e.message)  # without the traceback: it pins the mapping
     if error is not None:
         close_mapping(mapping)
         raise error
+    trace_stage("check", message_id)
     return mapping, info
 
 
@@ -87,7 +94,7 @@ class ReceivedTable:
         flags: int = 0,
         metadata: Optional[Dict[str, str]] = None,
         channel: Optional["Channel"] = None,
-        validate_full: bool = True,
+        validate: str = DEFAULT_VALIDATE,
         on_release: Optional[Callable[[], None]] = None,
     ) -> None:
         self._mapping: Optional[mmap.mmap] = mapping
@@ -97,7 +104,7 @@ class ReceivedTable:
         self._channel = channel
         #: Sends RELEASE for a leased segment (set by the channel that received it).
         self._on_release = on_release
-        self._validate_full = validate_full
+        self._validate = check_validate(validate)
         self.message_id = message_id
         self.correlation_id = correlation_id
         self.flags = flags
@@ -134,7 +141,7 @@ class ReceivedTable:
             if self._error is not None:
                 raise ArrowShmError(self._error.code, self._error.message)
             try:
-                self._table = decode_table(self._buffer, validate_full=self._validate_full)
+                self._table = decode_table(self._buffer, validate=self._validate, message_id=self.message_id)
             except ArrowShmError as e:
                 self._error = ArrowShmError(e.code, e.message)
                 raise

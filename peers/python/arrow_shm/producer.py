@@ -89,7 +89,8 @@ class _Attached:
 
 def _batches_of(data: Any) -> List[pa.RecordBatch]:
     if isinstance(data, pa.Table):
-        return data.to_batches()
+        batches: List[pa.RecordBatch] = data.to_batches()
+        return batches
     if isinstance(data, pa.RecordBatch):
         return [data]
     return list(data)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from .sockets import bind_listening_socket, connect_socket, recv_with_fds, unlink_socket_file
 from .errors import ERR_PEER_CLOSED, ERR_PROTOCOL, ERR_SEGMENT_BOUNDS, ERR_TIMEOUT, ArrowShmError, syscall_error
+from .ipc import DEFAULT_VALIDATE, check_validate
 from .message import ReceivedTable, open_segment
 from .segment import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -71,7 +72,7 @@ def seed_receive(
     *,
     timeout: Optional[float] = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    validate_full: bool = True,
+    validate: str = DEFAULT_VALIDATE,
 ) -> ReceivedTable:
     """Connect to a seed sender, receive ``b'F'`` + fd, copy it into a sealed segment of our own
     (:func:`sealed_copy`: the sender may truncate its unsealed one), map that read-only and
@@ -80,6 +81,7 @@ def seed_receive(
     The returned message's ``ipc_bytes`` cover the stream up to and including its end-of-stream
     marker (the rest of the segment is zero padding).
     """
+    check_validate(validate)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = connect_socket(address, socket.SOCK_STREAM, deadline)
     with sock:
@@ -99,7 +101,7 @@ def seed_receive(
         os.close(fd)
     with copy:
         mapping, info = open_segment(copy.fd, 0, None, max_message_bytes=max_message_bytes)
-    return ReceivedTable(mapping=mapping, ipc_offset=0, ipc_length=info.end, validate_full=validate_full)
+    return ReceivedTable(mapping=mapping, ipc_offset=0, ipc_length=info.end, validate=validate)
 
 
 def sealed_copy(fd: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Segment:

@@ -10,7 +10,7 @@ import fcntl
 import mmap
 import os
 import stat
-from typing import Callable, Iterable, Optional, TypeVar, Union
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import pyarrow as pa
 
@@ -40,6 +40,12 @@ SEALS_LEASED = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW
 
 #: Default largest ipc_length a receiver accepts (16 GiB, as the TypeScript peer).
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024**3
+
+#: madvise(2) advice (Linux 5.14+): fault in every page of a range, writable, now.
+MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+#: Most buffers one pwritev(2) takes.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 #: Minimum size of a seed-compat segment (the seed receiver maps 4096 * 10 bytes), §10.
 SEED_SEGMENT_BYTES = 40960
@@ -108,6 +114,10 @@ class Segment(Closing):
     def __init__(self, fd: int, size: int) -> None:
         self._fd: Optional[int] = fd
         self.size = size
+        #: A writable mapping of the whole segment with its pages already faulted in
+        #: (:meth:`prefault`, a spare's): writes go through it, one memcpy each. Unmapped by
+        #: :meth:`seal` (sealing needs no writable mapping) and :meth:`close`.
+        self.mapping: Optional[mmap.mmap] = None
 
     @classmethod
     def create(cls, size: int, name: str = "arrow-shm") -> "Segment":
@@ -128,18 +138,35 @@ class Segment(Closing):
         return self._fd
 
     def write_at(self, offset: int, data: Union[bytes, bytearray, memoryview, pa.Buffer]) -> None:
-        """Copy ``data`` into the segment with ``pwrite`` (no mapping is created)."""
-        view = memoryview(data).cast("B")
-        if offset < 0 or offset + len(view) > self.size:
+        """Copy ``data`` into the segment at ``offset``."""
+        self.write_all_at(offset, [data])
+
+    def write_all_at(self, offset: int, buffers: Sequence[Union[bytes, bytearray, memoryview, pa.Buffer]]) -> None:
+        """Copy ``buffers`` one after the other into the segment from ``offset``: through
+        :attr:`mapping` when there is one, else with few ``pwritev`` calls (no mapping: a fresh
+        mapping would take a page fault per 4 KiB page, pwritev lets the kernel fill the pages)."""
+        views = [memoryview(b).cast("B") for b in buffers]
+        if offset < 0 or offset + sum(len(v) for v in views) > self.size:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "write outside the segment")
-        done = 0
-        while done < len(view):
+        views = [v for v in views if len(v)]
+        if self.mapping is not None:
+            for view in views:
+                self.mapping[offset : offset + len(view)] = view
+                offset += len(view)
+            return
+        while views:
             try:
-                done += os.pwrite(self.fd, view[done:], offset + done)
+                done = os.pwritev(self.fd, views[:_IOV_MAX], offset)
             except InterruptedError:
                 continue
             except OSError as e:
-                raise syscall_error("pwrite", e) from None
+                raise syscall_error("pwritev", e) from None
+            offset += done
+            while views and done >= len(views[0]):  # drop what was written, keep the rest of a partial one
+                done -= len(views[0])
+                views.pop(0)
+            if done:
+                views[0] = views[0][done:]
 
     def map_writable(self) -> mmap.mmap:
         """A shared writable mapping; it must be closed before :meth:`seal` (EBUSY otherwise)."""
@@ -150,7 +177,30 @@ class Segment(Closing):
         except OSError as e:
             raise syscall_error("mmap", e) from None
 
+    def prefault(self) -> None:
+        """Allocate every page of the segment now and keep :attr:`mapping`, a writable mapping
+        with the pages faulted in (a spare made off the critical path: writing through it is then
+        one memcpy). ``MADV_POPULATE_WRITE`` (Linux 5.14+), else ``posix_fallocate`` (the pages
+        exist; the mapping takes a minor fault per page at first write)."""
+        mapping = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            mapping.madvise(MADV_POPULATE_WRITE)
+        except OSError:
+            os.posix_fallocate(self.fd, 0, self.size)
+        self.mapping = mapping
+
+    def _unmap(self) -> None:
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:
+                # A buffer over it is still referenced (a failed write's traceback): unmapped when
+                # that goes. Sealing then fails with EBUSY, which is right: it is still writable.
+                pass
+
     def seal(self, seals: int = SEALS_SEALED) -> None:
+        self._unmap()
         try:
             fcntl.fcntl(self.fd, F_ADD_SEALS, seals)
         except OSError as e:
@@ -174,6 +224,7 @@ class Segment(Closing):
         return fd
 
     def close(self) -> None:
+        self._unmap()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
@@ -200,21 +251,20 @@ def _write_stream(sink: object, schema: pa.Schema, batches: list[pa.RecordBatch]
             writer.write_batch(b)
 
 
-class _PwriteSink:
-    """A write-only file over a segment's fd: pyarrow's IPC writer hands it each buffer of the table
-    and it goes into the segment with pwrite(2), no intermediate copy. Faster than writing through
-    a mapping of a fresh segment: the kernel fills the new pages directly instead of taking one
-    page fault per 4 KiB (the python → node and python → rust rows of `npm run bench` show the result)."""
+class _GatherSink:
+    """A write-only file that keeps what pyarrow's IPC writer hands it: the table's own buffers
+    (zero-copy ``pyarrow.Buffer`` s) and small metadata/padding bytes, so that the stream's size is
+    known before a segment is chosen and the bytes are copied once, by :meth:`Segment.write_all_at`."""
 
     closed = False
 
-    def __init__(self, segment: Segment) -> None:
-        self._segment = segment
+    def __init__(self) -> None:
+        self.buffers: list[Union[bytes, memoryview, pa.Buffer]] = []
         self.position = 0
 
     def write(self, data: Union[bytes, memoryview, pa.Buffer]) -> int:
         length = memoryview(data).nbytes
-        self._segment.write_at(self.position, data)
+        self.buffers.append(data)
         self.position += length
         return length
 
@@ -231,13 +281,6 @@ class _PwriteSink:
         self.closed = True
 
 
-def stream_size(schema: pa.Schema, batches: list[pa.RecordBatch]) -> int:
-    """Exact size of the IPC stream pyarrow writes for these batches (incl. end-of-stream)."""
-    mock = pa.MockOutputStream()
-    _write_stream(mock, schema, batches)
-    return int(mock.size())
-
-
 def write_table_segment(
     data: Union[TableLike, bytes, bytearray, memoryview, pa.Buffer],
     *,
@@ -248,7 +291,7 @@ def write_table_segment(
     """Write ``data`` as one IPC stream at offset 0 of a new segment and (by default) seal it.
 
     ``data`` is a Table / RecordBatch / list of RecordBatches (written by pyarrow straight into the
-    segment, no intermediate copy: see :class:`_PwriteSink`) or bytes of an IPC stream (copied byte
+    segment, no intermediate copy: see :class:`_GatherSink`) or bytes of an IPC stream (copied byte
     for byte).
     Returns the segment (owning its fd) and ``ipc_length``. The segment is at least ``min_size``
     bytes; bytes after the stream are zero. ``create(size)`` makes the segment (a spare pool's
@@ -263,18 +306,12 @@ def write_table_segment(
         return _filled(seg, lambda: seg.write_at(0, raw), seal), length
 
     schema, batches = _batches(data)
-    length = stream_size(schema, batches)
-    seg = create(max(length, min_size))
-
-    def write() -> None:
-        sink = _PwriteSink(seg)
-        stream = pa.PythonFile(sink, mode="w")
-        _write_stream(stream, schema, batches)
-        stream.close()
-        if sink.position != length:
-            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"stream size changed: {sink.position} != {length}")
-
-    return _filled(seg, write, seal), length
+    sink = _GatherSink()
+    stream = pa.PythonFile(sink, mode="w")
+    _write_stream(stream, schema, batches)
+    stream.close()
+    seg = create(max(sink.position, min_size))
+    return _filled(seg, lambda: seg.write_all_at(0, sink.buffers), seal), sink.position
 
 
 def _filled(seg: Segment, write: Callable[[], object], seal: bool) -> Segment:

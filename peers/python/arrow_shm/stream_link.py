@@ -42,8 +42,8 @@ class LinkPort(Protocol):
     def failure(self) -> Optional[ArrowShmError]: ...
 
     @property
-    def receiving(self) -> tuple[bool, int, IpcLimits]:
-        """validate_full, max_message_bytes, ipc_limits."""
+    def receiving(self) -> tuple[str, int, IpcLimits]:
+        """validate, max_message_bytes, ipc_limits."""
         ...
 
     def send_frame(self, frame: Frame, fds: Sequence[int] = ()) -> int: ...
@@ -96,7 +96,7 @@ class StreamLink:
     # The channel's receiving options, those of a stream read on it.
 
     @property
-    def validate_full(self) -> bool:
+    def validate(self) -> str:
         return self._port.receiving[0]
 
     @property
@@ -196,6 +196,7 @@ def wait_any(links: Iterable[StreamLink], fds: Iterable[int], timeout: float) ->
     ``timeout`` s."""
     poller = select.poll()
     sockets: Dict[int, StreamLink] = {}
+    link: Optional[StreamLink]
     for link in links:
         fd = link.poll_fd()
         if fd is not None:

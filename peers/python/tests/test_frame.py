@@ -101,7 +101,7 @@ def patch(offset: int, fmt: str, value: int) -> bytes:
         (bytes(good()[:63]), "shorter than header"),
         (b"XSHM" + bytes(good()[4:]), "bad magic"),
         (patch(6, "<B", 0), "kind 0"),
-        (patch(6, "<B", 11), "kind 11"),
+        (patch(6, "<B", 12), "kind 12"),
         (patch(7, "<B", 0x08), "unknown flag"),
         (patch(7, "<B", 0x80), "unknown flag high"),
         (patch(8, "<I", 60), "header length 60"),

@@ -1,78 +1,41 @@
-//! Rust receiving half of the python → rust rows of `npm run bench` (see bench/receiver.py, its
-//! Python twin): `bench_receiver --method M --socket ADDR [--read]` prints "ready", then one JSON
-//! line {"t1": ms} per hand-off, t1 on CLOCK_MONOTONIC (the clock of the sender's time.monotonic).
+//! Rust receiving half of the → rust rows of `npm run bench` (bench contract, session 7; its
+//! twins: bench/receiver.py, bench/receiver.ts):
+//!   bench_receiver --method M --socket ADDR [--read] [--breakdown]
+//! prints "ready", then per hand-off one JSON line {"t1", "checksum"? (with --read), "cpu_ms",
+//! "stages"? (with --breakdown)}, times on CLOCK_MONOTONIC in ms.
 //!
 //! json: rows as JSON text, framed (<f64 t0><u64 length>) on a UNIX stream socket, parsed with
 //! serde into typed rows; arrow-socket: Arrow IPC bytes framed the same way, decoded with
-//! arrow-ipc's StreamReader; arrow-shm: the Rust peer's channel, the table decoded in place.
-//! --read also reads every value once (string lengths and integer sums, kept from the optimizer).
+//! arrow-ipc's StreamReader; arrow-shm: the Rust peer's channel, the table decoded in place with
+//! every offset, buffer and UTF-8 string checked (Rust's `&str` must be valid UTF-8, so this
+//! peer has no cheaper safe setting: no arrow-shm-trusted method). --read reads every value once
+//! (the checksum of bench/methods.ts, compared by the orchestrator).
+#[path = "bench_common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, Read};
 use std::os::unix::net::UnixListener;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{UInt16Type, UInt32Type, UInt8Type};
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::DataType;
+use arrow_array::RecordBatch;
 use arrow_shm::channel::{Listener, Options};
 use arrow_shm::error::ErrorCode;
-use serde::Deserialize;
-
-#[allow(dead_code)] // every field is parsed; --read touches them all
-#[derive(Deserialize)]
-struct SymbolRow {
-    id: String,
-    fqn: String,
-    kind: u8,
-    file_id: u16,
-    start_line: u32,
-    start_col: u16,
-    end_line: u32,
-    end_col: u16,
-}
-
-fn now_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: plain syscall into a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
-}
-
-fn report() {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{{\"t1\": {}}}", now_ms()).unwrap();
-    out.flush().unwrap();
-}
-
-fn read_rows(rows: &[SymbolRow]) -> u64 {
-    rows.iter()
-        .map(|r| (r.id.len() + r.fqn.len()) as u64 + r.kind as u64 + r.file_id as u64 + r.start_line as u64 + r.start_col as u64 + r.end_line as u64 + r.end_col as u64)
-        .sum()
-}
-
-fn read_batch(batch: &RecordBatch) -> u64 {
-    let mut sum = 0u64;
-    for column in batch.columns() {
-        sum += match column.data_type() {
-            DataType::Utf8 => {
-                let strings = column.as_string::<i32>();
-                (0..strings.len()).map(|i| strings.value(i).len() as u64).sum::<u64>()
-            }
-            DataType::UInt8 => column.as_primitive::<UInt8Type>().values().iter().map(|&v| v as u64).sum(),
-            DataType::UInt16 => column.as_primitive::<UInt16Type>().values().iter().map(|&v| v as u64).sum(),
-            DataType::UInt32 => column.as_primitive::<UInt32Type>().values().iter().map(|&v| v as u64).sum(),
-            other => panic!("unexpected column type {other}"),
-        };
-    }
-    sum
-}
+use common::{checksum_batches, checksum_rows, now_ms, record_stages, take_stages, Args, Line, SymbolRow};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).unwrap_or_else(|| panic!("{flag} is required")).clone();
-    let method = value("--method");
-    let address = value("--socket");
-    let read = args.iter().any(|a| a == "--read");
+    let args = Args::parse();
+    let method = args.value("--method");
+    let address = args.value("--socket");
+    let read = args.has("--read");
+    let breakdown = args.has("--breakdown");
+    // With --read the hand-off ends once every value was read.
+    let report = |usable_at: f64, checksum: Option<u32>, mut stages: Option<Vec<(&'static str, f64)>>| {
+        let t1 = if read { now_ms() } else { usable_at };
+        if let (Some(s), true) = (stages.as_mut(), read) {
+            s.push(("read", t1));
+        }
+        Line { key: "t1", at: t1, checksum, stages }.print();
+    };
 
     if method == "json" || method == "arrow-socket" {
         let _ = std::fs::remove_file(&address);
@@ -86,24 +49,24 @@ fn main() {
             conn.read_exact(&mut payload).expect("payload");
             if method == "json" {
                 let rows: Vec<SymbolRow> = serde_json::from_slice(&payload).expect("JSON rows");
-                if read {
-                    black_box(read_rows(&rows));
-                }
+                let usable_at = now_ms();
+                report(usable_at, read.then(|| checksum_rows(&rows)), None);
                 black_box(&rows);
             } else {
                 let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(&payload), None).expect("IPC stream");
                 let batches: Vec<RecordBatch> = reader.collect::<Result<_, _>>().expect("IPC batches");
-                if read {
-                    black_box(batches.iter().map(read_batch).sum::<u64>());
-                }
+                let usable_at = now_ms();
+                report(usable_at, read.then(|| checksum_batches(&batches)), None);
                 black_box(&batches);
             }
-            report();
         }
         let _ = std::fs::remove_file(&address);
         return;
     }
 
+    if breakdown {
+        record_stages();
+    }
     let listener = Listener::bind(&address, Options::default()).expect("listen");
     println!("ready");
     let mut channel = listener.accept(None).expect("accept");
@@ -114,10 +77,8 @@ fn main() {
             Err(e) => panic!("receive: {e}"),
         };
         let table = message.decode().expect("decode");
-        if read {
-            black_box(table.batches.iter().map(read_batch).sum::<u64>());
-        }
+        let usable_at = now_ms();
+        report(usable_at, read.then(|| checksum_batches(&table.batches)), breakdown.then(take_stages));
         black_box(&table);
-        report();
     }
 }

@@ -38,9 +38,13 @@ pub fn response_schema() -> SchemaRef {
 /// One summary row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
+    /// The `file_id` or `kind` this row summarizes.
     pub key: u32,
+    /// Rows with that key.
     pub count: u64,
+    /// Smallest `start_line` among them.
     pub min_start_line: u32,
+    /// Largest `end_line` among them.
     pub max_end_line: u32,
 }
 

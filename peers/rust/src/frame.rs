@@ -2,35 +2,56 @@
 
 use crate::error::{err, ErrorCode, Result};
 
+/// The first 4 bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"ASHM";
+/// The protocol version this peer speaks.
 pub const VERSION: u16 = 1;
+/// Bytes of the fixed frame header.
 pub const HEADER_LENGTH: usize = 64;
 /// Largest frame (header + key/values), and the receive buffer size.
 pub const MAX_FRAME: usize = 65_536;
 
+/// TABLE flag: a leased (reusable, not write-sealed) segment (§6.2).
 pub const FLAG_LEASED: u8 = 0x01;
+/// TABLE flag: a request; the receiver answers with a RESPONSE.
 pub const FLAG_REQUEST: u8 = 0x02;
+/// TABLE/ERROR flag: the answer to the request `correlation_id`.
 pub const FLAG_RESPONSE: u8 = 0x04;
-pub const KNOWN_FLAGS: u8 = FLAG_LEASED | FLAG_REQUEST | FLAG_RESPONSE;
+/// TABLE flag: the IPC stream is inside the frame, after the key/values (§5.3).
+pub const FLAG_INLINE: u8 = 0x08;
+/// Every flag this peer knows; others are `ERR_PROTOCOL`.
+pub const KNOWN_FLAGS: u8 = FLAG_LEASED | FLAG_REQUEST | FLAG_RESPONSE | FLAG_INLINE;
 
 /// Frame kinds (PROTOCOL.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// Connector's greeting (versions, capabilities).
     Hello = 1,
+    /// Listener's answer to HELLO (the chosen version).
     Welcome = 2,
+    /// A table in the attached segment.
     Table = 3,
+    /// A TABLE (or STREAM_OPEN) was accepted.
     Ack = 4,
+    /// A leased segment is handed back.
     Release = 5,
+    /// A failure, with `code` and `message`.
     Error = 6,
+    /// Orderly close.
     Goodbye = 7,
     /// Stream frames (PROTOCOL.md §12.1), only with the `stream` capability.
     StreamOpen = 8,
+    /// A stream record too big for the ring, in its own segment.
     StreamSegment = 9,
+    /// Asks a publication for its stream.
     Subscribe = 10,
+    /// Table store requests, answers and events (PROTOCOL.md §15), only between a store and its clients.
+    Store = 11,
 }
 
 impl Kind {
+    /// The kind of a header's kind byte, if known.
     pub fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
             1 => Kind::Hello,
@@ -43,6 +64,7 @@ impl Kind {
             8 => Kind::StreamOpen,
             9 => Kind::StreamSegment,
             10 => Kind::Subscribe,
+            11 => Kind::Store,
             _ => return None,
         })
     }
@@ -67,18 +89,28 @@ pub fn strict_decimal(text: &str) -> Option<u32> {
 /// A decoded frame header plus its key/value block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// Protocol version of the frame.
     pub version: u16,
+    /// What the frame is.
     pub kind: Kind,
+    /// `FLAG_*` bits.
     pub flags: u8,
+    /// The sender's number for this frame (from 1).
     pub message_id: u64,
+    /// The `message_id` this frame answers (0 if none).
     pub correlation_id: u64,
+    /// Where the IPC stream starts in the attached segment.
     pub ipc_offset: u64,
+    /// Length of the IPC stream in the attached segment.
     pub ipc_length: u64,
+    /// Number of fds attached.
     pub fd_count: u32,
+    /// The key/value block.
     pub metadata: KeyValues,
 }
 
 impl Frame {
+    /// A frame of `kind` with every other field zero or empty (ids are set when sent).
     pub fn new(kind: Kind) -> Frame {
         Frame {
             version: VERSION,
@@ -151,7 +183,17 @@ impl Frame {
             return err(ErrorCode::Protocol, format!("header_length {header_length}, expected {HEADER_LENGTH}"));
         }
         let metadata_length = u32_at(12) as usize;
-        if HEADER_LENGTH.checked_add(metadata_length) != Some(buf.len()) {
+        let (ipc_offset, ipc_length) = (u64_at(32), u64_at(40));
+        // §5.3: an INLINE TABLE's stream starts at align8(64 + metadata_length) and ends the frame.
+        if flags & FLAG_INLINE != 0 {
+            let start = (HEADER_LENGTH as u64 + metadata_length as u64).next_multiple_of(8);
+            if kind != Kind::Table || ipc_offset != start || ipc_length == 0 || start.checked_add(ipc_length) != Some(buf.len() as u64) {
+                return err(
+                    ErrorCode::Protocol,
+                    format!("INLINE {kind:?} frame of {} bytes with ipc_offset {ipc_offset}, ipc_length {ipc_length} and metadata_length {metadata_length} (the stream must start at {start} and end the frame)", buf.len()),
+                );
+            }
+        } else if HEADER_LENGTH.checked_add(metadata_length) != Some(buf.len()) {
             return err(
                 ErrorCode::Protocol,
                 format!(
@@ -160,15 +202,15 @@ impl Frame {
                 ),
             );
         }
-        let metadata = decode_kv(&buf[HEADER_LENGTH..])?;
+        let metadata = decode_kv(&buf[HEADER_LENGTH..HEADER_LENGTH + metadata_length])?;
         Ok(Frame {
             version,
             kind,
             flags,
             message_id: u64_at(16),
             correlation_id: u64_at(24),
-            ipc_offset: u64_at(32),
-            ipc_length: u64_at(40),
+            ipc_offset,
+            ipc_length,
             fd_count: u32_at(48),
             metadata,
         })
@@ -293,7 +335,7 @@ mod tests {
         };
         assert_eq!(bad(&|b| b[0] = b'X'), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[6] = 0), ErrorCode::Protocol);
-        assert_eq!(bad(&|b| b[6] = 11), ErrorCode::Protocol);
+        assert_eq!(bad(&|b| b[6] = 12), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[7] = 0x08), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[8] = 65), ErrorCode::Protocol);
         assert_eq!(bad(&|b| b[12] = b[12].wrapping_add(1)), ErrorCode::Protocol);

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::{FileReader, StreamDecoder};
-use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow_ipc::{MessageHeader, MetadataVersion};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 use crate::error::{err, Error, ErrorCode, Result};
-use crate::segment::{CountingSink, Mapping, SliceWriter, WritableSegment};
+use crate::segment::{Mapping, WritableSegment};
 
 const CONTINUATION: u32 = 0xFFFF_FFFF;
 /// The end-of-stream marker written by arrow-shm peers.
@@ -26,8 +26,11 @@ pub const ALIGNMENT: usize = 64;
 /// What [`validate_stream`] learned about a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StreamInfo {
+    /// Messages in the stream (the Schema included).
     pub messages: usize,
+    /// RecordBatch messages.
     pub record_batches: usize,
+    /// DictionaryBatch messages.
     pub dictionary_batches: usize,
     /// Offset just past the end-of-stream marker (or the end of the range if it has none).
     pub end: usize,
@@ -328,11 +331,15 @@ pub enum WalkMode {
 /// flatbuffer and body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MessageSpan {
+    /// The message's header type.
     pub header: MessageHeader,
+    /// Offset of the message's prefix.
     pub start: usize,
+    /// Offset just past its body.
     pub end: usize,
     /// DictionaryBatch only: its id and whether it is a delta.
     pub dictionary_id: i64,
+    /// Whether a DictionaryBatch is a delta.
     pub is_delta: bool,
 }
 
@@ -467,13 +474,16 @@ fn walk(data: &[u8], mode: WalkMode, limits: &Limits, layout: &mut Option<Schema
 /// A decoded stream: its schema and record batches (which borrow the mapping when zero-copy).
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The stream's schema.
     pub schema: SchemaRef,
+    /// Its record batches, in order.
     pub batches: Vec<RecordBatch>,
     /// True if some buffer was not aligned for its type and had to be copied (realigned).
     pub realigned: bool,
 }
 
 impl Table {
+    /// Rows over every batch.
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
@@ -527,7 +537,17 @@ pub fn decode_stream(stream: &Buffer) -> Result<Table> {
 /// typically over a read-only mapping) without copying: array buffers are slices of `stream`. If
 /// a buffer is not aligned for its type (a writer that aligned to 8 and a 16-byte type), decoding
 /// is retried allowing arrow-rs to copy those buffers into aligned memory and `realigned` is set.
+///
+/// Every array is checked as arrow-rs's `validate_full` does (offsets, bounds, UTF-8, ...):
+/// a hostile stream cannot make safe Rust read out of bounds or see a `&str` that is not UTF-8.
+/// Streams of flat columns (no nesting, no dictionaries) take a faster path: decoded without
+/// arrow-rs's per-array validation, then each column validated here, the UTF-8 ones with one
+/// pass over the values (`is_ascii`; `from_utf8` only if a byte is not ASCII) and a tight loop
+/// over the offsets.
 pub fn decode_validated(stream: &Buffer) -> Result<Table> {
+    if let Ok(Ok(Some(table))) = catch_unwind(AssertUnwindSafe(|| decode_flat(stream))) {
+        return Ok(table);
+    }
     let attempt = |require: bool| {
         catch_unwind(AssertUnwindSafe(|| decode_with(stream, require))).unwrap_or_else(|_| {
             Err(Error::new(ErrorCode::IpcInvalid, "the Arrow decoder rejected the stream (panic)"))
@@ -541,6 +561,122 @@ pub fn decode_validated(stream: &Buffer) -> Result<Table> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether a field's arrays hold no child arrays and no dictionary: the types the unchecked
+/// decoder builds without reading any value (views, unions, run-ends, nesting go the slow way).
+fn is_flat(field: &arrow_schema::Field) -> bool {
+    use arrow_schema::DataType as D;
+    matches!(
+        field.data_type(),
+        D::Null
+            | D::Boolean
+            | D::Int8 | D::Int16 | D::Int32 | D::Int64
+            | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64
+            | D::Float16 | D::Float32 | D::Float64
+            | D::Timestamp(..) | D::Date32 | D::Date64 | D::Time32(_) | D::Time64(_)
+            | D::Duration(_) | D::Interval(_)
+            | D::Binary | D::LargeBinary | D::FixedSizeBinary(_)
+            | D::Utf8 | D::LargeUtf8
+            | D::Decimal32(..) | D::Decimal64(..) | D::Decimal128(..) | D::Decimal256(..)
+    )
+}
+
+/// The fast path of [`decode_validated`]: `Ok(None)` when it does not apply (or fails: the
+/// general path then gives the canonical error). Decodes in place (64-byte aligned streams).
+fn decode_flat(stream: &Buffer) -> Result<Option<Table>> {
+    use arrow_ipc::reader::FileDecoder;
+    let data = stream.as_slice();
+    let (mut pos, mut decoder, mut schema, mut batches) = (0usize, None, None, Vec::new());
+    while pos < data.len() {
+        let (meta_size, prefix) = message_prefix(data, pos)?;
+        if meta_size <= 0 {
+            break;
+        }
+        let meta_start = pos + prefix;
+        let Some(meta) = data.get(meta_start..meta_start + meta_size as usize) else { return Ok(None) };
+        let Ok(msg) = arrow_ipc::root_as_message(meta) else { return Ok(None) };
+        let body_start = meta_start + meta_size as usize;
+        let end = body_start + usize::try_from(msg.bodyLength()).unwrap_or(usize::MAX).min(data.len() - body_start);
+        match (msg.header_type(), &decoder) {
+            (MessageHeader::Schema, None) => {
+                let Some(fb_schema) = msg.header_as_schema() else { return Ok(None) };
+                let Ok(s) = arrow_ipc::convert::try_fb_to_schema(fb_schema) else { return Ok(None) };
+                if !fb_schema.endianness().equals_to_target_endianness() || !s.fields().iter().all(|f| is_flat(f)) {
+                    return Ok(None);
+                }
+                let s = Arc::new(s);
+                // SAFETY: every batch is validated by `validate_flat_batch` before it is returned.
+                decoder = Some(unsafe { FileDecoder::new(s.clone(), msg.version()).with_require_alignment(true).with_skip_validation(true) });
+                schema = Some(s);
+            }
+            (MessageHeader::RecordBatch, Some(d)) => {
+                let block = arrow_ipc::Block::new(0, (body_start - pos) as i32, (end - body_start) as i64);
+                let Ok(Some(batch)) = d.read_record_batch(&block, &stream.slice_with_length(pos, end - pos)) else { return Ok(None) };
+                if validate_flat_batch(&batch).is_err() {
+                    return Ok(None);
+                }
+                batches.push(batch);
+            }
+            _ => return Ok(None),
+        }
+        pos = end;
+    }
+    Ok(schema.map(|schema| Table { schema, batches, realigned: false }))
+}
+
+/// What `RecordBatch::try_new` and `validate_full` check for a batch of flat columns, with
+/// [`check_utf8`] for the UTF-8 ones.
+fn validate_flat_batch(batch: &RecordBatch) -> std::result::Result<(), ArrowError> {
+    use arrow_schema::DataType as D;
+    for (column, field) in batch.columns().iter().zip(batch.schema_ref().fields()) {
+        if column.len() != batch.num_rows() {
+            return Err(ArrowError::InvalidArgumentError("a column's length differs from the batch's".into()));
+        }
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(ArrowError::InvalidArgumentError(format!("non-nullable column {:?} holds nulls", field.name())));
+        }
+        let data = column.to_data();
+        match data.data_type() {
+            D::Utf8 | D::LargeUtf8 => {
+                data.validate()?;
+                data.validate_nulls()?;
+                if matches!(data.data_type(), D::Utf8) {
+                    check_utf8::<i32>(&data)?;
+                } else {
+                    check_utf8::<i64>(&data)?;
+                }
+            }
+            _ => data.validate_full()?,
+        }
+    }
+    Ok(())
+}
+
+/// The values check `validate_full` does for a UTF-8 array (after `validate`): offsets
+/// non-negative, non-decreasing and within the values; the bytes between the first and last
+/// offset valid UTF-8 (one pass; ASCII needs nothing more); every offset on a character boundary.
+fn check_utf8<O: arrow_array::OffsetSizeTrait>(data: &arrow_data::ArrayData) -> std::result::Result<(), ArrowError> {
+    let bad = |what: &str| Err(ArrowError::InvalidArgumentError(format!("utf8 array: {what}")));
+    let offsets = &data.buffer::<O>(0)[data.offset()..data.offset() + data.len() + 1];
+    let values = data.buffers()[1].as_slice();
+    let (first, last) = (offsets[0].as_usize(), offsets[data.len()].as_usize());
+    if offsets[0] < O::zero() || !offsets.windows(2).fold(true, |ok, w| ok & (w[0] <= w[1])) || last > values.len() {
+        return bad("offsets decrease or lie outside the values");
+    }
+    let text = &values[first..last];
+    if text.is_ascii() {
+        return Ok(()); // valid UTF-8, and every byte starts a character
+    }
+    if std::str::from_utf8(text).is_err() {
+        return bad("invalid UTF-8");
+    }
+    // A boundary is the end of the text or a byte that does not continue a character.
+    let boundary = |o: O| text.get(o.as_usize() - first).is_none_or(|&b| (b as i8) >= -0x40);
+    if !offsets.iter().fold(true, |ok, &o| ok & boundary(o)) {
+        return bad("an offset splits a character");
+    }
+    Ok(())
 }
 
 /// Wraps a mapping as an Arrow `Buffer` over `[offset, offset + len)` that keeps it alive.
@@ -563,36 +699,51 @@ pub fn write_options() -> IpcWriteOptions {
     IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5).expect("valid IPC write options")
 }
 
-fn write_batches<W: std::io::Write>(w: W, schema: &Schema, batches: &[RecordBatch]) -> std::result::Result<W, ArrowError> {
-    let mut writer = StreamWriter::try_new_with_options(w, schema, write_options())?;
-    for b in batches {
-        writer.write(b)?;
-    }
-    writer.finish()?;
-    writer.into_inner()
+/// Encodes `schema` + `batches` as an IPC stream (64-byte aligned, with EOS) without copying
+/// any data: the parts are the messages' metadata, padding and slices of the batches' buffers.
+fn encode_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<Buffer>> {
+    let encode = || -> std::result::Result<Vec<Buffer>, ArrowError> {
+        let mut encoder = StreamEncoder::try_new_with_options(schema, write_options())?;
+        let mut parts = Vec::new();
+        for b in batches {
+            parts.extend(encoder.encode(b)?);
+        }
+        parts.extend(encoder.finish()?);
+        Ok(parts)
+    };
+    encode().map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))
 }
 
-/// Writes `schema` + `batches` as an IPC stream (64-byte aligned, with EOS) into a new memfd
-/// segment of at least `min_size` bytes, through a shared mapping. Returns the still-unsealed,
-/// unmapped segment fd's owner and the stream length.
-pub fn write_batches_segment(schema: &Schema, batches: &[RecordBatch], min_size: usize) -> Result<(WritableSegment, usize)> {
-    let counted = write_batches(CountingSink::default(), schema, batches)
-        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))?;
-    let len = usize::try_from(counted.0).map_err(|_| Error::new(ErrorCode::TooLarge, "stream too large"))?;
-    let mut seg = WritableSegment::new(len.max(min_size))?;
-    let written = write_batches(SliceWriter::new(seg.bytes_mut()), schema, batches)
-        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))?;
-    if written.position() != len {
-        return err(ErrorCode::InvalidArgument, "IPC writer produced a different size on the second pass");
-    }
+/// Writes `schema` + `batches` as an IPC stream (64-byte aligned, with EOS) into the segment
+/// `create(stream length)` makes, with `pwritev` straight from the batches' buffers: the one copy of the data. Returns
+/// the still-unsealed segment and the stream length.
+pub fn write_batches_into(
+    schema: &Schema,
+    batches: &[RecordBatch],
+    create: impl FnOnce(usize) -> Result<WritableSegment>,
+) -> Result<(WritableSegment, usize)> {
+    let parts = encode_stream(schema, batches)?;
+    let len = parts.iter().map(|p| p.len()).sum();
+    let mut seg = create(len)?;
+    seg.write_at(0, &parts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
     Ok((seg, len))
+}
+
+/// [`write_batches_into`] a new memfd segment of at least `min_size` bytes.
+pub fn write_batches_segment(schema: &Schema, batches: &[RecordBatch], min_size: usize) -> Result<(WritableSegment, usize)> {
+    write_batches_into(schema, batches, |len| WritableSegment::new(len.max(min_size)))
+}
+
+/// Copies raw IPC stream bytes into the segment `create(length)` makes.
+pub fn write_bytes_into(bytes: &[u8], create: impl FnOnce(usize) -> Result<WritableSegment>) -> Result<(WritableSegment, usize)> {
+    let mut seg = create(bytes.len().max(1))?;
+    seg.write_at(0, &[bytes])?;
+    Ok((seg, bytes.len()))
 }
 
 /// Copies raw IPC stream bytes into a new segment of at least `min_size` bytes.
 pub fn write_bytes_segment(bytes: &[u8], min_size: usize) -> Result<(WritableSegment, usize)> {
-    let mut seg = WritableSegment::new(bytes.len().max(min_size).max(1))?;
-    seg.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-    Ok((seg, bytes.len()))
+    write_bytes_into(bytes, |len| WritableSegment::new(len.max(min_size)))
 }
 
 /// True if `bytes` is an Arrow IPC *file* (starts with `ARROW1`).
@@ -618,14 +769,12 @@ pub fn read_ipc_file(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 /// segment instead).
 pub fn file_to_stream(bytes: &[u8]) -> Result<Vec<u8>> {
     let (schema, batches) = read_ipc_file(bytes)?;
-    write_batches(Vec::new(), &schema, &batches)
-        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))
+    batches_to_stream(&schema, &batches)
 }
 
 /// Encodes batches as stream bytes in memory (tests and tools).
 pub fn batches_to_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    write_batches(Vec::new(), schema, batches)
-        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write IPC: {e}")))
+    Ok(encode_stream(schema, batches)?.iter().flat_map(|p| p.as_slice()).copied().collect())
 }
 
 #[cfg(test)]

@@ -8,14 +8,23 @@ use std::sync::Arc;
 use crate::error::{err, Error, ErrorCode, Result};
 use crate::segment::Mapping;
 
+/// The first 8 bytes of a ring's header page.
 pub const RING_MAGIC: [u8; 8] = *b"ASHMRING";
+/// Layout version in the ring header.
 pub const RING_LAYOUT_VERSION: u32 = 1;
+/// Size of the header page before the data area.
 pub const RING_HEADER_BYTES: usize = 4096;
+/// Smallest ring data area (a power of two).
 pub const MIN_CAPACITY: u64 = 65_536;
+/// Largest ring data area.
 pub const MAX_CAPACITY: u64 = 1 << 40;
+/// Reader slots a ring header has room for.
 pub const MAX_READERS: u32 = 62;
+/// Default ring data area: 16 MiB.
 pub const DEFAULT_CAPACITY: u64 = 16 << 20;
+/// Bytes of a record header.
 pub const RECORD_HEADER_BYTES: usize = 64;
+/// Records start at multiples of this.
 pub const RECORD_ALIGN: u64 = 64;
 /// The ring is rewritten all the time: no `F_SEAL_WRITE` (§12.2).
 pub const RING_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
@@ -32,9 +41,13 @@ const SLOT_BYTES: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum RecordKind {
+    /// A record batch (with the dictionaries it needs).
     Batch = 1,
+    /// Skip to the start of the data area (the wrap).
     Padding = 2,
+    /// The batch went in a STREAM_SEGMENT of its own.
     External = 3,
+    /// The stream ended.
     End = 4,
 }
 
@@ -146,6 +159,7 @@ impl RingHeader {
         Ok(())
     }
 
+    /// The producer's position (bytes written since the start).
     pub fn write_position(&self) -> &AtomicU64 {
         self.u64_at(OFF_WRITE_POSITION)
     }
@@ -153,6 +167,7 @@ impl RingHeader {
     pub fn producer_waiting(&self) -> &AtomicU32 {
         self.u32_at(OFF_PRODUCER_WAITING)
     }
+    /// 1 once the producer wrote the END record.
     pub fn ended(&self) -> &AtomicU32 {
         self.u32_at(OFF_ENDED)
     }
@@ -160,9 +175,11 @@ impl RingHeader {
         assert!(slot < MAX_READERS, "reader slot out of range");
         SLOT_BASE + SLOT_BYTES * slot as usize
     }
+    /// How far the reader of `slot` released records.
     pub fn read_position(&self, slot: u32) -> &AtomicU64 {
         self.u64_at(Self::slot_off(slot))
     }
+    /// Reader `slot`'s state: 0 free, 1 attached.
     pub fn slot_state(&self, slot: u32) -> &AtomicU32 {
         self.u32_at(Self::slot_off(slot) + 8)
     }
@@ -170,6 +187,7 @@ impl RingHeader {
     pub fn reader_waiting(&self, slot: u32) -> &AtomicU32 {
         self.u32_at(Self::slot_off(slot) + 12)
     }
+    /// The pid of the reader holding `slot`.
     pub fn slot_pid(&self, slot: u32) -> &AtomicU32 {
         self.u32_at(Self::slot_off(slot) + 16)
     }
@@ -186,12 +204,17 @@ pub fn wake_if_waiting(flag: &AtomicU32, event_fd: RawFd) {
 /// A decoded record header (§12.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// Bytes of the record, header included.
     pub length: u64,
+    /// What the record holds.
     pub kind: RecordKind,
+    /// The record's sequence number.
     pub sequence: u64,
+    /// Bytes of IPC payload after the header.
     pub ipc_length: u64,
 }
 
+/// The 64-byte header of a record.
 pub fn encode_record_header(length: u64, kind: RecordKind, sequence: u64, ipc_length: u64) -> [u8; RECORD_HEADER_BYTES] {
     let mut h = [0u8; RECORD_HEADER_BYTES];
     h[0..4].copy_from_slice(&(length as u32).to_le_bytes());

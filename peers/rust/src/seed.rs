@@ -11,6 +11,7 @@ use crate::error::{err, Error, ErrorCode, Result};
 use crate::segment::{WritableSegment, SEED_SEGMENT_BYTES};
 use crate::sys::{self, Address};
 
+/// The seed proof of concept's socket path.
 pub const DEFAULT_SEED_SOCKET: &str = "/tmp/memfd_socket";
 
 /// A `SOCK_STREAM` listener for `send --seed-compat` (mode 0600; removes its file on drop).
@@ -20,6 +21,7 @@ pub struct SeedListener {
 }
 
 impl SeedListener {
+    /// Binds and listens on `address` (mode 0600).
     pub fn bind(address: &str) -> Result<SeedListener> {
         let addr = Address::parse(address)?;
         let (fd, inode) = sys::bind_listen(&addr, libc::SOCK_STREAM, 1)?;

@@ -52,18 +52,22 @@ impl Mapping {
         Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len, writable })
     }
 
+    /// The first byte of the mapping.
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
 
+    /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Always false: a mapping has at least 1 byte.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The mapped bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping is `len` readable bytes for the lifetime of `self`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -120,35 +124,99 @@ pub fn add_seals(fd: RawFd, seals: i32) -> Result<()> {
     Ok(())
 }
 
-/// A segment being written: an fd and a writable shared mapping of it.
+/// A segment being written: a memfd, written with `pwritev`. No mapping: the kernel copies into
+/// the file's pages without faulting them into this process or zeroing them first, and there is
+/// nothing to unmap before sealing.
 pub struct WritableSegment {
     fd: OwnedFd,
-    map: Option<Mapping>,
     size: usize,
 }
 
 impl WritableSegment {
-    /// A new memfd segment of `size` bytes (> 0), mapped read-write.
+    /// A new memfd segment of `size` bytes (> 0).
     pub fn new(size: usize) -> Result<WritableSegment> {
         if size == 0 {
             return err(ErrorCode::InvalidArgument, "a segment needs at least 1 byte");
         }
         let fd = create_memfd(c"arrow-shm", size as u64)?;
-        let map = Mapping::map(fd.as_raw_fd(), size, true)?;
-        Ok(WritableSegment { fd, map: Some(map), size })
+        Ok(WritableSegment { fd, size })
     }
 
+    /// A new segment of `size` bytes whose pages are allocated now (`fallocate`), so writing it
+    /// later allocates nothing. Made off the send path by [`crate::pool::SparePool`].
+    pub fn preallocated(size: usize) -> Result<WritableSegment> {
+        let seg = WritableSegment::new(size)?;
+        let len = libc::off_t::try_from(size).map_err(|_| Error::new(ErrorCode::TooLarge, "segment too large"))?;
+        // SAFETY: valid fd, range inside the file.
+        if unsafe { libc::fallocate(seg.fd.as_raw_fd(), 0, 0, len) } != 0 {
+            return Err(Error::last_os("fallocate"));
+        }
+        Ok(seg)
+    }
+
+    /// The segment's size in bytes.
     pub fn size(&self) -> usize {
         self.size
     }
 
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        self.map.as_mut().expect("segment mapping").as_mut_slice()
+    /// Cuts a segment not sealed yet to `size` bytes (a spare cut to the table it will carry).
+    pub fn truncate(&mut self, size: usize) -> Result<()> {
+        if size == 0 || size > self.size {
+            return err(ErrorCode::InvalidArgument, format!("cannot cut a {}-byte segment to {size} bytes", self.size));
+        }
+        // SAFETY: valid fd; the size fits (it is at most the current one).
+        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), size as libc::off_t) } != 0 {
+            return Err(Error::last_os("ftruncate"));
+        }
+        self.size = size;
+        Ok(())
     }
 
-    /// Unmaps, then seals with the §6.1 set if `seal`, and returns the fd.
-    pub fn finish(mut self, seal: bool) -> Result<OwnedFd> {
-        drop(self.map.take());
+    /// Writes `parts`, one after another, at byte `offset` with `pwritev` (the one copy of a send).
+    pub fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        let total = parts.iter().try_fold(offset, |n, p| n.checked_add(p.len()));
+        if total.is_none_or(|end| end > self.size) {
+            return err(ErrorCode::InvalidArgument, format!("{} bytes at {offset} do not fit a {}-byte segment", total.unwrap_or(usize::MAX) - offset, self.size));
+        }
+        let (mut at, mut i, mut done) = (offset, 0usize, 0usize); // parts[i][..done] is written
+        while i < parts.len() {
+            if done == parts[i].len() {
+                (i, done) = (i + 1, 0);
+                continue;
+            }
+            let iov: Vec<libc::iovec> = parts[i..]
+                .iter()
+                .take(1024) // IOV_MAX
+                .enumerate()
+                .map(|(k, p)| {
+                    let p = if k == 0 { &p[done..] } else { p };
+                    libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() }
+                })
+                .collect();
+            // SAFETY: the iovecs point into live slices; the file range was checked above.
+            let r = unsafe { libc::pwritev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, at as libc::off_t) };
+            if r <= 0 {
+                let e = io::Error::last_os_error();
+                if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(if r < 0 { Error::from_io("pwritev", &e) } else { Error::new(ErrorCode::Syscall, "pwritev wrote nothing") });
+            }
+            let mut n = r as usize;
+            at += n;
+            while n > 0 {
+                let step = n.min(parts[i].len() - done);
+                (n, done) = (n - step, done + step);
+                if done == parts[i].len() {
+                    (i, done) = (i + 1, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals with the §6.1 set if `seal`, and returns the fd.
+    pub fn finish(self, seal: bool) -> Result<OwnedFd> {
         if seal {
             add_seals(self.fd.as_raw_fd(), REQUIRED_SEALS)?;
         }
@@ -156,54 +224,12 @@ impl WritableSegment {
     }
 }
 
-/// An `io::Write` over a byte slice that fails instead of growing.
-pub struct SliceWriter<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl<'a> SliceWriter<'a> {
-    pub fn new(buf: &'a mut [u8]) -> Self {
-        SliceWriter { buf, pos: 0 }
-    }
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-}
-
-impl io::Write for SliceWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let end = self.pos.checked_add(data.len()).filter(|&e| e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "segment full"));
-        };
-        self.buf[self.pos..end].copy_from_slice(data);
-        self.pos = end;
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An `io::Write` that only counts bytes (to size a segment before writing it).
-#[derive(Default)]
-pub struct CountingSink(pub u64);
-
-impl io::Write for CountingSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0 += data.len() as u64;
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What the receiver learned from the §5.1 checks.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentInfo {
+    /// The file's size (`fstat`).
     pub size: u64,
+    /// Its seals (`F_GET_SEALS`).
     pub seals: i32,
 }
 
@@ -287,12 +313,14 @@ pub fn open_segment(
     if info.seals & libc::F_SEAL_SHRINK == 0 {
         return Ok((copy_segment(fd, (ipc_offset + length) as usize)?, length));
     }
+    // Not MAP_POPULATE: measured slower (mapping every page up front costs more than the faults
+    // of the first read, which map 16 pages each).
     let map = Mapping::map(fd, info.size as usize, false)?;
     Ok((map, length))
 }
 
-/// The first `len` bytes of `fd`, read into private memory.
-fn copy_segment(fd: RawFd, len: usize) -> Result<Mapping> {
+/// A private anonymous mapping of `len` (> 0) zero bytes, writable.
+fn anonymous(len: usize) -> Result<Mapping> {
     // SAFETY: a fresh private anonymous mapping; the result is checked.
     let ptr = unsafe {
         libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
@@ -300,7 +328,25 @@ fn copy_segment(fd: RawFd, len: usize) -> Result<Mapping> {
     if ptr == libc::MAP_FAILED {
         return Err(Error::last_os("mmap"));
     }
-    let mut map = Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len, writable: true };
+    Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap returned NULL"), len, writable: true })
+}
+
+impl Mapping {
+    /// This process's own copy of `bytes` (> 0), page-aligned (an inline table, §5.3).
+    pub fn copy_of(bytes: &[u8]) -> Result<Mapping> {
+        if bytes.is_empty() {
+            return err(ErrorCode::InvalidArgument, "cannot map 0 bytes");
+        }
+        let mut map = anonymous(bytes.len())?;
+        map.as_mut_slice().copy_from_slice(bytes);
+        map.writable = false;
+        Ok(map)
+    }
+}
+
+/// The first `len` bytes of `fd`, read into private memory.
+fn copy_segment(fd: RawFd, len: usize) -> Result<Mapping> {
+    let mut map = anonymous(len)?;
     let buf = map.as_mut_slice();
     let mut done = 0usize;
     while done < len {

@@ -100,12 +100,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server for `listener`'s connections, with its options' limits.
     pub fn new(listener: Listener) -> Result<Server> {
         let (tx, rx) = mpsc::channel();
         let opts = listener.options().clone();
         Ok(Server { listener, opts, wake: Arc::new(eventfd()?), tx, rx, conns: Vec::new() })
     }
 
+    /// The listener's address.
     pub fn address(&self) -> &str {
         self.listener.address()
     }

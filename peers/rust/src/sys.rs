@@ -8,11 +8,14 @@ use crate::error::{err, Error, ErrorCode, Result};
 /// A parsed socket address: a filesystem path or an abstract name (`@name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
+    /// A filesystem path.
     Path(String),
+    /// An abstract name (given as `@name`, stored without the `@`).
     Abstract(String),
 }
 
 impl Address {
+    /// Parses `@name` (abstract) or a path; empty or too long is `ERR_INVALID_ARGUMENT`.
     pub fn parse(text: &str) -> Result<Address> {
         if text.is_empty() {
             return err(ErrorCode::InvalidArgument, "empty socket address");
@@ -56,6 +59,7 @@ impl Address {
     }
 }
 
+/// A new `AF_UNIX` socket of type `ty`, close-on-exec.
 pub fn socket(ty: i32) -> Result<OwnedFd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
@@ -165,8 +169,11 @@ pub fn send_with_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> Result<()> {
 
 /// One received datagram: its bytes, the fds that came with it, and the recvmsg flags.
 pub struct Received {
+    /// Bytes received.
     pub len: usize,
+    /// The fds that came with them.
     pub fds: Vec<OwnedFd>,
+    /// The `recvmsg` flags (`MSG_TRUNC`, `MSG_CTRUNC`).
     pub flags: i32,
 }
 

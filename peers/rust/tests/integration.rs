@@ -716,3 +716,86 @@ fn written_segments_are_64_byte_aligned_and_sealed() {
     let _ = Field::new("x", DataType::Null, true);
     let _ = Schema::empty();
 }
+
+/// The flat-column decoder validates in place what arrow-rs's `validate_full` would: UTF-8 and
+/// every offset (order, bounds, character boundaries). Each corrupted stream is refused.
+#[test]
+fn flat_utf8_columns_are_validated_in_place() {
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["ab", "é", "cd", "ef"]));
+    let batch = RecordBatch::try_from_iter([("name", names)]).unwrap();
+    let stream = ipc::batches_to_stream(&batch.schema(), std::slice::from_ref(&batch)).unwrap();
+    let decoded = ipc::decode_stream(&buffer_of(&stream)).unwrap();
+    assert_eq!(decoded.batches, vec![batch]);
+    let find = |needle: &[u8]| stream.windows(needle.len()).position(|w| w == needle).expect("pattern in the stream");
+    let offsets: Vec<u8> = [0i32, 2, 4, 6, 8].iter().flat_map(|o| o.to_le_bytes()).collect();
+    let with_offsets = |o: [i32; 5]| {
+        let mut s = stream.clone();
+        let at = find(&offsets);
+        s[at..at + 20].copy_from_slice(&o.iter().flat_map(|o| o.to_le_bytes()).collect::<Vec<u8>>());
+        s
+    };
+    let mut bad_utf8b = stream.clone();
+    let v = find("abécdef".as_bytes());
+    bad_utf8b[v + 4] = 0xFF; // 'c' -> an invalid byte
+    let cases = [
+        ("invalid UTF-8", bad_utf8b),
+        ("an offset splitting a character", with_offsets([0, 2, 3, 6, 8])),
+        ("decreasing offsets", with_offsets([0, 2, 4, 1, 8])),
+        ("an offset past the values", with_offsets([0, 2, 4, 6, 200])),
+        ("a negative first offset", with_offsets([-2, 2, 4, 6, 8])),
+    ];
+    for (what, s) in cases {
+        let e = ipc::decode_stream(&buffer_of(&s)).expect_err(what);
+        assert_eq!(e.code, ErrorCode::IpcInvalid, "{what}: {e}");
+    }
+}
+
+/// §5.3: an INLINE table (the IPC stream inside the TABLE frame) is received and decoded like a
+/// segment; one with an fd attached is refused for that message only; a misplaced stream is a
+/// fatal ERR_PROTOCOL.
+#[test]
+fn inline_tables_are_received_and_bad_ones_refused() {
+    use arrow_shm::frame::{kv_get, FLAG_INLINE};
+    let a = format!("@arrow-shm-rs-inline-{}-{}", std::process::id(), rand_u64());
+    let t = Some(Duration::from_secs(10));
+    let listener = Listener::bind(&a, Options::default()).unwrap();
+    let ids: ArrayRef = Arc::new(UInt32Array::from(vec![1, 2, 3]));
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["a", "é", "c"]));
+    let batch = RecordBatch::try_from_iter([("id", ids), ("name", names)]).unwrap();
+    let stream = ipc::batches_to_stream(&batch.schema(), std::slice::from_ref(&batch)).unwrap();
+    let client = std::thread::spawn(move || {
+        let (fd, welcome) = raw_hello(&a, "");
+        assert!(kv_get(&welcome.metadata, "capabilities").unwrap().split(',').any(|c| c == "inline"));
+        // header, key/values, zeros to align8, the stream; `shift` misplaces the stream
+        let inline = |id: u64, shift: u64| {
+            let mut f = Frame::new(Kind::Table);
+            (f.message_id, f.flags, f.metadata) = (id, FLAG_INLINE, vec![("name".into(), "inline".into())]);
+            let start = f.encode().unwrap().len().next_multiple_of(8);
+            (f.ipc_offset, f.ipc_length) = (start as u64 + shift, stream.len() as u64);
+            let mut bytes = f.encode().unwrap();
+            bytes.resize(start, 0);
+            bytes.extend_from_slice(&stream);
+            bytes
+        };
+        let answer = |fd: &OwnedFd| {
+            let f = raw_read(fd);
+            (f.kind, f.correlation_id, kv_get(&f.metadata, "code").map(String::from))
+        };
+        sys::send_with_fds(fd.as_raw_fd(), &inline(2, 0), &[]).unwrap();
+        assert_eq!(answer(&fd), (Kind::Ack, 2, None));
+        let (seg, _) = ipc::write_bytes_segment(&stream, 0).unwrap();
+        let seg = seg.finish(true).unwrap();
+        sys::send_with_fds(fd.as_raw_fd(), &inline(3, 0), &[seg.as_raw_fd()]).unwrap();
+        assert_eq!(answer(&fd), (Kind::Error, 3, Some("ERR_PROTOCOL".into())));
+        sys::send_with_fds(fd.as_raw_fd(), &inline(4, 8), &[]).unwrap();
+        assert_eq!(answer(&fd), (Kind::Error, 0, Some("ERR_PROTOCOL".into())));
+    });
+    let mut ch = listener.accept(t).unwrap();
+    let received = ch.receive(t).unwrap();
+    assert_eq!(received.metadata, vec![("name".to_string(), "inline".to_string())]);
+    assert_eq!(received.decode().unwrap().batches, vec![batch]);
+    assert_eq!(ch.receive(t).unwrap_err().code, ErrorCode::Protocol);
+    assert_eq!(ch.receive(t).unwrap_err().code, ErrorCode::Protocol);
+    assert!(ch.is_closed());
+    client.join().unwrap();
+}

@@ -241,7 +241,7 @@ fn a_consumer_that_leaves_fails_the_writer_with_peer_closed() {
 /// write records and positions, and returns the ERROR frame the consumer answered with.
 fn hostile_producer(a: &str, corrupt: impl FnOnce(&RingHeader, &mut [u8])) -> Frame {
     let (fd, w) = raw_hello(a, "stream");
-    assert_eq!(kv_get(&w.metadata, "capabilities"), Some("stream"));
+    assert_eq!(kv_get(&w.metadata, "capabilities"), Some("stream,inline"));
 
     let capacity = 65_536u64;
     let ring_fd = segment::create_memfd(c"hostile-ring", RING_HEADER_BYTES as u64 + capacity).unwrap();

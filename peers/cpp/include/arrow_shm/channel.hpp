@@ -42,7 +42,10 @@ struct ReceivedTable {
   uint64_t message_id = 0;
   uint8_t flags = 0;
   KV metadata;
-  std::shared_ptr<MappedBuffer> ipc;  // the IPC stream bytes
+  // The IPC stream bytes: a MappedBuffer over the segment, or (an INLINE table, §5.3) this side's
+  // own copy, 64-byte aligned.
+  std::shared_ptr<arrow::Buffer> ipc;
+  bool is_inline() const { return flags & kInline; }
   StreamInfo info;                    // schema line, row/batch counts, or the unsupported type
   bool is_request() const { return flags & kRequest; }
   // Decodes the bytes again on each call (cheap: no copy, the columns point into `ipc`).
@@ -56,6 +59,11 @@ struct ChannelOptions {
   bool receives_tables = true;  // false: refuse incoming non-response tables (ERR_IPC_UNSUPPORTED)
   bool receives_streams = true;  // false: refuse STREAM_OPEN (ERR_INVALID_ARGUMENT) instead of queueing it
   IpcLimits ipc_limits;          // §14.1, for every received table
+  Validate validate = Validate::Bounds;                  // checks after decoding (arrow_shm.hpp)
+  uint64_t max_message_bytes = kDefaultMaxMessageBytes;  // largest ipc_length received (told in WELCOME)
+  // §5.3: a table whose IPC stream fits in its frame and is at most this many bytes goes inline to
+  // a peer that listed `inline`; 0 = never (Node's maxInlineBytes).
+  uint64_t max_inline_bytes = kMaxFrameBytes;
   // §14.2: received tables not yet taken by receive_message(): past either bound the socket is
   // not read until the application takes one (the sender's sends then wait for their ACK).
   size_t max_inbox_messages = 64;
@@ -86,6 +94,12 @@ class Channel {
   uint64_t send(const arrow::Table& table, const KV& metadata = {}, Timeout timeout = {});
   // Sends `ipc_length` bytes of IPC stream held by `segment` (ownership passes to the peer).
   uint64_t send_segment(Fd segment, uint64_t ipc_length, const KV& metadata = {}, Timeout timeout = {});
+  // Sends a stream of stream_from_table / stream_from_file_bytes (made with max_inline =
+  // inline_room(metadata)): inline or in its segment. Waits for the ACK; returns the id.
+  uint64_t send_stream(OutgoingStream stream, const KV& metadata = {}, Timeout timeout = {});
+  // The largest IPC stream a TABLE with `metadata` carries inline to this peer (§5.3): 0 unless
+  // the peer listed `inline` and max_inline_bytes > 0.
+  uint64_t inline_room(const KV& metadata) const;
 
   // The next table sent to this side (zero copy). Throws ERR_PEER_CLOSED once the peer has gone,
   // or the table's typed error if it failed the checks (the sender got an ERROR; still open).
@@ -131,13 +145,16 @@ class Channel {
   friend class StreamReader;
   friend class RingProducer;
   friend class Publication;
-  friend std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout);
+  friend std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout,
+                                                    Validate validate);
   struct Received {
     Frame frame;
     std::vector<Fd> fds;
+    std::shared_ptr<arrow::Buffer> inline_ipc;  // an INLINE TABLE's stream, copied out of the frame
   };
   uint64_t send_frame(Frame f, int pass_fd = -1);
-  uint64_t send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking = false);
+  uint64_t send_frame_fds(Frame f, const std::vector<int>& fds, bool nonblocking = false,
+                          const std::vector<uint8_t>* inline_ipc = nullptr);
   void send_control(Frame f);
   void send_error(const Error& e, uint64_t correlation_id, uint8_t flags = 0);
   [[noreturn]] void fatal(const Error& e);
@@ -146,7 +163,7 @@ class Channel {
   void handshake_as_listener(const Deadline& d);
   void take_peer_info(const Frame& f);
   ReceivedTable accept_table(Received& r);
-  uint64_t send_table(Fd segment, uint64_t ipc_length, const KV& metadata, uint8_t flags, uint64_t correlation_id);
+  uint64_t send_table(OutgoingStream stream, const KV& metadata, uint8_t flags, uint64_t correlation_id);
   void await_ack(uint64_t id, const Deadline& d);
   // Handles a frame the caller does not wait for; returns false if it was GOODBYE.
   bool handle_other(Received& r);

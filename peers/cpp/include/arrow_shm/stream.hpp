@@ -142,6 +142,7 @@ struct StreamReaderOptions {
   Timeout read_timeout;                                 // read(): ERR_TIMEOUT after this long without a batch
   uint64_t max_message_bytes = kDefaultMaxMessageBytes;  // largest batch accepted through its own segment
   IpcLimits ipc_limits;                                  // §14.1, for the prologue and every record
+  Validate validate = Validate::Bounds;                  // the checks of every decoded batch (arrow_shm.hpp)
 };
 
 class StreamReader {
@@ -214,8 +215,10 @@ class StreamReader {
   bool closed_ = false;
 };
 
-// Sends SUBSCRIBE on a connected channel and opens the stream the publication answers with.
-std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata = {}, Timeout timeout = {});
+// Sends SUBSCRIBE on a connected channel and opens the stream the publication answers with
+// (`validate`: the reader's checks of every batch).
+std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata = {}, Timeout timeout = {},
+                                           Validate validate = Validate::Bounds);
 
 // ---------------------------------------------------------------------------------------------
 // Producer

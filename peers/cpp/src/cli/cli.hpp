@@ -30,6 +30,8 @@ struct Options {
   bool listen = false, connect = false, print = false, seed_compat = false, allow_unsealed = false;
   bool stream = false;
   std::optional<uint64_t> ring_bytes;
+  std::optional<uint64_t> max_inline_bytes;  // send: ChannelOptions::max_inline_bytes
+  Validate validate = Validate::Bounds;       // recv, sub, validate: the checks after decoding
   int64_t subscribers = 1;
   KV meta;
   std::optional<int64_t> timeout_ms;

@@ -56,6 +56,14 @@ void set_ring_bytes(Options& o, const std::string& flag, const std::string& v) {
   o.ring_bytes = static_cast<uint64_t>(n);
 }
 
+void set_validate(Options& o, const std::string& flag, const std::string& v) {
+  try {
+    o.validate = parse_validate(v);
+  } catch (const Error&) {
+    throw UsageError("argument " + flag + ": expected bounds, full or framing, got '" + v + "'");
+  }
+}
+
 // A flag: `arg` null for a switch. The same flag may have a row per set of commands (other help).
 struct Flag {
   const char* name;
@@ -94,6 +102,13 @@ const Flag kFlags[] = {
     {"--stream", nullptr, kRecv, "receive one stream; --out writes it as one IPC stream file", SWITCH(stream)},
     {"--ring-bytes", "<n>", kSend, "ring capacity for --stream (a power of two)", set_ring_bytes},
     {"--ring-bytes", "<n>", kPub, "ring capacity (a power of two)", set_ring_bytes},
+    {"--validate", "<bounds|full|framing>", kRecv | kSub | kValidate,
+     "checks after decoding: bounds (default: every offset, index and length; no UTF-8 scan), full "
+     "(also the UTF-8 of every string), framing (none: trusted senders only)",
+     set_validate},
+    {"--max-inline-bytes", "<n>", kSend,
+     "send IPC streams up to N bytes inside the TABLE frame when they fit (default: 65536; 0: never)",
+     INT(max_inline_bytes, 0)},
 };
 
 #undef SWITCH

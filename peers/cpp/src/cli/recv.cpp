@@ -266,7 +266,7 @@ int cmd_recv(const Options& o) {
       Mapping mapping = open_segment(fds[0].get(), 0, length, /*allow_unsealed=*/true, kDefaultMaxMessageBytes,
                                      /*to_end=*/true);
       ReceivedTable m;
-      m.info = validate_stream(mapping.data(), length);
+      m.info = validate_stream(mapping.data(), length, {}, o.validate);
       // The rest of the segment is zero padding.
       m.ipc = std::make_shared<MappedBuffer>(std::move(mapping), 0, m.info.end);
       handle(m);
@@ -276,6 +276,7 @@ int cmd_recv(const Options& o) {
 
   ChannelOptions options;
   options.allow_unsealed = o.allow_unsealed;
+  options.validate = o.validate;
   options.receives_streams = false;  // a stream needs --stream: refused rather than left waiting
   if (o.connect) {
     auto ch = Channel::connect(*o.socket, timeout(o), options);

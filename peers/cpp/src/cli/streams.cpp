@@ -133,6 +133,7 @@ int cmd_recv_stream(const Options& o) {
   auto ch = open_channel(o, !o.connect);
   StreamReaderOptions options;
   options.read_timeout = timeout(o);
+  options.validate = o.validate;
   auto reader = StreamReader::accept(*ch, timeout(o), options);
   drain(std::move(reader), *ch, o);
   return 0;
@@ -159,7 +160,7 @@ int cmd_sub(const Options& o) {
   // Without --timeout-ms it retries "forever" (a year), like the Node CLI.
   const Timeout connect_timeout = o.timeout_ms ? timeout(o) : Timeout(std::chrono::hours(24 * 365));
   auto ch = Channel::connect(*o.socket, connect_timeout);
-  auto reader = subscribe_on(*ch, {}, timeout(o));
+  auto reader = subscribe_on(*ch, {}, timeout(o), o.validate);
   drain(std::move(reader), *ch, o);
   return 0;
 }

@@ -218,7 +218,7 @@ std::unique_ptr<StreamReader> StreamReader::accept(Channel& channel, Timeout tim
   return open(channel, offer.frame, std::move(offer.fds), options);
 }
 
-std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout) {
+std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout, Validate validate) {
   Frame subscribe;
   subscribe.kind = Kind::Subscribe;
   subscribe.metadata = metadata;
@@ -234,6 +234,7 @@ std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata,
   channel.stream_offers_.pop_front();
   StreamReaderOptions options;
   options.read_timeout = timeout;
+  options.validate = validate;
   return StreamReader::open(channel, offer.frame, std::move(offer.fds), options);
 }
 
@@ -366,7 +367,7 @@ StreamBatch StreamReader::decode(const std::shared_ptr<arrow::Buffer>& bytes, ui
   messages_->clear();
   check(st);
   if (!batch || leftover) throw Error("ERR_IPC_INVALID", "a stream record the Arrow reader did not read as one batch");
-  validate_batch(*batch);
+  validate_batch(*batch, options_.validate);
   batches_read_++;
   return StreamBatch(std::move(batch), sequence, bytes, releases_, ticket);
 }

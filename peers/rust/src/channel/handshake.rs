@@ -13,8 +13,9 @@ use super::{deadline, Channel, Options};
 
 /// Implementation string sent in the handshake.
 pub const IMPLEMENTATION: &str = concat!("arrow-shm-rs/", env!("CARGO_PKG_VERSION"));
-/// What this side accepts (PROTOCOL.md §4): stream frames, not leased segments.
-pub const CAPABILITIES: &str = "stream";
+/// What this side accepts (PROTOCOL.md §4): stream frames and inline tables (§5.3), not leased
+/// segments.
+pub const CAPABILITIES: &str = "stream,inline";
 /// A listener drops a connection that has not said HELLO within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 

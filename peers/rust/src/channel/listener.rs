@@ -17,6 +17,7 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Binds and listens on `address` (a path or `@abstract`); a stale socket file is replaced, a live one is `ERR_ADDRESS_IN_USE`.
     pub fn bind(address: &str, opts: Options) -> Result<Listener> {
         let addr = Address::parse(address)?;
         let (fd, inode) = sys::bind_listen(&addr, libc::SOCK_SEQPACKET, 64)?;
@@ -27,6 +28,7 @@ impl Listener {
         self.fd.as_raw_fd()
     }
 
+    /// The address this listener was bound to, as given.
     pub fn address(&self) -> &str {
         &self.address
     }

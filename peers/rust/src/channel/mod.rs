@@ -17,10 +17,12 @@ use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 
 use crate::error::{err, Error, ErrorCode, Result};
-use crate::frame::{Frame, KeyValues, Kind, FLAG_LEASED, FLAG_REQUEST, FLAG_RESPONSE, MAX_FRAME, VERSION};
+use crate::frame::{Frame, KeyValues, Kind, FLAG_INLINE, FLAG_LEASED, FLAG_REQUEST, FLAG_RESPONSE, MAX_FRAME, VERSION};
 use crate::ipc;
+use crate::pool::{SparePool, DEFAULT_SPARE_BYTES};
 use crate::segment::{self, Mapping, WritableSegment};
 use crate::sys;
+use crate::trace::{trace_stage, HandoffStage};
 
 pub(crate) use handshake::answer_hello;
 pub use handshake::{connect, CAPABILITIES, HELLO_TIMEOUT, IMPLEMENTATION};
@@ -78,6 +80,8 @@ pub struct Channel {
     pub(crate) stream_segments: VecDeque<(Frame, Vec<OwnedFd>)>,
     /// A stream reader is open on this channel (STREAM_SEGMENTs are queued, not refused).
     pub(crate) reading_stream: bool,
+    /// Pre-allocated segments for the next sends (closed with the channel).
+    spares: SparePool,
     /// SUBSCRIBE frames, when this side publishes (`accept_subscribe`).
     pub(crate) subscribes: VecDeque<Frame>,
     pub(crate) accept_subscribe: bool,
@@ -87,7 +91,9 @@ pub struct Channel {
 
 impl Channel {
     fn new(fd: OwnedFd, opts: Options) -> Channel {
+        let spares = SparePool::new(if opts.spare_segments { DEFAULT_SPARE_BYTES } else { 0 });
         Channel {
+            spares,
             fd,
             opts,
             next_id: 1,
@@ -113,12 +119,15 @@ impl Channel {
         }
     }
 
+    /// The peer's `implementation` string from the handshake (e.g. `arrow-shm-py/0.1.0`).
     pub fn peer_implementation(&self) -> &str {
         &self.peer_implementation
     }
+    /// The capabilities the peer listed in the handshake (e.g. `stream`, `lease`).
     pub fn peer_capabilities(&self) -> &[String] {
         &self.peer_caps
     }
+    /// The peer's process id (`SO_PEERCRED` on the listening side, its HELLO/WELCOME otherwise).
     pub fn peer_pid(&self) -> i32 {
         self.peer_pid
     }
@@ -378,7 +387,8 @@ impl Channel {
                 }
                 Ok(())
             }
-            Kind::Hello | Kind::Welcome => Err(self.fatal(Error::new(
+            // A channel is not a table store (§15): STORE frames are as unexpected as a second HELLO.
+            Kind::Hello | Kind::Welcome | Kind::Store => Err(self.fatal(Error::new(
                 ErrorCode::Protocol,
                 format!("{:?} after the handshake", frame.kind),
             ))),
@@ -387,6 +397,7 @@ impl Channel {
 
     /// §5.1 for an incoming TABLE: check, map, validate, then ACK or ERROR.
     fn on_table(&mut self, frame: Frame, fds: Vec<OwnedFd>) -> Result<()> {
+        trace_stage(HandoffStage::Wake, frame.message_id);
         let result = self.open_table(&frame, &fds);
         drop(fds); // the mapping keeps the memory; the fd is not needed any more
         let err_flags = if frame.flags & FLAG_REQUEST != 0 { FLAG_RESPONSE } else { 0 };
@@ -395,6 +406,7 @@ impl Channel {
                 let mut ack = Frame::new(Kind::Ack);
                 ack.correlation_id = frame.message_id;
                 self.send_frame(ack, None)?;
+                trace_stage(HandoffStage::Ack, frame.message_id);
             }
             Err(e) => {
                 self.send_error(frame.message_id, err_flags, e.code, &e.message)?;
@@ -416,11 +428,34 @@ impl Channel {
     }
 
     fn open_table(&self, frame: &Frame, fds: &[OwnedFd]) -> Result<ReceivedTable> {
+        if frame.flags & FLAG_INLINE != 0 {
+            return self.open_inline_table(frame, fds);
+        }
         if frame.flags & FLAG_LEASED != 0 {
             return err(ErrorCode::SegmentUnsealed, "LEASED segments are not accepted (no `lease` capability)");
         }
         let (map, len) = open_frame_segment("TABLE", frame, fds, self.opts.max_message_bytes, self.opts.allow_unsealed)?;
-        ReceivedTable::new(map, frame.ipc_offset as usize, len as usize, Some(frame), &self.opts.limits)
+        trace_stage(HandoffStage::Map, frame.message_id);
+        let table = ReceivedTable::new(map, frame.ipc_offset as usize, len as usize, Some(frame), &self.opts.limits)?;
+        trace_stage(HandoffStage::Check, frame.message_id);
+        Ok(table)
+    }
+
+    /// §5.3: an INLINE table (its framing was checked by `Frame::decode`; its bytes are still in
+    /// the receive buffer) is copied into this process's own memory, then checked like a segment.
+    fn open_inline_table(&self, frame: &Frame, fds: &[OwnedFd]) -> Result<ReceivedTable> {
+        if !fds.is_empty() || frame.flags & FLAG_LEASED != 0 {
+            return err(ErrorCode::Protocol, format!("an INLINE TABLE with {} fds attached or flag LEASED", fds.len()));
+        }
+        if frame.ipc_length > self.opts.max_message_bytes {
+            return err(ErrorCode::TooLarge, format!("ipc_length {} exceeds max_message_bytes {}", frame.ipc_length, self.opts.max_message_bytes));
+        }
+        let start = frame.ipc_offset as usize; // within the frame: Frame::decode checked it
+        let map = Mapping::copy_of(&self.recv_buf[start..start + frame.ipc_length as usize])?;
+        trace_stage(HandoffStage::Map, frame.message_id);
+        let table = ReceivedTable::new(map, 0, frame.ipc_length as usize, Some(frame), &self.opts.limits)?;
+        trace_stage(HandoffStage::Check, frame.message_id);
+        Ok(table)
     }
 
     /// Receives the next table (not a response to one of this side's requests). A table that
@@ -458,6 +493,7 @@ impl Channel {
             }
         }
         let fd = seg.finish(true)?;
+        trace_stage(HandoffStage::Copy, self.next_id);
         let mut f = Frame::new(Kind::Table);
         f.flags = flags;
         f.correlation_id = correlation_id;
@@ -465,6 +501,7 @@ impl Channel {
         f.ipc_length = ipc_length as u64;
         f.metadata = metadata.clone();
         let id = self.send_frame(f, Some(&fd))?;
+        trace_stage(HandoffStage::Send, id);
         drop(fd); // ownership passed with the fd
         self.awaiting_ack.insert(id);
         Ok(id)
@@ -496,28 +533,31 @@ impl Channel {
         if ipc.is_empty() {
             return err(ErrorCode::InvalidArgument, "empty IPC stream");
         }
-        let (seg, len) = ipc::write_bytes_segment(ipc, 0)?;
+        let (seg, len) = ipc::write_bytes_into(ipc, |n| self.spares.take(n))?;
         let id = self.send_segment(seg, len, metadata, 0, 0)?;
         self.wait_ack(id, timeout)?;
+        self.spares.prepare(len);
         Ok(id)
     }
 
     /// Writes `batches` into a sealed segment (64-byte aligned IPC), sends it, waits for the ACK.
     pub fn send_batches(&mut self, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<u64> {
-        let (seg, len) = ipc::write_batches_segment(schema, batches, 0)?;
+        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
         let id = self.send_segment(seg, len, metadata, 0, 0)?;
         self.wait_ack(id, timeout)?;
+        self.spares.prepare(len);
         Ok(id)
     }
 
     /// Sends a REQUEST table and waits for its response (a RESPONSE table, or the peer's ERROR).
     pub fn request(&mut self, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<ReceivedTable> {
         let dl = deadline(timeout);
-        let (seg, len) = ipc::write_batches_segment(schema, batches, 0)?;
+        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
         let id = self.send_segment(seg, len, metadata, FLAG_REQUEST, 0)?;
         self.awaiting_response.insert(id);
         loop {
             if let Some(r) = self.responses.remove(&id) {
+                self.spares.prepare(len);
                 return r;
             }
             match self.pump(dl) {
@@ -534,9 +574,10 @@ impl Channel {
 
     /// Answers a request with a RESPONSE table (waits for its ACK).
     pub fn respond(&mut self, request_id: u64, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<u64> {
-        let (seg, len) = ipc::write_batches_segment(schema, batches, 0)?;
+        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
         let id = self.send_segment(seg, len, metadata, FLAG_RESPONSE, request_id)?;
         self.wait_ack(id, timeout)?;
+        self.spares.prepare(len);
         Ok(id)
     }
 
@@ -561,6 +602,7 @@ impl Channel {
             let _ = self.send_frame(Frame::new(Kind::Goodbye), None);
         }
         self.shutdown();
+        self.spares.close();
     }
 }
 

@@ -19,10 +19,11 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// Decoding limits of every received IPC message (PROTOCOL.md §14.1).
     pub limits: ipc::Limits,
-    /// Received tables (requests included) not yet taken by [`Channel::receive`]: at 64, or at
+    /// Received tables (requests included) not yet taken by [`crate::Channel::receive`]: at 64, or at
     /// `max_inbox_bytes` (1 GiB) of their `ipc_length`, this side stops reading the socket, so
     /// the kernel's socket buffer pushes back on the sender (§14.2).
     pub max_inbox_messages: usize,
+    /// See `max_inbox_messages`: bytes (of `ipc_length`) of received tables not yet taken. Default 1 GiB.
     pub max_inbox_bytes: u64,
     /// STREAM_OPEN offers not yet accepted (and, on a publication's connection, SUBSCRIBEs not
     /// yet taken); the next one is answered `ERR_RESOURCE_LIMIT`. Default 16.
@@ -33,6 +34,9 @@ pub struct Options {
     /// [`crate::server::Server`]: a connection that sent no table for this long is told
     /// `ERR_TIMEOUT` and closed. Default 300,000 (5 min); 0 = never.
     pub idle_timeout_ms: u64,
+    /// Prepare the next send's segment on a background thread, pre-allocated, one per size class
+    /// of recent sends and within 1 GiB (see [`crate::pool::SparePool`]). Default `true`.
+    pub spare_segments: bool,
 }
 
 impl Default for Options {
@@ -48,6 +52,7 @@ impl Default for Options {
             max_stream_offers: 16,
             max_connections: 256,
             idle_timeout_ms: 300_000,
+            spare_segments: true,
         }
     }
 }

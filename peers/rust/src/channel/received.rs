@@ -21,6 +21,7 @@ pub struct ReceivedTable {
     pub message_id: u64,
     /// The TABLE frame's `correlation_id` (non-zero for a response).
     pub correlation_id: u64,
+    /// The TABLE frame's flags (`FLAG_REQUEST`, `FLAG_RESPONSE`).
     pub flags: u8,
     /// User metadata of the TABLE frame.
     pub metadata: KeyValues,
@@ -50,6 +51,7 @@ impl ReceivedTable {
         Ok(m)
     }
 
+    /// Whether the sender asked for a response (flag `REQUEST`): answer with [`crate::Channel::respond`].
     pub fn is_request(&self) -> bool {
         self.flags & FLAG_REQUEST != 0
     }
@@ -60,10 +62,12 @@ impl ReceivedTable {
         &self.map.as_slice()[self.ipc_offset..self.ipc_offset + self.ipc_length]
     }
 
+    /// Length of the IPC range in the segment, in bytes.
     pub fn ipc_length(&self) -> usize {
         self.ipc_length
     }
 
+    /// What the framing check found: messages, batches, where the stream ends.
     pub fn stream_info(&self) -> StreamInfo {
         self.info
     }
@@ -80,6 +84,8 @@ impl ReceivedTable {
 
     /// Decodes the table in place (zero-copy; see [`ipc::decode_validated`]).
     pub fn decode(&self) -> Result<Table> {
-        ipc::decode_validated(&self.buffer().slice_with_length(0, self.info.end))
+        let table = ipc::decode_validated(&self.buffer().slice_with_length(0, self.info.end))?;
+        crate::trace::trace_stage(crate::trace::HandoffStage::Decode, self.message_id);
+        Ok(table)
     }
 }

@@ -24,14 +24,18 @@ use crate::server::Server;
 use output::{print_summary, Output};
 use usage::{command, parse_args, usage_line, Args};
 
+/// The program name used in messages (`arrow-shm: ...`), as the other peers' CLIs print it.
 pub const PROG: &str = "arrow-shm";
 
 /// Why the command failed: bad usage (exit 2) or an arrow-shm error (exit 1); or help was
 /// asked for (printed to stdout, exit 0).
 #[derive(Debug)]
 pub enum CliError {
+    /// Help was asked for: the text for stdout (exit 0).
     Help(String),
+    /// Bad usage: the one-line message for stderr (exit 2).
     Usage(String),
+    /// The command failed with an arrow-shm error (exit 1).
     Failed(Error),
 }
 

@@ -120,6 +120,7 @@ impl StreamReader {
         })
     }
 
+    /// The stream's schema.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -135,10 +136,12 @@ impl StreamReader {
         &self.data
     }
 
+    /// Batches read so far.
     pub fn batches_read(&self) -> u64 {
         self.batches_read
     }
 
+    /// Whether the END record was read.
     pub fn ended(&self) -> bool {
         self.ended
     }

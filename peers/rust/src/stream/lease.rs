@@ -91,6 +91,7 @@ pub(super) fn leased_buffer(mapping: &Arc<Mapping>, offset: usize, len: usize, r
 /// clone of its arrays are dropped (releases are in order: a record held longer holds back the
 /// ones after it, and so the producer's room).
 pub struct StreamBatch {
+    /// The batch; its buffers point into the ring.
     pub batch: RecordBatch,
     /// The record's sequence number (0, 1, 2, ... over the stream's batches).
     pub sequence: u64,

@@ -100,6 +100,7 @@ pub struct RingProducer {
 }
 
 impl RingProducer {
+    /// A new ring for `schema` with `options.capacity` bytes (checked: a power of two within limits).
     pub fn new(schema: SchemaRef, options: WriterOptions) -> Result<RingProducer> {
         check_capacity(options.capacity)?;
         if !(1..=MAX_READERS).contains(&options.max_readers) {
@@ -149,10 +150,12 @@ impl RingProducer {
         })
     }
 
+    /// The stream's schema.
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
+    /// The ring's data area in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -330,9 +333,7 @@ impl RingProducer {
     /// valid IPC stream on its own), sent to every reader before the EXTERNAL record (§12.1).
     fn send_segment(&mut self, payload: &[u8], sequence: u64) -> Result<()> {
         let mut seg = WritableSegment::new(self.schema_bytes.len() + payload.len())?;
-        let bytes = seg.bytes_mut();
-        bytes[..self.schema_bytes.len()].copy_from_slice(&self.schema_bytes);
-        bytes[self.schema_bytes.len()..].copy_from_slice(payload);
+        seg.write_at(0, &[&self.schema_bytes, payload])?;
         let fd = seg.finish(true)?;
         let mut failed = Vec::new();
         for (slot, r) in self.readers.iter_mut() {
@@ -510,6 +511,7 @@ pub fn open_stream(channel: Channel, schema: SchemaRef, mut options: WriterOptio
 }
 
 impl StreamWriter {
+    /// The stream's schema.
     pub fn schema(&self) -> &SchemaRef {
         self.producer.schema()
     }

@@ -26,6 +26,7 @@ pub fn publish(address: &str, schema: SchemaRef, options: WriterOptions) -> Resu
 }
 
 impl Publication {
+    /// The address the publication listens on (`None` once closed).
     pub fn address(&self) -> Option<&str> {
         self.listener.as_ref().map(|l| l.address())
     }
