@@ -13,6 +13,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, Optional, Sequence, Set, Union
 
+import pyarrow as pa
+
 from .errors import (
     CODES,
     ERR_CLOSED,
@@ -38,20 +40,19 @@ from .frame import (
     decode_frame,
     encode_frame,
     error_frame,
+    inline_room,
 )
 from .handshake import Agreement, check_hello, check_welcome, hello_metadata, welcome_metadata
 from .ipc import DEFAULT_VALIDATE, check_validate
 from .limits import IpcLimits, SchemaCache, resolve_ipc_limits
-from .message import ReceivedTable, open_segment
+from .message import ReceivedTable, open_inline, open_segment
 from .pool import SparePool
-from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, close_fds, write_table_segment
+from .segment import DEFAULT_MAX_MESSAGE_BYTES, Segment, _batches, _write_stream, close_fds, write_table_segment
 from .sockets import connect_socket, deadline_after, peer_credentials, recv_with_fds, time_left
 from .stream_link import PeerInfo, StreamLink
 from .trace import trace_stage
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pyarrow as pa
-
     from .builder import SegmentBuilder
     from .consumer import StreamReader
     from .producer import StreamWriter
@@ -59,12 +60,14 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Frame kinds that carry file descriptors.
 _FD_KINDS = (Kind.TABLE, Kind.STREAM_OPEN, Kind.STREAM_SEGMENT)
 #: Capabilities this peer accepts as a receiver.
-CAPABILITIES = ("lease", "stream")
+CAPABILITIES = ("lease", "stream", "inline")
 HANDSHAKE_TIMEOUT = 5.0
 # Resource limits, PROTOCOL.md §14.2 (same names and defaults in every peer).
 DEFAULT_MAX_INBOX_MESSAGES = 64
 DEFAULT_MAX_INBOX_BYTES = 1024**3
 DEFAULT_MAX_STREAM_OFFERS = 16
+#: Streams up to this size go inside the TABLE frame when the peer listed `inline` (§5.3).
+DEFAULT_MAX_INLINE_BYTES = 65536
 
 
 class _Pending:
@@ -100,6 +103,10 @@ class Channel:
     - ``max_stream_offers`` (16): ``STREAM_OPEN`` offers not yet accepted; the next one is answered
       ``ERROR ERR_RESOURCE_LIMIT``.
 
+    ``max_inline_bytes`` (65536; 0 = always a segment): a table whose IPC stream is at most this
+    size and fits in one frame with its metadata goes inside the TABLE frame (§5.3), when the peer
+    listed ``inline``.
+
     Decoding limits (§14.1): ``ipc_limits``, an :class:`IpcLimits` or a mapping of some of its
     fields (the others default), checked on every received table and stream record before pyarrow
     sees it; a table over a limit is refused with ``ERROR ERR_IPC_LIMIT``.
@@ -120,7 +127,11 @@ class Channel:
         max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
         max_stream_offers: int = DEFAULT_MAX_STREAM_OFFERS,
         ipc_limits: Union[IpcLimits, Dict[str, int], None] = None,
+        max_inline_bytes: int = DEFAULT_MAX_INLINE_BYTES,
     ) -> None:
+        if not isinstance(max_inline_bytes, int) or max_inline_bytes < 0:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"max_inline_bytes must be a non-negative integer, got {max_inline_bytes!r}")
+        self.max_inline_bytes = max_inline_bytes
         if max_message_bytes <= 0:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "max_message_bytes must be positive")
         self.max_inbox_messages = positive("max_inbox_messages", max_inbox_messages)
@@ -448,7 +459,15 @@ class Channel:
     def _on_table(self, frame: Frame, fds: list[int], outbox: list[Frame]) -> Optional[ArrowShmError]:
         leased = bool(frame.flags & Flags.LEASED)
         error: Optional[ArrowShmError] = None
-        if len(fds) != 1 or frame.fd_count != 1:
+        mapping: Optional[mmap.mmap] = None
+        inline: Optional[pa.Buffer] = None
+        if frame.inline is not None:
+            inlined = self._inline_table(frame, fds)
+            if isinstance(inlined, ArrowShmError):
+                error = inlined
+            else:
+                inline = inlined
+        elif len(fds) != 1 or frame.fd_count != 1:
             # Message-level (PROTOCOL.md §5.1 step 1): refuse this TABLE, keep the connection.
             close_fds(fds)
             error = ArrowShmError(
@@ -468,7 +487,8 @@ class Channel:
         message_id = frame.message_id
         message = ReceivedTable(
             mapping=mapping,
-            ipc_offset=frame.ipc_offset,
+            inline=inline,
+            ipc_offset=0 if inline is not None else frame.ipc_offset,
             ipc_length=frame.ipc_length,
             message_id=frame.message_id,
             correlation_id=frame.correlation_id,
@@ -481,6 +501,27 @@ class Channel:
         outbox.append(Frame(kind=Kind.ACK, correlation_id=frame.message_id))
         self._deliver(frame, message)
         return None
+
+    def _inline_table(self, frame: Frame, fds: list[int]) -> Union[pa.Buffer, ArrowShmError]:
+        """PROTOCOL.md §5.3 (decode_frame checked where the stream lies): the table's own bytes, or
+        the error to answer. Closes any fd."""
+        if fds or frame.fd_count != 0 or frame.flags & Flags.LEASED:
+            close_fds(fds)
+            return ArrowShmError(
+                ERR_PROTOCOL,
+                f"INLINE TABLE frame must carry no fd and no LEASED flag (fds {len(fds)}, fd_count {frame.fd_count})",
+            )
+        assert frame.inline is not None
+        try:
+            return open_inline(
+                memoryview(frame.inline),
+                max_message_bytes=self.max_message_bytes,
+                ipc_limits=self.ipc_limits,
+                schemas=self._schemas,
+                message_id=frame.message_id,
+            )
+        except ArrowShmError as e:
+            return e
 
     def _map_table(self, frame: Frame, fd: int, leased: bool) -> Union[mmap.mmap, ArrowShmError]:
         """PROTOCOL.md §5.1 steps 2-7: the read-only mapping, or the error to answer. Always closes fd."""
@@ -575,6 +616,12 @@ class Channel:
     ) -> tuple[int, _Pending]:
         if self._sock is None:
             raise self._failure or ArrowShmError(ERR_CLOSED, "channel is closed")
+        room = min(self.max_inline_bytes, inline_room(metadata)) if "inline" in self.peer_capabilities else 0
+        inline, data = _inline_stream(data, room)
+        if inline is not None:
+            frame = Frame(kind=Kind.TABLE, flags=flags | Flags.INLINE, correlation_id=correlation_id, inline=inline)
+            trace_stage("copy", 0)
+            return self._send_table(frame, None, len(inline), metadata, request=request)
         seg, length = write_table_segment(data, create=self._spares.take if self._spares else Segment.create)
         trace_stage("copy", 0)
         with seg:
@@ -587,6 +634,14 @@ class Channel:
         self, fd: int, ipc_offset: int, length: int, metadata: Optional[Dict[str, str]], *, flags: int, correlation_id: int, request: bool
     ) -> tuple[int, _Pending]:
         """The TABLE frame of a written, sealed segment (the caller still owns ``fd``)."""
+        frame = Frame(kind=Kind.TABLE, flags=flags, correlation_id=correlation_id, ipc_offset=ipc_offset, ipc_length=length)
+        return self._send_table(frame, fd, length, metadata, request=request)
+
+    def _send_table(
+        self, frame: Frame, fd: Optional[int], length: int, metadata: Optional[Dict[str, str]], *, request: bool
+    ) -> tuple[int, _Pending]:
+        """Send a TABLE frame (a segment's ``fd``, or None for an inline one) once its metadata and
+        size pass; the answer is filed under its message id."""
         if metadata:
             for key in metadata:
                 if isinstance(key, str) and key.startswith("arrow-shm."):
@@ -596,14 +651,7 @@ class Channel:
                 ERR_TOO_LARGE, f"{length}-byte message exceeds the peer's max_message_bytes {self.peer_max_message_bytes}"
             )
         pending = _Pending(request)
-        frame = Frame(
-            kind=Kind.TABLE,
-            flags=flags,
-            correlation_id=correlation_id,
-            ipc_offset=ipc_offset,
-            ipc_length=length,
-            metadata=dict(metadata or {}),
-        )
+        frame.metadata = dict(metadata or {})
         message_id = self._send_frame(frame, fd, self._registering(pending))
         trace_stage("send", message_id)
         return message_id, pending
@@ -809,6 +857,30 @@ class Channel:
         except Exception:
             pass
 
+
+
+def _inline_stream(data: Any, room: int) -> tuple[Any, Any]:
+    """(the IPC stream to send inline, or None; what to write in a segment otherwise). A table is
+    serialized only if its buffers alone fit in ``room``, and then not serialized again."""
+    if room <= 0:
+        return None, data
+    if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)):
+        raw = memoryview(data).cast("B")
+        return (raw if 0 < len(raw) <= room else None), data
+    # The buffers' total size gates the serialization (``nbytes`` crashes on union columns in
+    # pyarrow; a slice counts its whole buffers, so a small slice of a big table takes a segment).
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        estimate = data.get_total_buffer_size()
+    else:
+        data = list(data)  # a list (or iterable) of batches, read once; _batches checks the items
+        estimate = sum(b.get_total_buffer_size() if isinstance(b, pa.RecordBatch) else room + 1 for b in data)
+    if estimate > room:
+        return None, data
+    schema, batches = _batches(data)
+    sink = pa.BufferOutputStream()
+    _write_stream(sink, schema, batches)
+    stream = sink.getvalue()
+    return (stream if stream.size <= room else None), stream
 
 
 class _LinkPort:

@@ -48,9 +48,21 @@ class Flags(IntFlag):
     LEASED = 0x01
     REQUEST = 0x02
     RESPONSE = 0x04
+    #: TABLE only: the IPC stream is inside the frame, with no segment (§5.3).
+    INLINE = 0x08
 
 
-KNOWN_FLAGS = int(Flags.LEASED | Flags.REQUEST | Flags.RESPONSE)
+KNOWN_FLAGS = int(Flags.LEASED | Flags.REQUEST | Flags.RESPONSE | Flags.INLINE)
+
+
+def inline_offset(metadata_length: int) -> int:
+    """Where an INLINE TABLE's IPC stream starts: after the header and metadata, 8-aligned (§5.3)."""
+    return (HEADER_LENGTH + metadata_length + 7) & ~7
+
+
+def inline_room(metadata: Optional[Mapping[str, str]]) -> int:
+    """The largest IPC stream an INLINE TABLE frame with ``metadata`` can carry."""
+    return MAX_FRAME_BYTES - inline_offset(len(encode_kv(metadata)))
 
 
 @dataclass
@@ -66,6 +78,8 @@ class Frame:
     ipc_length: int = 0
     fd_count: int = 0
     metadata: Dict[str, str] = field(default_factory=dict)
+    #: An INLINE TABLE's IPC stream (§5.3); encode_frame sets ipc_offset/ipc_length from it.
+    inline: Optional[bytes | memoryview] = None
 
 
 def error_frame(code: str, message: str, correlation_id: int, flags: int = 0) -> Frame:
@@ -158,6 +172,13 @@ def encode_frame(frame: Frame) -> bytes:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, f"{name} {v} out of range")
     if frame.flags & ~KNOWN_FLAGS:
         raise ArrowShmError(ERR_INVALID_ARGUMENT, f"unknown flags 0x{frame.flags:x}")
+    padding = b""
+    if frame.inline is not None:
+        start = inline_offset(len(meta))
+        if not 0 < len(frame.inline) <= MAX_FRAME_BYTES - start:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"inline stream of {len(frame.inline)} bytes does not fit in the frame")
+        frame.ipc_offset, frame.ipc_length = start, len(frame.inline)
+        padding = b"\0" * (start - HEADER_LENGTH - len(meta))
     header = _HEADER.pack(
         MAGIC,
         frame.version,
@@ -172,6 +193,8 @@ def encode_frame(frame: Frame) -> bytes:
         frame.fd_count,
         b"\0" * 12,
     )
+    if frame.inline is not None:
+        return b"".join((header, meta, padding, frame.inline))
     return header + meta
 
 
@@ -207,11 +230,25 @@ def decode_frame(data: bytes | memoryview) -> Frame:
         raise _protocol(f"unknown frame flags 0x{flags:x}")
     if header_length != HEADER_LENGTH:
         raise _protocol(f"header length {header_length}, expected {HEADER_LENGTH}")
-    if metadata_length != n - HEADER_LENGTH:
+    metadata_end = n
+    inline: Optional[memoryview] = None
+    if flags & Flags.INLINE:
+        # §5.3: header, metadata, padding to 8, then exactly the IPC stream, to the end of the frame.
+        if kind != Kind.TABLE:
+            raise _protocol(f"INLINE flag on a {Kind(kind).name} frame")
+        start = inline_offset(metadata_length)
+        if metadata_length > n - HEADER_LENGTH or ipc_offset != start or ipc_length == 0 or ipc_offset + ipc_length != n:
+            raise _protocol(
+                f"INLINE TABLE frame of {n} bytes with metadata {metadata_length}, IPC range [{ipc_offset}, +{ipc_length}):"
+                f" the stream must start at {start} and end the frame"
+            )
+        metadata_end = HEADER_LENGTH + metadata_length
+        inline = memoryview(data)[start:]
+    elif metadata_length != n - HEADER_LENGTH:
         raise _protocol(
             f"metadata length {metadata_length} does not match the {n - HEADER_LENGTH} bytes after the header"
         )
-    kv = decode_kv(memoryview(data)[HEADER_LENGTH:])
+    kv = decode_kv(memoryview(data)[HEADER_LENGTH:metadata_end])
     return Frame(
         kind=Kind(kind),
         version=version,
@@ -222,4 +259,5 @@ def decode_frame(data: bytes | memoryview) -> Frame:
         ipc_length=ipc_length,
         fd_count=fd_count,
         metadata=kv,
+        inline=inline,
     )

@@ -410,6 +410,12 @@ def read_ipc_file_as_stream(data: bytes) -> bytes:
             for batch in batches:
                 writer.write_batch(batch)
         stream: bytes = sink.getvalue().to_pybytes()
-        return stream
     except (pa.ArrowException, EOFError, ValueError, OSError) as e:
         raise map_arrow_error(e) from None
+    # pyarrow's writer can still turn contents that pass validation into a stream no receiver
+    # takes (a negative body length, found by fuzzing): check the stream as a receiver would.
+    try:
+        validate_stream(stream)
+    except ArrowShmError as e:
+        raise ArrowShmError(ERR_IPC_INVALID, f"the file's contents do not re-frame as a valid stream: {e.message}") from None
+    return stream

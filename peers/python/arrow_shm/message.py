@@ -1,4 +1,4 @@
-"""A received table: an IPC stream living in a read-only shared mapping."""
+"""A received table: an IPC stream living in a read-only shared mapping (or, inline, in its own buffer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 import pyarrow as pa
 
-from .errors import ERR_CLOSED, ArrowShmError, syscall_error
+from .errors import ERR_CLOSED, ERR_TOO_LARGE, ArrowShmError, syscall_error
 from .frame import Flags
 from .ipc import DEFAULT_VALIDATE, StreamInfo, check_validate, decode_table, validate_stream
 from .limits import IpcLimits, SchemaCache
@@ -68,6 +68,27 @@ def open_segment(
     return mapping, info
 
 
+def open_inline(
+    data: memoryview,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ipc_limits: Optional[IpcLimits] = None,
+    schemas: Optional[SchemaCache] = None,
+    message_id: int = 0,
+) -> pa.Buffer:
+    """PROTOCOL §5.3: an INLINE TABLE's stream gets §5.1 step 5 (``max_message_bytes``) and step 7
+    (the IPC checks), then is copied into a buffer of its own (64-aligned, so pyarrow reads it in
+    place) that outlives the frame. Raises the typed error."""
+    if len(data) > max_message_bytes:
+        raise ArrowShmError(ERR_TOO_LARGE, f"ipc_length {len(data)} exceeds max_message_bytes {max_message_bytes}")
+    trace_stage("map", message_id)
+    validate_stream(data, ipc_limits, schemas)
+    trace_stage("check", message_id)
+    owned = pa.allocate_buffer(len(data))
+    memoryview(owned).cast("B")[:] = data
+    return owned
+
+
 class ReceivedTable:
     """One received TABLE (named apart from ``pyarrow.ipc.Message``, which is one IPC message).
 
@@ -86,7 +107,7 @@ class ReceivedTable:
     def __init__(
         self,
         *,
-        mapping: mmap.mmap,
+        mapping: Optional[mmap.mmap],
         ipc_offset: int,
         ipc_length: int,
         message_id: int = 0,
@@ -96,9 +117,13 @@ class ReceivedTable:
         channel: Optional["Channel"] = None,
         validate: str = DEFAULT_VALIDATE,
         on_release: Optional[Callable[[], None]] = None,
+        inline: Optional[pa.Buffer] = None,
     ) -> None:
         self._mapping: Optional[mmap.mmap] = mapping
-        self._buffer: Optional[pa.Buffer] = pa.py_buffer(mapping).slice(ipc_offset, ipc_length)
+        #: An INLINE table (§5.3) owns its bytes (``inline``, 8-aligned) instead of a mapping.
+        self._buffer: Optional[pa.Buffer] = (
+            inline if mapping is None else pa.py_buffer(mapping).slice(ipc_offset, ipc_length)
+        )
         self._table: Optional[pa.Table] = None
         self._error: Optional[ArrowShmError] = None
         self._channel = channel
@@ -116,6 +141,11 @@ class ReceivedTable:
     @property
     def leased(self) -> bool:
         return bool(self.flags & Flags.LEASED)
+
+    @property
+    def inline(self) -> bool:
+        """The table came inside its TABLE frame (§5.3), not in a segment."""
+        return bool(self.flags & Flags.INLINE)
 
     @property
     def is_request(self) -> bool:
@@ -148,9 +178,12 @@ class ReceivedTable:
         return self._table
 
     def mapping_range(self) -> tuple[int, int]:
-        """(address, size) of the whole read-only mapping (for zero-copy checks)."""
+        """(address, size) of the whole read-only mapping (for zero-copy checks); for an inline
+        table, of its own buffer."""
         if self._buffer is None:
             raise ArrowShmError(ERR_CLOSED, "message is closed")
+        if self._mapping is None:
+            return self._buffer.address, self._buffer.size
         start = self._buffer.address - self.ipc_offset
         assert self._mapping is not None
         return start, len(self._mapping)

@@ -117,7 +117,7 @@ def test_abstract_address():
 def test_send_receive_both_directions_metadata_and_handshake_info(sock_path):
     lst, server, client = pair(sock_path)
     with lst, server, client:
-        assert client.peer_capabilities == {"lease", "stream"} and server.peer_capabilities == {"lease", "stream"}
+        assert client.peer_capabilities == {"lease", "stream", "inline"} and server.peer_capabilities == {"lease", "stream", "inline"}
         assert client.peer_max_message_bytes == server.max_message_bytes
         assert client.peer_pid == os.getpid() and client.peer_uid == os.geteuid()
         t = threading.Thread(target=lambda: client.send(TABLE, {"name": "symbols"}, timeout=5))
