@@ -98,21 +98,24 @@ test('a builder refuses buffers it did not hand out, dictionaries, room it does 
 
 test('a batch built in shared memory reaches a Python receiver (pyarrow reads it in place)', { skip: !hasVenv() && 'needs the Python venv (.build/venv)' }, async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-builder-'));
-  const address = path.join(dir, 'sock');
-  const out = path.join(dir, 'out.arrows'); // one table: --out names the file
-  const recv = await startListening(path.join(repoRoot, 'peers', 'run'), ['python', 'recv', '--socket', address, '--count', '1', '--out', out, '--print']);
-  const client = await connect(address);
   try {
-    const builder = TableBuilder.create(64 * 1024);
-    const prepared = builder.finish(build(builder));
-    await client.send(prepared);
-    prepared.close();
+    const address = path.join(dir, 'sock');
+    const out = path.join(dir, 'out.arrows'); // one table: --out names the file
+    const recv = await startListening(path.join(repoRoot, 'peers', 'run'), ['python', 'recv', '--socket', address, '--count', '1', '--out', out, '--print']);
+    const client = await connect(address);
+    try {
+      const builder = TableBuilder.create(64 * 1024);
+      const prepared = builder.finish(build(builder));
+      await client.send(prepared);
+      prepared.close();
+    } finally {
+      client.close();
+    }
+    const got = await recv.done;
+    assert.equal(got.code, 0, got.stderr);
+    assert.match(got.stdout, /rows: 1000/);
+    check(decodeTable(new Uint8Array(readFileSync(out))));
   } finally {
-    client.close();
+    rmSync(dir, { recursive: true, force: true });
   }
-  const got = await recv.done;
-  assert.equal(got.code, 0, got.stderr);
-  assert.match(got.stdout, /rows: 1000/);
-  check(decodeTable(new Uint8Array(readFileSync(out))));
-  rmSync(dir, { recursive: true, force: true });
 });

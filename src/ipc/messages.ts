@@ -69,8 +69,9 @@ export class SchemaCache {
     return known?.checked;
   }
 
+  /** `bytes`: the schema's own copy (the message was decoded from it), kept as it is. */
   add(bytes: Uint8Array, checked: CheckedSchema): void {
-    this.#known.unshift({ bytes: bytes.slice(), checked });
+    this.#known.unshift({ bytes, checked });
     if (this.#known.length > SCHEMAS_KEPT) this.#known.pop();
   }
 }
@@ -127,16 +128,17 @@ export class IpcMessageChecker {
       }
     }
     let message: Message;
+    let schemaBytes: Uint8Array | undefined;
     try {
       // arrow-js decodes a header lazily from these bytes: a Schema, which outlives its stream in
       // the cache, gets bytes of its own (a received segment is unmapped when its table closes).
-      message = Message.decode(type === MessageHeader.Schema ? metadata.slice() : metadata);
+      message = Message.decode(type === MessageHeader.Schema ? (schemaBytes = metadata.slice()) : metadata);
     } catch (e) {
       throw fail('ERR_IPC_INVALID', `undecodable message metadata ${where}: ${(e as Error).message}`, e);
     }
     if (type === MessageHeader.Schema) {
       this.#schema = new CheckedSchema(message, this.#layout!);
-      this.#schemas?.add(metadata, this.#schema);
+      this.#schemas?.add(schemaBytes!, this.#schema);
     }
     return message;
   }

@@ -27,12 +27,15 @@ export class PreparedTable {
   }
 
   /**
-   * @internal `from` for a planned stream or raw bytes, into a spare segment of `spares` when one
-   * is ready: its pages are already allocated and mapped, so the copy is one memcpy.
+   * @internal `from` for a planned stream or raw bytes (`checked`: already validated), into a spare
+   * segment of `spares` when one is ready: its pages are already allocated and mapped, so the copy
+   * is one memcpy.
    */
-  static write(data: IpcLayout | Uint8Array, spares: SparePool | null): PreparedTable {
+  static write(data: IpcLayout | Uint8Array, spares: SparePool | null, checked = false): PreparedTable {
     const layout = data instanceof Uint8Array ? null : data;
-    const length = layout ? layout.byteLength : Math.max(validateIpcStream(data as Uint8Array).streamLength, data.byteLength, 1);
+    // Raw bytes are checked to be an IPC stream first (`checked`: the caller did); the whole range is sent.
+    if (!layout && !checked) validateIpcStream(data as Uint8Array);
+    const length = data.byteLength;
     const spare = spares?.take(length) ?? null;
     const segment = spare ?? Segment.create(length);
     try {

@@ -248,7 +248,8 @@ export class Channel {
     if (data instanceof PreparedTable) return this.#sendTableFrame({ fd: data.segment.fd, ipcOffset: data.ipcOffset, ipcLength: data.ipcLength }, flags, correlationId, options, undefined, { registered: (id) => onId?.(id) });
     const source = data instanceof Uint8Array ? data : layoutIpcStream(data);
     if (source instanceof Uint8Array) validateIpcStream(source);
-    if (this.#peer.capabilities.includes('inline') && source.byteLength <= Math.min(this.#options.maxInlineBytes, inlineRoom(options.metadata))) {
+    // inlineRoom encodes the metadata: only asked when the stream could fit at all.
+    if (this.#peer.capabilities.includes('inline') && source.byteLength <= this.#options.maxInlineBytes && source.byteLength <= inlineRoom(options.metadata)) {
       const inline: InlineStream = { byteLength: source.byteLength, writeInto: (target) => (source instanceof Uint8Array ? target.set(source) : writeIpcLayout(source, target)) };
       return this.#sendTableFrame({ inline }, flags | FrameFlags.INLINE, correlationId, options, undefined, { registered: (id) => onId?.(id) });
     }
@@ -256,7 +257,7 @@ export class Channel {
       const leased = this.#sendLeased(source, options, flags, correlationId, onId);
       if (leased) return leased;
     }
-    const prepared = PreparedTable.write(source, this.#spares);
+    const prepared = PreparedTable.write(source, this.#spares, true); // raw bytes were checked above
     // A segment made for this send is closed as soon as its fd is in flight (or the send failed).
     const closeOwn = () => prepared.close();
     try {
