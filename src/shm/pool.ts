@@ -67,8 +67,8 @@ abstract class ClassedPool {
 /**
  * Spare segments for sealed sends, made ready off the send path: mapped writable, and every page
  * allocated, zeroed and mapped on the libuv threadpool (MADV_POPULATE_WRITE). A send copies into
- * warm pages (one memcpy, no page fault), then unmaps and seals; measured on the 100k-symbol table
- * that is about 1.5x faster than pwrite into a fresh memfd, or into one fallocate(2) prepared.
+ * warm pages (one memcpy, no page fault), then unmaps and seals: faster than pwrite into a fresh
+ * memfd or into one fallocate(2) prepared (the `copy` stage of `npm run bench -- --breakdown`).
  * `take` hands one out and starts preparing its replacement at the size just asked for
  * (page-rounded), so the pool follows the traffic and a send unmaps no more than it wrote.
  */
