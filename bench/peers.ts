@@ -28,19 +28,29 @@ const rustExample = (name: string) => path.join(root, '.build', 'rust', 'release
 /** A running peer program and its lines. */
 export class PeerProcess {
   #lines: Line[] = [];
-  #waiters: ((line: Line) => void)[] = [];
+  #waiters: { resolve: (line: Line) => void; reject: (e: Error) => void }[] = [];
+  /** Set once the program exited: later waits fail instead of hanging the benchmark. */
+  #gone: Error | null = null;
 
-  private constructor(readonly child: ChildProcess) {}
+  private constructor(readonly child: ChildProcess) {
+    // 'close': after its output was read to the end, so no line it printed is lost.
+    child.once('close', (code, signal) => {
+      this.#gone = new Error(`${child.spawnfile} exited (${signal ?? code}) while the benchmark waited for its next line`);
+      for (const waiter of this.#waiters.splice(0)) waiter.reject(this.#gone);
+    });
+  }
 
-  /** The next line the program prints (or sends, for the v8 receiver). */
+  /** The next line the program prints (or sends, for the v8 receiver); rejects if it exits first. */
   next(): Promise<Line> {
     const line = this.#lines.shift();
-    return line ? Promise.resolve(line) : new Promise((resolve) => this.#waiters.push(resolve));
+    if (line) return Promise.resolve(line);
+    if (this.#gone) return Promise.reject(this.#gone);
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
 
   #push(line: Line): void {
     const waiter = this.#waiters.shift();
-    if (waiter) waiter(line);
+    if (waiter) waiter.resolve(line);
     else this.#lines.push(line);
   }
 

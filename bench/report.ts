@@ -220,8 +220,8 @@ export function writeReport(doc: Doc, root: string): void {
     );
   }
   lines.push('', 'Streams, publish/subscribe and the C ping-pong limit: see below (`npm run bench:stream`, also run by `npm run bench`).', '');
-  // The streams and the table store have benchmarks of their own (bench/stream.ts, bench/store.ts): keep their sections.
-  const kept = ['streams', 'store'].map(keep).filter((k): k is string => !!k);
+  // Streams, Flight and the table store have benchmarks of their own (bench/stream.ts, bench/flight.ts, bench/store.ts): keep their sections.
+  const kept = ['streams', 'flight', 'store'].map(keep).filter((k): k is string => !!k);
   writeFileSync(file, lines.join('\n') + kept.map((k) => `\n${k}\n`).join(''));
   const readme = path.join(root, 'README.md');
   const text = readFileSync(readme, 'utf8');

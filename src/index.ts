@@ -20,6 +20,7 @@ export { Publication, publish, subscribe, type PublicationOptions } from './stre
 export { FlightClient, type CallOptions, type FlightClientOptions } from './transport/flight-client.js';
 export { FlightServer, type FlightServerOptions } from './transport/flight-server.js';
 export { FlightMessage } from './transport/flight-message.js';
+export type { FlightInfo } from './transport/flight-info.js';
 export { isFlightAddress } from './transport/flight-codec.js';
 export { FlightChannel, FlightListener, type FlightChannelOptions, type FlightListenerOptions } from './transport/flight-channel.js';
 // connect/listen choose the transport by address: a path or @name is shared memory, grpc:// is Flight.

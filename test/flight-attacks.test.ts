@@ -217,7 +217,7 @@ test('secure by default: a non-loopback address without TLS and a token is refus
   assert.match(allowed.stderr, /ERR_TIMEOUT/);
 });
 
-test('a hostile Flight server cannot crash the Node client or the CLI: bombs in DoGet and DoExchange answers, endless PutResults, a silent answer', { skip, timeout: 180_000 }, async () => {
+test('a hostile Flight server cannot crash the Node client or the CLI: bombs in DoGet, DoExchange and FlightInfo answers, endless PutResults and listings, a silent answer', { skip, timeout: 180_000 }, async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-hostile-'));
   const file = path.join(dir, 'small.arrows');
   writeFileSync(file, tableToIPC(generateSymbolTable(100), 'stream'));
@@ -232,11 +232,17 @@ test('a hostile Flight server cannot crash the Node client or the CLI: bombs in 
       const client = await FlightClient.connect(await hostile(kind), { timeoutMs: 30_000 });
       await assert.rejects(client.doGet('t'), code(expected), `DoGet answered with ${kind}`);
       await assert.rejects(client.exchange('t', readFileSync(file)), code(expected), `DoExchange answered with ${kind}`);
+      if (kind !== 'counts-mismatch') {
+        // Discovery: a FlightInfo's schema is checked (§14.1) before apache-arrow decodes it.
+        await assert.rejects(client.listFlights(), code(expected), `ListFlights answered with ${kind}`);
+        await assert.rejects(client.getFlightInfo('t'), code(expected), `GetFlightInfo answered with ${kind}`);
+      }
       client.close();
     }
     const endless = await hostile('put-results');
-    const client = await FlightClient.connect(endless, { timeoutMs: 30_000 });
+    const client = await FlightClient.connect(endless, { timeoutMs: 30_000, limits: { maxListedFlights: 5 } });
     await assert.rejects(client.doPut('t', readFileSync(file)), code('ERR_TOO_LARGE'));
+    assert.equal((await client.listFlights()).length, 5, 'an endless listing is read up to maxListedFlights');
     client.close();
     const silent = await FlightClient.connect(await hostile('silent'), { limits: { callIdleTimeoutMs: 1000 } });
     await assert.rejects(silent.doGet('t'), (e) => code('ERR_TIMEOUT')(e) && /callIdleTimeoutMs/.test((e as Error).message));
@@ -286,6 +292,7 @@ test('Flight limits: defaults as documented, bad values refused', async () => {
     callIdleTimeoutMs: 30_000,
     callTimeoutMs: 600_000,
     connectionIdleTimeoutMs: 300_000,
+    maxListedFlights: 1000,
     ipc: undefined,
   });
   await assert.rejects(FlightServer.listen('grpc://127.0.0.1:0', { limits: { maxCallBytes: 0 } }), code('ERR_INVALID_ARGUMENT'));

@@ -3,7 +3,8 @@
 // table arrive equal (pyarrow referees). Plus the CLI, tokens, TLS and typed errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -16,7 +17,7 @@ import { FlightClient } from '../src/transport/flight-client.js';
 import { FlightServer, receivedName } from '../src/transport/flight-server.js';
 import { toFlightData } from '../src/transport/flight-codec.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/cli/symbols.js';
-import { cliScript, goldStreams, hasVenv, repoRoot, resources, runProcess, startListening, venvPython, waitForNoLeaks } from './helpers.js';
+import { cliScript, goldStreams, hasVenv, repoRoot, resources, runProcess, startListening, venvPython, waitFor, waitForNoLeaks } from './helpers.js';
 
 const skip = hasVenv() ? false : 'the Python venv is not prepared (scripts/ensure-venv.sh)';
 const peer = path.join(repoRoot, 'test', 'python', 'flight_peer.py');
@@ -136,7 +137,7 @@ test('tokens, TLS and typed errors: wrong or missing token, unknown ticket, refu
     await assert.rejects(client.doPut('bad', bytes.slice(0, bytes.length - 512)), code('ERR_IPC_TRUNCATED'));
     // ...and the server what it receives: a record batch whose body is cut short, a garbage header.
     const cut = toFlightData(bytes, { type: 'PATH', cmd: Buffer.alloc(0), path: ['bad'] });
-    cut[1]!.data_body = cut[1]!.data_body.subarray(0, 100);
+    cut[1]!.data_body = (cut[1]!.data_body as Uint8Array).subarray(0, 100); // IPC bytes: the body is a view
     await assert.rejects(client.putFlightData(cut), (e) => code('ERR_IPC_TRUNCATED')(e) && (e as ArrowShmError).remote);
     await assert.rejects(server.receive(), code('ERR_IPC_TRUNCATED'));
     const garbage = toFlightData(bytes, null);
@@ -153,10 +154,7 @@ test('tokens, TLS and typed errors: wrong or missing token, unknown ticket, refu
 
   const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-tls-'));
   try {
-    const cert = (name: string) => {
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', path.join(dir, `${name}.key`), '-out', path.join(dir, `${name}.pem`)], { stdio: 'ignore' });
-      return { key: readFileSync(path.join(dir, `${name}.key`)), certificate: readFileSync(path.join(dir, `${name}.pem`)) };
-    };
+    const cert = (name: string) => selfSigned(dir, name);
     const good = cert('server');
     const other = cert('other');
     const tls = await FlightServer.listen('grpc+tls://127.0.0.1:0', { tls: good });
@@ -170,6 +168,48 @@ test('tokens, TLS and typed errors: wrong or missing token, unknown ticket, refu
       await tls.close();
     }
   } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+/** A self-signed certificate for localhost and 127.0.0.1, written to DIR/NAME.key and .pem. */
+function selfSigned(dir: string, name: string): { key: Buffer; certificate: Buffer; keyFile: string; certificateFile: string } {
+  const keyFile = path.join(dir, `${name}.key`);
+  const certificateFile = path.join(dir, `${name}.pem`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-keyout', keyFile, '-out', certificateFile], { stdio: 'ignore' });
+  return { key: readFileSync(keyFile), certificate: readFileSync(certificateFile), keyFile, certificateFile };
+}
+
+test('DoPut over node:http2 keeps the gRPC a pyarrow.flight server relies on: TLS, token and channel metadata, status codes, the deadline and its cancellation', { skip, timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'arrow-shm-flight-calls-'));
+  const servers: ChildProcess[] = [];
+  const start = async (args: string[]) => {
+    const s = await startListening(venvPython, [path.join(repoRoot, 'test', 'python', 'flight_call_server.py'), ...args]);
+    servers.push(s.child);
+    const lines: string[] = [];
+    createInterface({ input: s.child.stdout! }).on('line', (l) => lines.push(l));
+    return { address: /grpc(\+tls)?:\/\/\S+/.exec(s.line)![0], lines };
+  };
+  const table = generateSymbolTable(1000);
+  try {
+    const good = selfSigned(dir, 'server');
+    const secure = await start(['--tls', good.certificateFile, good.keyFile, '--token', 's3cret']);
+    const client = await FlightClient.connect(secure.address, { rootCertificate: good.certificate, token: 's3cret', channelId: 'c-1', timeoutMs: 30_000 });
+    await client.doPut('t', table);
+    await waitFor(() => secure.lines.includes('put t 1000 channel=c-1'), 'the put, its descriptor and its metadata at the server');
+    client.close();
+    const wrong = await FlightClient.connect(secure.address, { rootCertificate: good.certificate, token: 'guess' });
+    await assert.rejects(wrong.doPut('t', table), (e) => code('ERR_PEER_CREDENTIALS')(e) && /missing or wrong token/.test((e as Error).message));
+    wrong.close();
+    const slow = await start(['--slow']);
+    const late = await FlightClient.connect(slow.address);
+    const t0 = Date.now();
+    await assert.rejects(late.doPut('t', table, { timeoutMs: 300 }), code('ERR_TIMEOUT'));
+    assert.ok(Date.now() - t0 < 3000, `the deadline took ${Date.now() - t0} ms`);
+    await waitFor(() => slow.lines.includes('cancelled'), 'the server told the call was cancelled', 8000);
+    late.close();
+  } finally {
+    for (const s of servers) s.kill('SIGKILL');
     rmSync(dir, { recursive: true });
   }
 });
@@ -221,7 +261,7 @@ function rows(table: Table): unknown[] {
   return JSON.parse(JSON.stringify(table.toArray(), (_, v) => (typeof v === 'bigint' ? v.toString() : v)));
 }
 
-test('same-host upgrade: a client offering it puts tables through shared memory (zero copy), others stay on gRPC', async () => {
+test('same-host upgrade: a client offering it puts and gets tables through shared memory (zero copy), others stay on gRPC', async () => {
   const before = resources();
   const shm = `@arrow-shm-flight-upgrade-${process.pid}`;
   const server = await FlightServer.listen('grpc://127.0.0.1:0', { shm });
@@ -238,6 +278,15 @@ test('same-host upgrade: a client offering it puts tables through shared memory 
     assert.equal(buffers.buffer, (viaShm as import('../src/transport/received.js').ReceivedTable).sharedBuffer, 'the column is a view of the shared mapping');
     assert.equal(checksumSymbolTable(viaShm.table), checksumSymbolTable(table));
     viaShm.close();
+    // DoGet goes through shared memory too: the answer's columns are views of its mapping.
+    server.serve('served', table, { metadata: { m: '1' } });
+    const got = await upgraded.doGet('served');
+    assert.ok('sharedBuffer' in got, 'a shared-memory ReceivedTable');
+    assert.equal((got.table.getChild('start_line')!.data[0]!.values as Uint32Array).buffer, got.sharedBuffer);
+    assert.deepEqual({ ...got.metadata }, { m: '1' });
+    assert.equal(checksumSymbolTable(got.table), checksumSymbolTable(table));
+    got.close();
+    await assert.rejects(upgraded.doGet('nothing'), (e) => code('ERR_INVALID_ARGUMENT')(e) && /no table named "nothing"/.test((e as Error).message));
     upgraded.close();
 
     const plain = await FlightClient.connect(server.address);

@@ -5,7 +5,8 @@
 # cpp send -> cpp recv (exit 0 or 1, never a signal), seed-compat both ways, hostile frames, and
 # streams by CLI (send --stream / recv --stream, pub / sub) with node and python, both ways, and
 # the limits of PROTOCOL §14 against a live receiver (test/python/attacks.py), the validation policy
-# (--validate bounds|full|framing) on patched streams, and inline tables (§5.3) with Node both ways.
+# (--validate bounds|full|framing) on patched streams, inline tables (§5.3) with Node both ways, and
+# the table store client and CLI (§15) against a Node store (test/store_test.cpp).
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -434,8 +435,92 @@ for want in "cpp->node: inline equal" "cpp->node max-inline-0: segment equal" "n
 done
 cmp -s "$first" "$tmp/from-node.arrows" && pass || fail "inline node -> cpp: the received stream differs"
 
+# 10. the table store (PROTOCOL §15) with a real Node store: Node puts every gold stream as
+# node/PATH; arrow-shm-cpp-store-test gets each byte for byte, puts its own as cpp/PATH (and runs its
+# API, hold, watch, hostile fake-store and leak checks); Node gets those byte for byte; then the
+# CLI (put / get / ls / rm) both ways with Node's.
+store_node() {  # put|check STORE: Node's side of the gold round trip; "PASS:"/"FAIL:" lines
+  (cd "$root" && timeout 60 node --input-type=module - "$@" "$gold" <<'JS' 2>&1
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+const { openStore } = await import(process.cwd() + '/dist/src/index.js');
+const [mode, address, gold] = process.argv.slice(2);
+const store = await openStore(address, { timeoutMs: 10000 });
+for (const rel of readdirSync(gold, { recursive: true }).filter((f) => f.endsWith('.stream')).sort()) {
+  const bytes = readFileSync(join(gold, rel));
+  if (mode === 'put') {
+    await store.put(`node/${rel}`, bytes, { replace: true });
+    continue;
+  }
+  try {
+    const m = await store.get(`cpp/${rel}`);
+    const same = Buffer.from(m.bytes).equals(bytes) && m.metadata.from === 'cpp';
+    console.log(same ? `PASS: gold cpp -> node ${rel}` : `FAIL: gold cpp -> node ${rel}: differs`);
+    m.close();
+  } catch (e) {
+    console.log(`FAIL: gold cpp -> node ${rel}: ${e.code} ${e.message}`);
+  }
+}
+store.close();
+console.log('PASS: node done');
+JS
+  )
+}
+count_lines() {  # WHAT OUTPUT: each "PASS:"/"FAIL:" line counts; none at all fails
+  local line seen=0
+  while IFS= read -r line; do
+    case "$line" in
+      PASS:*) pass; seen=1 ;;
+      FAIL:*) fail "store ${line#FAIL: }"; seen=1 ;;
+    esac
+  done <<<"$2"
+  [[ $seen == 1 ]] || fail "store $1 printed no result: $(tail -3 <<<"$2")"
+}
+n=$((n + 1))
+ssock="@arrow-shm-cpp-test-$$-store"
+if ! command -v node >/dev/null || [[ ! -f "$root/dist/src/store/client.js" ]]; then
+  fail "store: needs node and the built Node package (dist/src/store/client.js: npx tsc -p .)"
+elif ! start_listener "$tmp/store.err" node "$root/dist/src/cli/main.js" store --socket "$ssock"; then
+  fail "store: the Node store did not start: $(head -3 "$tmp/store.err")"
+else
+  stpid=$pid
+  count_lines "node put" "$(store_node put "$ssock")"
+  st_out="$(timeout 60 "$cppdir/arrow-shm-cpp-store-test" "$ssock" "$gold" 2>&1)"
+  st=$?
+  count_lines test "$st_out"
+  [[ $st == 0 ]] || fail "store test exited with status $st: $(grep -v '^PASS' <<<"$st_out" | tail -3)"
+  count_lines "node check" "$(store_node check "$ssock")"
+  # the CLI: put (its output line is Node's), get --out by the other peer, ls, rm
+  f="$gold/1.0.0-littleendian/generated_primitive.stream"
+  got="$("$bin" put --store "$ssock" cli/a "$f" --meta k=v --timeout-ms 5000 2>&1)"
+  want="$(node "$root/dist/src/cli/main.js" put --store "$ssock" cli/b "$f" --meta k=v 2>&1)"
+  same_put() { sed -E 's/^cli\/[ab]\tversion [0-9]+\t/cli\/X\tversion N\t/' <<<"$1"; }  # one version each
+  if [[ "$(same_put "$got")" == "$(same_put "$want")" && $got == "cli/a	version "*" rows" ]]; then pass; else fail "store cli put: '$got' vs Node's '$want'"; fi
+  node "$root/dist/src/cli/main.js" get --store "$ssock" cli/a --out "$tmp/cli-a.arrows" >/dev/null 2>&1
+  "$bin" get --store "$ssock" cli/b --out "$tmp/cli-b.arrows" >/dev/null 2>&1
+  if cmp -s "$f" "$tmp/cli-a.arrows" && cmp -s "$f" "$tmp/cli-b.arrows"; then pass; else fail "store cli: get --out differs (cpp put -> node get, node put -> cpp get)"; fi
+  printed="$("$bin" get --store "$ssock" cli/b --print 2>&1 | head -2)"
+  [[ $printed == *"metadata: k=v, arrow-shm.name=cli/b, arrow-shm.version="* ]] && pass || fail "store cli get --print: ${printed:0:200}"
+  got="$("$bin" ls --store "$ssock" --prefix cli/ 2>&1)"
+  want="$(node "$root/dist/src/cli/main.js" ls --store "$ssock" --prefix cli/ 2>&1)"
+  if [[ $(cut -f1-3 <<<"$got") == "$(cut -f1-3 <<<"$want")" && $(wc -l <<<"$got") == 2 ]]; then pass; else fail "store cli ls: '$got' vs Node's '$want'"; fi
+  "$bin" rm --store "$ssock" cli/a && "$bin" rm --store "$ssock" cli/b && pass || fail "store cli rm: status $?"
+  got="$("$bin" get --store "$ssock" cli/a 2>&1)"
+  [[ $? == 1 && $got == "arrow-shm: ERR_NOT_FOUND:"* ]] && pass || fail "store cli get after rm: $got"
+  # a get that waits: the put comes 300 ms later
+  ( sleep 0.3; "$bin" put --store "$ssock" cli/late "$f" >/dev/null 2>&1 ) &
+  "$bin" get --store "$ssock" cli/late --timeout-ms 10000 --out "$tmp/cli-late.arrows" >/dev/null 2>&1 && cmp -s "$f" "$tmp/cli-late.arrows" && pass || fail "store cli get --timeout-ms: no table"
+  wait $!
+  # every hold was released: the store lists holds 0 for each name
+  holds="$(cd "$root" && node --input-type=module -e "const { openStore } = await import(process.cwd() + '/dist/src/index.js'); const s = await openStore('$ssock'); console.log((await s.list()).filter((e) => e.holds !== 0).length); s.close();" 2>&1)"
+  [[ $holds == 0 ]] && pass || fail "store: names still held after every client left: $holds"
+  kill "$stpid" 2>/dev/null
+  wait "$stpid" 2>/dev/null
+fi
+
 # --help / -h: usage on stdout, status 0, for the program and each command
-for args in "--help" "-h" "send --help" "recv --help" "pub -h" "sub --help" "validate --help" "engine --help"; do
+for args in "--help" "-h" "send --help" "recv --help" "pub -h" "sub --help" "validate --help" "engine --help" \
+  "put --help" "get -h" "ls --help" "rm --help"; do
   # shellcheck disable=SC2086
   if "$bin" $args 2>/dev/null | grep -q '^Usage: arrow-shm-cpp'; then pass; else fail "help: $args"; fi
 done

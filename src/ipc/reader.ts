@@ -62,7 +62,12 @@ export class IpcDecoder {
         const header = message.header!;
         const schema = this.schema;
         const children = this.#load(header, body, schema.fields.map((f) => f.type));
-        const data = makeData({ type: new Struct(schema.fields), length: Number(header.length), children });
+        const length = Number(header.length);
+        // Arrow requires every column to have the batch's length; arrow-js would instead allocate
+        // a validity bitmap for the declared length (a hostile 2^40 is a RangeError).
+        const wrong = children.findIndex((child) => child.length !== length);
+        if (wrong >= 0) throw fail('ERR_IPC_INVALID', `record batch of ${length} rows with a column ${wrong} of ${children[wrong]!.length} rows`);
+        const data = makeData({ type: new Struct(schema.fields), length, children });
         return recordBatch(schema, data, (m as { metadata?: Map<string, string> }).metadata);
       }
       default:

@@ -191,24 +191,39 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
   async read(): Promise<StreamBatch | null> {
     const deadline = this.#options.readTimeoutMs === undefined ? undefined : performance.now() + this.#options.readTimeoutMs;
     for (;;) {
-      if (this.#closed) throw fail('ERR_CLOSED', 'the stream reader is closed');
-      if (this.#ended) return null;
-      const writePosition = this.#loadWritePosition();
-      if (writePosition > this.#position) {
-        const batch = await this.#readRecord(writePosition);
-        if (batch) return batch;
-        continue;
-      }
+      const next = this.#next(false);
+      if (next !== undefined) return next;
       if (this.#peerGone) throw this.#peerGone;
       if (spinUntil(() => this.#header.writePosition > this.#position, this.#options.spinMicros ?? 0)) continue;
       await this.#sleep(deadline);
     }
   }
 
+  /**
+   * The next batch if one is published: no promise, no wait. `null` at the end of the stream,
+   * `undefined` when there is nothing to read now, or when the next batch travels in its own
+   * segment (`read()` waits for both). Release what it returns, as with `read()`.
+   */
+  readSync(): StreamBatch | null | undefined {
+    return this.#next(true) as StreamBatch | null | undefined;
+  }
+
+  /** Reads records up to the next batch or the end; undefined when none is published (or, `sync`, an EXTERNAL record comes next). */
+  #next(sync: boolean): StreamBatch | null | undefined | Promise<StreamBatch> {
+    for (;;) {
+      if (this.#closed) throw fail('ERR_CLOSED', 'the stream reader is closed');
+      if (this.#ended) return null;
+      const writePosition = this.#loadWritePosition();
+      if (writePosition <= this.#position) return undefined;
+      const batch = this.#readRecord(writePosition, sync);
+      if (batch !== null) return batch;
+    }
+  }
+
   /** Iterates the batches until the end of the stream; each is released when the loop moves on. */
   async *[Symbol.asyncIterator](): AsyncGenerator<RecordBatch, void, undefined> {
     for (;;) {
-      const next = await this.read();
+      const next = this.readSync() ?? (await this.read());
       if (!next) return;
       try {
         yield next.batch;
@@ -227,8 +242,8 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     return position;
   }
 
-  /** Reads the record at the current position; null for records that carry no batch. */
-  async #readRecord(writePosition: number): Promise<StreamBatch | null> {
+  /** Reads the record at the current position; null for records that carry no batch, undefined for an EXTERNAL one left unread (`sync`). */
+  #readRecord(writePosition: number, sync: boolean): StreamBatch | null | undefined | Promise<StreamBatch> {
     const offset = ringOffset(this.#position, this.#capacity);
     let record;
     try {
@@ -236,6 +251,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     } catch (e) {
       this.#broken(e as ArrowShmError);
     }
+    if (sync && record.kind === RecordKind.External) return undefined;
     const held: Held = { end: this.#position + record.length, released: false };
     this.#held.push(held);
     this.#position += record.length;
@@ -255,19 +271,22 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
         const bytes = this.#data.subarray(offset + RECORD_HEADER_BYTES, offset + RECORD_HEADER_BYTES + record.ipcLength);
         return this.#decode(bytes, record.sequence, release);
       }
-      case RecordKind.External: {
-        const segment = await this.#segment(record.sequence);
-        if (segment instanceof ArrowShmError) {
-          release();
-          throw segment;
-        }
-        return this.#decode(segment.mapping.bytes(segment.offset, segment.length), record.sequence, () => {
-          segment.mapping.release();
-          release();
-        });
-      }
+      case RecordKind.External:
+        return this.#readExternal(record.sequence, release);
     }
     return null;
+  }
+
+  async #readExternal(sequence: number, release: () => void): Promise<StreamBatch> {
+    const segment = await this.#segment(sequence);
+    if (segment instanceof ArrowShmError) {
+      release();
+      throw segment;
+    }
+    return this.#decode(segment.mapping.bytes(segment.offset, segment.length), sequence, () => {
+      segment.mapping.release();
+      release();
+    });
   }
 
   #decode(bytes: Uint8Array, sequence: number, release: () => void): StreamBatch {

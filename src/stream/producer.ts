@@ -10,6 +10,7 @@ import { closeFds } from '../shm/fds.js';
 import type { StreamLink } from '../transport/stream-link.js';
 import { FrameKind, type KeyValues } from '../transport/frame.js';
 import { PreparedTable } from '../ipc/prepared.js';
+import { BatchEncoder } from './encoder.js';
 import {
   EventWaiter,
   MAX_READERS,
@@ -82,6 +83,12 @@ export class RingWriter {
   #dictionaryMessages: { id: number; bytes: Uint8Array }[] = [];
   #lastSchema: Schema | null = null;
   #writing: Promise<void> = Promise.resolve();
+  /** Tasks queued or running on #writing: writes go straight into the ring only when none is. */
+  #busy = 0;
+  /** Writes this stream's batches into the ring without the generic IPC writer, if its schema allows. */
+  #encoder: BatchEncoder | null;
+  /** The oldest position a reader held when last computed: free space is at least what it implies. */
+  #oldestSeen = 0;
   #ended = false;
   #closed = false;
 
@@ -107,6 +114,7 @@ export class RingWriter {
     };
     this.capacity = capacity;
     this.streamId = RingWriter.#nextStreamId++;
+    this.#encoder = BatchEncoder.for(schema);
     const layout = new LayoutBuilder();
     layout.schema(schema);
     this.#schemaBytes = new Uint8Array(layout.position);
@@ -147,12 +155,13 @@ export class RingWriter {
   async attach(link: StreamLink, correlationId = 0n): Promise<void> {
     let acked!: Promise<void>;
     let slot = -1;
+    let attaching: Reader | undefined;
     await this.#serial(async () => {
       if (this.#closed || this.#ended) throw fail('ERR_CLOSED', 'the stream has ended');
       for (let i = 0; i < this.#options.maxReaders && slot < 0; i++) if (!this.#readers.has(i)) slot = i;
       if (slot < 0) throw fail('ERR_NO_READER_SLOT', `all ${this.#options.maxReaders} reader slots of the stream are taken`);
       const prologue = this.#prologue();
-      const reader: Reader = { slot, link, dataEvent: -1, attached: false, stopListening: () => {} };
+      const reader: Reader = (attaching = { slot, link, dataEvent: -1, attached: false, stopListening: () => {} });
       try {
         reader.dataEvent = native.eventfd();
         this.#readers.set(slot, reader);
@@ -190,7 +199,9 @@ export class RingWriter {
     });
     try {
       await acked;
-      this.#readers.get(slot)!.attached = true;
+      // The consumer may have acknowledged and left at once (its hang-up detached it already).
+      if (this.#readers.get(slot) !== attaching) throw this.#closed ? fail('ERR_CLOSED', 'the stream was closed while the consumer attached') : fail('ERR_PEER_CLOSED', 'the consumer left right after accepting the stream');
+      attaching!.attached = true;
     } catch (e) {
       this.#detach(slot);
       throw e;
@@ -198,10 +209,11 @@ export class RingWriter {
   }
 
   #serial<T>(task: () => Promise<T>): Promise<T> {
+    this.#busy++;
     const run = this.#writing.then(task);
     this.#writing = run.then(
-      () => {},
-      () => {},
+      () => void this.#busy--,
+      () => void this.#busy--,
     );
     return run;
   }
@@ -220,19 +232,75 @@ export class RingWriter {
     this.#space.interrupt(); // its records no longer hold the ring
   }
 
-  /** Appends every batch of `data`, in order (§12.4 step 3). Writes are serialized. */
+  /**
+   * Appends every batch of `data`, in order (§12.4 step 3). Writes are serialized. While nothing
+   * waits, batches that fit go into the ring at once, published together with one wake-up.
+   */
   write(data: Table | RecordBatch | RecordBatch[]): Promise<void> {
     const batches = data instanceof Table ? data.batches : data instanceof RecordBatch ? [data] : data;
+    let written = 0;
+    if (this.#busy === 0) {
+      try {
+        written = this.#writeNow(batches);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      if (written === batches.length) return Promise.resolve();
+    }
+    const rest = written === 0 ? batches : batches.slice(written);
     return this.#serial(async () => {
-      for (const batch of batches) await this.#writeBatch(batch);
+      for (const batch of rest) await this.#writeBatch(batch);
     });
   }
 
-  async #writeBatch(batch: RecordBatch): Promise<void> {
+  /** Writes the leading batches the encoder takes and that fit now, publishes them once; returns how many. */
+  #writeNow(batches: readonly RecordBatch[]): number {
+    let written = 0;
+    const from = this.#writePosition;
+    try {
+      for (const batch of batches) {
+        this.#checkBatch(batch);
+        const size = this.#encoder?.measure(batch) ?? -1;
+        const recordLength = alignRecord(RECORD_HEADER_BYTES + size);
+        if (size < 0 || recordLength > this.capacity / 4) break;
+        const { offset, padding } = placeRecord(this.#writePosition, recordLength, this.capacity);
+        if (!this.#fits(padding + recordLength)) break;
+        if (padding > 0) this.#pad(padding);
+        this.#writeEncoded(offset, recordLength, size);
+        written++;
+      }
+    } finally {
+      if (this.#writePosition !== from) this.#wakeReaders();
+    }
+    return written;
+  }
+
+  #checkBatch(batch: RecordBatch): void {
     if (this.#closed || this.#ended) throw fail('ERR_CLOSED', 'the stream has ended');
     if (batch.schema !== this.#lastSchema) {
       if (!compareSchemas(this.schema, batch.schema)) throw fail('ERR_INVALID_ARGUMENT', 'the batch schema differs from the stream schema');
       this.#lastSchema = batch.schema;
+    }
+  }
+
+  /** A BATCH record the encoder measured, at `offset`; advanced past but not yet published. */
+  #writeEncoded(offset: number, recordLength: number, size: number): void {
+    writeRecordHeader(this.#view, offset, { length: recordLength, kind: RecordKind.Batch, sequence: this.#sequence, ipcLength: size });
+    this.#encoder!.write(this.#data, this.#view, offset + RECORD_HEADER_BYTES);
+    this.#data.fill(0, offset + RECORD_HEADER_BYTES + size, offset + recordLength);
+    this.#advance(recordLength, true);
+    this.#sequence++;
+  }
+
+  async #writeBatch(batch: RecordBatch): Promise<void> {
+    this.#checkBatch(batch);
+    const size = this.#encoder?.measure(batch) ?? -1;
+    if (size >= 0 && alignRecord(RECORD_HEADER_BYTES + size) <= this.capacity / 4) {
+      const recordLength = alignRecord(RECORD_HEADER_BYTES + size);
+      const offset = await this.#reserve(recordLength);
+      this.#writeEncoded(offset, recordLength, size);
+      this.#wakeReaders();
+      return;
     }
     const payload = new LayoutBuilder();
     const dictionaries = this.#dictionaries.plan(batch, payload);
@@ -283,10 +351,34 @@ export class RingWriter {
 
   /** Makes `advance` more bytes visible and wakes sleeping readers (§12.3). */
   #publish(advance: number, counted: boolean): void {
+    this.#advance(advance, counted);
+    this.#wakeReaders();
+  }
+
+  #advance(advance: number, counted: boolean): void {
     this.#writePosition += advance;
-    this.#header.writePosition = this.#writePosition;
     if (counted) this.#unreleased.push(this.#writePosition);
+  }
+
+  /** Publishes the write position (after every record below it is written), then wakes sleeping readers. */
+  #wakeReaders(): void {
+    this.#header.writePosition = this.#writePosition;
     for (const r of this.#readers.values()) this.#header.wakeReader(r.slot, r.dataEvent);
+  }
+
+  /** A PADDING record that fills the rest of the data area (§12.2). */
+  #pad(padding: number): void {
+    writeRecordHeader(this.#view, ringOffset(this.#writePosition, this.capacity), { length: padding, kind: RecordKind.Padding, sequence: 0, ipcLength: 0 });
+    this.#advance(padding, false);
+  }
+
+  /** Whether `length` more bytes fit: first by the free space last computed (cheap, never too much), then by the readers' positions now. */
+  #fits(length: number): boolean {
+    if (this.#unreleasedCount >= this.#options.maxMessages) {
+      this.#oldestHeld(); // releases counted records
+      if (this.#unreleasedCount >= this.#options.maxMessages) return false;
+    }
+    return this.capacity - (this.#writePosition - this.#oldestSeen) >= length || this.capacity - (this.#writePosition - this.#oldestHeld()) >= length;
   }
 
   get #unreleasedCount(): number {
@@ -300,6 +392,7 @@ export class RingWriter {
       const p = Math.max(Math.min(this.#header.readPosition(r.slot), this.#writePosition), this.#writePosition - this.capacity);
       if (p < oldest) oldest = p;
     }
+    this.#oldestSeen = oldest;
     while (this.#unreleasedHead < this.#unreleased.length && this.#unreleased[this.#unreleasedHead]! <= oldest) this.#unreleasedHead++;
     if (this.#unreleasedHead > 1024 && this.#unreleasedHead * 2 > this.#unreleased.length) {
       this.#unreleased = this.#unreleased.slice(this.#unreleasedHead);
@@ -313,11 +406,11 @@ export class RingWriter {
     const deadline = this.#options.writeTimeoutMs === undefined ? undefined : performance.now() + this.#options.writeTimeoutMs;
     for (;;) {
       const { offset, padding } = placeRecord(this.#writePosition, length, this.capacity);
-      const fits = () => this.capacity - (this.#writePosition - this.#oldestHeld()) >= padding + length && this.#unreleasedCount < this.#options.maxMessages;
+      const fits = () => this.#fits(padding + length);
       if (fits() || spinUntil(fits, this.#options.spinMicros)) {
         if (padding > 0) {
-          writeRecordHeader(this.#view, ringOffset(this.#writePosition, this.capacity), { length: padding, kind: RecordKind.Padding, sequence: 0, ipcLength: 0 });
-          this.#publish(padding, false);
+          this.#pad(padding);
+          this.#wakeReaders();
         }
         return offset;
       }
@@ -420,7 +513,11 @@ export class StreamWriter {
     return this.#producer.schema;
   }
 
-  /** Appends the batches of `data`; resolves once they are in the ring (waiting for room per `onFull`). */
+  /**
+   * Appends the batches of `data`; resolves once they are in the ring (waiting for room per
+   * `onFull`). Many small batches in one call (an array or a Table) are published together, with
+   * one wake-up of the reader; the batches may be reused once this resolves.
+   */
   write(data: Table | RecordBatch | RecordBatch[]): Promise<void> {
     return this.#producer.write(data);
   }

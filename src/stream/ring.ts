@@ -132,7 +132,9 @@ const slotField = (slot: number, field: number): number => Header.slots + Slot.b
 
 /** §12.3: after publishing its position, wake the other side if its flag says it sleeps. */
 function wakeIfWaiting(flags: Uint32Array, index: number, eventFd: number): void {
-  if (Atomics.compareExchange(flags, index, 1, 0) === 1) native.eventfdWrite(eventFd);
+  // A sequentially consistent load suffices to see the flag (§12.3); the exchange, which takes the
+  // cache line from the sleeper, only runs when there is someone to wake.
+  if (Atomics.load(flags, index) === 1 && Atomics.compareExchange(flags, index, 1, 0) === 1) native.eventfdWrite(eventFd);
 }
 
 export interface RecordHeader {
@@ -145,17 +147,28 @@ export interface RecordHeader {
 export function writeRecordHeader(view: DataView, offset: number, header: RecordHeader): void {
   view.setUint32(offset, header.length, true);
   view.setUint32(offset + 4, header.kind, true);
-  view.setBigUint64(offset + 8, BigInt(header.sequence), true);
-  view.setBigUint64(offset + 16, BigInt(header.ipcLength), true);
-  for (let i = 24; i < RECORD_HEADER_BYTES; i += 8) view.setBigUint64(offset + i, 0n, true);
+  setU64(view, offset + 8, header.sequence);
+  setU64(view, offset + 16, header.ipcLength);
+  for (let i = 24; i < RECORD_HEADER_BYTES; i += 4) view.setUint32(offset + i, 0, true);
+}
+
+/** A u64 field as a Number (rounded above 2^53, where every check fails anyway). */
+function getU64(view: DataView, at: number): number {
+  return view.getUint32(at + 4, true) * 0x1_0000_0000 + view.getUint32(at, true);
+}
+
+/** A u64 field from a safe integer, without a BigInt per write (records are written per batch). */
+function setU64(view: DataView, at: number, value: number): void {
+  view.setUint32(at, value >>> 0, true);
+  view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
 }
 
 /** Reads and checks the record at data `offset` (§12.2); `available` = bytes published from it. */
 export function readRecordHeader(view: DataView, offset: number, capacity: number, available: number): RecordHeader {
   const length = view.getUint32(offset, true);
   const kind = view.getUint32(offset + 4, true);
-  const sequence = Number(view.getBigUint64(offset + 8, true));
-  const ipcLength = Number(view.getBigUint64(offset + 16, true));
+  const sequence = getU64(view, offset + 8);
+  const ipcLength = getU64(view, offset + 16);
   const where = `record at data offset ${offset}`;
   if (length < RECORD_HEADER_BYTES || length % RECORD_ALIGN !== 0) throw fail('ERR_RING_INVALID', `${where}: length ${length} is not a positive multiple of 64`);
   if (length > capacity - offset) throw fail('ERR_RING_INVALID', `${where}: length ${length} runs past the end of the ${capacity}-byte data area`);
@@ -184,6 +197,8 @@ export class EventWaiter {
   #fd: number;
   #poller: PollerHandle | null;
   #pending: { resolve: () => void } | null = null;
+  /** The watch, once started, stays on (no epoll_ctl per sleep); it keeps the loop alive only while someone waits. */
+  #watching = false;
 
   constructor(fd: number) {
     this.#fd = fd;
@@ -195,7 +210,9 @@ export class EventWaiter {
     if (this.#pending) throw fail('ERR_INVALID_ARGUMENT', 'only one wait at a time');
     return new Promise((resolve) => {
       this.#pending = { resolve };
-      native.pollerStart(this.#poller!, true, false);
+      if (this.#watching) native.pollerRef(this.#poller!, true);
+      else native.pollerStart(this.#poller!, true, false);
+      this.#watching = true;
     });
   }
 
@@ -209,7 +226,7 @@ export class EventWaiter {
     const pending = this.#pending;
     if (!pending) return;
     this.#pending = null;
-    if (this.#poller) native.pollerStart(this.#poller, false, false);
+    if (this.#poller) native.pollerRef(this.#poller, false);
     pending.resolve();
   }
 

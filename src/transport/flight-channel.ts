@@ -13,7 +13,7 @@ import { flightLimits } from './flight-limits.js';
 import { FlightServer, refuse, type FlightPeer, type FlightRouter, type FlightServerOptions } from './flight-server.js';
 import { FlightClient, type FlightClientOptions } from './flight-client.js';
 import { encodeMetadata, type FlightMessage } from './flight-message.js';
-import { CLOSE_ACTION, INBOX_TICKET, toFlightData, writeAll, type FlightData } from './flight-codec.js';
+import { CLOSE_ACTION, INBOX_TICKET, toFlightData, writeAll, type OutgoingFlightData } from './flight-codec.js';
 import { toStatus } from './flight-status.js';
 
 /** How long a closing client waits for the server to take its goodbye (the channel is closed either way). */
@@ -32,7 +32,7 @@ interface Waiter<T> {
 }
 
 interface Outgoing {
-  messages: FlightData[];
+  messages: OutgoingFlightData[];
   sent: Waiter<void>;
   timer: NodeJS.Timeout | null;
 }
@@ -51,7 +51,7 @@ export class FlightChannel {
   /** DoPuts (or their typed errors) and requests from the client, not yet taken by receive(). */
   #inbox = new AsyncQueue<FlightMessage | ArrowShmError>();
   #outbox: Outgoing[] = [];
-  #polls: grpc.ServerWritableStream<unknown, FlightData>[] = [];
+  #polls: grpc.ServerWritableStream<unknown, OutgoingFlightData>[] = [];
   #activeGet: { cancel(): void } | null = null;
   #closeError: ArrowShmError | null = null;
   #closeListeners = new Set<(error: ArrowShmError) => void>();
@@ -217,7 +217,7 @@ export class FlightChannel {
   }
 
   /** @internal The client's long-polling DoGet: answered with the next table sent, one per call. */
-  poll(call: grpc.ServerWritableStream<unknown, FlightData>): void {
+  poll(call: grpc.ServerWritableStream<unknown, OutgoingFlightData>): void {
     if (this.#closeError) return refuse(call, toStatus(fail('ERR_PEER_CLOSED', 'the server closed this channel')));
     this.#polls.push(call);
     call.on('cancelled', () => {

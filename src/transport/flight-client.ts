@@ -1,17 +1,23 @@
 // The Flight client: DoPut, DoGet, DoExchange, the same-host upgrade (docs/PROTOCOL.md §13).
 import * as grpc from '@grpc/grpc-js';
+import { Schema, Table } from 'apache-arrow';
 import { ArrowShmError, fail } from '../errors.js';
 import type { KeyValues } from './frame.js';
 import { FlightDataCollector, flightLimits, type FlightLimits } from './flight-limits.js';
 import { type Sendable } from '../ipc/prepared.js';
 import { connect as connectShm, type Channel } from './channel.js';
+import { type ReceivedTable } from './received.js';
 import { fromGrpc } from './flight-status.js';
+import { Http2Connection, type Http2Call } from './flight-http2.js';
+import { flightDataParts } from './flight-wire.js';
 import { FlightMessage, encodeMetadata, received } from './flight-message.js';
+import { readFlightInfo, type FlightInfo, type FlightInfoMessage } from './flight-info.js';
 import {
   CHANNEL_ID_KEY,
   MAX_HANDSHAKE_BYTES,
   MAX_PUT_RESULT_BYTES,
   PATH_KEY,
+  TICKET_KEY,
   UPGRADE_VERSION,
   channelOptions,
   flightService,
@@ -20,6 +26,7 @@ import {
   toFlightData,
   writeAll,
   type FlightData,
+  type OutgoingFlightData,
   type ServiceClient,
 } from './flight-codec.js';
 
@@ -37,7 +44,7 @@ export interface FlightClientOptions {
   /** Bounds on what a server sends back (§13.3): FlightData size and count, per-message verification, idle time. */
   limits?: Partial<FlightLimits>;
   /**
-   * Offer the server, during the Flight Handshake, to move DoPut to shared memory. The upgrade
+   * Offer the server, during the Flight Handshake, to move DoPut and DoGet to shared memory. The upgrade
    * happens only if the server answers with an arrow-shm address, reports the same host (machine
    * id and boot), and that address accepts the connection; otherwise everything stays on gRPC.
    */
@@ -57,15 +64,19 @@ export class FlightClient {
   #options: FlightClientOptions;
   #limits: FlightLimits;
   #shm: Channel | null = null;
+  /** The data calls (DoPut, DoExchange, DoGet): FlightData written without copies (grpc-js makes two). */
+  #http2: Http2Connection;
 
   private constructor(address: string, client: ServiceClient, options: FlightClientOptions) {
     this.address = address;
     this.#client = client;
+    const { target, tls } = parseAddress(address);
+    this.#http2 = new Http2Connection(target, tls, options.rootCertificate);
     this.#options = options;
     this.#limits = flightLimits(options.limits, options.maxMessageBytes);
   }
 
-  /** 'shm' once the connection was upgraded to shared memory (DoPut goes through it), else 'grpc'. */
+  /** 'shm' once the connection was upgraded to shared memory (DoPut and DoGet go through it), else 'grpc'. */
   get transport(): 'grpc' | 'shm' {
     return this.#shm ? 'shm' : 'grpc';
   }
@@ -129,12 +140,25 @@ export class FlightClient {
     return flightClient;
   }
 
-  /** Call metadata (the token) and deadline: `timeoutMs` of this call, else the client's; null: none. */
-  #callOptions(timeoutMs: number | null | undefined = this.#options.timeoutMs): { metadata: grpc.Metadata; options: grpc.CallOptions } {
+  /** Call metadata: the token, the channel. */
+  #headers(): Record<string, string> {
+    const headers: Record<string, string> = {};
+    if (this.#options.token) headers.authorization = `Bearer ${this.#options.token}`;
+    if (this.#options.channelId) headers[CHANNEL_ID_KEY] = this.#options.channelId;
+    return headers;
+  }
+
+  /** A call's deadline (Date.now() time): `timeoutMs` of this call, else the client's; undefined: none. */
+  #deadline(timeoutMs: number | null | undefined = this.#options.timeoutMs): number | undefined {
+    return timeoutMs === undefined || timeoutMs === null ? undefined : Date.now() + timeoutMs;
+  }
+
+  /** The same for a grpc-js call. */
+  #callOptions(timeoutMs?: number | null): { metadata: grpc.Metadata; options: grpc.CallOptions } {
     const metadata = new grpc.Metadata();
-    if (this.#options.token) metadata.set('authorization', `Bearer ${this.#options.token}`);
-    if (this.#options.channelId) metadata.set(CHANNEL_ID_KEY, this.#options.channelId);
-    return { metadata, options: timeoutMs === undefined || timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs } };
+    for (const [key, value] of Object.entries(this.#headers())) metadata.set(key, value);
+    const deadline = this.#deadline(timeoutMs);
+    return { metadata, options: deadline === undefined ? {} : { deadline } };
   }
 
   /** Sends a table (or IPC stream bytes) under the descriptor path `name`; resolves once the server has it all. */
@@ -148,40 +172,54 @@ export class FlightClient {
   }
 
   /** @internal DoPut of ready FlightData (tests send hostile ones with it). */
-  async putFlightData(messages: FlightData[], timeoutMs?: number): Promise<Uint8Array[]> {
+  async putFlightData(messages: OutgoingFlightData[], timeoutMs?: number): Promise<Uint8Array[]> {
     const results = await this.#stream<{ app_metadata: Buffer }>('DoPut', messages, `DoPut to ${this.address}`, timeoutMs);
     return results.map((r) => r.app_metadata);
   }
 
-  /** One bidirectional call: writes `messages`, half-closes, resolves with what the server sent back (or its typed error). */
-  async #stream<T>(method: 'DoPut' | 'DoExchange', messages: FlightData[], what: string, timeoutMs?: number): Promise<T[]> {
-    const { metadata, options } = this.#callOptions(timeoutMs);
-    const call = (this.#client[method] as unknown as (m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientDuplexStream<FlightData, T>).call(this.#client, metadata, options);
-    let failed = false;
-    const done = new Promise<T[]>((resolve, reject) => {
-      const stop = (e: ArrowShmError) => {
-        if (failed) return;
-        failed = true;
-        call.emit('drain'); // a writer waiting for room stops waiting
-        reject(e);
-      };
-      // What the server sends back is bounded and verified like what a server receives; a DoPut's
-      // PutResults are acknowledgements, so they get a small budget of their own.
-      const limits = method === 'DoPut' ? { ...this.#limits, maxCallBytes: Math.min(this.#limits.maxCallBytes, MAX_PUT_RESULT_BYTES) } : this.#limits;
-      const answer = new FlightDataCollector<T & object>(limits, (e) => {
-        stop(e);
+  /**
+   * A call over node:http2 (flight-http2). What the server sends back is bounded and verified as it
+   * arrives, like what a server receives (FlightDataCollector); `answers` resolves with it once the
+   * server ended the call well, or rejects with the typed error (`onFail` runs first).
+   */
+  #open<T extends object>(method: 'DoPut' | 'DoExchange' | 'DoGet', limits: FlightLimits, what: string, timeoutMs: number | null | undefined, onFail: () => void): { call: Http2Call; answers: Promise<T[]> } {
+    const definition = flightService().definition[method]!;
+    const decode = definition.responseDeserialize as (b: Buffer) => T; // PutResult (protobufjs) or FlightData (flight-wire)
+    let call!: Http2Call;
+    const answers = new Promise<T[]>((resolve, reject) => {
+      const answer = new FlightDataCollector<T>(limits, (e) => {
+        onFail();
         call.cancel();
-      }, { clockFromStart: false, what: `the answer to ${what}` });
-      call.on('data', (r: T & object) => answer.add(r));
-      call.on('error', (e) => answer.fail(fromGrpc(e, what)));
-      call.on('end', () => {
-        const messages = answer.finish();
-        if (messages) resolve(messages);
+        reject(e);
+      }, { clockFromStart: false, what: method === 'DoGet' ? what : `the answer to ${what}` });
+      call = this.#http2.call(definition.path, this.#headers(), this.#deadline(timeoutMs), this.#limits.maxFlightDataBytes, {
+        message: (bytes) => {
+          try {
+            answer.add(decode(bytes));
+          } catch (e) {
+            answer.fail(e instanceof ArrowShmError ? e : fail('ERR_IPC_INVALID', `${what}: an answer that is not protobuf: ${String(e)}`));
+          }
+        },
+        end: (status) => {
+          if (status.code !== grpc.status.OK) return answer.fail(fromGrpc(status, what));
+          const got = answer.finish();
+          if (got) resolve(got);
+        },
       });
     });
-    await writeAll(call, messages, () => failed);
+    return { call, answers };
+  }
+
+  /** One bidirectional call: writes `messages`, half-closes, resolves with what the server sent back (or its typed error). */
+  async #stream<T extends object>(method: 'DoPut' | 'DoExchange', messages: OutgoingFlightData[], what: string, timeoutMs?: number): Promise<T[]> {
+    // A DoPut's PutResults are acknowledgements: a small budget of their own.
+    const limits = method === 'DoPut' ? { ...this.#limits, maxCallBytes: Math.min(this.#limits.maxCallBytes, MAX_PUT_RESULT_BYTES) } : this.#limits;
+    let failed = false;
+    const { call, answers } = this.#open<T>(method, limits, what, timeoutMs, () => (failed = true));
+    // Each FlightData is written as its parts (flight-wire): the table's own buffers, not a copy.
+    await writeAll({ write: (m) => call.write(flightDataParts(m)), once: (event, listener) => call.once(event, listener) }, messages, () => failed);
     if (!failed) call.end();
-    return done;
+    return answers;
   }
 
   /**
@@ -195,30 +233,70 @@ export class FlightClient {
     return received(answer, name, this.#limits);
   }
 
-  /** Fetches the table the server holds for `ticket`. */
-  doGet(ticket: string | Uint8Array, options: { timeoutMs?: number } = {}): Promise<FlightMessage> {
+  /**
+   * Fetches the table the server holds for `ticket`. After an upgrade it comes through shared
+   * memory (§13.1): a `ReceivedTable` whose columns are views of the mapping; else a FlightMessage.
+   */
+  doGet(ticket: string | Uint8Array, options: { timeoutMs?: number } = {}): Promise<FlightMessage | ReceivedTable> {
+    if (this.#shm) return this.#shm.request(new Table(new Schema([])), { metadata: { [TICKET_KEY]: Buffer.from(ticket).toString('utf8') }, timeoutMs: options.timeoutMs ?? this.#options.timeoutMs });
     return this.startGet(ticket, options.timeoutMs).result;
   }
 
   /** @internal A DoGet that can be cancelled (a channel's long-polling receive); `timeoutMs` null: no deadline. */
   startGet(ticket: string | Uint8Array, timeoutMs?: number | null): { result: Promise<FlightMessage>; cancel(): void } {
     const bytes = Buffer.from(ticket);
-    const { metadata, options } = this.#callOptions(timeoutMs);
-    const call = (this.#client.DoGet as unknown as (t: { ticket: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightData>).call(this.#client, { ticket: bytes }, metadata, options);
-    const result = new Promise<FlightData[]>((resolve, reject) => {
-      // The clocks start with the answer: a channel's inbox call waits for a table as long as it takes.
-      const answer = new FlightDataCollector<FlightData>(this.#limits, (e) => {
-        reject(e);
-        call.cancel();
-      }, { clockFromStart: false, what: `DoGet from ${this.address}` });
-      call.on('data', (m: FlightData) => answer.add(m));
-      call.on('error', (e) => answer.fail(fromGrpc(e, `DoGet from ${this.address}`)));
-      call.on('end', () => {
-        const messages = answer.finish();
-        if (messages) resolve(messages);
+    // The clocks start with the answer: a channel's inbox call waits for a table as long as it takes.
+    const { call, answers } = this.#open<FlightData>('DoGet', this.#limits, `DoGet from ${this.address}`, timeoutMs, () => {});
+    const request = flightService().definition.DoGet!.requestSerialize({ ticket: bytes });
+    call.write({ parts: [request], length: request.length });
+    call.end();
+    return { result: answers.then((messages) => received(messages, bytes.toString('utf8'), this.#limits)), cancel: () => call.cancel() };
+  }
+
+  /**
+   * What the server offers whose name starts with `prefix` (ListFlights; the prefix is the
+   * criteria's expression, §13.4). At most `limits.maxListedFlights` are read; each schema is checked.
+   */
+  async listFlights(prefix: string | Uint8Array = '', options: { timeoutMs?: number } = {}): Promise<FlightInfo[]> {
+    const { metadata, options: callOptions } = this.#callOptions(options.timeoutMs);
+    const call = (this.#client.ListFlights as unknown as (c: { expression: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightInfoMessage>).call(this.#client, { expression: Buffer.from(prefix) }, metadata, callOptions);
+    const what = `ListFlights on ${this.address}`;
+    return new Promise<FlightInfo[]>((resolve, reject) => {
+      const infos: FlightInfo[] = [];
+      let settled = false;
+      const settle = (e: ArrowShmError | null) => {
+        if (settled) return;
+        settled = true;
+        if (e) reject(e);
+        else resolve(infos);
+      };
+      call.on('data', (m: FlightInfoMessage) => {
+        if (settled) return;
+        try {
+          infos.push(readFlightInfo(m, this.#limits.ipc));
+        } catch (e) {
+          call.cancel();
+          return settle(e as ArrowShmError);
+        }
+        if (infos.length < this.#limits.maxListedFlights) return;
+        call.cancel(); // enough: read no more
+        settle(null);
       });
-    }).then((messages) => received(messages, bytes.toString('utf8'), this.#limits));
-    return { result, cancel: () => call.cancel() };
+      call.on('error', (e) => settle(fromGrpc(e, what)));
+      call.on('end', () => settle(null));
+    });
+  }
+
+  /** What the server offers under the descriptor path `name` (GetFlightInfo); its schema checked. */
+  async getFlightInfo(name: string | string[], options: { timeoutMs?: number } = {}): Promise<FlightInfo> {
+    const { metadata, options: callOptions } = this.#callOptions(options.timeoutMs);
+    const descriptor = { type: 'PATH', cmd: Buffer.alloc(0), path: Array.isArray(name) ? name : [name] };
+    const info = await new Promise<FlightInfoMessage>((resolve, reject) =>
+      (this.#client.GetFlightInfo as unknown as (d: object, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: FlightInfoMessage) => void) => void).call(this.#client, descriptor, metadata, callOptions, (e, r) =>
+        e ? reject(fromGrpc(e, `GetFlightInfo ${JSON.stringify(name)} on ${this.address}`)) : resolve(r!),
+      ),
+    );
+    return readFlightInfo(info, this.#limits.ipc);
   }
 
   /** @internal DoAction (a channel's goodbye); resolves when the server answered or after `timeoutMs`. */
@@ -243,5 +321,6 @@ export class FlightClient {
     this.#shm?.close();
     this.#shm = null;
     this.#client.close();
+    this.#http2.close();
   }
 }

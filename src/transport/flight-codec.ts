@@ -7,9 +7,13 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { fail } from '../errors.js';
 import { walkIpcMessages } from '../ipc/messages.js';
-import { layoutIpcStream, writeIpcLayout } from '../ipc/writer.js';
+import { FlatView } from '../ipc/flatbuffer.js';
+import { layoutIpcStream, writeIpcLayout, type IpcLayout } from '../ipc/writer.js';
 import { type FlightLimits } from './flight-limits.js';
 import { PreparedTable, type Sendable } from '../ipc/prepared.js';
+import { decodeFlightData, encodeFlightData, type FlightData, type FlightDescriptor, type OutgoingFlightData } from './flight-wire.js';
+
+export type { FlightData, FlightDescriptor, OutgoingFlightData } from './flight-wire.js';
 
 export const PROTO = fileURLToPath(new URL('../../../proto/flight.proto', import.meta.url));
 export const CONTINUATION = 0xffffffff;
@@ -18,30 +22,33 @@ export const END_OF_STREAM = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]
 export const channelOptions = (limits: FlightLimits) => ({ 'grpc.max_receive_message_length': limits.maxFlightDataBytes, 'grpc.max_send_message_length': -1 });
 export const DEFAULT_MAX_MESSAGE_BYTES = 2 ** 32;
 
-export interface FlightDescriptor {
-  type: 'UNKNOWN' | 'PATH' | 'CMD';
-  cmd: Buffer;
-  path: string[];
-}
-
-export interface FlightData {
-  flight_descriptor?: FlightDescriptor | null;
-  data_header: Buffer;
-  app_metadata: Buffer;
-  data_body: Buffer;
-}
-
 export type ServiceClient = grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientDuplexStream<unknown, unknown> & grpc.ClientReadableStream<unknown>>;
 let service: { client: new (address: string, credentials: grpc.ChannelCredentials, options: object) => ServiceClient; definition: grpc.ServiceDefinition } | null = null;
 
 export function flightService() {
   if (!service) {
-    const definition = protoLoader.loadSync(PROTO, { keepCase: true, longs: String, enums: String, bytes: Buffer, defaults: true });
-    const pkg = grpc.loadPackageDefinition(definition) as unknown as { arrow: { flight: { protocol: { FlightService: grpc.ServiceClientConstructor } } } };
-    const ctor = pkg.arrow.flight.protocol.FlightService;
-    service = { client: ctor as unknown as NonNullable<typeof service>['client'], definition: ctor.service };
+    const loaded = protoLoader.loadSync(PROTO, { keepCase: true, longs: String, enums: String, bytes: Buffer, defaults: true });
+    const pkg = grpc.loadPackageDefinition(loaded) as unknown as { arrow: { flight: { protocol: { FlightService: grpc.ServiceClientConstructor } } } };
+    const definition = withFlightDataCodec(pkg.arrow.flight.protocol.FlightService.service);
+    service = { client: grpc.makeGenericClientConstructor(definition, 'FlightService') as unknown as NonNullable<typeof service>['client'], definition };
   }
   return service;
+}
+
+/**
+ * The service with FlightData (de)serialised by flight-wire instead of protobufjs: sent FlightData
+ * are laid out once from the table's buffers, received ones are views of gRPC's message buffer.
+ */
+function withFlightDataCodec(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const codec = { serialize: (m: OutgoingFlightData) => encodeFlightData(m), deserialize: decodeFlightData };
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(definition)) {
+    const m = { ...method } as grpc.MethodDefinition<unknown, unknown>;
+    if (name === 'DoPut' || name === 'DoExchange') Object.assign(m, { requestSerialize: codec.serialize, requestDeserialize: codec.deserialize });
+    if (name === 'DoGet' || name === 'DoExchange') Object.assign(m, { responseSerialize: codec.serialize, responseDeserialize: codec.deserialize });
+    out[name] = m;
+  }
+  return out;
 }
 
 /** `grpc://host:port` (plain) or `grpc+tls://host:port`; anything else is a local socket address. */
@@ -82,51 +89,73 @@ export const MAX_PUT_RESULT_BYTES = 16 * 2 ** 20;
 export const MAX_HANDSHAKE_BYTES = 4096;
 
 export const PATH_KEY = 'flight.path';
+/** The metadata key of a DoGet request over the upgraded channel: the ticket (UTF-8). */
+export const TICKET_KEY = 'flight.ticket';
 export const UPGRADE_VERSION = 1;
 
 /**
  * The IPC messages of `data` (a table, IPC stream bytes, or a PreparedTable read through a
- * read-only mapping) as FlightData, `appMetadata` on the first batch. The FlightData are views:
- * gRPC copies them into its frames as it writes.
+ * read-only mapping) as FlightData, `appMetadata` on the first batch. Nothing is copied: the
+ * FlightData are views (a table's: of its own buffers), laid out once when gRPC serialises them.
  */
-export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): FlightData[] {
-  const bytes = ipcBytes(data);
-  const out: FlightData[] = [];
-  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): OutgoingFlightData[] {
+  const out: OutgoingFlightData[] = [];
   let metadataPending = appMetadata !== undefined;
-  walkIpcMessages(bytes, 'stream', (m) => {
-    const carriesMetadata = metadataPending && m.message.headerType === 3; // the first RecordBatch
+  const add = (header: Uint8Array, headerType: number, body: OutgoingFlightData['data_body']) => {
+    const carriesMetadata = metadataPending && headerType === 3; // the first RecordBatch
     if (carriesMetadata) metadataPending = false;
-    out.push({
-      flight_descriptor: out.length === 0 ? descriptor : null,
-      data_header: buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength),
-      app_metadata: carriesMetadata ? Buffer.from(appMetadata!) : Buffer.alloc(0),
-      data_body: buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength),
-    });
-  });
+    out.push({ flight_descriptor: out.length === 0 ? descriptor : null, data_header: header, app_metadata: carriesMetadata ? appMetadata : undefined, data_body: body });
+  };
+  if (data instanceof Uint8Array || data instanceof PreparedTable) {
+    const bytes = ipcBytes(data);
+    const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    walkIpcMessages(bytes, 'stream', (m) => add(buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength), m.message.headerType, buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength)));
+  } else {
+    forEachLaidOutMessage(layoutIpcStream(data), add);
+  }
   return out;
 }
 
-/** The IPC stream of `data`: bytes as they are, a prepared segment's bytes, a table laid out once. */
+/** The messages of a planned stream (LayoutBuilder: prefix, flatbuffer, body pieces; ours, so trusted): header, type, body pieces. */
+function forEachLaidOutMessage(layout: IpcLayout, onMessage: (header: Uint8Array, headerType: number, body: { length: number; pieces: { offset: number; bytes: Uint8Array }[] }) => void): void {
+  const { chunks } = layout;
+  for (let i = 0; i < chunks.length; ) {
+    const prefix = chunks[i++]!;
+    const metadataSize = new DataView(prefix.bytes.buffer, prefix.bytes.byteOffset, 8).getInt32(4, true);
+    if (metadataSize === 0) return; // end of stream
+    const header = chunks[i++]!.bytes;
+    const fb = new FlatView(header);
+    const root = fb.root();
+    const bodyStart = prefix.offset + 8 + metadataSize;
+    const pieces: { offset: number; bytes: Uint8Array }[] = [];
+    while (i < chunks.length && chunks[i]!.body) {
+      const c = chunks[i++]!;
+      pieces.push({ offset: c.offset - bodyStart, bytes: c.bytes });
+    }
+    onMessage(header, fb.u8(root, 1), { length: Number(fb.i64(root, 3)), pieces });
+  }
+}
+
+/** The IPC stream of `data`: bytes as they are, a prepared segment's bytes (a copy), a table laid out once. */
 export function ipcBytes(data: Sendable): Uint8Array {
   if (data instanceof Uint8Array) return data;
-  if (data instanceof PreparedTable) {
-    // A copy: the mapping is released at once instead of living as long as gRPC holds the views.
-    const mapping = data.segment.takeReadOnlyMapping();
-    try {
-      return mapping.bytes(data.ipcOffset, data.ipcLength).slice();
-    } finally {
-      mapping.release();
-    }
+  if (!(data instanceof PreparedTable)) {
+    const layout = layoutIpcStream(data);
+    const bytes = new Uint8Array(layout.byteLength);
+    writeIpcLayout(layout, bytes);
+    return bytes;
   }
-  const layout = layoutIpcStream(data);
-  const bytes = new Uint8Array(layout.byteLength);
-  writeIpcLayout(layout, bytes);
-  return bytes;
+  // A copy: the mapping is released at once instead of living as long as gRPC holds the views.
+  const mapping = data.segment.takeReadOnlyMapping();
+  try {
+    return mapping.bytes(data.ipcOffset, data.ipcLength).slice();
+  } finally {
+    mapping.release();
+  }
 }
 
 /** @internal Writes every message, waiting for room when gRPC's flow control says so; stops once `stopped()`. */
-export async function writeAll(call: { write(m: FlightData): boolean; once(event: 'drain', listener: () => void): unknown }, messages: FlightData[], stopped = () => false): Promise<void> {
+export async function writeAll<T = OutgoingFlightData>(call: { write(m: T): boolean; once(event: 'drain', listener: () => void): unknown }, messages: T[], stopped = () => false): Promise<void> {
   for (const m of messages) {
     if (stopped()) return;
     if (!call.write(m)) await new Promise<void>((r) => call.once('drain', r));
@@ -147,7 +176,8 @@ export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX
     total += 8 + m.data_header.length + pad8(m.data_header.length) + m.data_body.length + pad8(m.data_body.length);
   }
   if (total > maxBytes) throw fail('ERR_TOO_LARGE', `Flight stream of ${total} bytes exceeds the ${maxBytes}-byte limit`);
-  const out = new Uint8Array(total);
+  // Not zeroed first (most of it is overwritten at once): the padding is zeroed as it is written.
+  const out = new Uint8Array(Buffer.allocUnsafeSlow(total).buffer, 0, total);
   const view = new DataView(out.buffer);
   let at = 0;
   for (const m of messages) {
@@ -156,8 +186,10 @@ export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX
     view.setUint32(at, CONTINUATION, true);
     view.setInt32(at + 4, headerLength, true);
     out.set(m.data_header, at + 8);
+    out.fill(0, at + 8 + m.data_header.length, at + 8 + headerLength);
     at += 8 + headerLength;
     out.set(m.data_body, at);
+    out.fill(0, at + m.data_body.length, at + m.data_body.length + pad8(m.data_body.length));
     at += m.data_body.length + pad8(m.data_body.length);
   }
   out.set(END_OF_STREAM, at);

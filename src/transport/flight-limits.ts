@@ -29,6 +29,8 @@ export interface FlightLimits {
   callTimeoutMs: number;
   /** Server: a connection without calls for this long is closed. */
   connectionIdleTimeoutMs: number;
+  /** FlightInfos in one ListFlights answer (a server lists no more, a client reads no more). */
+  maxListedFlights: number;
   /** Decoding limits (§14.1) applied to every data_header; the IPC defaults when absent. */
   ipc: Partial<IpcLimits>;
 }
@@ -45,6 +47,7 @@ export const DEFAULT_FLIGHT_LIMITS: Readonly<FlightLimits> = Object.freeze({
   callIdleTimeoutMs: 30_000,
   callTimeoutMs: 600_000,
   connectionIdleTimeoutMs: 300_000,
+  maxListedFlights: 1000,
   ipc: {},
 });
 
@@ -186,6 +189,11 @@ export class FlightDataCollector<T extends FlightDataLike> {
   #armIdle(): void {
     if (this.#idle) this.#idle.refresh();
     else this.#idle = setTimeout(() => this.fail(fail('ERR_TIMEOUT', `${this.what} sent nothing for ${this.limits.callIdleTimeoutMs} ms (callIdleTimeoutMs)`)), this.limits.callIdleTimeoutMs);
+  }
+
+  /** Neither failed nor finished: still taking messages. */
+  get collecting(): boolean {
+    return !this.#failed && !this.#finished;
   }
 
   /** Takes one message; false once the call failed. */

@@ -99,7 +99,8 @@ export function encodeMetadata(metadata: KeyValues | undefined): Uint8Array | un
   return metadata && Object.keys(metadata).length > 0 ? Buffer.from(JSON.stringify(metadata)) : undefined;
 }
 
-function decodeMetadata(bytes: Uint8Array): KeyValues {
+/** @internal The user metadata of an app_metadata: our JSON object of strings, else the bytes in base64. */
+export function decodeMetadata(bytes: Uint8Array): KeyValues {
   try {
     const value: unknown = JSON.parse(Buffer.from(bytes).toString('utf8'));
     if (value && typeof value === 'object' && Object.values(value).every((v) => typeof v === 'string')) return value as KeyValues;

@@ -10,10 +10,23 @@ import { type Channel } from './channel.js';
 import { listen as listenShm, type Listener } from './listener.js';
 import { type ReceivedTable } from './received.js';
 import { toStatus } from './flight-status.js';
-import { FlightMessage, received, type FlightResponder } from './flight-message.js';
-import { CHANNEL_ID_KEY, INBOX_TICKET, MAX_HANDSHAKE_BYTES, PATH_KEY, UPGRADE_VERSION, channelOptions, flightService, hostIdentity, ipcBytes, parseAddress, toFlightData, writeAll, type FlightData } from './flight-codec.js';
+import { FlightMessage, encodeMetadata, received, type FlightResponder } from './flight-message.js';
+import { describeTable, descriptorName, matchesPrefix, type FlightInfoMessage } from './flight-info.js';
+import type { KeyValues } from './frame.js';
+import { CHANNEL_ID_KEY, INBOX_TICKET, MAX_HANDSHAKE_BYTES, PATH_KEY, TICKET_KEY, UPGRADE_VERSION, channelOptions, flightService, hostIdentity, ipcBytes, parseAddress, toFlightData, writeAll, type FlightData, type FlightDescriptor, type OutgoingFlightData } from './flight-codec.js';
 
 const NOT_AUTHORIZED = { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' };
+const notFound = (name: string) => ({ code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
+
+/** A table offered for DoGet. `put`: a client's DoPut (may be dropped for room), else `serve()`'s. */
+interface Kept {
+  bytes: Uint8Array;
+  put: boolean;
+  /** The user metadata, sent with the table (DoGet: app_metadata) and in its FlightInfo. */
+  metadata: KeyValues;
+  /** Its FlightInfo, made on the first ListFlights or GetFlightInfo that asks. */
+  info?: FlightInfoMessage;
+}
 
 /** @internal Ends a server call with an error status (grpc-js: an 'error' event carrying the status). */
 export function refuse(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, status: Partial<grpc.StatusObject>): void {
@@ -42,7 +55,7 @@ export interface FlightServerOptions {
   /**
    * Also listen on this arrow-shm address (a path or @name) and offer it, in the Flight Handshake,
    * to clients on the same host: their DoPuts then arrive through shared memory, zero copy, and
-   * `receive()` returns them as shared-memory `ReceivedTable`s.
+   * `receive()` returns them as shared-memory `ReceivedTable`s; their DoGets are answered through it.
    */
   shm?: string;
   /** @internal Set by FlightListener: calls go to one channel per client connection instead of `receive()`. */
@@ -68,7 +81,7 @@ export interface FlightRouter {
   /** False: no open channel takes it (the client is told ERR_PEER_CLOSED). */
   put(peer: FlightPeer, item: FlightMessage | ArrowShmError): boolean;
   exchange(peer: FlightPeer, request: FlightMessage): void;
-  inbox(peer: FlightPeer, call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void;
+  inbox(peer: FlightPeer, call: grpc.ServerWritableStream<{ ticket: Buffer }, OutgoingFlightData>): void;
   action(peer: FlightPeer, type: string): boolean;
   shm(channel: Channel): void;
 }
@@ -94,8 +107,8 @@ export class FlightServer {
   #gate: CallGate;
   #held: HeldBytes;
   #authorized: (header: unknown) => boolean;
-  /** Tables for DoGet, oldest first; `put`: a client's DoPut (may be dropped for room), else `serve()`'s. */
-  #tables = new Map<string, { bytes: Uint8Array; put: boolean }>();
+  /** Tables for DoGet (and discovery), oldest first. */
+  #tables = new Map<string, Kept>();
   /** Each received table counts once in #held while the inbox or #tables has it. */
   #holders = new Map<Uint8Array, number>();
   /** Tables put (or the typed errors of refused puts) not yet taken by receive(). */
@@ -130,10 +143,11 @@ export class FlightServer {
     let self: FlightServer | null = null;
     const handlers = {
       DoPut: (call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>) => self!.#doPut(call),
-      DoGet: (call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>) => self!.#doGet(call),
+      DoGet: (call: grpc.ServerWritableStream<{ ticket: Buffer }, OutgoingFlightData>) => self!.#doGet(call),
       Handshake: (call: grpc.ServerDuplexStream<{ payload: Buffer }, { protocol_version: number; payload: Buffer }>) => self!.#handshake(call),
-      GetFlightInfo: (_: unknown, callback: grpc.sendUnaryData<unknown>) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'GetFlightInfo: use DoGet with the table name as ticket' }),
-      DoExchange: (call: grpc.ServerDuplexStream<FlightData, FlightData>) => self!.#doExchange(call),
+      ListFlights: (call: grpc.ServerWritableStream<{ expression: Buffer }, FlightInfoMessage>) => self!.#listFlights(call),
+      GetFlightInfo: (call: grpc.ServerUnaryCall<FlightDescriptor, FlightInfoMessage>, callback: grpc.sendUnaryData<FlightInfoMessage>) => self!.#getFlightInfo(call, callback),
+      DoExchange: (call: grpc.ServerDuplexStream<FlightData, OutgoingFlightData>) => self!.#doExchange(call),
       ListActions: (call: grpc.ServerWritableStream<unknown, unknown>) => call.end(),
       DoAction: (call: grpc.ServerWritableStream<{ type: string }, unknown>) => self!.#doAction(call),
     };
@@ -210,7 +224,10 @@ export class FlightServer {
         this.#shmChannels.add(channel);
         void (async () => {
           try {
-            for await (const message of channel) this.#deliver(message);
+            for await (const message of channel) {
+              if (message.isRequest && message.metadata[TICKET_KEY] !== undefined) void this.#shmGet(message);
+              else this.#deliver(message);
+            }
           } catch (e) {
             if (e instanceof ArrowShmError && e.code !== 'ERR_PEER_CLOSED' && e.code !== 'ERR_CLOSED') this.#deliver(e);
           } finally {
@@ -220,6 +237,19 @@ export class FlightServer {
         })();
       }
     })();
+  }
+
+  /** A DoGet over an upgraded connection (§13.1): the kept table is answered through shared memory. */
+  async #shmGet(request: ReceivedTable): Promise<void> {
+    const name = request.metadata[TICKET_KEY]!;
+    request.close(); // an empty table: the ticket is all it carries
+    const kept = this.#tables.get(name);
+    try {
+      if (kept) await request.respond(kept.bytes, { metadata: kept.metadata });
+      else await request.respondError('ERR_INVALID_ARGUMENT', `no table named ${JSON.stringify(name)}`);
+    } catch {
+      // the client went away: its channel closes
+    }
   }
 
   /** Checked from the call's headers, before any FlightData is read (constant time). */
@@ -253,7 +283,8 @@ export class FlightServer {
     );
     const clientGone = () => {
       gone = true; // nothing is delivered
-      collector.fail(fail('ERR_PEER_CLOSED', 'the client went away'));
+      // grpc-js reports every finished call as cancelled too: an error (and its stack) only for a cut one.
+      if (collector.collecting) collector.fail(fail('ERR_PEER_CLOSED', 'the client went away'));
     };
     call.on('data', (m: FlightData) => collector.add(m));
     call.on('error', clientGone);
@@ -299,7 +330,7 @@ export class FlightServer {
     this.#tables.delete(name); // re-inserted last: the newest
     if (old?.put) this.#release(old.bytes);
     this.#hold(message.bytes);
-    this.#tables.set(name, { bytes: message.bytes, put: true });
+    this.#tables.set(name, { bytes: message.bytes, put: true, metadata: message.metadata });
     this.#deliver(message);
   }
 
@@ -329,7 +360,7 @@ export class FlightServer {
     });
   }
 
-  #doExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>): void {
+  #doExchange(call: grpc.ServerDuplexStream<FlightData, OutgoingFlightData>): void {
     const handler = this.#options.onExchange;
     const router = this.#options.router;
     if (!this.#allowed(call)) return refuse(call, NOT_AUTHORIZED);
@@ -337,10 +368,9 @@ export class FlightServer {
     if (!handler) return this.#routeExchange(call, router!);
     this.#collect(call, 'DoExchange', (messages) => {
       void (async () => {
-        let answer: FlightData[];
+        let answer: OutgoingFlightData[];
         try {
-          const descriptor = messages[0]?.flight_descriptor;
-          const name = descriptor?.type === 'CMD' ? descriptor.cmd.toString('utf8') : (descriptor?.path ?? []).join('/');
+          const name = descriptorName(messages[0]?.flight_descriptor);
           const response = await handler(received(messages, name, this.#limits));
           answer = toFlightData(response, null);
         } catch (e) {
@@ -353,10 +383,9 @@ export class FlightServer {
   }
 
   /** A request for the channel of this client connection; its answer (or error) ends the call. */
-  #routeExchange(call: grpc.ServerDuplexStream<FlightData, FlightData>, router: FlightRouter): void {
+  #routeExchange(call: grpc.ServerDuplexStream<FlightData, OutgoingFlightData>, router: FlightRouter): void {
     this.#collect(call, 'DoExchange', (messages) => {
-      const descriptor = messages[0]?.flight_descriptor;
-      const name = descriptor?.type === 'CMD' ? descriptor.cmd.toString('utf8') : (descriptor?.path ?? []).join('/');
+      const name = descriptorName(messages[0]?.flight_descriptor);
       const responder: FlightResponder = {
         respond: async (data) => {
           await writeAll(call, toFlightData(data, null));
@@ -378,13 +407,46 @@ export class FlightServer {
     refuse(call, { code: grpc.status.INVALID_ARGUMENT, details: `ERR_INVALID_ARGUMENT: unknown action ${JSON.stringify(call.request.type)}` });
   }
 
-  #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, FlightData>): void {
+  #doGet(call: grpc.ServerWritableStream<{ ticket: Buffer }, OutgoingFlightData>): void {
     if (!this.#allowed(call)) return refuse(call, NOT_AUTHORIZED);
     const name = call.request.ticket.toString('utf8');
     if (this.#options.router && name === INBOX_TICKET) return this.#options.router.inbox(peerOf(call), call);
-    const bytes = this.#tables.get(name)?.bytes;
-    if (!bytes) return refuse(call, { code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
-    void writeAll(call, toFlightData(bytes, null)).then(() => call.end());
+    const kept = this.#tables.get(name);
+    if (!kept) return refuse(call, notFound(name));
+    void writeAll(call, toFlightData(kept.bytes, null, encodeMetadata(kept.metadata))).then(() => call.end());
+  }
+
+  /** The FlightInfo of a kept table, made once (checked under the limits it was kept with). */
+  #describe(name: string, kept: Kept): FlightInfoMessage {
+    kept.info ??= describeTable(name, kept.bytes, encodeMetadata(kept.metadata), kept.put ? this.#limits.ipc : undefined);
+    return kept.info;
+  }
+
+  /** Lists the tables DoGet serves whose name starts with the criteria's expression, oldest first, at most maxListedFlights. */
+  #listFlights(call: grpc.ServerWritableStream<{ expression: Buffer }, FlightInfoMessage>): void {
+    if (!this.#allowed(call)) return refuse(call, NOT_AUTHORIZED);
+    const infos: FlightInfoMessage[] = [];
+    try {
+      for (const [name, kept] of this.#tables) {
+        if (infos.length >= this.#limits.maxListedFlights) break;
+        if (matchesPrefix(name, call.request.expression)) infos.push(this.#describe(name, kept));
+      }
+    } catch (e) {
+      return refuse(call, toStatus(e));
+    }
+    void writeAll(call, infos).then(() => call.end());
+  }
+
+  #getFlightInfo(call: grpc.ServerUnaryCall<FlightDescriptor, FlightInfoMessage>, callback: grpc.sendUnaryData<FlightInfoMessage>): void {
+    if (!this.#allowed(call)) return callback(NOT_AUTHORIZED);
+    const name = descriptorName(call.request);
+    const kept = this.#tables.get(name);
+    if (!kept) return callback(notFound(name));
+    try {
+      callback(null, this.#describe(name, kept));
+    } catch (e) {
+      callback(toStatus(e));
+    }
   }
 
   /** A refused call is also a typed error on this side: for receive() (or its channel), while there is room. */
@@ -403,14 +465,14 @@ export class FlightServer {
     this.#inbox.push(item);
   }
 
-  /** Offers `data` for DoGet under `name`. */
-  serve(name: string, data: Sendable): void {
+  /** Offers `data` for DoGet under `name` (and lists it: ListFlights, GetFlightInfo), with `metadata` as app_metadata. */
+  serve(name: string, data: Sendable, options: { metadata?: KeyValues } = {}): void {
     const bytes = ipcBytes(data);
     if (data instanceof Uint8Array) walkIpcMessages(bytes, 'stream');
     const old = this.#tables.get(name);
     this.#tables.delete(name);
     if (old?.put) this.#release(old.bytes);
-    this.#tables.set(name, { bytes, put: false });
+    this.#tables.set(name, { bytes, put: false, metadata: options.metadata ?? {} });
   }
 
   /**

@@ -34,6 +34,8 @@ export class PacketSocket {
   #sendQueue: PendingSend[] = [];
   #buffer = new Uint8Array(RECEIVE_BUFFER);
   #reading = false;
+  /** What the poller watches now: 1 readable, 2 writable (-1 before the first start). */
+  #polling = -1;
   #closed = false;
   #lastActivity = performance.now();
 
@@ -130,6 +132,10 @@ export class PacketSocket {
 
   #updatePoll(): void {
     if (this.#closed) return;
+    // libuv re-registers the fd (epoll DEL + ADD) on every uv_poll_start: only call it on a change.
+    const wanted = (this.#reading ? 1 : 0) | (this.#sendQueue.length > 0 ? 2 : 0);
+    if (wanted === this.#polling) return;
+    this.#polling = wanted;
     native.pollerStart(this.#poller, this.#reading, this.#sendQueue.length > 0);
   }
 

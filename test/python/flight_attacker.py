@@ -24,7 +24,9 @@ grpcio, so nothing checks or decodes it on the way out. Hostile IPC bytes come f
     A hostile Flight server on a free port (prints "arrow-shm: listening on grpc://127.0.0.1:P" on
     stderr). KIND: metadata-bomb | schema-bomb | counts-mismatch: DoGet and DoExchange answer those
     bytes, Handshake answers normally; put-results: DoPut answers an endless stream of 1 MiB
-    PutResults; silent: DoGet sends one schema then nothing. Runs until killed.
+    PutResults; silent: DoGet sends one schema then nothing. Whatever KIND, ListFlights answers an
+    endless stream of FlightInfos and GetFlightInfo one, whose schema is KIND's first message (a
+    small table's for put-results and silent). Runs until killed.
 
 Exits 0 when the attack ran (whatever the server did), 2 on bad arguments.
 """
@@ -252,8 +254,25 @@ async def run_client(args) -> dict:
 # -------------------------------------------------------------------------------------- server
 
 
+def flight_info(kind: str) -> bytes:
+    """FlightInfo: 1 schema (the stream's first encapsulated message), 2 descriptor, 3 endpoint, 4 total_records."""
+    stream = {"metadata-bomb": attacks.metadata_bomb, "schema-bomb": attacks.schema_bomb, "counts-mismatch": attacks.counts_mismatch}.get(kind, attacks.small_table)()
+    schema = stream[: 8 + struct.unpack_from("<i", stream, 4)[0]]
+    descriptor = _varint(1 << 3 | 0) + _varint(1) + _field(3, b"attack")
+    endpoint = _field(1, _field(1, b"attack"))  # FlightEndpoint.ticket = Ticket{ticket}
+    return _field(1, schema) + _field(2, descriptor) + _field(3, endpoint) + _varint(4 << 3 | 0) + _varint(1)
+
+
 def run_server(kind: str) -> None:
     messages = payload(kind) if kind not in ("put-results", "silent") else payload("small")
+    info = flight_info(kind)
+
+    def list_flights(request, context):
+        while context.is_active():  # endless: a client reads at most its maxListedFlights
+            yield info
+
+    def get_flight_info(request, context):
+        return info
 
     def do_get(request, context):
         if kind == "silent":
@@ -283,6 +302,8 @@ def run_server(kind: str) -> None:
         "DoExchange": grpc.stream_stream_rpc_method_handler(do_exchange),
         "DoPut": grpc.stream_stream_rpc_method_handler(do_put),
         "Handshake": grpc.stream_stream_rpc_method_handler(handshake),
+        "ListFlights": grpc.unary_stream_rpc_method_handler(list_flights),
+        "GetFlightInfo": grpc.unary_unary_rpc_method_handler(get_flight_info),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("arrow.flight.protocol.FlightService", handlers),))

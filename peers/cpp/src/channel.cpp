@@ -15,9 +15,6 @@ namespace arrow_shm {
 
 namespace {
 
-// This side understands streams (§12) and takes inline tables (§5.3); it does not offer "lease".
-constexpr const char* kCapabilities = "stream,inline";
-
 std::vector<std::string> split_capabilities(const std::string& list) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -32,9 +29,11 @@ std::vector<std::string> split_capabilities(const std::string& list) {
   return out;
 }
 
+}  // namespace
+
 // A handshake number (§4): "0" or [1-9][0-9]*, at most `digits` digits (no sign, 0x, exponent,
 // space or empty string, which std::stoull would take); nullopt otherwise.
-std::optional<uint64_t> strict_decimal(const std::optional<std::string>& text, size_t digits = 9) {
+std::optional<uint64_t> strict_decimal(const std::optional<std::string>& text, size_t digits) {
   if (!text || text->empty() || text->size() > digits || text->find_first_not_of("0123456789") != std::string::npos ||
       ((*text)[0] == '0' && text->size() > 1))
     return std::nullopt;
@@ -44,6 +43,8 @@ std::optional<uint64_t> strict_decimal(const std::optional<std::string>& text, s
     return std::nullopt;
   }
 }
+
+namespace {
 
 constexpr size_t kMaxQueuedStreamSegments = 256;
 
@@ -89,7 +90,7 @@ void Channel::handshake_as_connector(const Deadline& d) {
   hello.kind = Kind::Hello;
   hello.metadata = {{"min_version", "1"},
                     {"max_version", "1"},
-                    {"capabilities", kCapabilities},
+                    {"capabilities", capabilities_},
                     {"implementation", kImplementation},
                     {"pid", std::to_string(::getpid())}};
   send_frame(hello);
@@ -133,7 +134,7 @@ void Channel::handshake_as_listener(const Deadline& user) {
   Frame welcome;
   welcome.kind = Kind::Welcome;
   welcome.metadata = {{"version", "1"},
-                      {"capabilities", kCapabilities},
+                      {"capabilities", capabilities_},
                       {"implementation", kImplementation},
                       {"pid", std::to_string(::getpid())},
                       {"max_message_bytes", std::to_string(options_.max_message_bytes)}};
@@ -426,7 +427,7 @@ uint64_t Channel::send(const arrow::Table& table, const KV& metadata, Timeout ti
 
 // §5.1 (§5.3 for an INLINE one) on a received TABLE: map, validate, ACK and return it; or ERROR
 // (same id) and throw.
-ReceivedTable Channel::accept_table(Received& r) {
+ReceivedTable Channel::accept_table(Received& r, bool held) {
   const Frame& f = r.frame;
   const uint8_t reply_flags = (f.flags & kRequest) ? kResponse : 0;
   try {
@@ -443,7 +444,9 @@ ReceivedTable Channel::accept_table(Received& r) {
       if (f.fd_count != 1 || r.fds.size() != 1)
         throw Error("ERR_PROTOCOL", "TABLE with fd_count " + std::to_string(f.fd_count) + " and " +
                                         std::to_string(r.fds.size()) + " fds received");
-      if (f.flags & kLeased) throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
+      // A store's held answer (§15.3) is LEASED yet fully sealed: the sealed policy below checks it.
+      if ((f.flags & kLeased) && !held)
+        throw Error("ERR_SEGMENT_UNSEALED", "LEASED segment, but this side did not offer 'lease'");
       uint64_t length = f.ipc_length;
       Mapping mapping =
           open_segment(r.fds[0].get(), f.ipc_offset, length, options_.allow_unsealed, options_.max_message_bytes);

@@ -139,6 +139,7 @@ int main(int argc, char** argv) {
     if (o.command == "pub") return cmd_pub(o);
     if (o.command == "sub") return cmd_sub(o);
     if (o.command == "engine") return cmd_engine(o);
+    if (o.command == "put" || o.command == "get" || o.command == "ls" || o.command == "rm") return cmd_store(o);
     return cmd_validate(o);
   } catch (const HelpRequest& help) {
     std::cout << help.text;

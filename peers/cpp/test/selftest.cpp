@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "report.hpp"
 #include "arrow_shm/channel.hpp"
 #include "arrow_shm/stream.hpp"
 #include "engine.hpp"
@@ -24,14 +25,8 @@ using namespace arrow_shm;
 
 namespace {
 
-int failures = 0;
-
-void report(const std::string& name, bool ok, const std::string& why = "") {
-  if (ok) std::printf("PASS: %s\n", name.c_str());
-  else std::printf("FAIL: %s: %s\n", name.c_str(), why.c_str());
-  if (!ok) failures++;
-  std::fflush(stdout);
-}
+using arrow_shm_test::failures;
+using arrow_shm_test::report;
 
 template <typename T>
 T value(arrow::Result<T> r) {
@@ -481,6 +476,63 @@ void streams() {
     } catch (const std::exception& e) {
       report(test, false, e.what());
     }
+  }
+
+  // 5b. a reply stream on the same connection (ping-pong), spinning readers, and dictionary-free
+  //     batches written in place; one of them is over a quarter of the ring (its own segment)
+  try {
+    auto schema = arrow::schema({arrow::field("n", arrow::int64()), arrow::field("s", arrow::utf8())});
+    std::vector<std::shared_ptr<arrow::RecordBatch>> batches;
+    for (int b = 0; b < 300; b++) {
+      const int rows = b == 150 ? 20000 : 1 + b % 40;
+      arrow::Int64Builder n;
+      arrow::StringBuilder str;
+      for (int i = 0; i < rows; i++)
+        if (!n.Append(b * 1000 + i).ok() || !str.Append(std::to_string(i)).ok()) throw std::runtime_error("append");
+      batches.push_back(arrow::RecordBatch::Make(schema, rows, {value(n.Finish()), value(str.Finish())}));
+    }
+    StreamWriterOptions options;
+    options.capacity_bytes = 65536;
+    options.spin_micros = 50;
+    auto p = open_stream_pair(schema, options);
+    std::optional<Error> echo_error;
+    size_t echoed = 0;
+    std::thread echo([&] {
+      try {
+        auto back = StreamWriter::open(*p.consumer_side, schema, options);
+        while (auto b = p.reader->read()) {
+          back->write(*b->batch);
+          echoed++;
+        }
+        back->close(std::chrono::seconds(10));
+      } catch (const Error& e) {
+        echo_error = e;
+      }
+    });
+    struct Joined {  // also when this side throws: the echo's read then times out
+      std::thread& t;
+      ~Joined() {
+        if (t.joinable()) t.join();
+      }
+    } joined{echo};
+    StreamReaderOptions reader_options;
+    reader_options.read_timeout = std::chrono::seconds(10);
+    reader_options.spin_micros = 50;
+    auto replies = StreamReader::accept(*p.producer_side, std::chrono::seconds(10), reader_options);
+    bool equal = true;
+    for (size_t i = 0; i < batches.size() && equal; i++) {
+      p.writer->write(*batches[i]);
+      auto reply = replies->read();
+      equal = reply && reply->sequence == i && reply->batch->Equals(*batches[i]);
+    }
+    p.writer->close(std::chrono::seconds(10));
+    const bool ended = equal && !replies->read();
+    echo.join();
+    report("stream: a reply stream on the same connection echoes every batch, then both end",
+           equal && ended && !echo_error && echoed == batches.size(),
+           echo_error ? echo_error->code() + ": " + echo_error->what() : std::to_string(echoed) + " echoed");
+  } catch (const std::exception& e) {
+    report("stream: a reply stream on the same connection echoes every batch, then both end", false, e.what());
   }
 
   // 6. nothing leaks: every fd of every stream above is closed

@@ -20,6 +20,7 @@ do neither, hence ctypes.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -159,10 +160,25 @@ class SegmentBuilder(Closing):
         # arrays stay readable; a write to them after sending lands in a private copy of the page
         # (copy on write) instead of faulting, and never reaches the sealed bytes (see the module).
         segment, self._segment = self._segment, None
+        ipc_length = self.header_bytes + body_end + len(EOS) - ipc_offset
         with segment:
             _mmap(self._address, self.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | _MAP_FIXED, segment.fd)
-            segment.seal()
-            return self._channel.send_segment(segment.fd, ipc_offset, self.header_bytes + body_end + len(EOS) - ipc_offset, metadata, timeout=timeout)
+            try:
+                segment.seal()
+            except ArrowShmError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                # Seen once under a benchmark: the kernel still counted references to the pages
+                # (F_SEAL_WRITE waits for them, then gives up). The bytes are intact behind the
+                # private mapping: send a sealed copy of them rather than fail the send.
+                return self._send_copy(ipc_offset, ipc_length, metadata, timeout)
+            return self._channel.send_segment(segment.fd, ipc_offset, ipc_length, metadata, timeout=timeout)
+
+    def _send_copy(self, ipc_offset: int, ipc_length: int, metadata: Optional[Dict[str, str]], timeout: Optional[float]) -> int:
+        with Segment.create(ipc_length, "arrow-shm-built") as copy:
+            copy.write_at(0, memoryview((ctypes.c_char * ipc_length).from_address(self._address + ipc_offset)).cast("B"))
+            copy.seal()
+            return self._channel.send_segment(copy.fd, 0, ipc_length, metadata, timeout=timeout)
 
     def close(self) -> None:
         """Closes the segment if not sent. The mapping stays while the builder lives (the

@@ -776,19 +776,26 @@ class Channel:
 
         return StreamWriter.open(self, schema, **options)
 
-    def accept_stream(self, *, timeout: Optional[float] = None, validate: Optional[str] = None) -> "StreamReader":
+    def accept_stream(
+        self, *, timeout: Optional[float] = None, validate: Optional[str] = None, spin_micros: int = 0
+    ) -> "StreamReader":
         """:meth:`arrow_shm.stream.StreamReader.accept` on this channel."""
         from .consumer import StreamReader
 
-        return StreamReader.accept(self, timeout=timeout, validate=validate)
+        return StreamReader.accept(self, timeout=timeout, validate=validate, spin_micros=spin_micros)
 
     def subscribe(
-        self, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, validate: Optional[str] = None
+        self,
+        metadata: Optional[Dict[str, str]] = None,
+        *,
+        timeout: Optional[float] = None,
+        validate: Optional[str] = None,
+        spin_micros: int = 0,
     ) -> "StreamReader":
         """:meth:`arrow_shm.stream.StreamReader.subscribe` on this channel."""
         from .consumer import StreamReader
 
-        return StreamReader.subscribe(self, metadata, timeout=timeout, validate=validate)
+        return StreamReader.subscribe(self, metadata, timeout=timeout, validate=validate, spin_micros=spin_micros)
 
     def _send_awaiting(
         self, frame: Frame, fds: Sequence[int], timeout: Optional[float], what: str, done: Optional[Callable[[], bool]]

@@ -29,9 +29,9 @@ from .ipc import (
     HEADER_DICTIONARY_BATCH,
     HEADER_RECORD_BATCH,
     PipeFile,
+    batch_validator,
     check_validate,
     map_arrow_error,
-    validate_table,
     walk_messages,
 )
 from .limits import IpcLimits, MessageChecker
@@ -46,13 +46,16 @@ from .ring import (
     SLEEP_BOUND,
     RingHeader,
     check_capacity,
+    check_spin_micros,
     eventfd_drain,
     read_record_header,
     ring_offset,
     sleep_on,
+    spin_until,
 )
 from .segment import F_GET_SEALS, Closing, check_segment, close_fds, map_readonly
-from .stream_link import StreamLink, wait_any
+from .stream_link import StreamLink, Waiter
+from .stream_plan import RecordPlan, has_dictionaries
 
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
@@ -155,14 +158,18 @@ class StreamReader(Closing):
     publishing peer for its stream."""
 
     @classmethod
-    def accept(cls, channel: "Channel", *, timeout: Optional[float] = None, validate: Optional[str] = None) -> "StreamReader":
+    def accept(
+        cls, channel: "Channel", *, timeout: Optional[float] = None, validate: Optional[str] = None, spin_micros: int = 0
+    ) -> "StreamReader":
         """The next stream the peer opens on ``channel``; its batches are read in place.
-        ``validate``: see :data:`arrow_shm.ipc.VALIDATE_MODES` (default: the channel's)."""
+        ``validate``: see :data:`arrow_shm.ipc.VALIDATE_MODES` (default: the channel's);
+        ``spin_micros``: how long :meth:`read` polls the ring before it sleeps (default 0)."""
         if validate is not None:
             check_validate(validate)
+        check_spin_micros(spin_micros)
         link = channel.stream_link
         frame, fds = link.next_offer(timeout)
-        return cls._take_offer(link, frame, fds, validate)
+        return cls._take_offer(link, frame, fds, validate, spin_micros)
 
     @classmethod
     def subscribe(
@@ -172,16 +179,20 @@ class StreamReader(Closing):
         *,
         timeout: Optional[float] = None,
         validate: Optional[str] = None,
+        spin_micros: int = 0,
     ) -> "StreamReader":
-        """Ask the publishing peer of ``channel`` for its stream (SUBSCRIBE, §12.1)."""
+        """Ask the publishing peer of ``channel`` for its stream (SUBSCRIBE, §12.1); options as :meth:`accept`."""
         if validate is not None:
             check_validate(validate)
+        check_spin_micros(spin_micros)
         link = channel.stream_link
         frame, fds = link.subscribe(metadata, timeout)
-        return cls._take_offer(link, frame, fds, validate)
+        return cls._take_offer(link, frame, fds, validate, spin_micros)
 
     @classmethod
-    def _take_offer(cls, link: StreamLink, frame: Frame, fds: List[int], validate: Optional[str]) -> "StreamReader":
+    def _take_offer(
+        cls, link: StreamLink, frame: Frame, fds: List[int], validate: Optional[str], spin_micros: int = 0
+    ) -> "StreamReader":
         """Map an offered stream with the channel's receiving options; ACK it (or answer ERROR)."""
         if link.sink is not None:
             close_fds(fds)
@@ -196,6 +207,7 @@ class StreamReader(Closing):
                 validate=link.validate if validate is None else validate,
                 max_message_bytes=link.max_message_bytes,
                 ipc_limits=link.ipc_limits,
+                spin_micros=spin_micros,
             )
         except ArrowShmError as e:
             link.send_error(e, frame.message_id)
@@ -214,11 +226,15 @@ class StreamReader(Closing):
         max_message_bytes: int = 2**32,
         owns_channel: bool = False,
         ipc_limits: Optional[IpcLimits] = None,
+        spin_micros: int = 0,
     ) -> None:
         """Checks and maps what a STREAM_OPEN carries (§12.1, §12.2). Takes ownership of ``fds``:
         on failure everything is closed and the typed error raised."""
         self._link = link
         self._validate = validate
+        self._spin_ns = 0
+        self._waiter = Waiter()
+        self._plan: Optional[RecordPlan] = None
         # Decoding limits (§14.1); it learns the prologue's schema, so each record's counts are checked against it.
         self._checker = MessageChecker(ipc_limits)
         self._max_message_bytes = max_message_bytes
@@ -237,6 +253,7 @@ class StreamReader(Closing):
         self._feed = _Feed()
         self.batches_read = 0
         try:
+            self._spin_ns = check_spin_micros(spin_micros) * 1000
             self._open(frame, fds)
         except BaseException:
             close_fds(fds)
@@ -302,6 +319,9 @@ class StreamReader(Closing):
         except (pa.ArrowException, EOFError, ValueError, OSError, TypeError) as e:
             raise map_arrow_error(e) from None
         self.schema: pa.Schema = self._reader.schema
+        self._check_batch = batch_validator(self.schema, self._validate)
+        if not has_dictionaries(self.schema):  # records are single messages: decoded one by one, planned
+            self._plan = RecordPlan()
         self._data_fd, self._space_fd = fds[2], fds[3]
         fds[2] = fds[3] = -1
 
@@ -337,7 +357,8 @@ class StreamReader(Closing):
                 raise ArrowShmError(ERR_CLOSED, "the stream reader is closed")
             if self._ended:
                 return None
-            write_position = self._load_write_position()
+            # The header is loaded again only once this reader caught up with what it saw published.
+            write_position = self._published if self._published > self._position else self._load_write_position()
             if write_position > self._position:
                 batch = self._read_record(write_position)
                 if batch is not None:
@@ -349,17 +370,23 @@ class StreamReader(Closing):
             if deadline is not None and time.monotonic() >= deadline:
                 raise ArrowShmError(ERR_TIMEOUT, f"no batch within {timeout} s")
             assert self._header is not None
+            if self._spin_ns and spin_until(self._published_past, self._spin_ns, deadline):
+                continue
             sleep_on(
                 self._header,
                 RingHeader.reader_flag(self._slot),
-                lambda: self._header.write_position > self._position or self._link.failure is not None,  # type: ignore[union-attr]
+                lambda: self._published_past() or self._link.failure is not None,
                 deadline,
                 self._wait_data,
             )
 
+    def _published_past(self) -> bool:
+        """A record was published past this reader's position."""
+        return self._header is not None and self._header.write_position > self._position
+
     def _wait_data(self, seconds: float) -> None:
         """Sleep on the data eventfd, serving the socket (a hang-up, a STREAM_SEGMENT)."""
-        wait_any([self._link], [self._data_fd], seconds)
+        self._waiter.wait([self._link], [self._data_fd], seconds)
         eventfd_drain(self._data_fd)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -431,17 +458,15 @@ class StreamReader(Closing):
         return self._decode(memoryview(mapping)[seg_offset : seg_offset + seg_length], sequence, release_segment)
 
     def _decode(self, data: memoryview, sequence: int, release: Callable[[], None]) -> StreamBatch:
+        plan = self._plan
         try:
-            spans, _ = walk_messages(data, "batches", self._checker)
-            for s in spans:
-                # Dictionaries outlive their record (later batches use them): copy them out of the ring.
-                self._feed.push(bytes(data[s.start : s.end]) if s.header_type == HEADER_DICTIONARY_BATCH else data[s.start : s.end])
+            end = plan.match(data) if plan is not None else None
             try:
-                batch = self._reader.read_next_batch()
-                if self._validate == "framing":
-                    batch.validate()
+                if end is not None:  # checked by the plan: one RecordBatch message
+                    batch = pa.ipc.read_record_batch(pa.py_buffer(data[:end]), self.schema)
                 else:
-                    validate_table(pa.Table.from_batches([batch]), self._validate)
+                    batch = self._walk_and_read(data)
+                self._check_batch(batch)
             except StopIteration:
                 raise ArrowShmError(ERR_RING_INVALID, "a stream record without a RecordBatch") from None
             except (pa.ArrowException, EOFError, ValueError, OSError, TypeError, IndexError, OverflowError) as e:
@@ -453,6 +478,17 @@ class StreamReader(Closing):
         self.batches_read += 1
         return StreamBatch(batch, sequence, data, release)
 
+    def _walk_and_read(self, data: memoryview) -> pa.RecordBatch:
+        """The generic path: walk the record's messages, feed them to pyarrow's stream reader."""
+        spans, _ = walk_messages(data, "batches", self._checker)
+        if self._plan is not None:
+            self._plan.learn(data)  # a dictionary-free record: one RecordBatch message, just verified
+        for s in spans:
+            # Dictionaries outlive their record (later batches use them): copy them out of the ring.
+            self._feed.push(bytes(data[s.start : s.end]) if s.header_type == HEADER_DICTIONARY_BATCH else data[s.start : s.end])
+        batch: pa.RecordBatch = self._reader.read_next_batch()
+        return batch
+
     def _release_leading(self) -> None:
         """Publish the end of the leading run of released records; wake a waiting producer."""
         advanced = False
@@ -462,6 +498,8 @@ class StreamReader(Closing):
         if not advanced or self._closed or self._header is None:
             return
         self._header.set_read_position(self._slot, self._read_position)
+        # After every release (§12.3): a producer may sleep without a bound (Node's does), and this
+        # reader cannot know how much room it waits for.
         self._header.wake_if_waiting(RingHeader.producer_flag(), self._space_fd)
 
     def _wait_segment(self, sequence: int) -> Union[tuple[mmap.mmap, int, int], ArrowShmError]:
@@ -473,7 +511,7 @@ class StreamReader(Closing):
             gone = self._peer_gone()
             if gone is not None:
                 return gone
-            wait_any([self._link], [self._data_fd], SLEEP_BOUND)
+            self._waiter.wait([self._link], [self._data_fd], SLEEP_BOUND)
 
     def on_segment(self, frame: Frame, fds: List[int], outbox: List[Frame]) -> None:
         """A STREAM_SEGMENT for this stream (from the link, under the channel's lock)."""

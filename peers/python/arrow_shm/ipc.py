@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import pyarrow as pa
 
@@ -350,6 +350,25 @@ def validate_table(table: pa.Table, validate: str = DEFAULT_VALIDATE) -> None:
             _validate_column(column if validate == "full" else _as_binary(column))
         except pa.ArrowInvalid as e:
             raise pa.ArrowInvalid(f"Column {i}: {e}") from None
+
+
+def batch_validator(schema: pa.Schema, validate: str = DEFAULT_VALIDATE) -> Callable[[pa.RecordBatch], None]:
+    """:func:`validate_table` for each batch of a stream of ``schema``, planned once: when no
+    field holds strings, ``"bounds"`` is Arrow's full validation, so a batch is validated as it
+    is and only one that fails goes through :func:`validate_table` (which forgives the value
+    rules or raises). ``"framing"`` checks the batch's shape (columns as long as the batch)."""
+    if check_validate(validate) == "framing":
+        return lambda batch: batch.validate()
+    if validate == "bounds" and any(_binary_type(f.type) is not None for f in schema):
+        return lambda batch: validate_table(pa.Table.from_batches([batch]), validate)
+
+    def full(batch: pa.RecordBatch) -> None:
+        try:
+            batch.validate(full=True)
+        except pa.ArrowInvalid:
+            validate_table(pa.Table.from_batches([batch]), validate)
+
+    return full
 
 
 def _validate_column(column: pa.ChunkedArray) -> None:

@@ -8,7 +8,7 @@ import mmap
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, TypeVar, Union
 
 import pyarrow as pa
 
@@ -39,15 +39,18 @@ from .ring import (
     RingHeader,
     align_record,
     check_capacity,
+    check_spin_micros,
     eventfd,
     eventfd_drain,
     place_record,
     ring_offset,
     sleep_on,
+    spin_until,
     write_record_header,
 )
-from .segment import F_ADD_SEALS, Closing, Segment, close_fds
-from .stream_link import StreamLink, wait_any
+from .segment import F_ADD_SEALS, MADV_POPULATE_WRITE, Closing, Segment, close_fds, populate
+from .stream_link import StreamLink, Waiter
+from .stream_plan import has_dictionaries
 
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
@@ -77,14 +80,52 @@ class _Capture(PipeFile):
         return True
 
 
+class _RingFile:
+    """pyarrow's IPC writer straight into the ring, for a stream without dictionaries (each record
+    is then one RecordBatch message of a size known beforehand): one copy of each batch. It writes
+    through a second, seekable mapping of the ring memfd (``pa.memory_map``), positioned at each
+    record. The writer emits the Schema with its first batch, so it is primed at creation with an
+    empty batch, written into the data area while nothing is published (all of it is free)."""
+
+    def __init__(self, ring_fd: int, schema: pa.Schema) -> None:
+        self._file = pa.memory_map(f"/proc/self/fd/{ring_fd}", "r+")
+        try:
+            self._writer = pa.ipc.new_stream(self._file, schema)
+            self._file.seek(RING_HEADER_BYTES)
+            # (pa.nulls: pa.array's first call costs a fifth of a second)
+            self._writer.write_batch(pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema))
+        except BaseException:
+            self._file.close()
+            raise
+
+    def write(self, offset: int, batch: pa.RecordBatch, size: int) -> None:
+        """Write ``batch``'s message (``size`` bytes, pa.ipc.get_record_batch_size) at data ``offset``."""
+        self._file.seek(RING_HEADER_BYTES + offset)
+        self._writer.write_batch(batch)
+        written = self._file.tell() - RING_HEADER_BYTES - offset
+        if written != size:  # the same pyarrow code measures and writes: never seen
+            raise ArrowShmError(ERR_PROTOCOL, f"pyarrow wrote a {written}-byte batch message, it measured {size}")
+
+    def prefault(self) -> None:
+        """Fault every page of this mapping in now (the one batches are written through)."""
+        self._file.seek(0)
+        whole = self._file.read_buffer(self._file.size())
+        populate(whole.address, whole.size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class _Attached:
-    __slots__ = ("slot", "link", "data_fd", "attached")
+    __slots__ = ("slot", "link", "data_fd", "attached", "wake")
 
     def __init__(self, slot: int, link: StreamLink, data_fd: int) -> None:
         self.slot = slot
         self.link = link
         self.data_fd = data_fd
         self.attached = False
+        #: Its waiting flag and data eventfd (§12.3).
+        self.wake = (RingHeader.reader_flag(slot), data_fd)
 
 
 def _batches_of(data: Any) -> List[pa.RecordBatch]:
@@ -103,7 +144,10 @@ class RingProducer(Closing):
     through their own segment), ``max_messages`` (most records not yet released by every reader),
     ``on_full`` (``"wait"`` for room, or ``"error"``: fail with ``ERR_RING_FULL``),
     ``write_timeout`` (seconds; ``ERR_TIMEOUT`` when waiting longer for room), ``max_readers``,
-    ``metadata`` (sent with STREAM_OPEN), ``attach_timeout`` (seconds for a consumer's ACK).
+    ``metadata`` (sent with STREAM_OPEN), ``attach_timeout`` (seconds for a consumer's ACK),
+    ``spin_micros`` (how long a write waiting for room polls the readers' positions before it sleeps),
+    ``prefault`` (fault the ring's pages in at creation, about 0.4 ms per MiB of capacity, and
+    commit its memory: the first lap around the ring then takes no page fault per 4 KiB).
     """
 
     _next_stream_id = 1
@@ -119,8 +163,11 @@ class RingProducer(Closing):
         max_readers: int = MAX_READERS,
         metadata: Optional[Dict[str, str]] = None,
         attach_timeout: float = 5.0,
+        spin_micros: int = 0,
+        prefault: bool = False,
     ) -> None:
         check_capacity(capacity_bytes)
+        self._spin_ns = check_spin_micros(spin_micros) * 1000
         if not 1 <= max_readers <= MAX_READERS:
             raise ArrowShmError(ERR_INVALID_ARGUMENT, f"max_readers must be 1..{MAX_READERS}, got {max_readers}")
         if max_messages is not None and max_messages < 1:
@@ -140,12 +187,21 @@ class RingProducer(Closing):
         self._readers: Dict[int, _Attached] = {}
         self._write_position = 0
         self._sequence = 0
+        #: The end of each record not yet released by every reader (kept for max_messages only).
         self._unreleased: Deque[int] = deque()
+        #: Writes up to this position fit without looking at the readers (they only move on).
+        self._room_end = 0
+        #: When _reserve next runs its checks (_check_readers) even if the record fits.
+        self._next_check = float("inf")
         self._dictionaries: List[tuple[int, bytes]] = []
         self._unsent_dictionaries = b""
         self._ended = self._closed = False
         self._sink = _Capture()
-        self._has_dictionaries = any(pa.types.is_dictionary(f.type) for f in _leaf_types(schema))
+        self._has_dictionaries = has_dictionaries(schema)
+        self._ring_file: Optional[_RingFile] = None
+        self._waiter = Waiter()
+        # write() of many batches publishes (and wakes the readers) once, at its end.
+        self._batching = False
         self._writer = pa.ipc.new_stream(self._sink, schema, options=pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True))
         # pyarrow's writer emits the Schema with the first batch (it is dropped there); joiners
         # before that need it now.
@@ -164,6 +220,19 @@ class RingProducer(Closing):
             whole.release()
             self._header.init(capacity_bytes, max_readers)
             self._space_fd = eventfd()
+            if not self._has_dictionaries:
+                try:
+                    self._ring_file = _RingFile(self._ring_fd, schema)
+                except (pa.ArrowException, OSError, ValueError, TypeError):
+                    pass  # (a Schema message larger than the ring) batches are serialized, then copied
+            if prefault:  # through the mapping the batches are written through
+                if self._ring_file is not None:
+                    self._ring_file.prefault()
+                else:
+                    try:
+                        self._map.madvise(MADV_POPULATE_WRITE)
+                    except OSError:
+                        pass  # a kernel before 5.14: the pages fault in on the first lap
         except OSError as e:
             self.close()
             raise syscall_error("memfd ring", e) from None
@@ -231,15 +300,29 @@ class RingProducer(Closing):
                 self._detach(reader.slot)
 
     def write(self, data: Any) -> None:
-        """Append every batch of ``data`` (Table, RecordBatch or batches), in order."""
-        for batch in _batches_of(data):
-            self._write_batch(batch)
+        """Append every batch of ``data`` (Table, RecordBatch or batches), in order. Many batches
+        are published together: the readers see them (and are woken) once, or whenever the
+        writer must wait for room."""
+        batches = _batches_of(data)
+        if len(batches) == 1:
+            self._write_batch(batches[0])
+            return
+        self._batching = True
+        try:
+            for batch in batches:
+                self._write_batch(batch)
+        finally:
+            self._batching = False
+            self._flush()
 
     def _write_batch(self, batch: pa.RecordBatch) -> None:
         if self._closed or self._ended:
             raise ArrowShmError(ERR_CLOSED, "the stream has ended")
         if not batch.schema.equals(self.schema):
             raise ArrowShmError(ERR_INVALID_ARGUMENT, "the batch schema differs from the stream schema")
+        if self._ring_file is not None:
+            self._write_in_place(batch)
+            return
         self._writer.write_batch(batch)
         payload = self._sink.take()
         if self._schema_pending:
@@ -265,7 +348,25 @@ class RingProducer(Closing):
                 self._dictionaries.append((span.dictionary_id, payload[span.start : span.end]))
         self._sequence += 1
 
-    def _append_record(self, payload: bytes) -> None:
+    def _write_in_place(self, batch: pa.RecordBatch) -> None:
+        """A batch of a stream without dictionaries: its one message, measured, then written by
+        pyarrow into the ring (a BATCH record), or serialized for its own segment (EXTERNAL)."""
+        try:
+            size = pa.ipc.get_record_batch_size(batch)
+        except (pa.ArrowException, ValueError, TypeError) as e:
+            raise ArrowShmError(ERR_INVALID_ARGUMENT, f"the batch cannot be written: {e}") from None
+        record_length = align_record(RECORD_HEADER_BYTES + size)
+        if record_length > self.capacity // 4:
+            self._append_record(batch.serialize())
+        else:
+            assert self._ring_file is not None
+            offset = self._reserve(record_length)
+            self._ring_file.write(offset + RECORD_HEADER_BYTES, batch, size)
+            write_record_header(self._data, offset, record_length, RECORD_BATCH, self._sequence, size)
+            self._publish(record_length, True)
+        self._sequence += 1
+
+    def _append_record(self, payload: Union[bytes, pa.Buffer]) -> None:
         """A BATCH record, or an EXTERNAL one with its own segment (§12.4 step 3)."""
         record_length = align_record(RECORD_HEADER_BYTES + len(payload))
         sequence = self._sequence
@@ -301,13 +402,21 @@ class RingProducer(Closing):
                     self._detach(reader.slot)
 
     def _publish(self, advance: int, counted: bool) -> None:
-        """Make ``advance`` more bytes visible and wake sleeping readers (§12.3)."""
+        """Make ``advance`` more bytes visible and wake sleeping readers (§12.3): now, or at the
+        end of a write() of many batches."""
         self._write_position += advance
-        self._header.write_position = self._write_position
-        if counted:
+        if counted and self._max_messages is not None:
             self._unreleased.append(self._write_position)
-        for reader in self._readers.values():
-            self._header.wake_if_waiting(RingHeader.reader_flag(reader.slot), reader.data_fd)
+        if not self._batching:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Store the write position (if it moved) and wake sleeping readers."""
+        header = self._header
+        if self._closed or header.write_position == self._write_position:
+            return
+        header.write_position = self._write_position
+        header.wake_waiting([r.wake for r in self._readers.values()])
 
     def _oldest_held(self) -> int:
         """The lowest position an attached reader still holds (clamped: a reader cannot claim more)."""
@@ -317,6 +426,7 @@ class RingProducer(Closing):
             oldest = min(oldest, position)
         while self._unreleased and self._unreleased[0] <= oldest:
             self._unreleased.popleft()
+        self._room_end = oldest + self.capacity
         return oldest
 
     def _fits(self, needed: int) -> bool:
@@ -328,6 +438,15 @@ class RingProducer(Closing):
     def _reserve(self, length: int, wait: bool = False) -> int:
         """Room for ``length`` contiguous bytes: their data offset (padding to the end first if
         needed). Waits for room if ``on_full`` is "wait" or ``wait`` (the END record always waits)."""
+        position = self._write_position
+        offset = ring_offset(position, self.capacity)
+        if (
+            position + length <= self._room_end
+            and length <= self.capacity - offset
+            and self._max_messages is None
+            and time.monotonic() < self._next_check
+        ):
+            return offset  # the common case: room known from the last look at the readers
         deadline = None if self._write_timeout is None else time.monotonic() + self._write_timeout
         while True:
             self._check_readers()
@@ -345,6 +464,9 @@ class RingProducer(Closing):
                 raise ArrowShmError(ERR_RING_FULL, f"the ring has no room for a {length}-byte record ({self.capacity} bytes, {held} held by readers)")
             if deadline is not None and time.monotonic() >= deadline:
                 raise ArrowShmError(ERR_TIMEOUT, f"no room in the ring within {self._write_timeout} s")
+            self._flush()  # what a write() of many batches wrote so far: the readers can release it
+            if self._spin_ns and spin_until(lambda: self._fits(needed), self._spin_ns, deadline):
+                continue
             self._sleep(lambda: self._fits(needed), deadline)
 
     def _check_readers(self) -> None:
@@ -355,7 +477,7 @@ class RingProducer(Closing):
 
     def _wait_space(self, seconds: float) -> None:
         """Sleep on the space eventfd, serving the readers' sockets (hang-ups, ACKs)."""
-        wait_any([r.link for r in self._readers.values()], [self._space_fd], seconds)
+        self._waiter.wait([r.link for r in self._readers.values()], [self._space_fd], seconds)
         eventfd_drain(self._space_fd)
 
     def end(self, *, timeout: Optional[float] = None) -> None:
@@ -386,6 +508,10 @@ class RingProducer(Closing):
         self._closed = True
         for slot in list(self._readers):
             self._detach(slot)
+        ring_file = getattr(self, "_ring_file", None)
+        if ring_file is not None:
+            ring_file.close()
+            self._ring_file = None
         header = getattr(self, "_header", None)
         if header is not None:
             header.release()
@@ -399,18 +525,6 @@ class RingProducer(Closing):
         self._space_fd = self._ring_fd = -1
 
 
-def _leaf_types(schema: pa.Schema) -> Iterator[pa.Field]:
-    stack = list(schema)
-    while stack:
-        field = stack.pop()
-        yield field
-        t = field.type
-        if pa.types.is_dictionary(t):
-            stack.append(pa.field("values", t.value_type))
-        for i in range(getattr(t, "num_fields", 0) or 0):
-            stack.append(t.field(i))
-
-
 class _ChannelRingProducer(RingProducer):
     """A stream on one channel: it fails once its one reader left. A writer that never waits would
     never read the socket, so it looks (one poll) at most every SOCKET_CHECK_INTERVAL: a busy
@@ -421,9 +535,9 @@ class _ChannelRingProducer(RingProducer):
     def _check_readers(self) -> None:
         now = time.monotonic()
         if now >= self._next_socket_check:
-            self._next_socket_check = now + SOCKET_CHECK_INTERVAL
+            self._next_check = self._next_socket_check = now + SOCKET_CHECK_INTERVAL
             for reader in list(self._readers.values()):
-                wait_any([reader.link], [], 0)
+                self._waiter.wait([reader.link], [], 0)
         self._detach_departed()
         if not self._readers:
             raise ArrowShmError(ERR_PEER_CLOSED, "the reader left the stream")

@@ -119,12 +119,18 @@ def publish(address: str, schema: pa.Schema, **options: Any) -> Publication:
 
 
 def subscribe(
-    address: str, metadata: Optional[Dict[str, str]] = None, *, timeout: Optional[float] = None, **channel_options: Any
+    address: str,
+    metadata: Optional[Dict[str, str]] = None,
+    *,
+    timeout: Optional[float] = None,
+    spin_micros: int = 0,
+    **channel_options: Any,
 ) -> StreamReader:
-    """Connect to a publication and subscribe; the connection closes with the reader."""
+    """Connect to a publication and subscribe; the connection closes with the reader.
+    ``spin_micros``: see :meth:`StreamReader.accept`."""
     channel = connect(address, timeout=timeout, **channel_options)
     try:
-        reader = StreamReader.subscribe(channel, metadata, timeout=timeout)
+        reader = StreamReader.subscribe(channel, metadata, timeout=timeout, spin_micros=spin_micros)
     except BaseException:
         channel.close()
         raise

@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from .errors import ERR_INVALID_ARGUMENT, ERR_RING_INVALID, ArrowShmError, syscall_error
 from .segment import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
@@ -181,10 +181,16 @@ class RingHeader:
 
     def wake_if_waiting(self, flag: int, fd: int) -> None:
         """The waker's half of §12.3, after its position was stored: clear the flag, signal."""
+        self.wake_waiting([(flag, fd)])
+
+    def wake_waiting(self, waiters: List[Tuple[int, int]]) -> None:
+        """:meth:`wake_if_waiting` for many (flag, eventfd) pairs, one fence for all."""
         fence()
-        if self._u32[flag] == 1:
-            self._u32[flag] = 0
-            eventfd_signal(fd)
+        u32 = self._u32
+        for flag, fd in waiters:
+            if u32[flag] == 1:
+                u32[flag] = 0
+                eventfd_signal(fd)
 
     def release(self) -> None:
         for view in (self._u64, self._u32, self._page):
@@ -247,6 +253,28 @@ def eventfd_drain(fd: int) -> None:
         os.eventfd_read(fd)
     except (BlockingIOError, OSError):
         pass
+
+
+#: Longest ``spin_micros`` a waiter may ask for (one second of busy polling).
+MAX_SPIN_MICROS = 1_000_000
+
+
+def check_spin_micros(value: object) -> int:
+    """The ``spin_micros`` option (§12.3: a waiter may poll before it sleeps), 0 to 1,000,000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SPIN_MICROS:
+        raise ArrowShmError(ERR_INVALID_ARGUMENT, f"spin_micros must be an integer from 0 to {MAX_SPIN_MICROS}, got {value!r}")
+    return value
+
+
+def spin_until(ready: Callable[[], bool], spin_ns: int, deadline: Optional[float]) -> bool:
+    """Poll ``ready()`` for up to ``spin_ns`` nanoseconds (never past ``deadline``): whether it became true."""
+    until = time.monotonic_ns() + spin_ns
+    if deadline is not None:
+        until = min(until, int(deadline * 1e9))
+    while time.monotonic_ns() < until:
+        if ready():
+            return True
+    return False
 
 
 def sleep_on(header: RingHeader, flag: int, ready: Callable[[], bool], deadline: Optional[float], wait: Callable[[float], None]) -> None:

@@ -5,6 +5,7 @@ PROTOCOL.md §5 and §6.
 
 from __future__ import annotations
 
+import ctypes
 import errno as _errno
 import fcntl
 import mmap
@@ -43,6 +44,16 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024**3
 
 #: madvise(2) advice (Linux 5.14+): fault in every page of a range, writable, now.
 MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def populate(address: int, size: int) -> bool:
+    """MADV_POPULATE_WRITE on a writable mapping that is not a Python mmap (one pyarrow made):
+    every page faulted in now. Best effort: False where the kernel lacks it (pages fault later)."""
+    return bool(_libc.madvise(address, size, MADV_POPULATE_WRITE) == 0)
+
 
 #: Most buffers one pwritev(2) takes.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024

@@ -6,6 +6,7 @@ modules that do each job.
 - :mod:`.producer`: :class:`RingProducer` writes batches into a ring, :class:`StreamWriter` is a
   stream on one channel;
 - :mod:`.publication`: one producer, many subscribers (:func:`publish`, :func:`subscribe`);
+- :mod:`.stream_plan`: what is worked out once per stream (a record's checks without dictionaries);
 - :mod:`.stream_link`: what a stream needs of its channel.
 """
 

@@ -190,21 +190,32 @@ class StreamLink:
             close_fds(fds)
 
 
-def wait_any(links: Iterable[StreamLink], fds: Iterable[int], timeout: float) -> None:
-    """Sleep until one of ``fds`` is readable or a frame arrived on one of ``links``' channels (it is
-    then dispatched: hang-ups, STREAM_SEGMENTs and ACKs are seen while a stream waits), at most
-    ``timeout`` s."""
-    poller = select.poll()
-    sockets: Dict[int, StreamLink] = {}
-    link: Optional[StreamLink]
-    for link in links:
-        fd = link.poll_fd()
-        if fd is not None:
-            sockets[fd] = link
-            poller.register(fd, select.POLLIN)
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    for fd, _ in poller.poll(max(0, int(timeout * 1000))):
-        link = sockets.get(fd)
-        if link is not None:
-            link.pump_available()
+class Waiter:
+    """Sleeps until one of some fds is readable or a frame arrived on one of some links' channels
+    (it is then dispatched: hang-ups, STREAM_SEGMENTs and ACKs are seen while a stream waits).
+    One per waiting end: its poll object is kept across sleeps and only re-registered when the
+    fds change (a channel's socket is not polled while its inbox is full, §14.2)."""
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+        self._polled: Dict[int, Optional[StreamLink]] = {}
+
+    def wait(self, links: Iterable[StreamLink], fds: Iterable[int], timeout: float) -> None:
+        """Sleep at most ``timeout`` s."""
+        wanted: Dict[int, Optional[StreamLink]] = {}
+        for link in links:
+            fd = link.poll_fd()
+            if fd is not None:
+                wanted[fd] = link
+        for fd in fds:
+            wanted[fd] = None
+        if wanted.keys() != self._polled.keys():
+            for fd in self._polled.keys() - wanted.keys():
+                self._poller.unregister(fd)
+            for fd in wanted.keys() - self._polled.keys():
+                self._poller.register(fd, select.POLLIN)
+        self._polled = wanted
+        for fd, _ in self._poller.poll(max(0, int(timeout * 1000))):
+            ready = wanted.get(fd)
+            if ready is not None:
+                ready.pump_available()

@@ -5,12 +5,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+
+from arrow_shm import connect, listen
 
 HERE = Path(__file__).resolve().parent
 PEER = HERE.parent
@@ -82,3 +85,25 @@ def recv_frame(sock: socket.socket, timeout: float = 5.0) -> Optional[bytes]:
         for fd in fa:
             os.close(fd)
     return data or None
+
+
+@pytest.fixture
+def address() -> str:
+    return f"@ashm-stream-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def pair(address: str) -> Iterator[tuple]:
+    """(producer channel, consumer channel) over one connection."""
+    with listen(address) as lst:
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault("c", lst.accept(timeout=5)))
+        t.start()
+        producer = connect(address, timeout=5)
+        t.join()
+        consumer = box["c"]
+    try:
+        yield producer, consumer
+    finally:
+        producer.close()
+        consumer.close()

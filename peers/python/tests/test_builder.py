@@ -155,3 +155,36 @@ def test_the_mapping_lives_as_long_as_the_arrays_and_no_fd_outlives_the_send(soc
             assert len(_built_fds()) == 1
             unsent.close()
             assert not _built_fds()
+
+
+def test_a_seal_the_kernel_refuses_with_ebusy_sends_a_sealed_copy_instead(sock_path, monkeypatch):
+    import errno
+
+    from arrow_shm import segment as segment_module
+    from arrow_shm.errors import ERR_SYSCALL
+
+    real_seal = segment_module.Segment.seal
+    calls = []
+
+    def busy_once(self, *args):
+        calls.append(self)
+        if len(calls) == 1:  # the built segment: as F_SEAL_WRITE fails while pages are still referenced
+            raise ArrowShmError(ERR_SYSCALL, "fcntl(F_ADD_SEALS) failed: Device or resource busy", errno=errno.EBUSY, syscall="fcntl(F_ADD_SEALS)")
+        return real_seal(self, *args)
+
+    monkeypatch.setattr(segment_module.Segment, "seal", busy_once)
+    with listen(sock_path) as lst:
+        box = {}
+
+        def receive():
+            with lst.accept(timeout=10) as ch, ch.receive(timeout=10) as m:
+                box["table"], box["metadata"] = m.table, m.metadata
+
+        t = threading.Thread(target=receive)
+        t.start()
+        with connect(sock_path, timeout=10) as ch:
+            builder = ch.allocate(1 << 20)
+            builder.send(build(builder), {"name": "copied"}, timeout=10)
+        t.join(10)
+    assert len(calls) == 2  # the built segment (refused), then its sealed copy
+    assert box["table"].equals(expected()) and box["metadata"]["name"] == "copied"

@@ -11,9 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pyarrow as pa
 import pytest
@@ -39,28 +38,6 @@ def batch(i: int, rows: int = 3) -> pa.RecordBatch:
     return pa.record_batch(
         [pa.array([i] * rows, pa.int64()), pa.DictionaryArray.from_arrays(indices, pa.array(words))], schema=SCHEMA
     )
-
-
-@pytest.fixture
-def address() -> str:
-    return f"@ashm-stream-test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def pair(address: str) -> Iterator[tuple]:
-    """(producer channel, consumer channel) over one connection."""
-    with listen(address) as lst:
-        box: dict = {}
-        t = threading.Thread(target=lambda: box.setdefault("c", lst.accept(timeout=5)))
-        t.start()
-        producer = connect(address, timeout=5)
-        t.join()
-        consumer = box["c"]
-    try:
-        yield producer, consumer
-    finally:
-        producer.close()
-        consumer.close()
 
 
 def open_pair(producer, consumer, **options) -> tuple:

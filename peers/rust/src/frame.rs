@@ -128,29 +128,60 @@ impl Frame {
     /// Encodes header + key/value block. Fails with `ERR_INVALID_ARGUMENT` if the frame would
     /// exceed 65,536 bytes or the metadata has duplicate keys.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        self.encode_with(None)
+    }
+
+    /// Encodes an INLINE TABLE (§5.3): header, key/value block, zero bytes up to the next multiple
+    /// of 8, then the IPC stream `parts` copied straight into the frame (a send's one copy). Sets
+    /// flag `INLINE`, `ipc_offset` and `ipc_length`; `ERR_INVALID_ARGUMENT` if the stream is empty
+    /// or does not fit ([`inline_room`]).
+    pub fn encode_inline(&self, parts: &[&[u8]]) -> Result<Vec<u8>> {
+        if self.kind != Kind::Table {
+            return err(ErrorCode::InvalidArgument, format!("an inline stream in a {:?} frame", self.kind));
+        }
+        self.encode_with(Some(parts))
+    }
+
+    fn encode_with(&self, inline: Option<&[&[u8]]>) -> Result<Vec<u8>> {
         let kv = encode_kv(&self.metadata)?;
-        let total = HEADER_LENGTH + kv.len();
+        let (flags, ipc_offset, ipc_length, total) = match inline {
+            None => (self.flags, self.ipc_offset, self.ipc_length, HEADER_LENGTH + kv.len()),
+            Some(parts) => {
+                let (start, len) = (inline_offset(kv.len()), parts.iter().map(|p| p.len()).sum::<usize>());
+                if len == 0 {
+                    return err(ErrorCode::InvalidArgument, "an empty inline IPC stream");
+                }
+                (self.flags | FLAG_INLINE, start as u64, len as u64, start.saturating_add(len))
+            }
+        };
         if total > MAX_FRAME {
             return err(
                 ErrorCode::InvalidArgument,
-                format!("frame of {total} bytes exceeds {MAX_FRAME} (metadata too large)"),
+                format!("frame of {total} bytes exceeds {MAX_FRAME} (metadata or inline stream too large)"),
             );
         }
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.push(self.kind as u8);
-        out.push(self.flags);
+        out.push(flags);
         out.extend_from_slice(&(HEADER_LENGTH as u32).to_le_bytes());
         out.extend_from_slice(&(kv.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.message_id.to_le_bytes());
         out.extend_from_slice(&self.correlation_id.to_le_bytes());
-        out.extend_from_slice(&self.ipc_offset.to_le_bytes());
-        out.extend_from_slice(&self.ipc_length.to_le_bytes());
+        out.extend_from_slice(&ipc_offset.to_le_bytes());
+        out.extend_from_slice(&ipc_length.to_le_bytes());
         out.extend_from_slice(&self.fd_count.to_le_bytes());
         out.extend_from_slice(&[0u8; 12]);
         debug_assert_eq!(out.len(), HEADER_LENGTH);
         out.extend_from_slice(&kv);
+        if let Some(parts) = inline {
+            out.resize(ipc_offset as usize, 0);
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+        }
+        debug_assert_eq!(out.len(), total);
         Ok(out)
     }
 
@@ -186,7 +217,7 @@ impl Frame {
         let (ipc_offset, ipc_length) = (u64_at(32), u64_at(40));
         // §5.3: an INLINE TABLE's stream starts at align8(64 + metadata_length) and ends the frame.
         if flags & FLAG_INLINE != 0 {
-            let start = (HEADER_LENGTH as u64 + metadata_length as u64).next_multiple_of(8);
+            let start = inline_offset(metadata_length) as u64;
             if kind != Kind::Table || ipc_offset != start || ipc_length == 0 || start.checked_add(ipc_length) != Some(buf.len() as u64) {
                 return err(
                     ErrorCode::Protocol,
@@ -215,6 +246,16 @@ impl Frame {
             metadata,
         })
     }
+}
+
+/// Where an INLINE TABLE's IPC stream starts: after the header and key/values, 8-aligned (§5.3).
+pub fn inline_offset(metadata_length: usize) -> usize {
+    (HEADER_LENGTH + metadata_length).next_multiple_of(8)
+}
+
+/// The largest IPC stream an INLINE TABLE frame with `metadata` can carry (0: none fits).
+pub fn inline_room(metadata: &KeyValues) -> Result<usize> {
+    Ok(MAX_FRAME.saturating_sub(inline_offset(encode_kv(metadata)?.len())))
 }
 
 /// Encodes a key/value block; an empty map encodes as zero bytes.
@@ -348,6 +389,29 @@ mod tests {
         let mut big = vec![0u8; MAX_FRAME + 1];
         big[..64].copy_from_slice(&good[..64]);
         assert_eq!(Frame::decode(&big).unwrap_err().code, ErrorCode::Protocol);
+    }
+
+    #[test]
+    fn inline_frames_round_trip_and_fill_the_room() {
+        let mut f = Frame::new(Kind::Table);
+        f.flags = FLAG_RESPONSE;
+        f.correlation_id = 9;
+        f.metadata = vec![("k".into(), "v".into())]; // 14 bytes: the stream starts at align8(78) = 80
+        let bytes = f.encode_inline(&[b"abc", b"defgh"]).unwrap();
+        assert_eq!(bytes.len(), 88);
+        assert_eq!(&bytes[78..80], &[0, 0]);
+        let back = Frame::decode(&bytes).unwrap();
+        assert_eq!((back.flags, back.ipc_offset, back.ipc_length, back.fd_count), (FLAG_RESPONSE | FLAG_INLINE, 80, 8, 0));
+        assert_eq!(&bytes[80..], b"abcdefgh");
+        // exactly the room fits; one byte more, an empty stream or another kind does not
+        let room = inline_room(&f.metadata).unwrap();
+        assert_eq!(room, MAX_FRAME - 80);
+        assert_eq!(f.encode_inline(&[&vec![1u8; room]]).unwrap().len(), MAX_FRAME);
+        assert_eq!(f.encode_inline(&[&vec![1u8; room], b"x"]).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(f.encode_inline(&[]).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(Frame::new(Kind::Ack).encode_inline(&[b"x"]).unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(inline_room(&vec![]).unwrap(), MAX_FRAME - HEADER_LENGTH);
+        assert_eq!(inline_room(&vec![("k".into(), "x".repeat(MAX_FRAME))]).unwrap(), 0);
     }
 
     #[test]

@@ -701,7 +701,7 @@ pub fn write_options() -> IpcWriteOptions {
 
 /// Encodes `schema` + `batches` as an IPC stream (64-byte aligned, with EOS) without copying
 /// any data: the parts are the messages' metadata, padding and slices of the batches' buffers.
-fn encode_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<Buffer>> {
+pub(crate) fn encode_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<Buffer>> {
     let encode = || -> std::result::Result<Vec<Buffer>, ArrowError> {
         let mut encoder = StreamEncoder::try_new_with_options(schema, write_options())?;
         let mut parts = Vec::new();
@@ -723,9 +723,16 @@ pub fn write_batches_into(
     create: impl FnOnce(usize) -> Result<WritableSegment>,
 ) -> Result<(WritableSegment, usize)> {
     let parts = encode_stream(schema, batches)?;
+    write_parts_into(&parts.iter().map(|p| p.as_slice()).collect::<Vec<_>>(), create)
+}
+
+/// Writes the stream `parts` (e.g. [`encode_stream`]'s, as slices) one after the other into the
+/// segment `create(total length, at least 1)` makes, with one `pwritev`. Returns the still-unsealed
+/// segment and the stream length.
+pub(crate) fn write_parts_into(parts: &[&[u8]], create: impl FnOnce(usize) -> Result<WritableSegment>) -> Result<(WritableSegment, usize)> {
     let len = parts.iter().map(|p| p.len()).sum();
-    let mut seg = create(len)?;
-    seg.write_at(0, &parts.iter().map(|p| p.as_slice()).collect::<Vec<_>>())?;
+    let mut seg = create(usize::max(len, 1))?;
+    seg.write_at(0, parts)?;
     Ok((seg, len))
 }
 
@@ -736,9 +743,7 @@ pub fn write_batches_segment(schema: &Schema, batches: &[RecordBatch], min_size:
 
 /// Copies raw IPC stream bytes into the segment `create(length)` makes.
 pub fn write_bytes_into(bytes: &[u8], create: impl FnOnce(usize) -> Result<WritableSegment>) -> Result<(WritableSegment, usize)> {
-    let mut seg = create(bytes.len().max(1))?;
-    seg.write_at(0, &[bytes])?;
-    Ok((seg, bytes.len()))
+    write_parts_into(&[bytes], create)
 }
 
 /// Copies raw IPC stream bytes into a new segment of at least `min_size` bytes.

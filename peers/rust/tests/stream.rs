@@ -142,6 +142,17 @@ fn big_batches_go_through_stream_segments_and_small_ones_wrap() {
 }
 
 #[test]
+fn batches_without_dictionaries_are_written_in_place_or_in_their_own_segment() {
+    // The producer writes a dictionary-free batch's messages straight into its slot; the same
+    // batches as above, minus the dictionary column: wraps, PADDING and EXTERNAL records.
+    let schema = Arc::new(big_schema().project(&[0, 1]).unwrap());
+    let batches: Vec<RecordBatch> = (0..40).map(|i| batch([10, 300, 5000, 40][i % 4], 1).project(&[0, 1]).unwrap()).collect();
+    let options = WriterOptions { capacity: 65_536, ..WriterOptions::default() };
+    let in_ring = round_trip(schema, batches, options);
+    assert!((20..40).contains(&in_ring), "small batches in place, big ones in their own segment ({in_ring})");
+}
+
+#[test]
 fn a_full_ring_fails_fast_with_ring_full() {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (ch, consumer) = stream_to("full", move |mut reader| {
@@ -412,4 +423,37 @@ fn cli_send_stream_to_recv_stream_writes_one_ipc_stream() {
     let (_, want) = gold("1.0.0-littleendian/generated_dictionary.stream");
     assert_same(&got.batches, &want);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_reply_stream_shares_the_connection_both_ways() {
+    // Ping-pong: the consumer opens a stream back on the same connection and echoes each batch;
+    // both ends spin before sleeping. Each side ends its stream and reads the other's END.
+    let (ch, echo) = stream_to("reply", |mut reader| {
+        let schema = reader.schema().clone();
+        let options = WriterOptions { capacity: 65_536, spin_micros: 50, ..WriterOptions::default() };
+        let mut w = reader.open_reply(schema, options).unwrap();
+        let mut echoed = 0;
+        while let Some(item) = reader.read().unwrap() {
+            w.write(&item.batch).unwrap();
+            echoed += 1;
+        }
+        w.finish(T).unwrap();
+        echoed
+    });
+    // No dictionary column: an echoing writer keeps the dictionaries it sent (for deltas), and
+    // those arrays would hold their records in the ring.
+    let schema = Arc::new(big_schema().project(&[0, 1]).unwrap());
+    let mut w = stream::open_stream(ch, schema.clone(), WriterOptions { capacity: 65_536, ..WriterOptions::default() }).unwrap();
+    let mut replies = w.accept_reply(ReaderOptions { spin_micros: 50, ..reader_options() }, T).unwrap();
+    for i in 0..200 {
+        let sent = batch(1 + i % 50, 1).project(&[0, 1]).unwrap();
+        w.write(&sent).unwrap();
+        let reply = replies.read().unwrap().expect("a reply");
+        assert_eq!(reply.sequence, i as u64);
+        assert_eq!(reply.batch, sent, "reply {i}");
+    }
+    w.finish(T).unwrap();
+    assert!(replies.read().unwrap().is_none(), "the reply stream ends after the echo's END");
+    assert_eq!(echo.join().unwrap(), 200);
 }

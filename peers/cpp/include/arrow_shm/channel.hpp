@@ -50,6 +50,11 @@ struct ReceivedTable {
   bool is_request() const { return flags & kRequest; }
   // Decodes the bytes again on each call (cheap: no copy, the columns point into `ipc`).
   std::shared_ptr<arrow::Table> table() const { return decode_table(ipc); }
+  // A table store's get answer (§15.5): the store holds that version until the last copy of this
+  // handle goes, or close(), which sends RELEASE. Empty for a channel's tables.
+  std::shared_ptr<void> hold;
+  // Ends the hold now; the bytes and columns stay readable (the segment is sealed).
+  void close() { hold.reset(); }
 };
 
 using Timeout = std::optional<std::chrono::milliseconds>;  // nullopt = wait forever
@@ -74,6 +79,7 @@ struct ChannelOptions {
 class StreamReader;
 class RingProducer;
 class Publication;
+class StoreLink;
 
 class Channel {
  public:
@@ -145,6 +151,7 @@ class Channel {
   friend class StreamReader;
   friend class RingProducer;
   friend class Publication;
+  friend class StoreLink;  // a table store's client: its own HELLO, frames and held answers (§15)
   friend std::unique_ptr<StreamReader> subscribe_on(Channel& channel, const KV& metadata, Timeout timeout,
                                                     Validate validate);
   struct Received {
@@ -162,7 +169,8 @@ class Channel {
   void handshake_as_connector(const Deadline& d);
   void handshake_as_listener(const Deadline& d);
   void take_peer_info(const Frame& f);
-  ReceivedTable accept_table(Received& r);
+  // `held`: a table store's get answer, LEASED but checked with the sealed policy (§15.3).
+  ReceivedTable accept_table(Received& r, bool held = false);
   uint64_t send_table(OutgoingStream stream, const KV& metadata, uint8_t flags, uint64_t correlation_id);
   void await_ack(uint64_t id, const Deadline& d);
   // Handles a frame the caller does not wait for; returns false if it was GOODBYE.
@@ -171,6 +179,8 @@ class Channel {
   Fd fd_;
   ChannelOptions options_;
   uint64_t next_id_ = 1;
+  // What HELLO/WELCOME list: streams (§12), inline tables (§5.3); no "lease". A store client: "store".
+  std::string capabilities_ = "stream,inline";
   bool handshaken_ = false;
   bool peer_gone_ = false;
   std::optional<Error> failure_;

@@ -143,6 +143,7 @@ struct StreamReaderOptions {
   uint64_t max_message_bytes = kDefaultMaxMessageBytes;  // largest batch accepted through its own segment
   IpcLimits ipc_limits;                                  // §14.1, for the prologue and every record
   Validate validate = Validate::Bounds;                  // the checks of every decoded batch (arrow_shm.hpp)
+  uint64_t spin_micros = 0;  // busy-poll the write position this long before sleeping (§12.3)
 };
 
 class StreamReader {
@@ -231,6 +232,7 @@ struct StreamWriterOptions {
   uint32_t max_readers = 0;                        // 0: 1 for a channel stream, 62 for a publication
   KV metadata;                                     // sent with STREAM_OPEN
   Timeout attach_timeout = std::chrono::milliseconds(5000);  // for a consumer's ACK
+  uint64_t spin_micros = 0;  // ring full: busy-poll the readers' positions this long before sleeping
 };
 
 class RingProducer {
@@ -271,6 +273,7 @@ class RingProducer {
   bool fits(uint64_t needed);
   uint64_t reserve(uint64_t length, bool wait);
   void sleep_until(const std::function<bool()>& ready, const Deadline& deadline);
+  bool write_in_place(const arrow::RecordBatch& batch);
   void append_record(const std::vector<uint8_t>& payload);
   void publish(uint64_t advance, bool counted);
   void write_header(uint64_t offset, uint32_t length, RecordKind kind, uint64_t sequence, uint64_t ipc_length);

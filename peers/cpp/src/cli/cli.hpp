@@ -27,6 +27,9 @@ struct HelpRequest {
 struct Options {
   std::string command;
   std::optional<std::string> socket, out;
+  std::optional<std::string> store, name;  // put, get, ls, rm: the store's address; NAME
+  std::string prefix;                       // ls --prefix
+  bool replace = false;                     // put --replace
   bool listen = false, connect = false, print = false, seed_compat = false, allow_unsealed = false;
   bool stream = false;
   std::optional<uint64_t> ring_bytes;
@@ -52,10 +55,28 @@ Timeout timeout(const Options& o);
 // --listen: listens on --socket (announcing it) and accepts one channel; else connects to it.
 std::unique_ptr<Channel> open_channel(const Options& o, bool listen, ChannelOptions options = {});
 
+// Writes received IPC streams to --out (a file, or DIR/000000.arrows, ...). The path is checked
+// before anything is accepted; each file appears complete (a temporary file, then rename). recv.cpp.
+class Output {
+ public:
+  Output(std::optional<std::string> out, int count);
+  void write(const uint8_t* data, uint64_t n, int index) const;
+
+ private:
+  static std::string parent(const std::string& path);
+  std::optional<std::string> out_;
+  bool as_dir_ = false;
+};
+
+// Prints the summary of docs/CLI.md, with up to 5 first rows as JSON objects like the Node CLI
+// (an undecodable table: ERR_IPC_UNSUPPORTED on stderr). recv.cpp.
+void print_summary(const ReceivedTable& m, int index);
+
 int cmd_recv(const Options& o);         // recv.cpp
 int cmd_send_stream(const Options& o);  // streams.cpp
 int cmd_recv_stream(const Options& o);
 int cmd_pub(const Options& o);
 int cmd_sub(const Options& o);
+int cmd_store(const Options& o);  // store.cpp: put, get, ls, rm (a table store's client)
 
 }  // namespace arrow_shm::cli

@@ -9,7 +9,10 @@ namespace arrow_shm::cli {
 namespace {
 
 enum : unsigned { kSend = 1, kRecv = 2, kPub = 4, kSub = 8, kValidate = 16, kEngine = 32 };
+enum : unsigned { kPut = 64, kGet = 128, kLs = 256, kRm = 512 };  // a table store's client (§15)
 constexpr unsigned kNetworked = kSend | kRecv | kPub | kSub | kEngine;  // they all take --socket
+constexpr unsigned kStore = kPut | kGet | kLs | kRm;                   // a table store's client: --store
+constexpr unsigned kNamed = kPut | kGet | kRm;                         // a NAME argument first
 
 struct Command {
   const char* name;
@@ -25,6 +28,10 @@ constexpr Command kCommands[] = {
     {"sub", kSub, "[options]", "subscribe to a publication and write what it publishes as one IPC stream file"},
     {"validate", kValidate, "<file>", "run the receiver's IPC checks on FILE: ok, or the typed error"},
     {"engine", kEngine, "[options]", "answer symbol-table requests, connection after connection"},
+    {"put", kPut, "[options] <name> <file>", "put FILE (Arrow IPC stream or file, - for stdin) into a store under NAME"},
+    {"get", kGet, "[options] <name>", "get NAME from a store; write it as an IPC stream file and/or print a summary"},
+    {"ls", kLs, "[options]", "list a store: one line per name (name, bytes, rows, age)"},
+    {"rm", kRm, "[options] <name>", "delete NAME from a store (readers keep what they have)"},
 };
 
 int64_t parse_int(const std::string& flag, const std::string& v, int64_t min) {
@@ -106,6 +113,14 @@ const Flag kFlags[] = {
      "checks after decoding: bounds (default: every offset, index and length; no UTF-8 scan), full "
      "(also the UTF-8 of every string), framing (none: trusted senders only)",
      set_validate},
+    {"--store", "<addr>", kStore, "the store's socket path or @name", TEXT(store)},
+    {"--meta", "<key=value>", kPut, "user metadata (repeatable)", set_meta},
+    {"--replace", nullptr, kPut, "make a new version if NAME exists", SWITCH(replace)},
+    {"--out", "<file>", kGet, "write the table to FILE", TEXT(out)},
+    {"--print", nullptr, kGet, "print schema, rows, metadata and the first rows", SWITCH(print)},
+    {"--prefix", "<prefix>", kLs, "only names starting with PREFIX", TEXT(prefix)},
+    {"--timeout-ms", "<n>", kPut | kLs | kRm, "give up connecting after N ms", INT(timeout_ms, 1)},
+    {"--timeout-ms", "<n>", kGet, "wait up to N ms for NAME to be put", INT(timeout_ms, 1)},
     {"--max-inline-bytes", "<n>", kSend,
      "send IPC streams up to N bytes inside the TABLE frame when they fit (default: 65536; 0: never)",
      INT(max_inline_bytes, 0)},
@@ -160,7 +175,7 @@ std::string command_help(const Command& c) {
 }  // namespace
 
 Options parse(int argc, char** argv) {
-  if (argc < 2) throw UsageError("usage: arrow-shm-cpp send|recv|pub|sub|validate|engine ... (--help for more)");
+  if (argc < 2) throw UsageError("usage: arrow-shm-cpp send|recv|pub|sub|validate|engine|put|get|ls|rm ... (--help for more)");
   Options o;
   o.command = argv[1];
   const bool help_command = o.command == "help";
@@ -171,7 +186,8 @@ Options parse(int argc, char** argv) {
   const Command* command = nullptr;
   for (auto& c : kCommands)
     if (o.command == c.name) command = &c;
-  if (!command) throw UsageError("unknown command '" + o.command + "' (send, recv, pub, sub, validate, engine)");
+  if (!command)
+    throw UsageError("unknown command '" + o.command + "' (send, recv, pub, sub, validate, engine, put, get, ls, rm)");
   if (help_command) throw HelpRequest{command_help(*command)};
   for (int i = 2; i < argc; i++) {
     const std::string a = argv[i];
@@ -179,11 +195,15 @@ Options parse(int argc, char** argv) {
     if (a == "--help" || a == "-h") throw HelpRequest{command_help(*command)};
   }
   const unsigned bit = command->bit;
-  const bool takes_files = bit & (kSend | kPub | kValidate);
+  const bool takes_files = bit & (kSend | kPub | kValidate | kPut);
   bool positional_only = false;
   for (int i = 2; i < argc; i++) {
     std::string a = argv[i];
     if (positional_only || a == "-" || a.rfind("--", 0) != 0) {
+      if ((bit & kNamed) && !o.name) {
+        o.name = a;
+        continue;
+      }
       if (!takes_files) throw UsageError("unrecognized argument: " + a);
       o.files.push_back(a);
       continue;
@@ -209,6 +229,9 @@ Options parse(int argc, char** argv) {
   }
   if ((bit & (kSend | kPub)) && o.files.empty()) throw UsageError("the following arguments are required: FILE");
   if (bit == kValidate && o.files.size() != 1) throw UsageError("usage: arrow-shm-cpp validate FILE");
+  if ((bit & kNamed) && !o.name) throw UsageError("the following arguments are required: NAME");
+  if (bit == kPut && o.files.size() != 1) throw UsageError("usage: arrow-shm-cpp put --store ADDR NAME FILE");
+  if ((bit & kStore) && !o.store) throw UsageError("the following arguments are required: --store");
   if ((bit & kNetworked) && !o.socket && !o.seed_compat)
     throw UsageError("the following arguments are required: --socket");
   if (o.stream && o.seed_compat) throw UsageError("--stream and --seed-compat do not go together");

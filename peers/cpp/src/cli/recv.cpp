@@ -19,61 +19,54 @@
 
 namespace arrow_shm::cli {
 
+Output::Output(std::optional<std::string> out, int count) : out_(std::move(out)) {
+  if (!out_) return;
+  struct stat st {};
+  const bool exists = ::stat(out_->c_str(), &st) == 0;
+  as_dir_ = count > 1 || (exists && S_ISDIR(st.st_mode));
+  if (as_dir_ && !exists && ::mkdir(out_->c_str(), 0777) != 0 && errno != EEXIST)
+    throw UsageError("--out " + *out_ + ": cannot create the directory: " + std::strerror(errno));
+  if (as_dir_ && (::stat(out_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
+    throw UsageError("--out " + *out_ + ": not a directory (--count > 1 writes DIR/000000.arrows, ...)");
+  if (!as_dir_ && exists && !S_ISREG(st.st_mode)) throw UsageError("--out " + *out_ + ": not a regular file");
+  const std::string dir = as_dir_ ? *out_ : parent(*out_);
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw UsageError("--out " + *out_ + ": cannot write into " + dir + ": " + std::strerror(errno));
+}
+
+void Output::write(const uint8_t* data, uint64_t n, int index) const {
+  if (!out_) return;
+  std::string path = *out_;
+  if (as_dir_) {
+    char name[32];
+    std::snprintf(name, sizeof name, "/%06d.arrows", index);
+    path += name;
+  }
+  std::string tmp = path + ".XXXXXX";
+  Fd fd(::mkstemp(tmp.data()));
+  if (!fd) throw_errno("mkstemp", errno);
+  try {
+    for (uint64_t done = 0; done < n;) {
+      const ssize_t w = ::write(fd.get(), data + done, static_cast<size_t>(std::min<uint64_t>(n - done, 1u << 30)));
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) throw_errno("write", errno);
+      done += static_cast<uint64_t>(w);
+    }
+    if (::fchmod(fd.get(), 0644) != 0) throw_errno("fchmod", errno);
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("rename", errno);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+std::string Output::parent(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 namespace {
-
-// Writes received IPC streams to --out (a file, or DIR/000000.arrows, ...). The path is checked
-// before anything is accepted; each file appears complete (a temporary file, then rename).
-class Output {
- public:
-  Output(std::optional<std::string> out, int count) : out_(std::move(out)) {
-    if (!out_) return;
-    struct stat st {};
-    const bool exists = ::stat(out_->c_str(), &st) == 0;
-    as_dir_ = count > 1 || (exists && S_ISDIR(st.st_mode));
-    if (as_dir_ && !exists && ::mkdir(out_->c_str(), 0777) != 0 && errno != EEXIST)
-      throw UsageError("--out " + *out_ + ": cannot create the directory: " + std::strerror(errno));
-    if (as_dir_ && (::stat(out_->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
-      throw UsageError("--out " + *out_ + ": not a directory (--count > 1 writes DIR/000000.arrows, ...)");
-    if (!as_dir_ && exists && !S_ISREG(st.st_mode)) throw UsageError("--out " + *out_ + ": not a regular file");
-    const std::string dir = as_dir_ ? *out_ : parent(*out_);
-    if (::access(dir.c_str(), W_OK | X_OK) != 0)
-      throw UsageError("--out " + *out_ + ": cannot write into " + dir + ": " + std::strerror(errno));
-  }
-  void write(const uint8_t* data, uint64_t n, int index) const {
-    if (!out_) return;
-    std::string path = *out_;
-    if (as_dir_) {
-      char name[32];
-      std::snprintf(name, sizeof name, "/%06d.arrows", index);
-      path += name;
-    }
-    std::string tmp = path + ".XXXXXX";
-    Fd fd(::mkstemp(tmp.data()));
-    if (!fd) throw_errno("mkstemp", errno);
-    try {
-      for (uint64_t done = 0; done < n;) {
-        const ssize_t w = ::write(fd.get(), data + done, static_cast<size_t>(std::min<uint64_t>(n - done, 1u << 30)));
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) throw_errno("write", errno);
-        done += static_cast<uint64_t>(w);
-      }
-      if (::fchmod(fd.get(), 0644) != 0) throw_errno("fchmod", errno);
-      if (std::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("rename", errno);
-    } catch (...) {
-      ::unlink(tmp.c_str());
-      throw;
-    }
-  }
-
- private:
-  static std::string parent(const std::string& path) {
-    const size_t slash = path.find_last_of('/');
-    if (slash == std::string::npos) return ".";
-    return slash == 0 ? "/" : path.substr(0, slash);
-  }
-  std::optional<std::string> out_;
-  bool as_dir_ = false;
-};
 
 // One JSON value for a `first rows:` line: numbers and booleans bare, everything else quoted.
 std::string json_value(const arrow::Scalar& s) {
@@ -97,39 +90,6 @@ std::string json_value(const arrow::Scalar& s) {
 }
 
 std::string json_quote(const std::string& s) { return json_value(arrow::StringScalar(s)); }
-
-// Prints the summary of docs/CLI.md, with up to 5 first rows as JSON objects like the Node CLI
-// (an undecodable table: ERR_IPC_UNSUPPORTED on stderr).
-void print_summary(const ReceivedTable& m, int index) {
-  std::cout << "== table " << index << ": " << m.ipc->size() << " bytes of Arrow IPC ==\n";
-  if (!m.metadata.empty()) {
-    std::cout << "metadata: ";
-    for (size_t i = 0; i < m.metadata.size(); i++)
-      std::cout << (i ? ", " : "") << m.metadata[i].first << "=" << m.metadata[i].second;
-    std::cout << "\n";
-  }
-  if (m.info.unsupported) {
-    std::cout.flush();
-    report("", *m.info.unsupported);
-    return;
-  }
-  std::cout << "schema: " << m.info.schema << "\n";
-  std::cout << "rows: " << m.info.rows << ", columns: " << m.info.num_columns << ", batches: " << m.info.batches
-            << "\n";
-  auto table = m.table();  // zero copy: the columns point into the mapping
-  const int64_t head = std::min<int64_t>(5, table->num_rows());
-  if (head > 0) std::cout << "first rows:\n";
-  for (int64_t row = 0; row < head; row++) {
-    std::cout << "  {";
-    for (int c = 0; c < table->num_columns(); c++) {
-      auto scalar = table->column(c)->GetScalar(row);
-      std::cout << (c ? "," : "") << json_quote(table->field(c)->name()) << ":"
-                << (scalar.ok() ? json_value(**scalar) : "null");
-    }
-    std::cout << "}\n";
-  }
-  std::cout.flush();
-}
 
 // §14.2 for a listener that holds connections: past kMaxConnections the connection idle longest
 // (at least 1 s) makes room, else the new one is refused; a connection without a frame for
@@ -234,6 +194,39 @@ void receive_from_all(Listener& listener, const ChannelOptions& options, Timeout
 }
 
 }  // namespace
+
+// Prints the summary of docs/CLI.md, with up to 5 first rows as JSON objects like the Node CLI
+// (an undecodable table: ERR_IPC_UNSUPPORTED on stderr).
+void print_summary(const ReceivedTable& m, int index) {
+  std::cout << "== table " << index << ": " << m.ipc->size() << " bytes of Arrow IPC ==\n";
+  if (!m.metadata.empty()) {
+    std::cout << "metadata: ";
+    for (size_t i = 0; i < m.metadata.size(); i++)
+      std::cout << (i ? ", " : "") << m.metadata[i].first << "=" << m.metadata[i].second;
+    std::cout << "\n";
+  }
+  if (m.info.unsupported) {
+    std::cout.flush();
+    report("", *m.info.unsupported);
+    return;
+  }
+  std::cout << "schema: " << m.info.schema << "\n";
+  std::cout << "rows: " << m.info.rows << ", columns: " << m.info.num_columns << ", batches: " << m.info.batches
+            << "\n";
+  auto table = m.table();  // zero copy: the columns point into the mapping
+  const int64_t head = std::min<int64_t>(5, table->num_rows());
+  if (head > 0) std::cout << "first rows:\n";
+  for (int64_t row = 0; row < head; row++) {
+    std::cout << "  {";
+    for (int c = 0; c < table->num_columns(); c++) {
+      auto scalar = table->column(c)->GetScalar(row);
+      std::cout << (c ? "," : "") << json_quote(table->field(c)->name()) << ":"
+                << (scalar.ok() ? json_value(**scalar) : "null");
+    }
+    std::cout << "}\n";
+  }
+  std::cout.flush();
+}
 
 int cmd_recv(const Options& o) {
   const int64_t count = o.count.value_or(1);

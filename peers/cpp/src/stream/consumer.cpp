@@ -54,6 +54,8 @@ class QueueMessageReader : public arrow::ipc::MessageReader {
 };
 
 // In-order release (§12.3): read_position advances over the leading run of released records.
+// A waiting producer is woken by every advance (§12.3): a producer of another peer may sleep
+// without a bound, and the room it needs may be far less than half the ring.
 struct ReleaseQueue {
   RingHeader header;
   uint32_t slot;
@@ -252,6 +254,9 @@ std::optional<StreamBatch> StreamReader::read() {
       continue;
     }
     if (gone) throw gone_error();
+    if (spin_until(options_.spin_micros,
+                   [&] { return header_.write_position().load(std::memory_order_acquire) > position_; }))
+      continue;
     take_segments();  // map what arrived (their fds close) while there is nothing to read
     if (d && Clock::now() >= *d)
       throw Error("ERR_TIMEOUT", "no batch within " + std::to_string(options_.read_timeout->count()) + " ms");

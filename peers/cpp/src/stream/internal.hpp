@@ -42,6 +42,22 @@ void make_nonblocking(int fd);
 bool sleep_on(std::atomic_ref<uint32_t> flag, int eventfd, const std::vector<int>& sockets,
               const std::function<bool()>& ready, const Deadline& d);
 
+// Busy-polls `ready` for up to `micros` µs (the optional spin before a sleep, §12.3).
+template <typename Ready>
+bool spin_until(uint64_t micros, Ready&& ready) {
+  if (micros == 0) return false;
+  const auto until = Clock::now() + std::chrono::microseconds(micros);
+  for (;;) {
+    for (int i = 0; i < 64; i++) {
+      if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (Clock::now() >= until) return false;
+  }
+}
+
 // A decimal u64 field of a frame, or ERR_PROTOCOL naming `frame_name`.
 uint64_t decimal(const Frame& f, const std::string& key, const char* frame_name);
 

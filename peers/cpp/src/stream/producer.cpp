@@ -31,6 +31,15 @@ constexpr uint64_t kMaxRecordBytes = 1ull << 31;
 
 uint64_t align_record(uint64_t n) { return (n + kRecordAlign - 1) / kRecordAlign * kRecordAlign; }
 
+// Arrow's stream writer options of every record: buffers 64-byte aligned, uncompressed,
+// dictionaries as deltas when they grow.
+arrow::ipc::IpcWriteOptions record_write_options() {
+  auto options = arrow::ipc::IpcWriteOptions::Defaults();
+  options.alignment = 64;
+  options.emit_dictionary_deltas = true;
+  return options;
+}
+
 bool has_dictionaries(const arrow::DataType& type) {
   if (type.id() == arrow::Type::DICTIONARY) return true;
   for (auto& f : type.fields())
@@ -88,10 +97,7 @@ RingProducer::RingProducer(std::shared_ptr<arrow::Schema> schema, StreamWriterOp
   // Arrow's stream writer produces each batch's messages: dictionaries (whole, delta or
   // replacement), then the RecordBatch, buffers 64-byte aligned, uncompressed.
   sink_ = std::make_shared<detail::CaptureStream>();
-  auto write_options = arrow::ipc::IpcWriteOptions::Defaults();
-  write_options.alignment = 64;
-  write_options.emit_dictionary_deltas = true;
-  writer_ = unwrap(arrow::ipc::MakeStreamWriter(sink_, schema_, write_options));
+  writer_ = unwrap(arrow::ipc::MakeStreamWriter(sink_, schema_, record_write_options()));
   schema_bytes_ = sink_->take();
   if (schema_bytes_.empty()) {  // a writer that defers the schema: serialize it ourselves
     auto serialized = unwrap(arrow::ipc::SerializeSchema(*schema_));
@@ -243,6 +249,7 @@ uint64_t RingProducer::reserve(uint64_t length, bool wait) {
     }
     if (d && Clock::now() >= *d)
       throw Error("ERR_TIMEOUT", "no room in the ring within " + std::to_string(options_.write_timeout->count()) + " ms");
+    if (spin_until(options_.spin_micros, [&] { return fits(needed); })) continue;
     sleep_until([&] { return fits(needed); }, d);
   }
 }
@@ -270,6 +277,10 @@ void RingProducer::write(const arrow::RecordBatch& batch) {
   if (closed_ || ended_) throw Error("ERR_CLOSED", "the stream has ended");
   if (!batch.schema()->Equals(*schema_, /*check_metadata=*/false))
     throw Error("ERR_INVALID_ARGUMENT", "the batch schema differs from the stream schema");
+  if (!has_dictionaries_ && write_in_place(batch)) {
+    sequence_++;
+    return;
+  }
   check(writer_->WriteRecordBatch(batch));
   std::vector<uint8_t> payload = unsent_dictionaries_;
   {
@@ -304,6 +315,34 @@ void RingProducer::write(const arrow::RecordBatch& batch) {
   unsent_dictionaries_.clear();
   dictionary_messages_.insert(dictionary_messages_.end(), dictionaries.begin(), dictionaries.end());
   sequence_++;
+}
+
+// A batch without dictionaries: Arrow writes its RecordBatch message straight into the record's
+// slot (one copy of each buffer, no intermediate stream). False, with nothing written, when the
+// record is too big for the ring (the caller sends it in its own segment).
+bool RingProducer::write_in_place(const arrow::RecordBatch& batch) {
+  const auto options = record_write_options();
+  arrow::ipc::IpcPayload payload;
+  check(arrow::ipc::GetRecordBatchPayload(batch, options, &payload));
+  // WriteIpcPayload's layout: continuation and length, the flatbuffer padded to the alignment, the body.
+  const auto alignment = static_cast<uint64_t>(options.alignment);
+  const uint64_t message = (8 + static_cast<uint64_t>(payload.metadata->size()) + alignment - 1) / alignment * alignment;
+  const uint64_t ipc_length = message + static_cast<uint64_t>(payload.body_length);
+  const uint64_t record_length = align_record(kRecordHeaderBytes + ipc_length);
+  if (record_length > std::min(capacity_ / 4, kMaxRecordBytes)) return false;
+  const uint64_t offset = reserve(record_length, false);
+  uint8_t* record = data_ + offset;
+  auto slot = std::make_shared<arrow::MutableBuffer>(record + kRecordHeaderBytes, static_cast<int64_t>(ipc_length));
+  arrow::io::FixedSizeBufferWriter out(slot);  // refuses to write past the slot
+  int32_t metadata_length = 0;
+  check(arrow::ipc::WriteIpcPayload(payload, options, &out, &metadata_length));
+  if (static_cast<uint64_t>(unwrap(out.Tell())) != ipc_length)
+    throw Error("ERR_IPC_INVALID", "the Arrow writer wrote " + std::to_string(unwrap(out.Tell())) +
+                                       " bytes for a " + std::to_string(ipc_length) + "-byte message");
+  std::memset(record + kRecordHeaderBytes + ipc_length, 0, record_length - kRecordHeaderBytes - ipc_length);
+  write_header(offset, static_cast<uint32_t>(record_length), RecordKind::Batch, sequence_, ipc_length);
+  publish(record_length, true);
+  return true;
 }
 
 void RingProducer::append_record(const std::vector<uint8_t>& payload) {

@@ -75,6 +75,11 @@ pub(crate) fn answer_hello(fd: OwnedFd, opts: Options, timeout: Option<Duration>
 
 /// Connects to a listener, checks its uid and does the handshake.
 pub fn connect(address: &str, opts: Options) -> Result<Channel> {
+    connect_with(address, opts, CAPABILITIES)
+}
+
+/// [`connect`] listing `capabilities` in the HELLO (a table store's client lists only `store`).
+pub(crate) fn connect_with(address: &str, opts: Options, capabilities: &str) -> Result<Channel> {
     let addr = Address::parse(address)?;
     let dl = deadline(opts.timeout);
     let fd = sys::connect(&addr, libc::SOCK_SEQPACKET, dl)?;
@@ -89,7 +94,7 @@ pub fn connect(address: &str, opts: Options) -> Result<Channel> {
     hello.metadata = vec![
         ("min_version".into(), VERSION.to_string()),
         ("max_version".into(), VERSION.to_string()),
-        ("capabilities".into(), CAPABILITIES.into()),
+        ("capabilities".into(), capabilities.into()),
         ("implementation".into(), IMPLEMENTATION.into()),
         ("pid".into(), std::process::id().to_string()),
     ];
@@ -147,7 +152,7 @@ pub fn connect(address: &str, opts: Options) -> Result<Channel> {
     }
 }
 
-pub(super) fn remote_error(frame: &Frame) -> Error {
+pub(crate) fn remote_error(frame: &Frame) -> Error {
     let code_text = kv_get(&frame.metadata, "code").unwrap_or("");
     let message = kv_get(&frame.metadata, "message").unwrap_or("").to_string();
     match ErrorCode::parse(code_text) {

@@ -17,20 +17,23 @@ use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 
 use crate::error::{err, Error, ErrorCode, Result};
-use crate::frame::{Frame, KeyValues, Kind, FLAG_INLINE, FLAG_LEASED, FLAG_REQUEST, FLAG_RESPONSE, MAX_FRAME, VERSION};
+use crate::frame::{inline_room, Frame, KeyValues, Kind, FLAG_INLINE, FLAG_LEASED, FLAG_REQUEST, FLAG_RESPONSE, MAX_FRAME, VERSION};
 use crate::ipc;
 use crate::pool::{SparePool, DEFAULT_SPARE_BYTES};
 use crate::segment::{self, Mapping, WritableSegment};
 use crate::sys;
 use crate::trace::{trace_stage, HandoffStage};
 
-pub(crate) use handshake::answer_hello;
+pub(crate) use handshake::{answer_hello, connect_with, remote_error};
 pub use handshake::{connect, CAPABILITIES, HELLO_TIMEOUT, IMPLEMENTATION};
 pub use listener::Listener;
 pub use options::Options;
 pub use received::ReceivedTable;
 
-use handshake::remote_error;
+/// An encoded stream's parts as the byte slices a send copies.
+fn slices(parts: &[arrow_buffer::Buffer]) -> Vec<&[u8]> {
+    parts.iter().map(|p| p.as_slice()).collect()
+}
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + t)
@@ -87,6 +90,9 @@ pub struct Channel {
     pub(crate) accept_subscribe: bool,
     /// Our SUBSCRIBE ids → the ERROR that answered them, if any.
     pub(crate) subscriptions: HashMap<u64, Option<Error>>,
+    /// On a table store's connection (§15; `crate::store`): the TABLE, STORE and answering ERROR
+    /// frames, with their fds, left for the store client to dispatch.
+    pub(crate) store_frames: Option<VecDeque<(Frame, Vec<OwnedFd>)>>,
 }
 
 impl Channel {
@@ -116,6 +122,7 @@ impl Channel {
             subscribes: VecDeque::new(),
             accept_subscribe: false,
             subscriptions: HashMap::new(),
+            store_frames: None,
         }
     }
 
@@ -126,6 +133,11 @@ impl Channel {
     /// The capabilities the peer listed in the handshake (e.g. `stream`, `lease`).
     pub fn peer_capabilities(&self) -> &[String] {
         &self.peer_caps
+    }
+    /// The largest `ipc_length` the peer accepts (its WELCOME's `max_message_bytes`; unlimited
+    /// when this side listened).
+    pub fn peer_max_message_bytes(&self) -> u64 {
+        self.peer_max_message_bytes
     }
     /// The peer's process id (`SO_PEERCRED` on the listening side, its HELLO/WELCOME otherwise).
     pub fn peer_pid(&self) -> i32 {
@@ -204,10 +216,22 @@ impl Channel {
     }
 
     /// Sends a frame with `fds` (which stay the caller's), assigning its message_id.
-    pub(crate) fn send_frame_fds(&mut self, mut frame: Frame, fds: &[i32]) -> Result<u64> {
+    pub(crate) fn send_frame_fds(&mut self, frame: Frame, fds: &[i32]) -> Result<u64> {
+        self.send_frame_with(frame, fds, None)
+    }
+
+    /// [`Self::send_frame_fds`], with an INLINE TABLE's IPC stream `inline` encoded into the frame (§5.3).
+    fn send_frame_with(&mut self, mut frame: Frame, fds: &[i32], inline: Option<&[&[u8]]>) -> Result<u64> {
         frame.message_id = self.next_id;
         frame.fd_count = fds.len() as u32;
-        let bytes = frame.encode()?;
+        let bytes = match inline {
+            Some(parts) => {
+                let bytes = frame.encode_inline(parts)?;
+                trace_stage(HandoffStage::Copy, frame.message_id);
+                bytes
+            }
+            None => frame.encode()?,
+        };
         sys::send_with_fds(self.fd.as_raw_fd(), &bytes, fds)?;
         self.next_id += 1;
         Ok(frame.message_id)
@@ -323,6 +347,22 @@ impl Channel {
                 ErrorCode::Protocol,
                 format!("{:?} frame carried {} fds", frame.kind, fds.len()),
             )));
+        }
+        if let Some(store_frames) = &mut self.store_frames {
+            match frame.kind {
+                Kind::Table | Kind::Store => {
+                    store_frames.push_back((frame, fds));
+                    return Ok(());
+                }
+                Kind::Error if frame.correlation_id != 0 => {
+                    store_frames.push_back((frame, fds));
+                    return Ok(());
+                }
+                Kind::StreamOpen | Kind::StreamSegment | Kind::Subscribe => {
+                    return Err(self.fatal(Error::new(ErrorCode::Protocol, format!("{:?} frame on a table store's connection", frame.kind))))
+                }
+                _ => {}
+            }
         }
         match frame.kind {
             Kind::Table => self.on_table(frame, fds),
@@ -480,18 +520,7 @@ impl Channel {
         flags: u8,
         correlation_id: u64,
     ) -> Result<u64> {
-        self.check_open()?;
-        if ipc_length as u64 > self.peer_max_message_bytes {
-            return err(
-                ErrorCode::TooLarge,
-                format!("{ipc_length} bytes exceed the peer's max_message_bytes {}", self.peer_max_message_bytes),
-            );
-        }
-        for (k, _) in metadata {
-            if k.starts_with("arrow-shm.") {
-                return err(ErrorCode::InvalidArgument, format!("metadata key {k:?} is reserved"));
-            }
-        }
+        self.check_table(ipc_length, metadata)?;
         let fd = seg.finish(true)?;
         trace_stage(HandoffStage::Copy, self.next_id);
         let mut f = Frame::new(Kind::Table);
@@ -504,6 +533,61 @@ impl Channel {
         trace_stage(HandoffStage::Send, id);
         drop(fd); // ownership passed with the fd
         self.awaiting_ack.insert(id);
+        Ok(id)
+    }
+
+    /// What every TABLE this side sends must satisfy, segment or inline.
+    fn check_table(&self, ipc_length: usize, metadata: &KeyValues) -> Result<()> {
+        self.check_open()?;
+        if ipc_length as u64 > self.peer_max_message_bytes {
+            return err(
+                ErrorCode::TooLarge,
+                format!("{ipc_length} bytes exceed the peer's max_message_bytes {}", self.peer_max_message_bytes),
+            );
+        }
+        for (k, _) in metadata {
+            if k.starts_with("arrow-shm.") {
+                return err(ErrorCode::InvalidArgument, format!("metadata key {k:?} is reserved"));
+            }
+        }
+        Ok(())
+    }
+
+    /// §5.3: a stream of `len` bytes goes inside the TABLE frame when it is at most
+    /// `max_inline_bytes`, the peer listed `inline` and it fits the frame beside `metadata`.
+    fn sends_inline(&self, len: usize, metadata: &KeyValues) -> Result<bool> {
+        let could = len > 0 && len <= self.opts.max_inline_bytes && self.peer_caps.iter().any(|c| c == "inline");
+        // inline_room encodes the metadata: only asked when the stream could fit at all.
+        Ok(could && len <= inline_room(metadata)?)
+    }
+
+    /// Sends the IPC stream `parts` (copied once, into the frame or a segment) as a TABLE; does
+    /// not wait for the ACK. Returns the message id and, if a segment carried it, the stream's
+    /// length (for the spare pool to prepare the next one).
+    fn send_table(&mut self, parts: &[&[u8]], metadata: &KeyValues, flags: u8, correlation_id: u64) -> Result<(u64, Option<usize>)> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        if !self.sends_inline(len, metadata)? {
+            let (seg, len) = ipc::write_parts_into(parts, |n| self.spares.take(n))?;
+            return Ok((self.send_segment(seg, len, metadata, flags, correlation_id)?, Some(len)));
+        }
+        self.check_table(len, metadata)?;
+        let mut f = Frame::new(Kind::Table);
+        f.flags = flags;
+        f.correlation_id = correlation_id;
+        f.metadata = metadata.clone();
+        let id = self.send_frame_with(f, &[], Some(parts))?;
+        trace_stage(HandoffStage::Send, id);
+        self.awaiting_ack.insert(id);
+        Ok((id, None))
+    }
+
+    /// [`Self::send_table`], then waits for its ACK.
+    fn send_table_acked(&mut self, parts: &[&[u8]], metadata: &KeyValues, flags: u8, correlation_id: u64, timeout: Option<Duration>) -> Result<u64> {
+        let (id, segment_len) = self.send_table(parts, metadata, flags, correlation_id)?;
+        self.wait_ack(id, timeout)?;
+        if let Some(len) = segment_len {
+            self.spares.prepare(len);
+        }
         Ok(id)
     }
 
@@ -528,36 +612,33 @@ impl Channel {
         }
     }
 
-    /// Sends raw IPC stream bytes (copied into a sealed segment) and waits for the ACK.
+    /// Sends raw IPC stream bytes (copied inside the frame, §5.3, or into a sealed segment) and
+    /// waits for the ACK.
     pub fn send_bytes(&mut self, ipc: &[u8], metadata: &KeyValues, timeout: Option<Duration>) -> Result<u64> {
         if ipc.is_empty() {
             return err(ErrorCode::InvalidArgument, "empty IPC stream");
         }
-        let (seg, len) = ipc::write_bytes_into(ipc, |n| self.spares.take(n))?;
-        let id = self.send_segment(seg, len, metadata, 0, 0)?;
-        self.wait_ack(id, timeout)?;
-        self.spares.prepare(len);
-        Ok(id)
+        self.send_table_acked(&[ipc], metadata, 0, 0, timeout)
     }
 
-    /// Writes `batches` into a sealed segment (64-byte aligned IPC), sends it, waits for the ACK.
+    /// Writes `batches` (64-byte aligned IPC) inside the frame (§5.3) or into a sealed segment,
+    /// sends it, waits for the ACK.
     pub fn send_batches(&mut self, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<u64> {
-        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
-        let id = self.send_segment(seg, len, metadata, 0, 0)?;
-        self.wait_ack(id, timeout)?;
-        self.spares.prepare(len);
-        Ok(id)
+        let parts = ipc::encode_stream(schema, batches)?;
+        self.send_table_acked(&slices(&parts), metadata, 0, 0, timeout)
     }
 
     /// Sends a REQUEST table and waits for its response (a RESPONSE table, or the peer's ERROR).
     pub fn request(&mut self, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<ReceivedTable> {
         let dl = deadline(timeout);
-        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
-        let id = self.send_segment(seg, len, metadata, FLAG_REQUEST, 0)?;
+        let parts = ipc::encode_stream(schema, batches)?;
+        let (id, segment_len) = self.send_table(&slices(&parts), metadata, FLAG_REQUEST, 0)?;
         self.awaiting_response.insert(id);
         loop {
             if let Some(r) = self.responses.remove(&id) {
-                self.spares.prepare(len);
+                if let Some(len) = segment_len {
+                    self.spares.prepare(len);
+                }
                 return r;
             }
             match self.pump(dl) {
@@ -574,11 +655,8 @@ impl Channel {
 
     /// Answers a request with a RESPONSE table (waits for its ACK).
     pub fn respond(&mut self, request_id: u64, schema: &Schema, batches: &[RecordBatch], metadata: &KeyValues, timeout: Option<Duration>) -> Result<u64> {
-        let (seg, len) = ipc::write_batches_into(schema, batches, |n| self.spares.take(n))?;
-        let id = self.send_segment(seg, len, metadata, FLAG_RESPONSE, request_id)?;
-        self.wait_ack(id, timeout)?;
-        self.spares.prepare(len);
-        Ok(id)
+        let parts = ipc::encode_stream(schema, batches)?;
+        self.send_table_acked(&slices(&parts), metadata, FLAG_RESPONSE, request_id, timeout)
     }
 
     /// Answers a request with an ERROR frame (flag RESPONSE).

@@ -37,6 +37,10 @@ pub struct Options {
     /// Prepare the next send's segment on a background thread, pre-allocated, one per size class
     /// of recent sends and within 1 GiB (see [`crate::pool::SparePool`]). Default `true`.
     pub spare_segments: bool,
+    /// Sends put an IPC stream of at most this many bytes inside the TABLE frame (§5.3: no
+    /// segment, no fd) when it fits the frame and the peer listed `inline`. Default 65,536
+    /// (every stream that fits); 0 = always a segment.
+    pub max_inline_bytes: usize,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             max_connections: 256,
             idle_timeout_ms: 300_000,
             spare_segments: true,
+            max_inline_bytes: crate::frame::MAX_FRAME,
         }
     }
 }

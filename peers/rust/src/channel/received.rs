@@ -25,11 +25,13 @@ pub struct ReceivedTable {
     pub flags: u8,
     /// User metadata of the TABLE frame.
     pub metadata: KeyValues,
+    /// A table store's hold on this version (§15.5): its drop, with the last clone, sends RELEASE.
+    pub(crate) hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ReceivedTable {
     /// Builds a message from a mapping and a validated range.
-    pub(super) fn new(map: Mapping, ipc_offset: usize, ipc_length: usize, frame: Option<&Frame>, limits: &ipc::Limits) -> Result<ReceivedTable> {
+    pub(crate) fn new(map: Mapping, ipc_offset: usize, ipc_length: usize, frame: Option<&Frame>, limits: &ipc::Limits) -> Result<ReceivedTable> {
         let info = ipc::validate_stream(&map.as_slice()[ipc_offset..ipc_offset + ipc_length], limits)?;
         Ok(ReceivedTable {
             map: Arc::new(map),
@@ -40,6 +42,7 @@ impl ReceivedTable {
             correlation_id: frame.map_or(0, |f| f.correlation_id),
             flags: frame.map_or(0, |f| f.flags),
             metadata: frame.map(|f| f.metadata.clone()).unwrap_or_default(),
+            hold: None,
         })
     }
 

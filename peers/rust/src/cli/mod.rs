@@ -1,8 +1,10 @@
-//! `arrow-shm-rs send|recv|pub|sub|engine` — the command line of docs/CLI.md. The commands and
-//! their flags are one table (`usage`); `output` writes and prints what was received; `stream`
-//! holds the stream commands (send --stream, recv --stream, pub, sub).
+//! `arrow-shm-rs send|recv|pub|sub|engine|put|get|ls|rm` — the command line of docs/CLI.md. The
+//! commands and their flags are one table (`usage`); `output` writes and prints what was
+//! received; `stream` holds the stream commands (send --stream, recv --stream, pub, sub), `store`
+//! the table store's (put, get, ls, rm).
 
 mod output;
+mod store;
 mod stream;
 mod usage;
 
@@ -116,6 +118,10 @@ fn run_inner(args: Vec<std::ffi::OsString>) -> CliResult<i32> {
         "recv" => cmd_recv(a),
         "pub" => stream::cmd_pub(a),
         "sub" => stream::cmd_sub(a),
+        "put" => store::cmd_put(a),
+        "get" => store::cmd_get(a),
+        "ls" => store::cmd_ls(a),
+        "rm" => store::cmd_rm(a),
         _ => cmd_engine(a),
     }
 }
@@ -170,7 +176,10 @@ fn cmd_send(a: Args) -> CliResult<i32> {
         return Ok(0);
     }
     let addr = a.socket()?;
-    let opts = Options { timeout: t, ..Options::default() };
+    let mut opts = Options { timeout: t, ..Options::default() };
+    if let Some(n) = a.max_inline_bytes {
+        opts.max_inline_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+    }
     let mut ch = if a.listen {
         let lst = Listener::bind(&addr, opts)?;
         listening(&addr);
@@ -179,9 +188,10 @@ fn cmd_send(a: Args) -> CliResult<i32> {
         channel::connect(&addr, opts)?
     };
     for p in &payloads {
-        let (seg, len) = segment_for(p, 0)?;
-        let id = ch.send_segment(seg, len, &a.meta, 0, 0)?;
-        ch.wait_ack(id, t)?;
+        match p {
+            Payload::Stream(bytes) => ch.send_bytes(bytes, &a.meta, t)?,
+            Payload::Batches(schema, batches) => ch.send_batches(schema, batches, &a.meta, t)?,
+        };
     }
     ch.close();
     Ok(0)

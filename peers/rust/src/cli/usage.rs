@@ -27,13 +27,33 @@ const FLAGS: &[Flag] = &[
     Flag { name: "stream", value: None, help: "one stream through a shared ring" },
     Flag { name: "ring-bytes", value: Some("n"), help: "ring capacity (a power of two)" },
     Flag { name: "subscribers", value: Some("n"), help: "subscribers to wait for (default: 1)" },
+    Flag { name: "store", value: Some("addr"), help: "the store's socket path or @name" },
+    Flag { name: "replace", value: None, help: "make a new version if NAME exists" },
+    Flag { name: "prefix", value: Some("prefix"), help: "only names starting with PREFIX" },
+    Flag {
+        name: "max-inline-bytes",
+        value: Some("n"),
+        help: "send IPC streams up to N bytes inside the TABLE frame when they fit (default: 65536; 0: never)",
+    },
 ];
+
+/// The operands a command takes after its flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Operands {
+    None,
+    /// One or more FILEs.
+    Files,
+    /// A store's NAME.
+    Name,
+    /// A store's NAME, then a FILE.
+    NameFile,
+}
 
 /// A command: what it does and the flags it takes, in help order, each with its help line
 /// for this command ("": the flag's usual one).
 pub struct Command {
     pub name: &'static str,
-    files: bool,
+    operands: Operands,
     about: &'static str,
     flags: &'static [(&'static str, &'static str)],
 }
@@ -41,7 +61,7 @@ pub struct Command {
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "send",
-        files: true,
+        operands: Operands::Files,
         about: "send each FILE (Arrow IPC stream or file, - for stdin) as one table",
         flags: &[
             ("socket", ""),
@@ -51,11 +71,12 @@ pub const COMMANDS: &[Command] = &[
             ("timeout-ms", ""),
             ("stream", "send every batch of the FILEs as one stream through a shared ring"),
             ("ring-bytes", "ring capacity for --stream (a power of two)"),
+            ("max-inline-bytes", ""),
         ],
     },
     Command {
         name: "recv",
-        files: false,
+        operands: Operands::None,
         about: "receive tables; write them as IPC stream files and/or print a summary",
         flags: &[
             ("socket", ""),
@@ -71,7 +92,7 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "pub",
-        files: true,
+        operands: Operands::Files,
         about: "publish every batch of the FILEs once N subscribers have joined",
         flags: &[
             ("socket", ""),
@@ -83,19 +104,49 @@ pub const COMMANDS: &[Command] = &[
     },
     Command {
         name: "sub",
-        files: false,
+        operands: Operands::None,
         about: "subscribe to a publication and write what it publishes as one IPC stream file",
         flags: &[("socket", ""), ("out", "write the stream to PATH"), ("print", "print schema and row counts"), ("timeout-ms", "")],
     },
     Command {
         name: "engine",
-        files: false,
+        operands: Operands::None,
         about: "answer symbol-table requests (flag REQUEST) with per-file_id and per-kind summaries",
         flags: &[
             ("socket", ""),
             ("count", "stop after N requests (default: serve until killed)"),
             ("timeout-ms", "accepted for symmetry; requests have no timeout"),
         ],
+    },
+    // The table store's commands (cli/store.rs), as src/cli/store.ts defines them.
+    Command {
+        name: "put",
+        operands: Operands::NameFile,
+        about: "put FILE (Arrow IPC stream or file, - for stdin) into a store under NAME",
+        flags: &[("store", ""), ("meta", ""), ("replace", ""), ("timeout-ms", "give up connecting after N ms")],
+    },
+    Command {
+        name: "get",
+        operands: Operands::Name,
+        about: "get NAME from a store; write it as an IPC stream file and/or print a summary",
+        flags: &[
+            ("store", ""),
+            ("out", "write the table to FILE"),
+            ("print", "print schema, rows, metadata and the first rows"),
+            ("timeout-ms", "wait up to N ms for NAME to be put"),
+        ],
+    },
+    Command {
+        name: "ls",
+        operands: Operands::None,
+        about: "list a store: one line per name (name, bytes, rows, age)",
+        flags: &[("store", ""), ("prefix", ""), ("timeout-ms", "give up connecting after N ms")],
+    },
+    Command {
+        name: "rm",
+        operands: Operands::Name,
+        about: "delete NAME from a store (readers keep what they have)",
+        flags: &[("store", ""), ("timeout-ms", "give up connecting after N ms")],
     },
 ];
 
@@ -121,10 +172,11 @@ fn help_text(heading: &str, about: &str, sections: &[(&str, Vec<(String, &str)>)
 }
 
 fn operands(c: &Command) -> &'static str {
-    if c.files {
-        " <files...>"
-    } else {
-        ""
+    match c.operands {
+        Operands::None => "",
+        Operands::Files => " <files...>",
+        Operands::Name => " <name>",
+        Operands::NameFile => " <name> <file>",
     }
 }
 
@@ -167,13 +219,11 @@ pub fn usage_line() -> String {
                 let value = f.value.map(|v| format!(" {}", v.to_uppercase())).unwrap_or_default();
                 let repeat = if name == "meta" { "..." } else { "" };
                 let _ = match name {
-                    "socket" => write!(s, " --{name}{value}"),
+                    "socket" | "store" => write!(s, " --{name}{value}"),
                     _ => write!(s, " [--{name}{value}]{repeat}"),
                 };
             }
-            if c.files {
-                s.push_str(" FILE...");
-            }
+            s.push_str(&operands(c).replace(['<', '>'], "").replace("files...", "file...").to_uppercase());
             s
         })
         .collect();
@@ -198,6 +248,10 @@ pub struct Args {
     pub stream: bool,
     pub ring_bytes: Option<u64>,
     pub subscribers: Option<u64>,
+    pub store: Option<String>,
+    pub replace: bool,
+    pub prefix: Option<String>,
+    pub max_inline_bytes: Option<u64>,
 }
 
 fn number(v: std::ffi::OsString, flag: &str, min: u64) -> CliResult<u64> {
@@ -219,9 +273,17 @@ pub fn parse_args(c: &'static Command, mut p: lexopt::Parser) -> CliResult<Args>
                 let name = name.to_string();
                 a.set(&name, &mut p)?;
             }
-            Value(v) if c.files => a.files.push(v.string()?),
+            Value(v) if c.operands != Operands::None => a.files.push(v.string()?),
             other => return Err(other.unexpected().into()),
         }
+    }
+    let wanted = match c.operands {
+        Operands::Name => Some((1, "NAME")),
+        Operands::NameFile => Some((2, "NAME FILE")),
+        _ => None,
+    };
+    if let Some((_, what)) = wanted.filter(|&(n, _)| a.files.len() != n) {
+        return usage(format!("{} needs {what}, got {} operands", c.name, a.files.len()));
     }
     Ok(a)
 }
@@ -232,6 +294,9 @@ impl Args {
         match name {
             "socket" => self.socket = Some(p.value()?.string()?),
             "out" => self.out = Some(p.value()?.string()?),
+            "store" => self.store = Some(p.value()?.string()?),
+            "prefix" => self.prefix = Some(p.value()?.string()?),
+            "replace" => self.replace = true,
             "meta" => {
                 let v = p.value()?.string()?;
                 let Some((k, val)) = v.split_once('=').filter(|(k, _)| !k.is_empty()) else {
@@ -247,6 +312,7 @@ impl Args {
             "count" => self.count = Some(number(p.value()?, name, 1)?),
             "ring-bytes" => self.ring_bytes = Some(number(p.value()?, name, 1)?),
             "subscribers" => self.subscribers = Some(number(p.value()?, name, 1)?),
+            "max-inline-bytes" => self.max_inline_bytes = Some(number(p.value()?, name, 0)?),
             "listen" => self.listen = true,
             "connect" => self.connect = true,
             "seed-compat" => self.seed_compat = true,
@@ -263,6 +329,14 @@ impl Args {
         match &self.socket {
             Some(s) => Ok(s.clone()),
             None => usage(format!("{} needs --socket ADDR", self.command)),
+        }
+    }
+
+    /// `--store`, which the store commands need.
+    pub fn store(&self) -> CliResult<String> {
+        match &self.store {
+            Some(s) => Ok(s.clone()),
+            None => usage(format!("{} needs --store ADDR", self.command)),
         }
     }
 
@@ -305,7 +379,9 @@ Options:
   -h, --help        display help for command
 "
         );
-        assert!(program_help().contains("\n  send [options] <files...>  send each FILE"));
+        assert!(program_help().contains("\n  send [options] <files...>    send each FILE")); // padded to `put`'s
+        assert!(program_help().contains("\n  put [options] <name> <file>  put FILE"));
+        assert!(usage_line().ends_with("| rm --store ADDR [--timeout-ms N] NAME"));
         assert!(usage_line().starts_with("usage: arrow-shm-rs send --socket ADDR [--listen]"));
     }
 }

@@ -19,8 +19,10 @@ use crate::ring::{check_record_header, eventfd_drain, poll_readable, ring_offset
 use crate::segment::{self, Mapping};
 
 use super::lease::{leased_buffer, Held, ReleaseQueue, ReleaseState, StreamBatch};
+use super::link::Link;
+use super::producer::{open_on, StreamWriter, WriterOptions};
 use super::open::{open_parts, MessageDecoder};
-use super::{deadline_of, expired, sleep_ms};
+use super::{deadline_of, expired, sleep_ms, spin_until};
 
 /// Options of a stream reader.
 #[derive(Debug, Clone)]
@@ -31,20 +33,29 @@ pub struct ReaderOptions {
     pub max_message_bytes: u64,
     /// Decoding limits of the prologue and of every record (PROTOCOL.md §14.1).
     pub limits: ipc::Limits,
+    /// Busy-poll the write position this long before sleeping on the eventfd (§12.3): a
+    /// reader that keeps up then never makes a system call, at the cost of a core. Default 0.
+    pub spin_micros: u64,
 }
 
 impl Default for ReaderOptions {
     fn default() -> Self {
-        ReaderOptions { read_timeout: None, max_message_bytes: segment::DEFAULT_MAX_MESSAGE_BYTES, limits: ipc::Limits::default() }
+        ReaderOptions {
+            read_timeout: None,
+            max_message_bytes: segment::DEFAULT_MAX_MESSAGE_BYTES,
+            limits: ipc::Limits::default(),
+            spin_micros: 0,
+        }
     }
 }
 
 type ExternalSegment = Result<(Arc<Mapping>, usize, usize)>;
 
-/// The consuming end of a stream. Owns its channel; dropping it before the end leaves the
-/// stream (the connection is closed, which is how a consumer says it left, §12.1).
+/// The consuming end of a stream. Owns its channel (or shares it with the reply stream it
+/// opened); dropping it before the end leaves the stream (the connection is closed, which is
+/// how a consumer says it left, §12.1).
 pub struct StreamReader {
-    channel: Channel,
+    channel: Link,
     options: ReaderOptions,
     header: RingHeader,
     data: Arc<Mapping>,
@@ -74,8 +85,13 @@ pub struct StreamReader {
 impl StreamReader {
     /// Waits for the peer to open a stream on `channel` (STREAM_OPEN), checks and maps it, and
     /// ACKs it. A refused stream is answered with ERROR and returned as the error.
-    pub fn accept(mut channel: Channel, options: ReaderOptions, timeout: Option<Duration>) -> Result<StreamReader> {
+    pub fn accept(channel: Channel, options: ReaderOptions, timeout: Option<Duration>) -> Result<StreamReader> {
+        StreamReader::accept_on(Link::new(channel), options, timeout)
+    }
+
+    pub(super) fn accept_on(link: Link, options: ReaderOptions, timeout: Option<Duration>) -> Result<StreamReader> {
         let deadline = deadline_of(timeout);
+        let mut channel = link.get();
         match channel.pump_until(deadline, |c| !c.stream_offers.is_empty()) {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::Timeout => return err(ErrorCode::Timeout, "no stream offered"),
@@ -91,13 +107,14 @@ impl StreamReader {
         };
         channel.send_ack(frame.message_id)?;
         channel.reading_stream = true;
+        drop(channel);
         let releases = Arc::new(ReleaseState {
             queue: Mutex::new(ReleaseQueue { held: VecDeque::new(), read_position: opened.start, space_event: Some(opened.space_event) }),
             header: opened.header.clone(),
             slot: opened.slot,
         });
         Ok(StreamReader {
-            channel,
+            channel: link,
             options,
             header: opened.header,
             data: opened.data,
@@ -166,6 +183,10 @@ impl StreamReader {
                 }
                 continue;
             }
+            let position = self.position;
+            if spin_until(self.options.spin_micros, || self.header.write_position().load(Ordering::Acquire) > position) {
+                continue;
+            }
             if let Some(e) = self.peer_gone() {
                 return Err(e);
             }
@@ -184,7 +205,8 @@ impl StreamReader {
         let result = if self.header.write_position().load(Ordering::SeqCst) > self.position {
             Ok(())
         } else {
-            poll_readable(&[self.data_event.as_raw_fd(), self.channel.raw_fd()], sleep_ms(deadline)).map(|ready| {
+            let socket = self.channel.get().raw_fd();
+            poll_readable(&[self.data_event.as_raw_fd(), socket], sleep_ms(deadline)).map(|ready| {
                 if ready[0] {
                     eventfd_drain(self.data_event.as_raw_fd());
                 }
@@ -196,9 +218,9 @@ impl StreamReader {
 
     /// Reads what the socket holds; `Some` once the producer is gone.
     fn peer_gone(&mut self) -> Option<Error> {
-        let failure = self.channel.pump_all_ready();
+        let failure = self.channel.get().pump_all_ready();
         self.take_segments();
-        let failure = failure.or_else(|| self.channel.close_error().cloned())?;
+        let failure = failure.or_else(|| self.channel.get().close_error().cloned())?;
         if failure.code == ErrorCode::Closed {
             return Some(failure);
         }
@@ -306,14 +328,16 @@ impl StreamReader {
             if expired(deadline) {
                 return err(ErrorCode::Timeout, format!("no STREAM_SEGMENT for batch {sequence} within the read timeout"));
             }
-            poll_readable(&[self.channel.raw_fd()], sleep_ms(deadline))?;
+            let socket = self.channel.get().raw_fd();
+            poll_readable(&[socket], sleep_ms(deadline))?;
         }
     }
 
     /// Checks and maps the STREAM_SEGMENTs the channel queued (§5.1); a refused one is
     /// answered with ERROR and its batch fails.
     fn take_segments(&mut self) {
-        while let Some((frame, fds)) = self.channel.stream_segments.pop_front() {
+        loop {
+            let Some((frame, fds)) = self.channel.get().stream_segments.pop_front() else { break };
             let sequence = kv_get(&frame.metadata, "sequence")
                 .filter(|t| !t.is_empty() && t.len() <= 16 && t.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|t| t.parse::<u64>().ok());
@@ -326,7 +350,7 @@ impl StreamReader {
             })();
             drop(fds);
             if let Err(e) = &result {
-                let _ = self.channel.send_error(frame.message_id, 0, e.code, &e.message);
+                let _ = self.channel.get().send_error(frame.message_id, 0, e.code, &e.message);
             }
             if let Some(seq) = sequence {
                 self.segments.insert(seq, result);
@@ -336,7 +360,7 @@ impl StreamReader {
 
     /// A broken ring ends the stream: tell the producer (fatal ERROR), close, return the error.
     fn broken(&mut self, e: Error) -> Error {
-        let _ = self.channel.send_error(0, 0, e.code, &e.message);
+        let _ = self.channel.get().send_error(0, 0, e.code, &e.message);
         self.close();
         e
     }
@@ -350,16 +374,26 @@ impl StreamReader {
         self.closed = true;
         self.releases.lock().space_event = None;
         self.segments.clear();
-        self.channel.reading_stream = false;
-        self.channel.stream_segments.clear();
+        let mut channel = self.channel.get();
+        channel.reading_stream = false;
+        channel.stream_segments.clear();
         if !self.ended {
-            self.channel.hang_up();
+            channel.hang_up();
         }
     }
 
     /// The channel (still open after a clean end).
-    pub fn channel_mut(&mut self) -> &mut Channel {
-        &mut self.channel
+    pub fn channel_mut(&mut self) -> impl std::ops::DerefMut<Target = Channel> + '_ {
+        self.channel.get()
+    }
+
+    /// Opens a stream back to this stream's producer on the same connection (a reply stream,
+    /// e.g. request/response or ping-pong); the peer takes it with [`StreamWriter::accept_reply`].
+    pub fn open_reply(&mut self, schema: SchemaRef, options: WriterOptions) -> Result<StreamWriter> {
+        if self.closed {
+            return err(ErrorCode::Closed, "the stream reader is closed");
+        }
+        open_on(self.channel.clone(), schema, options)
     }
 }
 

@@ -39,7 +39,9 @@ impl ReleaseState {
     }
 
     /// Marks the record ending at `end` released and publishes the end of the leading run of
-    /// released records (§12.3), waking a waiting producer.
+    /// released records (§12.3). A waiting producer is woken by every advance: a producer of
+    /// another peer may sleep without a bound, and the room it needs may be far less than half
+    /// the ring.
     pub(super) fn release(&self, end: u64) {
         let mut q = self.lock();
         if let Some(h) = q.held.iter_mut().find(|h| h.end == end) {

@@ -10,6 +10,7 @@
 
 mod consumer;
 mod lease;
+mod link;
 mod open;
 mod producer;
 mod publication;
@@ -39,4 +40,23 @@ fn sleep_ms(deadline: Option<Instant>) -> i32 {
 
 fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Busy-polls `ready` for up to `micros` µs (the optional spin before a sleep, §12.3).
+fn spin_until(micros: u64, mut ready: impl FnMut() -> bool) -> bool {
+    if micros == 0 {
+        return false;
+    }
+    let until = Instant::now() + Duration::from_micros(micros);
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+    }
 }

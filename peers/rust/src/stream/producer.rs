@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use arrow_ipc::writer::{DictionaryHandling, StreamEncoder};
 use arrow_ipc::MessageHeader;
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 
 use crate::channel::Channel;
 use crate::error::{err, Error, ErrorCode, Result};
@@ -19,11 +19,12 @@ use crate::frame::{Frame, KeyValues, Kind};
 use crate::ipc::{self, walk_messages, WalkMode};
 use crate::ring::{
     self, align_record, check_capacity, encode_record_header, eventfd, eventfd_drain, place_record, poll_readable, ring_offset,
-    wake_if_waiting, RecordKind, RingHeader, MAX_READERS, RECORD_HEADER_BYTES, RING_HEADER_BYTES, RING_SEALS,
+    wake_if_waiting, RecordKind, RingHeader, MAX_READERS, RECORD_ALIGN, RECORD_HEADER_BYTES, RING_HEADER_BYTES, RING_SEALS,
 };
 use crate::segment::{self, Mapping, WritableSegment};
 
-use super::{deadline_of, expired, sleep_ms};
+use super::link::Link;
+use super::{deadline_of, expired, sleep_ms, spin_until, ReaderOptions, StreamReader};
 
 /// How often a producer that never has to wait looks at its consumers' sockets for hang-ups.
 const SOCKET_CHECK_INTERVAL: Duration = Duration::from_millis(10);
@@ -46,6 +47,8 @@ pub struct WriterOptions {
     pub metadata: KeyValues,
     /// How long a consumer may take to ACK the STREAM_OPEN.
     pub attach_timeout: Duration,
+    /// When the ring is full, busy-poll the readers' positions this long before sleeping. Default 0.
+    pub spin_micros: u64,
 }
 
 impl Default for WriterOptions {
@@ -58,12 +61,13 @@ impl Default for WriterOptions {
             max_readers: MAX_READERS,
             metadata: Vec::new(),
             attach_timeout: Duration::from_secs(5),
+            spin_micros: 0,
         }
     }
 }
 
 struct Attached {
-    channel: Channel,
+    channel: Link,
     data_event: OwnedFd,
 }
 
@@ -87,6 +91,8 @@ pub struct RingProducer {
     encoder: StreamEncoder,
     schema_bytes: Vec<u8>,
     schema_pending: bool,
+    /// The schema has a dictionary column: records are walked for the joiners' prologue.
+    has_dictionaries: bool,
     /// Dictionary messages a late joiner needs, in order (§12.4 step 1).
     dictionaries: Vec<(i64, Vec<u8>)>,
     /// Dictionaries the encoder emitted for a batch that then failed (ring full, timeout): the
@@ -118,6 +124,7 @@ impl RingProducer {
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write this schema: {e}")))?;
         let mut schema_bytes: Vec<u8> = schema_only.iter().flat_map(|b| b.as_slice().iter().copied()).collect();
         schema_bytes.truncate(schema_bytes.len().saturating_sub(ipc::EOS.len()));
+        let has_dictionaries = schema.fields().iter().any(|f| has_dictionary(f.data_type()));
         let capacity = options.capacity;
         let size = RING_HEADER_BYTES as u64 + capacity;
         let ring_fd = segment::create_memfd(c"arrow-shm-ring", size)?;
@@ -138,6 +145,7 @@ impl RingProducer {
             sequence: 0,
             unreleased: VecDeque::new(),
             encoder,
+            has_dictionaries,
             schema_bytes,
             schema_pending: true,
             dictionaries: Vec::new(),
@@ -169,7 +177,12 @@ impl RingProducer {
     /// Attaches `channel` as a consumer (§12.4 step 2); returns once it ACKed the STREAM_OPEN.
     /// `correlation_id`: the SUBSCRIBE's id, or 0. A failure before the STREAM_OPEN was sent is
     /// reported to a subscriber with ERROR.
-    pub fn attach(&mut self, mut channel: Channel, correlation_id: u64) -> Result<()> {
+    pub fn attach(&mut self, channel: Channel, correlation_id: u64) -> Result<()> {
+        self.attach_link(Link::new(channel), correlation_id)
+    }
+
+    fn attach_link(&mut self, link: Link, correlation_id: u64) -> Result<()> {
+        let mut channel = link.get();
         let slot = match self.free_slot(&channel) {
             Ok(slot) => slot,
             Err(e) => {
@@ -207,11 +220,12 @@ impl RingProducer {
             .send_acked_frame(f, &fds)
             .and_then(|id| channel.wait_ack(id, Some(self.options.attach_timeout)));
         drop(prologue_fd);
+        drop(channel);
         if let Err(e) = acked {
             h.slot_state(slot).store(0, Ordering::SeqCst);
             return Err(e);
         }
-        self.readers.insert(slot, Attached { channel, data_event });
+        self.readers.insert(slot, Attached { channel: link, data_event });
         Ok(())
     }
 
@@ -229,14 +243,14 @@ impl RingProducer {
 
     /// §12.4 step 5: the slot no longer holds the ring; the connection closes.
     fn detach(&mut self, slot: u32) {
-        if let Some(mut r) = self.readers.remove(&slot) {
+        if let Some(r) = self.readers.remove(&slot) {
             self.header.slot_state(slot).store(0, Ordering::SeqCst);
-            r.channel.hang_up();
+            r.channel.leave();
         }
     }
 
     fn detach_departed(&mut self) {
-        let gone: Vec<u32> = self.readers.iter().filter(|(_, r)| r.channel.is_closed()).map(|(s, _)| *s).collect();
+        let gone: Vec<u32> = self.readers.iter().filter(|(_, r)| r.channel.get().is_closed()).map(|(s, _)| *s).collect();
         for s in gone {
             self.detach(s);
         }
@@ -248,8 +262,8 @@ impl RingProducer {
         let t = Instant::now();
         if now || t >= self.next_socket_check {
             self.next_socket_check = t + SOCKET_CHECK_INTERVAL;
-            for r in self.readers.values_mut() {
-                r.channel.pump_all_ready();
+            for r in self.readers.values() {
+                r.channel.get().pump_all_ready();
             }
         }
         self.detach_departed();
@@ -270,17 +284,26 @@ impl RingProducer {
         let encoded = catch_unwind(AssertUnwindSafe(|| self.encoder.encode(batch)))
             .unwrap_or_else(|_| Err(arrow_schema::ArrowError::IpcError("the Arrow encoder panicked".into())))
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("cannot write the batch: {e}")))?;
-        let mut payload = std::mem::take(&mut self.unsent_dictionaries);
+        // The encoder's parts point into the batch's buffers: without dictionaries they go
+        // straight into the record's slot (one copy of the data).
         let mut skip = if self.schema_pending { self.schema_bytes.len() } else { 0 };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(encoded.len());
         for b in &encoded {
             let s = b.as_slice();
             let cut = skip.min(s.len());
             skip -= cut;
-            payload.extend_from_slice(&s[cut..]);
+            parts.push(&s[cut..]);
         }
         self.schema_pending = false;
+        if !self.has_dictionaries {
+            self.append_record(&parts)?;
+            self.sequence += 1;
+            return Ok(());
+        }
+        let mut payload = std::mem::take(&mut self.unsent_dictionaries);
+        parts.iter().for_each(|p| payload.extend_from_slice(p));
         let spans = walk_messages(&payload, WalkMode::Record, &ipc::Limits::default(), &mut None)?;
-        if let Err(e) = self.append_record(&payload) {
+        if let Err(e) = self.append_record(&[&payload]) {
             for s in spans.iter().filter(|s| s.header == MessageHeader::DictionaryBatch) {
                 self.unsent_dictionaries.extend_from_slice(&payload[s.start..s.end]);
             }
@@ -309,21 +332,26 @@ impl RingProducer {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data_ptr().add(at as usize), bytes.len()) }
     }
 
-    fn append_record(&mut self, payload: &[u8]) -> Result<()> {
-        let record_length = align_record((RECORD_HEADER_BYTES + payload.len()) as u64);
+    /// One record of the concatenation of `parts` (the record's IPC messages).
+    fn append_record(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let ipc_length: usize = parts.iter().map(|p| p.len()).sum();
+        let record_length = align_record((RECORD_HEADER_BYTES + ipc_length) as u64);
         let sequence = self.sequence;
         if record_length > self.capacity / 4 {
             let offset = self.reserve(RECORD_HEADER_BYTES as u64, false)?;
-            self.send_segment(payload, sequence)?;
-            self.write_data(offset, &encode_record_header(RECORD_HEADER_BYTES as u64, RecordKind::External, sequence, payload.len() as u64));
+            self.send_segment(parts, ipc_length, sequence)?;
+            self.write_data(offset, &encode_record_header(RECORD_HEADER_BYTES as u64, RecordKind::External, sequence, ipc_length as u64));
             self.publish(RECORD_HEADER_BYTES as u64, true);
         } else {
             let offset = self.reserve(record_length, false)?;
-            let start = offset + RECORD_HEADER_BYTES as u64;
-            self.write_data(start, payload);
-            let pad = (record_length - RECORD_HEADER_BYTES as u64) as usize - payload.len();
-            self.write_data(start + payload.len() as u64, &vec![0u8; pad]);
-            self.write_data(offset, &encode_record_header(record_length, RecordKind::Batch, sequence, payload.len() as u64));
+            let mut at = offset + RECORD_HEADER_BYTES as u64;
+            for part in parts {
+                self.write_data(at, part);
+                at += part.len() as u64;
+            }
+            let pad = (offset + record_length - at) as usize;
+            self.write_data(at, &[0u8; RECORD_ALIGN as usize][..pad]);
+            self.write_data(offset, &encode_record_header(record_length, RecordKind::Batch, sequence, ipc_length as u64));
             self.publish(record_length, true);
         }
         Ok(())
@@ -331,17 +359,19 @@ impl RingProducer {
 
     /// A record too big for the ring: its own sealed segment (the schema first, so that it is a
     /// valid IPC stream on its own), sent to every reader before the EXTERNAL record (§12.1).
-    fn send_segment(&mut self, payload: &[u8], sequence: u64) -> Result<()> {
-        let mut seg = WritableSegment::new(self.schema_bytes.len() + payload.len())?;
-        seg.write_at(0, &[&self.schema_bytes, payload])?;
+    fn send_segment(&mut self, parts: &[&[u8]], ipc_length: usize, sequence: u64) -> Result<()> {
+        let mut seg = WritableSegment::new(self.schema_bytes.len() + ipc_length)?;
+        let mut all: Vec<&[u8]> = vec![&self.schema_bytes];
+        all.extend_from_slice(parts);
+        seg.write_at(0, &all)?;
         let fd = seg.finish(true)?;
         let mut failed = Vec::new();
-        for (slot, r) in self.readers.iter_mut() {
+        for (slot, r) in self.readers.iter() {
             let mut f = Frame::new(Kind::StreamSegment);
             f.ipc_offset = self.schema_bytes.len() as u64;
-            f.ipc_length = payload.len() as u64;
+            f.ipc_length = ipc_length as u64;
             f.metadata = vec![("stream_id".into(), self.stream_id.to_string()), ("sequence".into(), sequence.to_string())];
-            if r.channel.send_frame_fds(f, &[fd.as_raw_fd()]).is_err() {
+            if r.channel.get().send_frame_fds(f, &[fd.as_raw_fd()]).is_err() {
                 failed.push(*slot);
             }
         }
@@ -419,6 +449,9 @@ impl RingProducer {
             if expired(deadline) {
                 return err(ErrorCode::Timeout, "no room in the ring within the write timeout");
             }
+            if spin_until(self.options.spin_micros, || self.fits(needed)) {
+                continue;
+            }
             self.sleep(|p| p.fits(needed), deadline)?;
         }
     }
@@ -430,7 +463,7 @@ impl RingProducer {
         let mut result = Ok(());
         if !ready(self) {
             let mut fds = vec![self.space_event.as_raw_fd()];
-            fds.extend(self.readers.values().map(|r| r.channel.raw_fd()));
+            fds.extend(self.readers.values().map(|r| r.channel.get().raw_fd()));
             match poll_readable(&fds, sleep_ms(deadline)) {
                 Ok(ready) => {
                     if ready[0] {
@@ -462,8 +495,8 @@ impl RingProducer {
         }
         let deadline = deadline_of(timeout);
         loop {
-            for r in self.readers.values_mut() {
-                r.channel.pump_all_ready();
+            for r in self.readers.values() {
+                r.channel.get().pump_all_ready();
             }
             if self.drained() {
                 return Ok(());
@@ -498,16 +531,21 @@ impl Drop for RingProducer {
 /// The writing end of a stream opened on one channel.
 pub struct StreamWriter {
     producer: RingProducer,
+    channel: Link,
 }
 
 /// Opens a stream of `schema` to the peer of `channel` (STREAM_OPEN, correlation 0) and waits
 /// until it mapped the ring. The writer owns the channel.
-pub fn open_stream(channel: Channel, schema: SchemaRef, mut options: WriterOptions) -> Result<StreamWriter> {
+pub fn open_stream(channel: Channel, schema: SchemaRef, options: WriterOptions) -> Result<StreamWriter> {
+    open_on(Link::new(channel), schema, options)
+}
+
+pub(super) fn open_on(channel: Link, schema: SchemaRef, mut options: WriterOptions) -> Result<StreamWriter> {
     options.max_readers = 1;
     let mut producer = RingProducer::new(schema, options)?;
     producer.fail_without_readers = true;
-    producer.attach(channel, 0)?;
-    Ok(StreamWriter { producer })
+    producer.attach_link(channel.clone(), 0)?;
+    Ok(StreamWriter { producer, channel })
 }
 
 impl StreamWriter {
@@ -521,7 +559,14 @@ impl StreamWriter {
         self.producer.write(batch)
     }
 
-    /// Ends the stream, waits until the reader released everything (or left), says GOODBYE.
+    /// Waits for the stream the reader opens back on the same connection
+    /// ([`StreamReader::open_reply`]) and reads it.
+    pub fn accept_reply(&mut self, options: ReaderOptions, timeout: Option<Duration>) -> Result<StreamReader> {
+        StreamReader::accept_on(self.channel.clone(), options, timeout)
+    }
+
+    /// Ends the stream, waits until the reader released everything (or left), says GOODBYE
+    /// (unless a reply stream still uses the connection: it closes when that is done too).
     pub fn finish(mut self, timeout: Option<Duration>) -> Result<()> {
         let r = self.producer.end(timeout);
         self.producer.close();
@@ -531,6 +576,20 @@ impl StreamWriter {
     /// Stops at once, without an END record: the reader fails with `ERR_PEER_CLOSED`.
     pub fn abort(mut self) {
         self.producer.close();
+        self.channel.hang_up();
     }
 }
 
+
+/// Whether `t` is or holds a dictionary (unknown nesting counts as yes: the careful path).
+fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, _) => true,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::ListView(f) | DataType::LargeListView(f) => has_dictionary(f.data_type()),
+        DataType::Struct(fs) => fs.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fs, _) => fs.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(a, b) => has_dictionary(a.data_type()) || has_dictionary(b.data_type()),
+        t => t.is_nested(),
+    }
+}
