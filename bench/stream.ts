@@ -36,6 +36,16 @@ const SOCKET_MAX_BATCHES = 5_000 / scale;
 const PING_ROUNDS = 5_000 / scale;
 const IDLE = { bytes: 8, batches: 1_000 / scale, intervalMs: 2 };
 
+/**
+ * The smallest power-of-two ring (at least 64 KiB) in which a batch of `bytes` (plus its record
+ * header and IPC metadata) is at most a quarter, so it still travels in the ring: 4 to 8 batches.
+ */
+function cachedRingBytes(bytes: number): number {
+  let ring = 65536;
+  while (ring < 4 * (bytes + 1024)) ring *= 2;
+  return ring;
+}
+
 interface Cell {
   row: Row;
   run: () => Promise<Sample>;
@@ -44,7 +54,7 @@ interface Cell {
 /** The rows in the order they run: arrow-shm and iceoryx2 alternate. */
 function matrix(peers: Record<PeerName, Program>): Cell[] {
   const cells: Cell[] = [];
-  const add = (kind: Kind, transport: Transport, producer: Program, consumer: Program, row: Pick<Row, 'bytes' | 'batches' | 'interval_ms' | 'spin_micros'> & { wake?: 'poll' | 'event' }, run: () => Promise<Sample>) => {
+  const add = (kind: Kind, transport: Transport, producer: Program, consumer: Program, row: Pick<Row, 'bytes' | 'batches' | 'interval_ms' | 'spin_micros' | 'ring_bytes'> & { wake?: 'poll' | 'event' }, run: () => Promise<Sample>) => {
     const side = (p: Program) => p.name.replace('iceoryx2-', '');
     const missing = producer.missing ?? consumer.missing;
     cells.push({ row: { kind, transport, from: side(producer), to: side(consumer), ...row, ...(missing ? { not_run: missing } : {}), failures: [], samples: [] }, run });
@@ -66,6 +76,23 @@ function matrix(peers: Record<PeerName, Program>): Cell[] {
       const job = { bytes, batches: socket ? Math.min(batches, SOCKET_MAX_BATCHES) : batches, intervalMs: 0, spinMicros: transport === 'arrow-shm' ? SPIN_MICROS : 0, wake: 'poll' as const, socket };
       add('throughput', transport, peers[from], peers[to], { bytes, batches: job.batches, interval_ms: 0, spin_micros: job.spinMicros, ...(transport === 'iceoryx2' ? { wake: job.wake } : {}) }, async () => {
         const r = await runStream(peers[from], peers[to], job);
+        return {
+          per_batch_us: ((r.consumer.last_recv_ms - r.consumer.first_sent_ms) * 1000) / job.batches,
+          latency_median_us: r.consumer.latency_median_us,
+          latency_p99_us: r.consumer.latency_p99_us,
+          cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / job.batches,
+        };
+      });
+    }
+  }
+  // The same pairs with a ring that stays in cache (iceoryx2 reuses a few warm samples; a 64 MiB
+  // ring cycles through cold memory): the position a user who sizes the ring gets.
+  for (const { bytes, batches } of SIZES.filter((s) => s.bytes >= 64 * 1024)) {
+    for (const peer of ['node', 'python', 'rust', 'cpp'] as const) {
+      const ringBytes = cachedRingBytes(bytes);
+      const job = { bytes, batches, intervalMs: 0, spinMicros: SPIN_MICROS, wake: 'poll' as const, capacityBytes: ringBytes };
+      add('throughput', 'arrow-shm', peers[peer], peers[peer], { bytes, batches, interval_ms: 0, spin_micros: SPIN_MICROS, ring_bytes: ringBytes }, async () => {
+        const r = await runStream(peers[peer], peers[peer], job);
         return {
           per_batch_us: ((r.consumer.last_recv_ms - r.consumer.first_sent_ms) * 1000) / job.batches,
           latency_median_us: r.consumer.latency_median_us,

@@ -185,6 +185,8 @@ export interface StreamJob {
   wake: 'poll' | 'event';
   /** The Node program's Arrow-over-a-socket baseline instead of a ring. */
   socket?: boolean;
+  /** arrow-shm: the ring's capacity (the programs' default is 64 MiB). */
+  capacityBytes?: number;
 }
 
 export interface StreamRun {
@@ -197,11 +199,12 @@ export async function runStream(producer: Program, consumer: Program, job: Strea
   const address = addressFor(job.socket ? 'socket' : consumer.iceoryx2 ? 'iceoryx2' : 'arrow-shm');
   const wake = consumer.iceoryx2 ? ['--wake', job.wake] : [];
   const socket = job.socket ? ['--socket'] : [];
+  const capacity = job.capacityBytes ? ['--capacity-bytes', String(job.capacityBytes)] : [];
   try {
     return await supervise(timeoutMs, `${producer.name}→${consumer.name}`, async (start) => {
       const c = start(new Child(`the ${consumer.name} consumer`, consumer, ['consume', '--address', address, '--batches', String(job.batches), '--spin-micros', String(job.spinMicros), ...(consumer.iceoryx2 ? ['--bytes', String(job.bytes)] : []), ...wake, ...socket]));
       await c.ready();
-      const p = start(new Child(`the ${producer.name} producer`, producer, ['produce', '--address', address, '--bytes', String(job.bytes), '--batches', String(job.batches), '--interval-ms', String(job.intervalMs), ...wake, ...socket]));
+      const p = start(new Child(`the ${producer.name} producer`, producer, ['produce', '--address', address, '--bytes', String(job.bytes), '--batches', String(job.batches), '--interval-ms', String(job.intervalMs), ...wake, ...socket, ...capacity]));
       await Promise.all([c.exited, p.exited]);
       const line = c.result<ConsumeLine>('batches');
       if (line.batches !== job.batches) throw new Error(`the consumer counted ${line.batches} of ${job.batches} batches`);
