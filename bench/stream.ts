@@ -14,7 +14,7 @@ import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cPingPong, prepareIceoryx2Rust, programs, runPingPong, runStream, type PeerName, type Program } from './stream_programs.js';
+import { cPingPong, prepareIceoryx2Rust, programs, runPingPong, runStream, type PeerName, type Program, type StreamRun } from './stream_programs.js';
 import { goals, human, labelOf, mergeLatest, summarise, writeStreamSection, type Doc, type Kind, type Row, type Sample, type Transport } from './stream_report.js';
 import { meanMemory, mib, runPubSub, type PubSubResult } from './stream_pubsub.js';
 
@@ -46,6 +46,16 @@ function cachedRingBytes(bytes: number): number {
   return ring;
 }
 
+/** A throughput row's figures: first send → last receipt per batch, and both processes' CPU. */
+function throughputSample(r: StreamRun, batches: number): Sample {
+  return {
+    per_batch_us: ((r.consumer.last_recv_ms - r.consumer.first_sent_ms) * 1000) / batches,
+    latency_median_us: r.consumer.latency_median_us,
+    latency_p99_us: r.consumer.latency_p99_us,
+    cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / batches,
+  };
+}
+
 interface Cell {
   row: Row;
   run: () => Promise<Sample>;
@@ -74,15 +84,9 @@ function matrix(peers: Record<PeerName, Program>): Cell[] {
     for (const [transport, from, to] of streamPairs) {
       const socket = transport === 'arrow-socket';
       const job = { bytes, batches: socket ? Math.min(batches, SOCKET_MAX_BATCHES) : batches, intervalMs: 0, spinMicros: transport === 'arrow-shm' ? SPIN_MICROS : 0, wake: 'poll' as const, socket };
-      add('throughput', transport, peers[from], peers[to], { bytes, batches: job.batches, interval_ms: 0, spin_micros: job.spinMicros, ...(transport === 'iceoryx2' ? { wake: job.wake } : {}) }, async () => {
-        const r = await runStream(peers[from], peers[to], job);
-        return {
-          per_batch_us: ((r.consumer.last_recv_ms - r.consumer.first_sent_ms) * 1000) / job.batches,
-          latency_median_us: r.consumer.latency_median_us,
-          latency_p99_us: r.consumer.latency_p99_us,
-          cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / job.batches,
-        };
-      });
+      add('throughput', transport, peers[from], peers[to], { bytes, batches: job.batches, interval_ms: 0, spin_micros: job.spinMicros, ...(transport === 'iceoryx2' ? { wake: job.wake } : {}) }, async () =>
+        throughputSample(await runStream(peers[from], peers[to], job), job.batches),
+      );
     }
   }
   // The same pairs with a ring that stays in cache (iceoryx2 reuses a few warm samples; a 64 MiB
@@ -91,15 +95,9 @@ function matrix(peers: Record<PeerName, Program>): Cell[] {
     for (const peer of ['node', 'python', 'rust', 'cpp'] as const) {
       const ringBytes = cachedRingBytes(bytes);
       const job = { bytes, batches, intervalMs: 0, spinMicros: SPIN_MICROS, wake: 'poll' as const, capacityBytes: ringBytes };
-      add('throughput', 'arrow-shm', peers[peer], peers[peer], { bytes, batches, interval_ms: 0, spin_micros: SPIN_MICROS, ring_bytes: ringBytes }, async () => {
-        const r = await runStream(peers[peer], peers[peer], job);
-        return {
-          per_batch_us: ((r.consumer.last_recv_ms - r.consumer.first_sent_ms) * 1000) / job.batches,
-          latency_median_us: r.consumer.latency_median_us,
-          latency_p99_us: r.consumer.latency_p99_us,
-          cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / job.batches,
-        };
-      });
+      add('throughput', 'arrow-shm', peers[peer], peers[peer], { bytes, batches, interval_ms: 0, spin_micros: SPIN_MICROS, ring_bytes: ringBytes }, async () =>
+        throughputSample(await runStream(peers[peer], peers[peer], job), job.batches),
+      );
     }
   }
   const samePeer = streamPairs.filter(([transport, from, to]) => transport !== 'arrow-socket' && from === to).map(([transport, peer]) => [transport, peer] as const);

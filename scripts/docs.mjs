@@ -51,7 +51,7 @@ try {
     const stale = [...new Set([...want.keys(), ...have.keys()])].filter((f) => want.get(f) !== have.get(f)).sort();
     if (stale.length > 0) {
       process.stderr.write(`arrow-shm docs: docs/api is stale (${stale.slice(0, 5).join(', ')}${stale.length > 5 ? ', ...' : ''}): run \`npm run docs\`\n`);
-      process.exit(1);
+      process.exitCode = 1; // not exit(): the finally below removes the temporary folder
     }
   } else {
     rmSync(out, { recursive: true, force: true });

@@ -73,7 +73,10 @@ if want fuzz; then
   crashers="$root/peers/cpp/test/crashers"
   saved="$(find "$crashers" -maxdepth 1 -type f -name 'crash-*' 2>/dev/null | wc -l)"
   if [[ $saved -gt 0 ]]; then
-    if ASAN_OPTIONS="$asan_cpp" timeout 120 "$out/arrow-shm-cpp-fuzz" --crashers "$(mktemp -d)" --replay "$crashers" >/dev/null; then
+    # A replay that crashes again writes into a scratch folder (the saved crashers stay as they are).
+    replayed="$out/replayed-crashers"
+    rm -rf "$replayed" && mkdir -p "$replayed"
+    if ASAN_OPTIONS="$asan_cpp" timeout 120 "$out/arrow-shm-cpp-fuzz" --crashers "$replayed" --replay "$crashers" >/dev/null; then
       note "fuzz: replay of $saved saved crashers: ok"
     else note "fuzz: replay of saved crashers: FAILED"; status=1; fi
   fi

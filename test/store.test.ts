@@ -3,7 +3,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -343,6 +343,7 @@ test('hostile clients are refused without harming another client', async () => {
 
 test('CLI: put, ls, get --out/--print, rm against `arrow-shm store`', async () => {
   const server = await startStore();
+  const out = path.join(process.env.TMPDIR ?? '/tmp', `store-cli-${process.pid}.arrows`);
   try {
     const [file] = goldStreams();
     const put = await runCli(['put', '--store', server.address, 'gold/one', file!, '--meta', 'who=cli']);
@@ -351,7 +352,6 @@ test('CLI: put, ls, get --out/--print, rm against `arrow-shm store`', async () =
     const ls = await runCli(['ls', '--store', server.address]);
     assert.equal(ls.code, 0, ls.stderr);
     assert.match(ls.stdout, /^gold\/one\t\d+\t\d+\t\d+s\n$/);
-    const out = path.join(process.env.TMPDIR ?? '/tmp', `store-cli-${process.pid}.arrows`);
     const get = await runCli(['get', '--store', server.address, 'gold/one', '--out', out, '--print']);
     assert.equal(get.code, 0, get.stderr);
     assert.match(get.stdout, /who=cli/);
@@ -365,5 +365,6 @@ test('CLI: put, ls, get --out/--print, rm against `arrow-shm store`', async () =
     assert.match(missing.stderr, /ERR_NOT_FOUND/);
   } finally {
     await server.stop();
+    rmSync(out, { force: true });
   }
 });

@@ -107,3 +107,22 @@ def pair(address: str) -> Iterator[tuple]:
     finally:
         producer.close()
         consumer.close()
+
+
+def open_stream_pair(producer, consumer, schema, reader_spin: int = 0, **options) -> tuple:
+    """(writer, reader) of a stream from ``producer`` to ``consumer``: open_stream needs the
+    consumer's ACK, so the reader accepts on a thread."""
+    from arrow_shm.stream import StreamReader
+
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", StreamReader.accept(consumer, timeout=5, spin_micros=reader_spin)))
+    t.start()
+    writer = producer.open_stream(schema, **options)
+    t.join()
+    return writer, box["r"]
+
+
+def in_ring(buf, reader) -> bool:
+    """Whether ``buf`` lies inside ``reader``'s ring mapping (read in place)."""
+    lo, size = reader.data_range()
+    return lo <= buf.address and buf.address + buf.size <= lo + size

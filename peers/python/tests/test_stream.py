@@ -19,9 +19,9 @@ import pytest
 
 from arrow_shm import ArrowShmError, connect, listen
 from arrow_shm.frame import Frame, Kind
-from arrow_shm.stream import RECORD_BATCH, RingProducer, StreamReader, publish, subscribe
+from arrow_shm.stream import RECORD_BATCH, RingProducer, publish, subscribe
 
-from conftest import PEER, PY, open_fds
+from conftest import PEER, PY, in_ring, open_fds, open_stream_pair
 
 
 def memfd_maps() -> int:
@@ -41,18 +41,7 @@ def batch(i: int, rows: int = 3) -> pa.RecordBatch:
 
 
 def open_pair(producer, consumer, **options) -> tuple:
-    """open_stream needs the consumer's ACK: accept on a thread."""
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", consumer.accept_stream(timeout=5)))
-    t.start()
-    writer = producer.open_stream(SCHEMA, **options)
-    t.join()
-    return writer, box["r"]
-
-
-def in_range(buf: pa.Buffer, reader: StreamReader) -> bool:
-    lo, size = reader.data_range()
-    return lo <= buf.address and buf.address + buf.size <= lo + size
+    return open_stream_pair(producer, consumer, SCHEMA, **options)
 
 
 def test_batches_arrive_in_order_in_place_with_dictionaries_and_big_ones_through_segments(pair):
@@ -75,7 +64,7 @@ def test_batches_arrive_in_order_in_place_with_dictionaries_and_big_ones_through
         with item:
             assert item.sequence == len(got)
             if item.batch.num_rows < 10_000:  # ring batches are views of the ring
-                assert in_range(item.batch.column(0).buffers()[1], reader)
+                assert in_ring(item.batch.column(0).buffers()[1], reader)
             got.append(item.batch.to_pylist())
     t.join()
     assert got == [b.to_pylist() for b in sent]

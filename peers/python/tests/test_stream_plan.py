@@ -22,7 +22,7 @@ from arrow_shm.limits import MessageChecker
 from arrow_shm.stream import RECORD_BATCH, RingProducer, StreamReader
 from arrow_shm.stream_plan import RecordPlan, has_dictionaries
 
-from conftest import PY, REPO, open_fds
+from conftest import PY, REPO, in_ring, open_fds, open_stream_pair
 
 SCHEMA = pa.schema([pa.field("sent_ms", pa.float64(), nullable=False), pa.field("payload", pa.binary())])
 
@@ -40,17 +40,7 @@ def batch(i: int, size: int = 8, rows: int = 1) -> pa.RecordBatch:
 
 
 def open_pair(producer, consumer, schema: pa.Schema = SCHEMA, reader_spin: int = 0, **options) -> tuple:
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", StreamReader.accept(consumer, timeout=5, spin_micros=reader_spin)))
-    t.start()
-    writer = producer.open_stream(schema, **options)
-    t.join()
-    return writer, box["r"]
-
-
-def in_ring(buf: pa.Buffer, reader: StreamReader) -> bool:
-    lo, size = reader.data_range()
-    return lo <= buf.address and buf.address + buf.size <= lo + size
+    return open_stream_pair(producer, consumer, schema, reader_spin, **options)
 
 
 def read_all(reader: StreamReader, check: Optional[Callable[[pa.RecordBatch], None]] = None) -> List[list]:
