@@ -2,6 +2,8 @@
 // arrow-shm next to the methods people use today and next to the physical limits, measured side by
 // side in one run. Writes bench/results/*.json and regenerates BENCHMARKS.md.
 // --breakdown runs only the per-stage breakdown (where a hand-off's time goes, in each direction).
+// --sweep runs only the size sweep and the limits (small hand-offs against the socket and a C
+// fd-pass, for A/B runs): it prints them and writes bench/results/<date>.json, nothing else.
 import { spawnSync } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -25,6 +27,7 @@ import { writeReport } from './report.js';
 
 const quick = process.argv.includes('--quick');
 const breakdownOnly = process.argv.includes('--breakdown');
+const sweepOnly = process.argv.includes('--sweep');
 
 export interface Row {
   scenario: 'symbols' | 'symbols-read' | 'sweep' | 'limits' | 'breakdown';
@@ -340,10 +343,11 @@ async function main(): Promise<void> {
   // A Flight server takes messages up to 256 MiB by default (§13.3), framing included: Flight stops at 64 MiB in the sweep.
   const inSweep = (method: Method, bytes: number) => method !== 'flight' || bytes < 2 ** 28;
   const sweepRuns = (bytes: number) => (bytes >= 2 ** 28 ? 3 : bytes >= 2 ** 24 ? (quick ? 5 : 10) : quick ? 15 : 50);
-  const directions = breakdownOnly ? [] : DIRECTIONS;
+  const directions = breakdownOnly || sweepOnly ? [] : DIRECTIONS;
+  const breakdowns = sweepOnly ? [] : DIRECTIONS;
   const total =
     directions.reduce((n, d) => n + 2 * d.methods.reduce((k, m) => k + runsFor(m) + WARMUPS, 0), 0) +
-    DIRECTIONS.length * (breakdownRuns + WARMUPS) +
+    breakdowns.length * (breakdownRuns + WARMUPS) +
     (breakdownOnly ? 0 : sizes.reduce((n, b) => n + sweepMethods.filter((m) => inSweep(m, b)).length * (sweepRuns(b) + WARMUPS), 0));
   const bar = new cliProgress.SingleBar({ format: 'bench {bar} {percentage}% | {task}', hideCursor: true, noTTYOutput: true, notTTYSchedule: 10_000 }, cliProgress.Presets.shades_classic);
   bar.start(total, 0, { task: '' });
@@ -358,7 +362,7 @@ async function main(): Promise<void> {
         }
       }
     }
-    for (const { from, to } of DIRECTIONS) {
+    for (const { from, to } of breakdowns) {
       bar.update({ task: `breakdown ${from} → ${to}` });
       const m = await handOffs('arrow-shm', symbols, breakdownRuns, { from, to, breakdown: true, dir, tick });
       results.push(row('breakdown', 'arrow-shm', ipcBytes, symbolRowsCount, m, from, to));
@@ -371,8 +375,10 @@ async function main(): Promise<void> {
           results.push(row('sweep', method, bytes, bytes, await handOffs(method, payload, sweepRuns(bytes), { dir, tick })));
         }
       }
-      bar.update({ task: 'pyarrow.flight anchor' });
-      results.push(row('symbols', 'pyarrow-flight', ipcBytes, symbolRowsCount, flightAnchor(file, runsFor('flight')), 'python', 'python'));
+      if (!sweepOnly) {
+        bar.update({ task: 'pyarrow.flight anchor' });
+        results.push(row('symbols', 'pyarrow-flight', ipcBytes, symbolRowsCount, flightAnchor(file, runsFor('flight')), 'python', 'python'));
+      }
     }
     bar.update({ task: 'limits' });
     for (const bytes of breakdownOnly ? [ipcBytes] : [ipcBytes, ...sizes]) results.push(row('limits', 'memcpy', bytes, 0, await memcpyLimit(bytes), 'node', 'node'));
@@ -385,7 +391,7 @@ async function main(): Promise<void> {
   const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const doc = {
-    command: `npm run bench${quick ? ' -- --quick' : ''}${breakdownOnly ? ' -- --breakdown' : ''}`,
+    command: `npm run bench${quick ? ' -- --quick' : ''}${breakdownOnly ? ' -- --breakdown' : ''}${sweepOnly ? ' -- --sweep' : ''}`,
     date: new Date().toISOString(),
     machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
     versions: { 'arrow-shm': pkg.version, 'apache-arrow': pkg.devDependencies['apache-arrow'] },
@@ -393,6 +399,11 @@ async function main(): Promise<void> {
   };
   const out = path.join(root, 'bench', 'results');
   writeFileSync(path.join(out, `${stamp}.json`), JSON.stringify(doc, null, 1));
+  if (sweepOnly) {
+    printSweep(results);
+    console.log(`\nwrote bench/results/${stamp}.json`);
+    return;
+  }
   if (!breakdownOnly) writeFileSync(path.join(out, 'latest.json'), JSON.stringify(results, null, 1));
   writeReport(doc, root);
   for (const r of results.filter((r) => r.scenario !== 'sweep')) {
@@ -400,6 +411,19 @@ async function main(): Promise<void> {
     console.log(`${r.scenario.padEnd(13)} ${`${r.from}→${r.to}`.padEnd(14)} ${r.method.padEnd(20)} median ${r.median_ms.toFixed(3).padStart(9)} ms  p99 ${r.p99_ms.toFixed(3).padStart(9)} ms${r.cpu_ms !== undefined ? `  cpu ${r.cpu_ms.toFixed(3)} ms` : ''}${stages}`);
   }
   console.log(`\nwrote bench/results/${stamp}.json${breakdownOnly ? '' : ', bench/results/latest.json'} and BENCHMARKS.md`);
+}
+
+/** The sweep, one line per size: each method's median, arrow-shm / arrow-socket, and the limits. */
+function printSweep(results: Row[]): void {
+  const median = (method: string, bytes: number) => results.find((r) => r.scenario === 'sweep' && r.method === method && r.bytes === bytes)?.median_ms;
+  for (const bytes of [...new Set(results.filter((r) => r.scenario === 'sweep').map((r) => r.bytes))]) {
+    const cells = results.filter((r) => r.scenario === 'sweep' && r.bytes === bytes).map((r) => `${r.method} ${r.median_ms.toFixed(3)}`);
+    const ratio = median('arrow-shm', bytes)! / median('arrow-socket', bytes)!;
+    console.log(`sweep ${String(bytes).padStart(10)} B  ${cells.join('  ')}  arrow-shm/arrow-socket ${ratio.toFixed(2)}`);
+  }
+  const fdpass = results.find((r) => r.method === 'c-fdpass');
+  const small = median('arrow-shm', 1024);
+  if (fdpass && small !== undefined) console.log(`1 KiB arrow-shm ${small.toFixed(3)} ms / c-fdpass ${fdpass.median_ms.toFixed(3)} ms = ${(small / fdpass.median_ms).toFixed(1)}×`);
 }
 
 await main();

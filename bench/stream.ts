@@ -1,4 +1,4 @@
-// `npm run bench:stream [-- --quick] [-- --iceoryx2-rust]`: streams of record batches between
+// `npm run bench:stream [-- --quick] [-- --iceoryx2-rust] [-- --only idle,pingpong]`: streams of record batches between
 // every peer, next to Eclipse iceoryx2 measured in the same run (issue #16). Every pair is two
 // processes running the programs of the stream bench contract (bench/stream_programs.ts):
 // - throughput: 8 B × 100k, 64 KiB × 10k, 1 MiB × 1k batches back to back (--quick: a fifth) for
@@ -6,11 +6,14 @@
 //   iceoryx2 anchors (Python bindings; the Rust crate when built) and Arrow over a UNIX socket (Node);
 // - ping-pong round trips (8 B, spinning readers) and the wake-up of an idle reader (one 8-byte
 //   batch every 2 ms) for each peer and iceoryx2, next to the C limits (bench/limits/pingpong.c);
+//   for Node also a reader that blocks its main thread in poll() (readBlocking());
 // - one Node publication read by 1–8 subscriber processes (bench/stream_pubsub.ts).
 // arrow-shm and iceoryx2 rows alternate, 3 repetitions in a full run (medians). A program that is
 // not built gives a "not run" row. Writes bench/results/stream-*.json, the stream rows of
 // bench/results/latest.json and the Streams section of BENCHMARKS.md (bench/stream_report.ts).
-import { writeFileSync } from 'node:fs';
+// --only KINDS (throughput, pingpong, idle) runs those rows alone and writes only
+// .build/bench/stream-only-*.json (a partial run must not replace the published tables).
+import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +25,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..', '..');
 const quick = process.argv.includes('--quick');
 const buildIceoryx2Rust = process.argv.includes('--iceoryx2-rust');
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt > 0 ? new Set((process.argv[onlyAt + 1] ?? '').split(',')) : null;
+if (only && ![...only].every((k) => ['throughput', 'pingpong', 'idle'].includes(k))) throw new Error(`--only takes throughput, pingpong and/or idle, comma-separated (got ${process.argv[onlyAt + 1]})`);
 const scale = quick ? 5 : 1;
 const REPETITIONS = quick ? 1 : 3;
 /** arrow-shm readers busy-poll this long before sleeping in the throughput and ping-pong rows (iceoryx2's readers poll). */
@@ -64,7 +70,8 @@ interface Cell {
 /** The rows in the order they run: arrow-shm and iceoryx2 alternate. */
 function matrix(peers: Record<PeerName, Program>): Cell[] {
   const cells: Cell[] = [];
-  const add = (kind: Kind, transport: Transport, producer: Program, consumer: Program, row: Pick<Row, 'bytes' | 'batches' | 'interval_ms' | 'spin_micros' | 'ring_bytes'> & { wake?: 'poll' | 'event' }, run: () => Promise<Sample>) => {
+  const add = (kind: Kind, transport: Transport, producer: Program, consumer: Program, row: Pick<Row, 'bytes' | 'batches' | 'interval_ms' | 'spin_micros' | 'ring_bytes' | 'reader'> & { wake?: 'poll' | 'event' }, run: () => Promise<Sample>) => {
+    if (only && !only.has(kind)) return;
     const side = (p: Program) => p.name.replace('iceoryx2-', '');
     const missing = producer.missing ?? consumer.missing;
     cells.push({ row: { kind, transport, from: side(producer), to: side(consumer), ...row, ...(missing ? { not_run: missing } : {}), failures: [], samples: [] }, run });
@@ -110,11 +117,14 @@ function matrix(peers: Record<PeerName, Program>): Cell[] {
     });
   }
   for (const [transport, peer] of samePeer) {
-    const job = { ...IDLE, spinMicros: 0, wake: 'event' as const };
-    add('idle', transport, peers[peer], peers[peer], { bytes: IDLE.bytes, batches: IDLE.batches, interval_ms: IDLE.intervalMs, spin_micros: 0, ...(transport === 'iceoryx2' ? { wake: job.wake } : {}) }, async () => {
-      const r = await runStream(peers[peer], peers[peer], job);
-      return { latency_median_us: r.consumer.latency_median_us, latency_p99_us: r.consumer.latency_p99_us, cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / job.batches };
-    });
+    // Node's reader sleeps in its event loop; next to it, one blocking its main thread in poll().
+    for (const blocking of peer === 'node' ? [false, true] : [false]) {
+      const job = { ...IDLE, spinMicros: 0, wake: 'event' as const, blocking };
+      add('idle', transport, peers[peer], peers[peer], { bytes: IDLE.bytes, batches: IDLE.batches, interval_ms: IDLE.intervalMs, spin_micros: 0, ...(transport === 'iceoryx2' ? { wake: job.wake } : {}), ...(blocking ? { reader: 'blocking' as const } : {}) }, async () => {
+        const r = await runStream(peers[peer], peers[peer], job);
+        return { latency_median_us: r.consumer.latency_median_us, latency_p99_us: r.consumer.latency_p99_us, cpu_us_per_batch: ((r.consumer.cpu_ms + r.producer_cpu_ms) * 1000) / job.batches };
+      });
+    }
   }
   return cells;
 }
@@ -160,7 +170,7 @@ async function main(): Promise<void> {
   for (const row of rows) summarise(row);
   const pubsub: PubSubResult[] = [];
   let pubsubFailure: string | undefined;
-  for (const k of [1, 2, 4, 8]) {
+  for (const k of only ? [] : [1, 2, 4, 8]) {
     try {
       const r = await runPubSub(k, quick ? 128 : 256, 1024 * 1024);
       pubsub.push(r);
@@ -176,7 +186,7 @@ async function main(): Promise<void> {
     }
   }
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-  const command = `npm run bench:stream${quick || buildIceoryx2Rust ? ' --' : ''}${quick ? ' --quick' : ''}${buildIceoryx2Rust ? ' --iceoryx2-rust' : ''}`;
+  const command = `npm run bench:stream${quick || buildIceoryx2Rust || only ? ' --' : ''}${quick ? ' --quick' : ''}${buildIceoryx2Rust ? ' --iceoryx2-rust' : ''}${only ? ` --only ${[...only].join(',')}` : ''}`;
   const doc: Doc = {
     command,
     date: new Date().toISOString(),
@@ -188,12 +198,17 @@ async function main(): Promise<void> {
     limit,
     iceoryx2_rust: iceoryx2Rust ?? (buildIceoryx2Rust ? 'built by this run (bench/iceoryx2-rs)' : 'the binary built earlier (bench/iceoryx2-rs)'),
   };
-  writeFileSync(path.join(root, 'bench', 'results', `stream-${stamp}.json`), JSON.stringify(doc, null, 1));
-  mergeLatest(root, doc);
-  writeStreamSection(root, doc);
+  // A partial run (--only) goes to .build/bench: the published results are full runs.
+  const out = only ? path.join('.build', 'bench', `stream-only-${stamp}.json`) : path.join('bench', 'results', `stream-${stamp}.json`);
+  mkdirSync(path.join(root, path.dirname(out)), { recursive: true });
+  writeFileSync(path.join(root, out), JSON.stringify(doc, null, 1));
+  if (!only) {
+    mergeLatest(root, doc);
+    writeStreamSection(root, doc);
+  }
   console.log('\nissue #16 goals:');
   for (const g of goals(doc)) console.log(`  ${g.ratio === undefined ? `not measured (${g.missing})` : g.ratio <= g.limit ? 'met' : `not met (${g.ratio.toFixed(2)}×)`}: ${g.goal}`);
-  console.log(`\nwrote bench/results/stream-${stamp}.json, the stream rows of bench/results/latest.json and the Streams section of BENCHMARKS.md`);
+  console.log(`\nwrote ${out}${only ? ' (--only: latest.json and BENCHMARKS.md left as they were)' : ', the stream rows of bench/results/latest.json and the Streams section of BENCHMARKS.md'}`);
 }
 
 await main();

@@ -1,10 +1,12 @@
 // The Node program of the stream bench contract (bench/stream.ts pairs it with the other peers'):
-//   node dist/bench/stream_peer.js consume --address A --batches N [--spin-micros S]
+//   node dist/bench/stream_peer.js consume --address A --batches N [--spin-micros S] [--blocking]
 //   node dist/bench/stream_peer.js produce --address A --bytes B --batches N [--interval-ms I] [--capacity-bytes C]
 //   node dist/bench/stream_peer.js pong --address A [--spin-micros S]
 //   node dist/bench/stream_peer.js ping --address A --bytes B --rounds N [--spin-micros S]
 // With --socket, consume and produce are the baseline instead: apache-arrow's IPC stream writer
 // piped into a UNIX stream socket at the path A, read back with its RecordBatchReader.
+// With --blocking (Node only), consume reads with readBlocking() on the main thread: it sleeps
+// in poll() instead of the event loop.
 // One row per batch (sent_ms float64, payload binary of B bytes of 0x07). stdout carries only the
 // contract's JSON lines; errors go to stderr with exit code 1.
 import net from 'node:net';
@@ -13,7 +15,7 @@ import { Binary, DataType, Field, Float64, Precision, RecordBatch, RecordBatchRe
 import { connect, type Channel } from '../src/transport/channel.js';
 import { listen } from '../src/transport/listener.js';
 import { StreamWriter } from '../src/stream/producer.js';
-import { StreamReader } from '../src/stream/consumer.js';
+import { StreamReader, type StreamBatch } from '../src/stream/consumer.js';
 
 const RING_BYTES = 64 * 1024 * 1024;
 const WARM_UP_ROUNDS = 100;
@@ -122,6 +124,7 @@ interface Options {
   capacityBytes: number;
   spinMicros: number;
   socket: boolean;
+  blocking: boolean;
 }
 
 /** Receipt times of a stream's batches, checked against the count announced. */
@@ -155,11 +158,13 @@ async function consume(o: Options, cpu: NodeJS.CpuUsage): Promise<void> {
   const reader = await StreamReader.accept(channel, { spinMicros: o.spinMicros });
   checkSchema(reader);
   const receipts = new Receipts(o.batches);
-  for (let read = reader.readSync() ?? (await reader.read()); read; read = reader.readSync() ?? (await reader.read())) {
-    const { sentMs } = rowOf(read);
-    receipts.record(sentMs);
+  const take = (read: StreamBatch) => {
+    receipts.record(rowOf(read).sentMs);
     read.release();
-  }
+  };
+  // readBlocking() leaves a batch whose own segment has not arrived to read() (the event loop receives it).
+  if (o.blocking) for (let read = reader.readBlocking() ?? (await reader.read()); read; read = reader.readBlocking() ?? (await reader.read())) take(read);
+  else for (let read = reader.readSync() ?? (await reader.read()); read; read = reader.readSync() ?? (await reader.read())) take(read);
   reader.close();
   channel.close();
   receipts.report(cpu);
@@ -265,6 +270,7 @@ function options(): { role: keyof typeof roles; options: Options } {
       'capacity-bytes': { type: 'string', default: String(RING_BYTES) },
       'spin-micros': { type: 'string', default: '0' },
       socket: { type: 'boolean', default: false },
+      blocking: { type: 'boolean', default: false },
     },
   });
   const role = positionals[0] as keyof typeof roles;
@@ -286,6 +292,7 @@ function options(): { role: keyof typeof roles; options: Options } {
       capacityBytes: number('capacity-bytes', 1),
       spinMicros: number('spin-micros', 0),
       socket: values.socket ?? false,
+      blocking: values.blocking ?? false,
     },
   };
 }

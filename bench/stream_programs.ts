@@ -121,7 +121,8 @@ class Child {
     this.#process.stderr!.setEncoding('utf8').on('data', (chunk: string) => (this.#stderr = (this.#stderr + chunk).slice(0, 8000)));
     this.exited = new Promise((resolve, reject) => {
       this.#process.once('error', (e) => reject(new Error(`${label} could not start: ${e.message}`)));
-      this.#process.once('exit', (code, signal) => {
+      // 'close', not 'exit': the result line may still be unread in the pipe when the process exits.
+      this.#process.once('close', (code, signal) => {
         if (code === 0 && !this.#stderr.includes('stdout line that is not JSON')) resolve();
         else reject(new Error(`${label} exited with ${signal ?? code}: ${this.#message()}`));
       });
@@ -187,6 +188,8 @@ export interface StreamJob {
   socket?: boolean;
   /** arrow-shm: the ring's capacity (the programs' default is 64 MiB). */
   capacityBytes?: number;
+  /** Node consumer: read with readBlocking() (asleep in poll() on its main thread) instead of the event loop. */
+  blocking?: boolean;
 }
 
 export interface StreamRun {
@@ -200,9 +203,10 @@ export async function runStream(producer: Program, consumer: Program, job: Strea
   const wake = consumer.iceoryx2 ? ['--wake', job.wake] : [];
   const socket = job.socket ? ['--socket'] : [];
   const capacity = job.capacityBytes ? ['--capacity-bytes', String(job.capacityBytes)] : [];
+  const blocking = job.blocking ? ['--blocking'] : [];
   try {
     return await supervise(timeoutMs, `${producer.name}→${consumer.name}`, async (start) => {
-      const c = start(new Child(`the ${consumer.name} consumer`, consumer, ['consume', '--address', address, '--batches', String(job.batches), '--spin-micros', String(job.spinMicros), ...(consumer.iceoryx2 ? ['--bytes', String(job.bytes)] : []), ...wake, ...socket]));
+      const c = start(new Child(`the ${consumer.name} consumer`, consumer, ['consume', '--address', address, '--batches', String(job.batches), '--spin-micros', String(job.spinMicros), ...(consumer.iceoryx2 ? ['--bytes', String(job.bytes)] : []), ...wake, ...socket, ...blocking]));
       await c.ready();
       const p = start(new Child(`the ${producer.name} producer`, producer, ['produce', '--address', address, '--bytes', String(job.bytes), '--batches', String(job.batches), '--interval-ms', String(job.intervalMs), ...wake, ...socket, ...capacity]));
       await Promise.all([c.exited, p.exited]);

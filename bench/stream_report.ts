@@ -34,6 +34,8 @@ export interface Row extends Partial<Sample> {
   wake?: 'poll' | 'event';
   /** arrow-shm with a small ring (a few batches, so it stays in cache) instead of 64 MiB. */
   ring_bytes?: number;
+  /** Node consumer reading with readBlocking() (asleep in poll() on its main thread), not the event loop. */
+  reader?: 'blocking';
   /** Why the row has no number: a program not built, or every repetition failed. */
   not_run?: string;
   /** Messages of repetitions that failed (the medians are over the others). */
@@ -75,17 +77,18 @@ const rate = (row: Row) => {
   return row.bytes >= 1024 ? `${((perS * row.bytes) / 1e9).toFixed(2)} GB/s` : `${perS >= 1e5 ? (perS / 1e3).toFixed(0) : (perS / 1e3).toFixed(1)}k/s`;
 };
 
-export function labelOf(row: Pick<Row, 'transport' | 'from' | 'to' | 'ring_bytes'>): string {
+export function labelOf(row: Pick<Row, 'transport' | 'from' | 'to' | 'ring_bytes' | 'reader'>): string {
   if (row.transport === 'iceoryx2') return `iceoryx2 (${row.from === 'rust' ? 'Rust' : 'Python'})`;
   if (row.transport === 'arrow-socket') return 'Arrow IPC over a UNIX socket (Node)';
   const pair = row.from === row.to ? `arrow-shm ${row.from}` : `arrow-shm ${row.from}→${row.to}`;
+  if (row.reader === 'blocking') return `${pair}, blocking readBlocking() on the main thread`;
   return row.ring_bytes ? `${pair}, ${human(row.ring_bytes)} ring` : pair;
 }
 
 type Find = (kind: Kind, transport: Transport, from: string, to: string, bytes?: number) => Row | undefined;
 
 function finder(rows: Row[]): Find {
-  return (kind, transport, from, to, bytes) => rows.find((r) => r.kind === kind && r.transport === transport && r.from === from && r.to === to && (bytes === undefined || r.bytes === bytes) && !r.not_run && !r.ring_bytes);
+  return (kind, transport, from, to, bytes) => rows.find((r) => r.kind === kind && r.transport === transport && r.from === from && r.to === to && (bytes === undefined || r.bytes === bytes) && !r.not_run && !r.ring_bytes && !r.reader);
 }
 
 // ---- BENCHMARKS.md -------------------------------------------------------------------------

@@ -16,7 +16,9 @@ export { FrameKind, FrameFlags, PROTOCOL_VERSION, type KeyValues } from './trans
 export { seedSend, seedReceive, SEED_SOCKET_PATH } from './transport/seed.js';
 export { StreamReader, StreamBatch, type StreamReaderOptions } from './stream/consumer.js';
 export { StreamWriter, type StreamWriterOptions } from './stream/producer.js';
-export { Publication, publish, subscribe, type PublicationOptions } from './stream/pubsub.js';
+export { Publication, publish, subscribe, type PublicationOptions, type PublicationAt, type StreamReaderAt } from './stream/pubsub.js';
+// Streams over Arrow Flight (docs/PROTOCOL.md §13.5): publish/subscribe on grpc:// choose these.
+export { FlightPublication, FlightStreamListener, FlightStreamReader, FlightStreamWriter, subscribeFlight, type FlightPublicationOptions, type FlightStreamReaderOptions, type FlightStreamWriterOptions } from './stream/flight.js';
 export { FlightClient, type CallOptions, type FlightClientOptions } from './transport/flight-client.js';
 export { FlightServer, type FlightServerOptions } from './transport/flight-server.js';
 export { FlightMessage } from './transport/flight-message.js';

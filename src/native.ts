@@ -56,6 +56,12 @@ export interface NativeBinding {
   eventfd(): number;
   eventfdWrite(fd: number): void;
   eventfdRead(fd: number): number;
+  /**
+   * Blocks this thread (a blocking ppoll) until the eventfd is readable, then resets its counter: 1;
+   * until `hangupFd` (a socket; -1 for none) is hung up by its peer: 2; or `timeoutMicros` (-1: no
+   * limit) passed or a signal interrupted the wait: 0.
+   */
+  eventfdWait(fd: number, timeoutMicros: number, hangupFd: number): 0 | 1 | 2;
   pollerCreate(fd: number, callback: (status: number, events: number) => void): PollerHandle;
   pollerStart(handle: PollerHandle, readable: boolean, writable: boolean): void;
   pollerRef(handle: PollerHandle, keepsLoopAlive: boolean): void;

@@ -271,16 +271,17 @@ test('CLI: --socket help names every kind of address; sub says when no publisher
     const help = (await runCli([command, '--help'])).stdout.replace(/\s+/g, ' ');
     assert.match(help, /--socket <addr> a socket path, @name \(abstract socket\), or grpc:\/\/host:port \| grpc\+tls:\/\/host:port/, command);
   }
-  assert.match((await runCli(['sub', '--help'])).stdout.replace(/\s+/g, ' '), /@name \(abstract socket\); streams are shared memory only/);
+  assert.match((await runCli(['sub', '--help'])).stdout.replace(/\s+/g, ' '), /@name \(abstract socket\), or grpc:\/\/host:port \| grpc\+tls:\/\/host:port \(Arrow Flight: DoGet of "stream"\)/);
   const socket = path.join(tmp, 'nobody.sock');
   const started = performance.now();
   const r = await runCli(['sub', '--socket', socket, '--timeout-ms', '300']);
   assert.equal(r.code, 1);
   assert.equal(r.stderr, `arrow-shm: no publisher at ${socket} yet: waiting up to 300 ms\narrow-shm: ERR_TIMEOUT: no publisher at ${socket} within 300 ms\n`);
   assert.ok(performance.now() - started < 5000);
-  const flight = await runCli(['sub', '--socket', 'grpc://127.0.0.1:1']);
-  assert.equal(flight.code, 2);
-  assert.match(flight.stderr, /streams are shared memory only/);
+  // Over Flight (§13.5) the same: waiting for a server at the address, then giving up.
+  const flight = await runCli(['sub', '--socket', 'grpc://127.0.0.1:1', '--timeout-ms', '300']);
+  assert.equal(flight.code, 1);
+  assert.equal(flight.stderr, 'arrow-shm: no publisher at grpc://127.0.0.1:1 yet: waiting up to 300 ms\narrow-shm: ERR_TIMEOUT: no publisher at grpc://127.0.0.1:1 within 300 ms\n');
 });
 
 test('CLI: recv --print shows metadata as plain key=value; the demo puts Arrow IPC and JSON over a socket next to arrow-shm', async () => {

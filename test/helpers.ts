@@ -86,6 +86,19 @@ export function memfdMappings(): number {
     .filter((l) => l.includes('/memfd:')).length;
 }
 
+/** The fds of stream rings this process holds (to scribble over a ring as a hostile peer would). */
+export function ringFds(): number[] {
+  return readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
+      } catch {
+        return false;
+      }
+    });
+}
+
 let counter = 0;
 export function uniqueAddress(tag: string): string {
   return `@arrow-shm-test-${process.pid}-${tag}-${counter++}`;

@@ -1,7 +1,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Dictionary, Field, Int32, RecordBatch, Schema, Struct, Table, Utf8, Vector, makeData, makeVector, tableToIPC, vectorFromArray } from 'apache-arrow';
@@ -15,7 +15,7 @@ import { RING_HEADER_BYTES, RingHeader } from '../src/stream/ring.js';
 import { StreamWriter, type StreamWriterOptions } from '../src/stream/producer.js';
 import { checksumSymbolTable, generateSymbolTable } from '../src/cli/symbols.js';
 import { decodeTable } from '../src/ipc/reader.js';
-import { cliScript, drainStream, goldDir, openFds, resources, startListening, uniqueAddress, waitFor, waitForNoLeaks } from './helpers.js';
+import { cliScript, drainStream, goldDir, openFds, resources, ringFds, startListening, uniqueAddress, waitFor, waitForNoLeaks } from './helpers.js';
 
 const code = (c: string) => (e: unknown) => e instanceof ArrowShmError && e.code === c;
 
@@ -46,19 +46,6 @@ function numbered(first: number, rows: number): Table {
     seq: makeVector(Int32Array.from({ length: rows }, (_, i) => first + i)),
     label: vectorFromArray(Array.from({ length: rows }, (_, i) => `row ${first + i}`), new Utf8()),
   });
-}
-
-/** The fds of stream rings this process holds (to scribble over a ring as a hostile peer would). */
-function ringFds(): number[] {
-  return readdirSync('/proc/self/fd')
-    .map(Number)
-    .filter((fd) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${fd}`).startsWith('/memfd:arrow-shm-ring');
-      } catch {
-        return false;
-      }
-    });
 }
 
 const isSettled = async (p: Promise<unknown>): Promise<boolean> => {

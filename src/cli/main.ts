@@ -11,8 +11,6 @@ import type { KeyValues } from '../transport/frame.js';
 import { readInput, readIpcInput, UsageError } from './files.js';
 import { Output } from './output.js';
 import { reportDropped, serveTables } from './serve.js';
-import { tableFromIpcBytes } from '../ipc/reader.js';
-import { toBatches } from '../ipc/writer.js';
 import { runDemo, runDemoReceiver, runDemoSender } from './demo.js';
 import { pub, recvStream, sendStream, sub, type StreamRecvFlags, type StreamSendFlags } from './stream.js';
 import { FlightClient } from '../transport/flight-client.js';
@@ -34,7 +32,7 @@ function keyValue(value: string, previous: KeyValues = {}): KeyValues {
 }
 
 const SOCKET = 'a socket path, @name (abstract socket), or grpc://host:port | grpc+tls://host:port (Arrow Flight)';
-const STREAM_SOCKET = 'a socket path or @name (abstract socket); streams are shared memory only';
+const STREAM_SOCKET = 'a socket path or @name (abstract socket), or grpc://host:port | grpc+tls://host:port (Arrow Flight: DoGet of "stream")';
 
 function listening(address: string): void {
   process.stderr.write(`arrow-shm: listening on ${address}\n`);
@@ -58,11 +56,11 @@ function powerOfTwo(value: string): number {
 }
 
 async function send(files: string[], flags: SendFlags): Promise<void> {
-  if (isFlightAddress(flags.socket)) return sendFlight(files, flags);
   if (flags.stream) {
     if (flags.seedCompat) throw new UsageError('--stream and --seed-compat do not go together');
-    return sendStream(files, flags, () => listening(flags.socket));
+    return sendStream(files, flags, listening);
   }
+  if (isFlightAddress(flags.socket)) return sendFlight(files, flags);
   const inputs = files.map((f) => ({ name: f, data: readIpcInput(f) }));
   if (flags.seedCompat) {
     if (inputs.length !== 1) throw new UsageError('--seed-compat sends exactly one FILE');
@@ -88,7 +86,7 @@ async function send(files: string[], flags: SendFlags): Promise<void> {
   }
 }
 
-/** Over Arrow Flight: one DoPut per FILE (or one for all with --stream), named after the file. */
+/** Over Arrow Flight: one DoPut per FILE, named after the file (--stream: src/cli/stream.ts). */
 async function sendFlight(files: string[], flags: SendFlags): Promise<void> {
   if (flags.listen || flags.seedCompat) throw new UsageError('--listen and --seed-compat are for local sockets, not grpc:// addresses');
   const inputs = files.map((f) => ({ name: flightName(f), data: readIpcInput(f) }));
@@ -96,12 +94,7 @@ async function sendFlight(files: string[], flags: SendFlags): Promise<void> {
   const rootCertificate = flags.tlsCa ? readInput(flags.tlsCa) : undefined;
   const client = await FlightClient.connect(flags.socket, { timeoutMs: flags.timeoutMs, token: process.env.ARROW_SHM_FLIGHT_TOKEN, rootCertificate, upgrade: true });
   try {
-    if (flags.stream) {
-      const batches = inputs.flatMap((i) => (i.data instanceof Uint8Array ? tableFromIpcBytes(i.data).batches : toBatches(i.data).batches));
-      await client.doPut(inputs.map((i) => i.name).join('+'), batches, { metadata: flags.meta });
-    } else {
-      for (const input of inputs) await client.doPut(input.name, input.data, { metadata: flags.meta });
-    }
+    for (const input of inputs) await client.doPut(input.name, input.data, { metadata: flags.meta });
   } finally {
     client.close();
   }
@@ -152,7 +145,7 @@ function handle(message: ReceivedTable | FlightMessage, index: number, flags: Re
   }
 }
 
-/** A Flight server: each DoPut is one table (--stream: the one stream); they stay available to DoGet until exit. */
+/** A Flight server: each DoPut is one table; they stay available to DoGet until exit. */
 async function recvFlight(flags: RecvFlags, output: Output | null): Promise<void> {
   if (flags.connect || flags.seedCompat) throw new UsageError('--connect and --seed-compat are for local sockets, not grpc:// addresses');
   if (!flags.tlsCert !== !flags.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
@@ -160,8 +153,7 @@ async function recvFlight(flags: RecvFlags, output: Output | null): Promise<void
   const server = await FlightServer.listen(flags.socket, { token: process.env.ARROW_SHM_FLIGHT_TOKEN, tls, insecure: flags.insecure, shm: `@arrow-shm-flight-${process.pid}` });
   listening(server.address);
   try {
-    const count = flags.stream ? 1 : flags.count;
-    for (let received = 0; received < count; ) {
+    for (let received = 0; received < flags.count; ) {
       const next = server.receive().catch((e) => {
         // A call the server refused (its client got the status): report it and serve the next one.
         if (!(e instanceof ArrowShmError) || e.code === 'ERR_CLOSED') throw e;
@@ -179,11 +171,11 @@ async function recvFlight(flags: RecvFlags, output: Output | null): Promise<void
 async function recv(flags: RecvFlags): Promise<void> {
   // Checked before anything is accepted: a table that arrived can no longer be refused.
   const output = Output.prepare(flags.out, flags.stream ? 1 : flags.count);
-  if (isFlightAddress(flags.socket)) return recvFlight(flags, output);
   if (flags.stream) {
     if (flags.seedCompat || flags.count !== 1) throw new UsageError('--stream receives one stream: no --seed-compat, no --count');
-    return recvStream(flags, output, () => listening(flags.socket));
+    return recvStream(flags, output, listening);
   }
+  if (isFlightAddress(flags.socket)) return recvFlight(flags, output);
   if (flags.seedCompat) {
     for (let i = 0; i < flags.count; i++) handle(await seedReceive(flags.socket, { timeoutMs: flags.timeoutMs }), i, flags, output);
     return;
@@ -245,6 +237,7 @@ function program(): Command {
     .option('--tls-cert <pem>', 'grpc+tls://: the server certificate (with --tls-key)')
     .option('--tls-key <pem>', 'grpc+tls://: its private key')
     .option('--insecure', 'grpc:// on a non-loopback address without TLS and a token (anyone who reaches the port can send and read tables)')
+    .option('--tls-ca <pem>', 'grpc+tls:// with --stream --connect: the CA certificate that signed the server\'s')
     .action((flags: RecvFlags) => recv(flags));
 
   cli
@@ -255,8 +248,11 @@ function program(): Command {
     .option('--meta <key=value>', 'user metadata for the stream (repeatable)', keyValue)
     .option('--ring-bytes <n>', 'ring capacity (a power of two)', powerOfTwo)
     .option('--timeout-ms <n>', 'give up after N ms', positiveInt)
+    .option('--tls-cert <pem>', 'grpc+tls://: the server certificate (with --tls-key)')
+    .option('--tls-key <pem>', 'grpc+tls://: its private key')
+    .option('--insecure', 'grpc:// on a non-loopback address without TLS and a token (anyone who reaches the port can subscribe)')
     .argument('<files...>')
-    .action((files: string[], flags: StreamSendFlags) => pub(files, flags, () => listening(flags.socket)));
+    .action((files: string[], flags: StreamSendFlags) => pub(files, flags, listening));
 
   cli
     .command('sub')
@@ -265,6 +261,7 @@ function program(): Command {
     .option('--out <file>', 'write the stream to FILE')
     .option('--print', 'print schema and row counts')
     .option('--timeout-ms <n>', 'give up after N ms (also: how long to wait for the publisher)', positiveInt)
+    .option('--tls-ca <pem>', 'grpc+tls://: the CA certificate that signed the server\'s (default: the system\'s CAs)')
     .action((flags: StreamRecvFlags) => sub(flags));
 
   cli

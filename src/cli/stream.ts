@@ -10,16 +10,22 @@ import { withTimeout } from '../timeout.js';
 import { connect, type Channel } from '../transport/channel.js';
 import { listen } from '../transport/listener.js';
 import type { KeyValues } from '../transport/frame.js';
-import { readIpcInput, UsageError } from './files.js';
-import { isFlightAddress } from '../transport/flight-codec.js';
+import { readInput, readIpcInput, UsageError } from './files.js';
+import { flightName, isFlightAddress } from '../transport/flight-codec.js';
 import { Output } from './output.js';
 import { StreamWriter } from '../stream/producer.js';
-
-const SHM_ONLY = 'streams are shared memory only: --socket is a path or @name, not grpc://';
+import { FlightPublication, FlightStreamListener, FlightStreamWriter, subscribeFlight, type FlightStreamReader } from '../stream/flight.js';
 const END_OF_STREAM = new Uint8Array([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
 
 export interface StreamSendFlags {
   socket: string;
+  /** grpc+tls:// client: PEM of the CA that signed the server's certificate. */
+  tlsCa?: string;
+  /** grpc+tls:// server: its certificate and key (PEM files). */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** grpc:// on a non-loopback address without TLS and a token. */
+  insecure?: boolean;
   listen?: boolean;
   meta?: KeyValues;
   ringBytes?: number;
@@ -29,6 +35,10 @@ export interface StreamSendFlags {
 
 export interface StreamRecvFlags {
   socket: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  insecure?: boolean;
   connect?: boolean;
   out?: string;
   print?: boolean;
@@ -48,6 +58,17 @@ function batchesOf(files: string[]): { schema: Schema; batches: RecordBatch[] } 
   return { schema: schema!, batches };
 }
 
+/** Writes every batch and ends the stream; a failure aborts it (the reader sees the error, not an end). */
+async function writeAll(stream: { write(batch: RecordBatch): Promise<unknown>; close(options: { timeoutMs?: number }): Promise<unknown>; abort(): void }, batches: RecordBatch[], timeoutMs: number | undefined): Promise<void> {
+  try {
+    for (const batch of batches) await stream.write(batch);
+    await stream.close({ timeoutMs });
+  } catch (e) {
+    stream.abort();
+    throw e;
+  }
+}
+
 async function openChannel(flags: { socket: string; timeoutMs?: number }, listenFirst: boolean, onListening: () => void): Promise<Channel> {
   if (!listenFirst) return connect(flags.socket, { timeoutMs: flags.timeoutMs });
   const listener = listen(flags.socket);
@@ -59,25 +80,48 @@ async function openChannel(flags: { socket: string; timeoutMs?: number }, listen
   }
 }
 
-export async function sendStream(files: string[], flags: StreamSendFlags, onListening: () => void): Promise<void> {
+/** Over Flight the token comes from ARROW_SHM_FLIGHT_TOKEN (as for send and recv), TLS from the flags. */
+function flightClientOptions(flags: { tlsCa?: string; timeoutMs?: number }) {
+  return { token: process.env.ARROW_SHM_FLIGHT_TOKEN, rootCertificate: flags.tlsCa ? readInput(flags.tlsCa) : undefined, timeoutMs: flags.timeoutMs };
+}
+
+function flightServerOptions(flags: { tlsCert?: string; tlsKey?: string; insecure?: boolean }) {
+  if (!flags.tlsCert !== !flags.tlsKey) throw new UsageError('--tls-cert and --tls-key go together');
+  const tls = flags.tlsCert && flags.tlsKey ? { certificate: readInput(flags.tlsCert), key: readInput(flags.tlsKey) } : undefined;
+  return { token: process.env.ARROW_SHM_FLIGHT_TOKEN, tls, insecure: flags.insecure };
+}
+
+export async function sendStream(files: string[], flags: StreamSendFlags, onListening: (address: string) => void): Promise<void> {
+  if (isFlightAddress(flags.socket)) {
+    // --listen: the receiver subscribes (DoGet); else this side writes an incremental DoPut.
+    if (flags.listen) return pub(files, { ...flags, subscribers: 1 }, onListening);
+    const { schema, batches } = batchesOf(files);
+    const stream = await FlightStreamWriter.open(flags.socket, schema, { ...flightClientOptions(flags), name: files.map(flightName).join('+'), metadata: flags.meta });
+    return writeAll(stream, batches, flags.timeoutMs);
+  }
   const { schema, batches } = batchesOf(files);
-  const channel = await openChannel(flags, flags.listen ?? false, onListening);
+  const channel = await openChannel(flags, flags.listen ?? false, () => onListening(flags.socket));
   try {
     const stream = await StreamWriter.open(channel, schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
-    try {
-      for (const batch of batches) await stream.write(batch);
-      await stream.close({ timeoutMs: flags.timeoutMs });
-    } catch (e) {
-      stream.abort();
-      throw e;
-    }
+    await writeAll(stream, batches, flags.timeoutMs);
   } finally {
     channel.close();
   }
 }
 
-export async function recvStream(flags: StreamRecvFlags, output: Output | null, onListening: () => void): Promise<void> {
-  const channel = await openChannel(flags, !flags.connect, onListening);
+export async function recvStream(flags: StreamRecvFlags, output: Output | null, onListening: (address: string) => void): Promise<void> {
+  if (isFlightAddress(flags.socket)) {
+    if (flags.connect) return drain(await subscribeFlight(flags.socket, { ...flightClientOptions(flags), readTimeoutMs: flags.timeoutMs }), flags, output);
+    // A Flight server: the first DoPut is the stream, read batch by batch.
+    const listener = await FlightStreamListener.listen(flags.socket, { ...flightServerOptions(flags), readTimeoutMs: flags.timeoutMs });
+    onListening(listener.address);
+    try {
+      return await drain(await listener.accept({ timeoutMs: flags.timeoutMs }), flags, output);
+    } finally {
+      await listener.close();
+    }
+  }
+  const channel = await openChannel(flags, !flags.connect, () => onListening(flags.socket));
   try {
     const reader = await StreamReader.accept(channel, { timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
     await drain(reader, flags, output);
@@ -86,35 +130,43 @@ export async function recvStream(flags: StreamRecvFlags, output: Output | null, 
   }
 }
 
-export async function pub(files: string[], flags: StreamSendFlags, onListening: () => void): Promise<void> {
-  if (isFlightAddress(flags.socket)) throw new UsageError(SHM_ONLY);
+export async function pub(files: string[], flags: StreamSendFlags, onListening: (address: string) => void): Promise<void> {
   const { schema, batches } = batchesOf(files);
-  const publication = publish(flags.socket, schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
-  onListening();
+  const publication = isFlightAddress(flags.socket)
+    ? FlightPublication.create(flags.socket, schema, { ...flightServerOptions(flags), metadata: flags.meta, writeTimeoutMs: flags.timeoutMs })
+    : publish(flags.socket, schema, { capacityBytes: flags.ringBytes, metadata: flags.meta, writeTimeoutMs: flags.timeoutMs });
+  if (publication instanceof FlightPublication) await publication.ready().catch(async (e) => {
+    await publication.abort();
+    throw e;
+  });
+  onListening(publication.address);
   try {
     await publication.waitForSubscribers(flags.subscribers ?? 1, { timeoutMs: flags.timeoutMs });
     for (const batch of batches) await publication.write(batch);
     await publication.close({ timeoutMs: flags.timeoutMs });
   } finally {
-    publication.abort();
+    await publication.abort();
   }
 }
 
 export async function sub(flags: StreamRecvFlags): Promise<void> {
-  if (isFlightAddress(flags.socket)) throw new UsageError(SHM_ONLY);
   const output = Output.prepare(flags.out, 1);
   const deadline = flags.timeoutMs === undefined ? Infinity : performance.now() + flags.timeoutMs;
-  let reader: StreamReader;
+  const flight = isFlightAddress(flags.socket);
+  let reader: StreamReader | FlightStreamReader;
   for (let waiting = false; ; waiting = true) {
     try {
-      reader = await subscribe(flags.socket, { timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
+      reader = flight
+        ? await subscribeFlight(flags.socket, { ...flightClientOptions({ ...flags, timeoutMs: Math.min(flags.timeoutMs ?? 1000, 1000) }), readTimeoutMs: flags.timeoutMs })
+        : await subscribe(flags.socket, { timeoutMs: flags.timeoutMs, readTimeoutMs: flags.timeoutMs });
       break;
     } catch (e) {
-      // The publication may not be up yet: ENOENT (no socket file) or ECONNREFUSED.
-      const notYet = e instanceof ArrowShmError && (e.errno === osConstants.errno.ENOENT || e.errno === osConstants.errno.ECONNREFUSED);
+      // The publication may not be up yet: ENOENT (no socket file) or ECONNREFUSED; over Flight, no server yet
+      // (ERR_PEER_CLOSED, ERR_TIMEOUT from the connect) or no publication by that name yet (NOT_FOUND).
+      const notYet = e instanceof ArrowShmError && (flight ? ['ERR_PEER_CLOSED', 'ERR_TIMEOUT'].includes(e.code) && !e.remote : e.errno === osConstants.errno.ENOENT || e.errno === osConstants.errno.ECONNREFUSED);
       if (!notYet) throw e;
-      if (performance.now() >= deadline) throw fail('ERR_TIMEOUT', `no publisher at ${flags.socket} within ${flags.timeoutMs} ms`);
       if (!waiting) process.stderr.write(`arrow-shm: no publisher at ${flags.socket} yet: waiting${flags.timeoutMs === undefined ? ' (--timeout-ms N to give up)' : ` up to ${flags.timeoutMs} ms`}\n`);
+      if (performance.now() >= deadline) throw fail('ERR_TIMEOUT', `no publisher at ${flags.socket} within ${flags.timeoutMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
@@ -122,7 +174,7 @@ export async function sub(flags: StreamRecvFlags): Promise<void> {
 }
 
 /** Reads a whole stream; `--out` gets prologue + every record's messages + end-of-stream marker. */
-async function drain(reader: StreamReader, flags: StreamRecvFlags, output: Output | null): Promise<void> {
+async function drain(reader: StreamReader | FlightStreamReader, flags: StreamRecvFlags, output: Output | null): Promise<void> {
   const file = output?.open(0) ?? null;
   let rows = 0;
   let batches = 0;

@@ -242,4 +242,14 @@ export class FlatView {
     const pos = start + 4 * k;
     return pos + this.view.getUint32(pos, true);
   }
+
+  /** The string field `i` points to (invalid UTF-8 replaced, as apache-arrow decodes it), or null. */
+  string(t: number, i: number): string | null {
+    const pos = this.field(t, i);
+    if (pos === 0) return null;
+    const s = pos + this.view.getUint32(pos, true);
+    return utf8.decode(this.bytes.subarray(s + 4, s + 4 + this.view.getUint32(s, true)));
+  }
 }
+
+const utf8 = new TextDecoder();

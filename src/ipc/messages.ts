@@ -1,6 +1,6 @@
 // Walks the encapsulated messages of an Arrow IPC stream and checks every length and offset
 // before any Arrow library sees the bytes (docs/PROTOCOL.md §7).
-import { Message, type RecordBatch as RecordBatchHeader } from 'apache-arrow/ipc/metadata/message';
+import { BodyCompression, BufferRegion, DictionaryBatch as DictionaryBatchHeader, FieldNode, Message, RecordBatch as RecordBatchHeader } from 'apache-arrow/ipc/metadata/message';
 import { MessageHeader, type Schema } from 'apache-arrow';
 import { fail } from '../errors.js';
 import { FlatView, verifyMessageFlatbuffer } from './flatbuffer.js';
@@ -112,10 +112,13 @@ export class IpcMessageChecker {
     const version = fb.i16(root, 0);
     const header = fb.table(root, 2);
     const type = fb.u8(root, 1);
+    const batch = type === MessageHeader.RecordBatch || type === MessageHeader.DictionaryBatch;
+    // The verifier lets an absent union value through: nothing below may read a header at 0.
+    if (header === 0 && (batch || type === MessageHeader.Schema)) throw fail('ERR_IPC_INVALID', `${MessageHeader[type]} message ${where} without its header`);
     if (type === MessageHeader.Schema) {
       if (this.#layout) throw fail('ERR_IPC_INVALID', `unexpected Schema message ${where}`);
       this.#layout = schemaLayout(fb, header, version);
-    } else if (type === MessageHeader.RecordBatch || type === MessageHeader.DictionaryBatch) {
+    } else if (batch) {
       if (!this.#layout) throw fail('ERR_IPC_INVALID', `IPC stream must start with a Schema message, got ${MessageHeader[type]} ${where}`);
       if (type === MessageHeader.RecordBatch) checkBatchCounts(fb, header, this.#layout.batch, `the record batch ${where}`);
       else {
@@ -130,9 +133,11 @@ export class IpcMessageChecker {
     let message: Message;
     let schemaBytes: Uint8Array | undefined;
     try {
-      // arrow-js decodes a header lazily from these bytes: a Schema, which outlives its stream in
-      // the cache, gets bytes of its own (a received segment is unmapped when its table closes).
-      message = Message.decode(type === MessageHeader.Schema ? (schemaBytes = metadata.slice()) : metadata);
+      // arrow-js decodes a Schema's header lazily from these bytes: a Schema, which outlives its
+      // stream in the cache, gets bytes of its own (a received segment is unmapped when its table
+      // closes). A batch's header is decoded here, at once.
+      // Other kinds are decoded only for walkIpcMessages to name them in its refusal.
+      message = batch ? decodeBatchMessage(fb, root, type) : Message.decode(type === MessageHeader.Schema ? (schemaBytes = metadata.slice()) : metadata);
     } catch (e) {
       throw fail('ERR_IPC_INVALID', `undecodable message metadata ${where}: ${(e as Error).message}`, e);
     }
@@ -142,6 +147,41 @@ export class IpcMessageChecker {
     }
     return message;
   }
+}
+
+/**
+ * A verified RecordBatch or DictionaryBatch Message, decoded as apache-arrow's Message.decode
+ * would (same classes, same values), read straight from the flatbuffer: a small hand-off decodes
+ * one on every receive, and apache-arrow's generic reader costs about three times more (~20 vs
+ * ~50 µs in a fresh process, hand-offs spaced 2 ms).
+ */
+function decodeBatchMessage(fb: FlatView, root: number, type: MessageHeader): Message {
+  const header = fb.table(root, 2);
+  const recordBatch = (t: number): RecordBatchHeader => {
+    const pairs = <T>(i: number, make: (a: bigint, b: bigint) => T): T[] => {
+      const { start, length } = fb.vector(t, i);
+      return Array.from({ length }, (_, k) => make(fb.view.getBigInt64(start + 16 * k, true), fb.view.getBigInt64(start + 16 * k + 8, true)));
+    };
+    const compression = fb.table(t, 3);
+    const variadic = fb.vector(t, 4);
+    return new RecordBatchHeader(
+      fb.i64(t, 0),
+      pairs(1, (length, nulls) => new FieldNode(length, nulls)),
+      pairs(2, (offset, length) => new BufferRegion(offset, length)),
+      compression === 0 ? null : new BodyCompression((fb.u8(compression, 0) << 24) >> 24, fb.u8(compression, 1)), // codec: an int8
+      // checkBatchCounts bounded these counts by the buffers the batch declares
+      Array.from({ length: variadic.length }, (_, k) => Number(fb.view.getBigInt64(variadic.start + 8 * k, true))),
+    );
+  };
+  const decoded = type === MessageHeader.RecordBatch ? recordBatch(header) : new DictionaryBatchHeader(recordBatch(fb.table(header, 1)), fb.i64(header, 0), fb.u8(header, 2) !== 0);
+  const metadata = new Map<string, string>();
+  const entries = fb.vector(root, 4);
+  for (let k = 0; k < entries.length; k++) {
+    const entry = fb.tableAt(entries.start, k);
+    const key = fb.string(entry, 0);
+    if (key !== null) metadata.set(key, fb.string(entry, 1) as string); // a missing value reads as null, as in apache-arrow
+  }
+  return new Message(fb.i64(root, 3), fb.i16(root, 0), type, decoded, metadata);
 }
 
 /**
@@ -194,6 +234,26 @@ export function walkIpcMessages(bytes: Uint8Array, mode: 'stream' | 'batches', o
   }
   if (mode === 'stream' && summary.messages === 0) throw fail('ERR_IPC_TRUNCATED', 'IPC stream has no Schema message');
   return summary;
+}
+
+/**
+ * Checks one message whose metadata and body travel apart (Flight: a FlightData's data_header and
+ * data_body), as walkIpcMessages checks one of a stream; `checker` saw the messages before it
+ * (a Schema first). `bodyBytes`: the length of the body given, which the message's declared body
+ * must not pass. Positions in the result are relative to the metadata and to the body.
+ */
+export function checkMessageParts(metadata: Uint8Array, bodyBytes: number, checker: IpcMessageChecker, index: number): IpcMessage {
+  const where = `in message ${index}`;
+  const message = checker.check(metadata, where);
+  const header = message.headerType;
+  const bodyLength = asNumber(message.bodyLength as bigint | number);
+  if (!(bodyLength >= 0)) throw fail('ERR_IPC_INVALID', `invalid body length ${String(message.bodyLength)} ${where}`);
+  if (bodyLength > bodyBytes) throw fail('ERR_IPC_TRUNCATED', `message ${index} declares a body of ${bodyLength} bytes but has ${bodyBytes}`);
+  let decoded: RecordBatchHeader | undefined;
+  if (header === MessageHeader.RecordBatch || header === MessageHeader.DictionaryBatch) decoded = checkBatchHeader(message, header, index, 0, bodyLength);
+  else if (header !== MessageHeader.Schema) throw fail('ERR_IPC_INVALID', `unexpected ${MessageHeader[header] ?? header} message in an IPC stream`);
+  const schema = header === MessageHeader.Schema ? (checker.schema ?? undefined) : undefined;
+  return { message, metadataStart: 0, metadataLength: metadata.length, bodyStart: 0, bodyLength, header: decoded, schema };
 }
 
 function checkBatchHeader(message: Message, header: MessageHeader, pos: number, bodyStart: number, bodyLength: number): RecordBatchHeader {

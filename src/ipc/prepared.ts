@@ -5,6 +5,13 @@ import { validateIpcStream } from './messages.js';
 import { layoutIpcStream, writeIpcLayout, type IpcLayout, type TableLike } from './writer.js';
 
 /**
+ * Streams shorter than this go into a fresh memfd by pwrite even when a spare is ready: a spare's
+ * copy is cheaper, but unmapping it before the seal costs more than that below about 128 KiB
+ * (measured cold, pwrite vs spare: 46 vs 63 µs at 64 KiB, 59 vs 71 at 100 KB, 77 vs 71 at 128 KiB).
+ */
+const MIN_SPARE_BYTES = 128 * 1024;
+
+/**
  * An IPC stream already written into a sealed segment: send it to any number of channels with
  * no further copy. The fd stays open until `close()`.
  */
@@ -28,15 +35,15 @@ export class PreparedTable {
 
   /**
    * @internal `from` for a planned stream or raw bytes (`checked`: already validated), into a spare
-   * segment of `spares` when one is ready: its pages are already allocated and mapped, so the copy
-   * is one memcpy.
+   * segment of `spares` when one is ready (and the stream is not small): its pages are already
+   * allocated and mapped, so the copy is one memcpy.
    */
   static write(data: IpcLayout | Uint8Array, spares: SparePool | null, checked = false): PreparedTable {
     const layout = data instanceof Uint8Array ? null : data;
     // Raw bytes are checked to be an IPC stream first (`checked`: the caller did); the whole range is sent.
     if (!layout && !checked) validateIpcStream(data as Uint8Array);
     const length = data.byteLength;
-    const spare = spares?.take(length) ?? null;
+    const spare = length >= MIN_SPARE_BYTES ? (spares?.take(length) ?? null) : null;
     const segment = spare ?? Segment.create(length);
     try {
       if (spare) {

@@ -13,6 +13,7 @@ import {
 } from 'apache-arrow/ipc/metadata/message';
 import { VectorAssembler } from 'apache-arrow/visitor/vectorassembler';
 import { fail } from '../errors.js';
+import { encodeMessage } from './message-writer.js';
 
 export const ALIGNMENT = 64;
 const align = (n: number, a = ALIGNMENT): number => Math.ceil(n / a) * a;
@@ -92,8 +93,10 @@ function foreignTable(table: object) {
 
 const encodedSchemas = new WeakMap<Schema, { metadata: string; flatbuffer: Uint8Array }>();
 
-/** The schema's and its fields' metadata, as one string to compare. */
+/** The schema's and its fields' metadata, as one string to compare ('' when there is none, the usual case, found without serializing). */
 function metadataOf(schema: Schema): string {
+  const none = (fs: readonly Field[]): boolean => fs.every((f) => f.metadata.size === 0 && none(f.type.children ?? []));
+  if (schema.metadata.size === 0 && none(schema.fields)) return '';
   const fields = (fs: readonly Field[]): unknown[] => fs.map((f) => [f.metadata.size ? [...f.metadata] : 0, f.type.children?.length ? fields(f.type.children) : 0]);
   return JSON.stringify([[...schema.metadata], fields(schema.fields)]);
 }
@@ -110,7 +113,7 @@ export class LayoutBuilder {
 
   /** One encapsulated message: continuation, size, flatbuffer, padding, body at a 64-byte boundary. */
   message(message: Message, body: Uint8Array[], regions: BufferRegion[]): void {
-    this.encoded(Message.encode(message), body, regions, Number(message.bodyLength));
+    this.encoded(encodeMessage(message), body, regions, Number(message.bodyLength));
   }
 
   /** The same, for a flatbuffer Message already encoded. */

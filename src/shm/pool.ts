@@ -90,6 +90,15 @@ export class SparePool extends ClassedPool {
   #refill(cls: number, size: number): void {
     if (this.closed || this.#pending.has(cls) || (this.free.get(cls)?.length ?? 0) >= this.limits.perClass) return;
     if (this.bytes + cls > this.limits.maxBytes) return;
+    // Made once the send that asked is out (setImmediate): creating and mapping the memfd and
+    // queueing its population cost more than a small send's copy (~65 µs, measured cold).
+    const settled = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.#prepare(cls, size));
+    this.#pending.set(cls, settled.finally(() => this.#pending.delete(cls)));
+  }
+
+  /** A spare of `size` bytes for class `cls`, populated on the libuv threadpool, then kept. */
+  async #prepare(cls: number, size: number): Promise<void> {
+    if (this.closed) return;
     let segment: Segment | undefined;
     let job: Promise<void>;
     try {
@@ -101,11 +110,10 @@ export class SparePool extends ClassedPool {
     }
     const spare = segment;
     // The mapping stays until the job settles: the threadpool is writing through it.
-    const settled = job.then(
+    await job.then(
       () => this.keep(cls, spare),
       () => spare.close(),
     );
-    this.#pending.set(cls, settled.finally(() => this.#pending.delete(cls)));
   }
 
   /** Resolves when no background preparation is running (for tests and orderly shutdown). */

@@ -127,7 +127,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     this.#position = this.#readPosition = this.#published = Number(start_position);
     this.#waiter = new EventWaiter(this.#dataEventFd);
     this.#stopListening = link.onClose((error) => {
-      this.#peerGone = error.code === 'ERR_CLOSED' ? error : fail('ERR_PEER_CLOSED', `the producer left the stream after ${this.#batches} batches without ending it`);
+      this.#peerGone = error.code === 'ERR_CLOSED' ? error : this.#producerLeft();
       this.#waiter.interrupt();
     });
   }
@@ -195,17 +195,50 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
       if (next !== undefined) return next;
       if (this.#peerGone) throw this.#peerGone;
       if (spinUntil(() => this.#header.writePosition > this.#position, this.#options.spinMicros ?? 0)) continue;
-      await this.#sleep(deadline);
+      // §12.3: flag, re-check, sleep. Inline, so a wake-up resumes this loop through one promise.
+      this.#header.setReaderWaiting(this.#slot, true);
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        if (this.#header.writePosition > this.#position || this.#peerGone) continue;
+        if (deadline !== undefined) timer = this.#interruptAt(deadline);
+        await this.#waiter.wait();
+      } finally {
+        clearTimeout(timer);
+        this.#header.setReaderWaiting(this.#slot, false);
+      }
     }
   }
 
   /**
    * The next batch if one is published: no promise, no wait. `null` at the end of the stream,
    * `undefined` when there is nothing to read now, or when the next batch travels in its own
-   * segment (`read()` waits for both). Release what it returns, as with `read()`.
+   * segment that has not arrived yet (`read()` waits for both). Release what it returns, as with `read()`.
    */
   readSync(): StreamBatch | null | undefined {
     return this.#next(true) as StreamBatch | null | undefined;
+  }
+
+  /**
+   * The next batch, blocking this thread until one is published (Python's, Rust's and C++'s
+   * `read()`): for threads that may block (a worker, a CLI), it sleeps in poll() on the ring's
+   * eventfd as a C reader does, without the event loop's hops. `null` at the end of the stream;
+   * ERR_TIMEOUT after `timeoutMs` (default: the reader's readTimeoutMs, else no limit);
+   * ERR_PEER_CLOSED as soon as the producer's socket hangs up. `undefined` only when the next
+   * batch travels in its own segment not received yet: only the event loop receives it (then
+   * `await read()`). Nothing else runs on this thread while it waits: no timers, no callbacks,
+   * so `close()` cannot come from this thread's other code meanwhile, and a producer on this same
+   * thread could never publish (it would wait for its timeout, or for ever).
+   */
+  readBlocking(timeoutMs = this.#options.readTimeoutMs): StreamBatch | null | undefined {
+    if (timeoutMs !== undefined && !(timeoutMs >= 0)) throw fail('ERR_INVALID_ARGUMENT', `timeoutMs must be a number ≥ 0, got ${timeoutMs}`);
+    const deadline = timeoutMs === undefined || timeoutMs === Infinity ? undefined : performance.now() + timeoutMs;
+    for (;;) {
+      const next = this.#next(true) as StreamBatch | null | undefined;
+      if (next !== undefined || this.#published > this.#position) return next;
+      if (this.#peerGone) throw this.#peerGone;
+      if (spinUntil(() => this.#header.writePosition > this.#position, this.#options.spinMicros ?? 0)) continue;
+      this.#sleepBlocking(deadline, timeoutMs);
+    }
   }
 
   /** Reads records up to the next batch or the end; undefined when none is published (or, `sync`, an EXTERNAL record comes next). */
@@ -251,7 +284,7 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     } catch (e) {
       this.#broken(e as ArrowShmError);
     }
-    if (sync && record.kind === RecordKind.External) return undefined;
+    if (sync && record.kind === RecordKind.External && !this.#segments.has(record.sequence)) return undefined;
     const held: Held = { end: this.#position + record.length, released: false };
     this.#held.push(held);
     this.#position += record.length;
@@ -271,14 +304,21 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
         const bytes = this.#data.subarray(offset + RECORD_HEADER_BYTES, offset + RECORD_HEADER_BYTES + record.ipcLength);
         return this.#decode(bytes, record.sequence, release);
       }
-      case RecordKind.External:
-        return this.#readExternal(record.sequence, release);
+      case RecordKind.External: {
+        const arrived = this.#segments.get(record.sequence);
+        if (!arrived) return this.#readExternal(record.sequence, release);
+        this.#segments.delete(record.sequence);
+        return this.#decodeExternal(arrived, record.sequence, release);
+      }
     }
     return null;
   }
 
   async #readExternal(sequence: number, release: () => void): Promise<StreamBatch> {
-    const segment = await this.#segment(sequence);
+    return this.#decodeExternal(await this.#segment(sequence), sequence, release);
+  }
+
+  #decodeExternal(segment: ExternalSegment, sequence: number, release: () => void): StreamBatch {
     if (segment instanceof ArrowShmError) {
       release();
       throw segment;
@@ -315,27 +355,32 @@ export class StreamReader implements AsyncIterable<RecordBatch> {
     this.#header.wakeProducer(this.#spaceEventFd);
   }
 
-  async #sleep(deadline: number | undefined): Promise<void> {
+  /** A timer that ends the wait at `deadline` (read()'s timeout); ERR_TIMEOUT if it has passed. */
+  #interruptAt(deadline: number): NodeJS.Timeout {
+    const remaining = deadline - performance.now();
+    if (remaining <= 0) throw this.#timedOut(this.#options.readTimeoutMs);
+    return setTimeout(() => this.#waiter.interrupt(), remaining);
+  }
+
+  /** §12.3 for a reader that blocks its thread: flag, re-check, sleep in poll() on the eventfd and the channel's socket. */
+  #sleepBlocking(deadline: number | undefined, timeoutMs: number | undefined): void {
     this.#header.setReaderWaiting(this.#slot, true);
-    if (this.#header.writePosition > this.#position || this.#peerGone) {
-      this.#header.setReaderWaiting(this.#slot, false);
-      return;
-    }
-    let timer: NodeJS.Timeout | undefined;
-    if (deadline !== undefined) {
-      const remaining = deadline - performance.now();
-      if (remaining <= 0) {
-        this.#header.setReaderWaiting(this.#slot, false);
-        throw fail('ERR_TIMEOUT', `no batch within ${this.#options.readTimeoutMs} ms`);
-      }
-      timer = setTimeout(() => this.#waiter.interrupt(), remaining);
-    }
     try {
-      await this.#waiter.wait();
+      if (this.#header.writePosition > this.#position) return;
+      const remaining = deadline === undefined ? undefined : deadline - performance.now();
+      if (remaining !== undefined && remaining <= 0) throw this.#timedOut(timeoutMs);
+      if (this.#waiter.waitBlocking(remaining, this.#link.socketFd) === 'hangup') this.#peerGone ??= this.#producerLeft();
     } finally {
-      clearTimeout(timer);
       this.#header.setReaderWaiting(this.#slot, false);
     }
+  }
+
+  #timedOut(timeoutMs: number | undefined): ArrowShmError {
+    return fail('ERR_TIMEOUT', `no batch within ${timeoutMs} ms`);
+  }
+
+  #producerLeft(): ArrowShmError {
+    return fail('ERR_PEER_CLOSED', `the producer left the stream after ${this.#batches} batches without ending it`);
   }
 
   /** The segment of an EXTERNAL record; the producer sent it before publishing the record. */

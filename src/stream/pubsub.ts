@@ -9,6 +9,10 @@ import type { Frame, KeyValues } from '../transport/frame.js';
 import { withTimeout } from '../timeout.js';
 import { StreamReader, type StreamReaderOptions } from './consumer.js';
 import { RingWriter, type StreamWriterOptions } from './producer.js';
+import { isFlightAddress } from '../transport/flight-codec.js';
+import type { FlightAddress } from '../transport/address.js';
+import { FlightPublication, subscribeFlight, type FlightPublicationOptions, type FlightStreamReader, type FlightStreamReaderOptions } from './flight.js';
+import type { FlightClientOptions } from '../transport/flight-client.js';
 
 export interface PublicationOptions extends StreamWriterOptions, ListenerOptions {
   /** Called when a subscriber could not be attached (no slot, it hung up, ...). */
@@ -117,16 +121,30 @@ export class Publication {
   }
 }
 
-/** Publishes a stream of `schema` at `address` (a listening socket). */
-export function publish(address: string, schema: Schema, options: PublicationOptions = {}): Publication {
-  return Publication.create(address, schema, options);
+/**
+ * What `publish(address)` returns: a local address a Publication, grpc:// a FlightPublication
+ * (§13.5). The type follows the literal: a grpc:// address held in a plain `string` is typed as a
+ * local one (as before streams went over Flight): type it `FlightAddress` to get the Flight types.
+ */
+export type PublicationAt<A extends string> = A extends FlightAddress ? FlightPublication : Publication;
+export type StreamReaderAt<A extends string> = A extends FlightAddress ? FlightStreamReader : StreamReader;
+
+/** Publishes a stream of `schema` at `address`: a listening socket, or grpc://host:port (Arrow Flight: each DoGet of `name` subscribes). */
+export function publish<A extends string>(address: A, schema: Schema, options: PublicationOptions & FlightPublicationOptions = {}): PublicationAt<A> {
+  if (isFlightAddress(address)) return FlightPublication.create(address, schema, options) as PublicationAt<A>;
+  return Publication.create(address, schema, options) as PublicationAt<A>;
 }
 
-/** Connects to a publication and subscribes; the reader's channel closes with the reader. */
-export async function subscribe(
-  address: string,
-  options: ChannelOptions & StreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number } = {},
-): Promise<StreamReader> {
+/** Connects to a publication and subscribes (grpc://: a DoGet of `name`); the reader's connection closes with the reader. */
+export async function subscribe<A extends string>(
+  address: A,
+  options: ChannelOptions & StreamReaderOptions & FlightClientOptions & FlightStreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number; name?: string } = {},
+): Promise<StreamReaderAt<A>> {
+  if (isFlightAddress(address)) return (await subscribeFlight(address, options)) as StreamReaderAt<A>;
+  return (await subscribeShm(address, options)) as StreamReaderAt<A>;
+}
+
+async function subscribeShm(address: string, options: ChannelOptions & StreamReaderOptions & { metadata?: KeyValues; timeoutMs?: number }): Promise<StreamReader> {
   const channel = await connect(address, options);
   try {
     const reader = await StreamReader.subscribe(channel, options);

@@ -163,28 +163,30 @@ function setU64(view: DataView, at: number, value: number): void {
   view.setUint32(at + 4, Math.floor(value / 0x1_0000_0000), true);
 }
 
+/** A record's failed check; its message is built only then (the checks run once per record). */
+const invalidRecord = (offset: number, why: string) => fail('ERR_RING_INVALID', `record at data offset ${offset}: ${why}`);
+
 /** Reads and checks the record at data `offset` (§12.2); `available` = bytes published from it. */
 export function readRecordHeader(view: DataView, offset: number, capacity: number, available: number): RecordHeader {
   const length = view.getUint32(offset, true);
   const kind = view.getUint32(offset + 4, true);
   const sequence = getU64(view, offset + 8);
   const ipcLength = getU64(view, offset + 16);
-  const where = `record at data offset ${offset}`;
-  if (length < RECORD_HEADER_BYTES || length % RECORD_ALIGN !== 0) throw fail('ERR_RING_INVALID', `${where}: length ${length} is not a positive multiple of 64`);
-  if (length > capacity - offset) throw fail('ERR_RING_INVALID', `${where}: length ${length} runs past the end of the ${capacity}-byte data area`);
-  if (length > available) throw fail('ERR_RING_INVALID', `${where}: length ${length} runs past the write position (${available} bytes published)`);
+  if (length < RECORD_HEADER_BYTES || length % RECORD_ALIGN !== 0) throw invalidRecord(offset, `length ${length} is not a positive multiple of 64`);
+  if (length > capacity - offset) throw invalidRecord(offset, `length ${length} runs past the end of the ${capacity}-byte data area`);
+  if (length > available) throw invalidRecord(offset, `length ${length} runs past the write position (${available} bytes published)`);
   switch (kind) {
     case RecordKind.Batch:
-      if (ipcLength > length - RECORD_HEADER_BYTES || ipcLength === 0) throw fail('ERR_RING_INVALID', `${where}: IPC length ${ipcLength} does not fit its ${length}-byte record`);
+      if (ipcLength > length - RECORD_HEADER_BYTES || ipcLength === 0) throw invalidRecord(offset, `IPC length ${ipcLength} does not fit its ${length}-byte record`);
       break;
     case RecordKind.Padding:
-      if (length !== capacity - offset) throw fail('ERR_RING_INVALID', `${where}: padding of ${length} bytes does not fill the ${capacity - offset} bytes left`);
+      if (length !== capacity - offset) throw invalidRecord(offset, `padding of ${length} bytes does not fill the ${capacity - offset} bytes left`);
       break;
     case RecordKind.External:
     case RecordKind.End:
       break;
     default:
-      throw fail('ERR_RING_INVALID', `${where}: unknown record kind ${kind}`);
+      throw invalidRecord(offset, `unknown record kind ${kind}`);
   }
   return { length, kind, sequence, ipcLength };
 }
@@ -214,6 +216,20 @@ export class EventWaiter {
       else native.pollerStart(this.#poller!, true, false);
       this.#watching = true;
     });
+  }
+
+  /**
+   * Blocks this thread (no event loop) until the fd is readable, its counter then reset: 'ready';
+   * until the socket `hangupFd` (-1: none) is hung up by its peer: 'hangup'; or until `timeoutMs`
+   * (undefined: no limit) passed or a signal came: 'timeout'. The caller re-checks in every case.
+   */
+  waitBlocking(timeoutMs: number | undefined, hangupFd: number): 'ready' | 'hangup' | 'timeout' {
+    if (!this.#poller) return 'ready';
+    if (this.#pending) throw fail('ERR_INVALID_ARGUMENT', 'only one wait at a time');
+    // Past 2^52 µs (a century) the wait is cut short: the caller re-checks its deadline and waits again.
+    const micros = timeoutMs === undefined ? -1 : Math.min(Math.max(0, Math.ceil(timeoutMs * 1000)), 2 ** 52);
+    const woken = native.eventfdWait(this.#fd, micros, hangupFd);
+    return woken === 1 ? 'ready' : woken === 2 ? 'hangup' : 'timeout';
   }
 
   /** Ends a wait early (the caller re-checks its condition). */

@@ -73,6 +73,9 @@ export class Channel {
         get closeError() {
           return channel.#closeError;
         },
+        get socketFd() {
+          return channel.#state === 'open' ? socket.fd : -1;
+        },
         sendStreamFrame: (init, fds, ackTimeoutMs) => this.#sendStreamFrame(init, fds, ackTimeoutMs),
         sendError: (code, message, correlationId) => this.sendError(code, message, correlationId),
         onClose: (listener) => this.onClose(listener),
@@ -346,7 +349,7 @@ export class Channel {
   /** @internal Tells the sender a leased segment may be reused. */
   releaseLease(id: bigint): void {
     if (this.#state !== 'open') return;
-    this.#socket.send(encodeFrame({ kind: FrameKind.Release, messageId: this.#takeId(), correlationId: id })).catch(() => {});
+    this.#socket.post(encodeFrame({ kind: FrameKind.Release, messageId: this.#takeId(), correlationId: id }));
   }
 
   #takeId(): bigint {
@@ -498,7 +501,7 @@ export class Channel {
       return;
     }
     // Acknowledged at once, before anyone sees it: a receiver may exit right after receive().
-    this.#socket.send(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: frame.messageId })).catch(() => {});
+    this.#socket.post(encodeFrame({ kind: FrameKind.Ack, messageId: this.#takeId(), correlationId: frame.messageId }));
     if (frame.flags & FrameFlags.RESPONSE) {
       const pending = this.#requests.get(frame.correlationId);
       if (pending) pending.resolve(message);

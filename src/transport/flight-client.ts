@@ -12,6 +12,7 @@ import { Http2Connection, type Http2Call } from './flight-http2.js';
 import { flightDataParts } from './flight-wire.js';
 import { FlightMessage, encodeMetadata, received } from './flight-message.js';
 import { readFlightInfo, type FlightInfo, type FlightInfoMessage } from './flight-info.js';
+import { clientSink, clientSource, type FlightDataSink, type FlightDataSource } from './flight-stream.js';
 import {
   CHANNEL_ID_KEY,
   MAX_HANDSHAKE_BYTES,
@@ -216,6 +217,7 @@ export class FlightClient {
     const limits = method === 'DoPut' ? { ...this.#limits, maxCallBytes: Math.min(this.#limits.maxCallBytes, MAX_PUT_RESULT_BYTES) } : this.#limits;
     let failed = false;
     const { call, answers } = this.#open<T>(method, limits, what, timeoutMs, () => (failed = true));
+    answers.catch(() => {}); // returned below: a refusal while the writes wait is the caller's to see, not unhandled
     // Each FlightData is written as its parts (flight-wire): the table's own buffers, not a copy.
     await writeAll({ write: (m) => call.write(flightDataParts(m)), once: (event, listener) => call.once(event, listener) }, messages, () => failed);
     if (!failed) call.end();
@@ -297,6 +299,23 @@ export class FlightClient {
       ),
     );
     return readFlightInfo(info, this.#limits.ipc);
+  }
+
+  /**
+   * A DoPut written one FlightData at a time (a stream, §13.5), over node:http2 like the other
+   * data calls (writes wait on HTTP/2 flow control). No deadline unless `timeoutMs`: a live stream
+   * runs as long as it runs.
+   */
+  putStream(options: { timeoutMs?: number } = {}): FlightDataSink {
+    const path = flightService().definition.DoPut!.path;
+    return clientSink((handlers) => this.#http2.call(path, this.#headers(), this.#deadline(options.timeoutMs ?? null), Math.min(this.#limits.maxFlightDataBytes, MAX_PUT_RESULT_BYTES), handlers), this.address);
+  }
+
+  /** A DoGet read one FlightData at a time (a publication, §13.5); pausing it stops reading. No deadline unless `timeoutMs`. */
+  getStream(ticket: string | Uint8Array, options: { timeoutMs?: number } = {}): FlightDataSource {
+    const { metadata, options: callOptions } = this.#callOptions(options.timeoutMs ?? null);
+    const call = (this.#client.DoGet as unknown as (t: { ticket: Buffer }, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<FlightData>).call(this.#client, { ticket: Buffer.from(ticket) }, metadata, callOptions);
+    return clientSource(call, this.address);
   }
 
   /** @internal DoAction (a channel's goodbye); resolves when the server answered or after `timeoutMs`. */

@@ -11,7 +11,7 @@ import { FlatView } from '../ipc/flatbuffer.js';
 import { layoutIpcStream, writeIpcLayout, type IpcLayout } from '../ipc/writer.js';
 import { type FlightLimits } from './flight-limits.js';
 import { PreparedTable, type Sendable } from '../ipc/prepared.js';
-import { decodeFlightData, encodeFlightData, type FlightData, type FlightDescriptor, type OutgoingFlightData } from './flight-wire.js';
+import { decodeFlightData, encodeFlightData, serializeForServer, type FlightData, type FlightDescriptor, type OutgoingFlightData } from './flight-wire.js';
 
 export type { FlightData, FlightDescriptor, OutgoingFlightData } from './flight-wire.js';
 
@@ -40,12 +40,11 @@ export function flightService() {
  * are laid out once from the table's buffers, received ones are views of gRPC's message buffer.
  */
 function withFlightDataCodec(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
-  const codec = { serialize: (m: OutgoingFlightData) => encodeFlightData(m), deserialize: decodeFlightData };
   const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const [name, method] of Object.entries(definition)) {
     const m = { ...method } as grpc.MethodDefinition<unknown, unknown>;
-    if (name === 'DoPut' || name === 'DoExchange') Object.assign(m, { requestSerialize: codec.serialize, requestDeserialize: codec.deserialize });
-    if (name === 'DoGet' || name === 'DoExchange') Object.assign(m, { responseSerialize: codec.serialize, responseDeserialize: codec.deserialize });
+    if (name === 'DoPut' || name === 'DoExchange') Object.assign(m, { requestSerialize: encodeFlightData, requestDeserialize: decodeFlightData });
+    if (name === 'DoGet' || name === 'DoExchange') Object.assign(m, { responseSerialize: serializeForServer, responseDeserialize: decodeFlightData });
     out[name] = m;
   }
   return out;
@@ -93,12 +92,20 @@ export const PATH_KEY = 'flight.path';
 export const TICKET_KEY = 'flight.ticket';
 export const UPGRADE_VERSION = 1;
 
+/** IPC messages a receiver holds apart (a received table): sent again as they are. */
+export interface IpcParts {
+  readonly ipcParts: readonly { header: Uint8Array; headerType: number; body: Uint8Array }[];
+}
+
+const isIpcParts = (data: Sendable | IpcParts): data is IpcParts => (data as Partial<IpcParts>).ipcParts !== undefined;
+
 /**
- * The IPC messages of `data` (a table, IPC stream bytes, or a PreparedTable read through a
- * read-only mapping) as FlightData, `appMetadata` on the first batch. Nothing is copied: the
- * FlightData are views (a table's: of its own buffers), laid out once when gRPC serialises them.
+ * The IPC messages of `data` (a table, IPC stream bytes, a PreparedTable read through a read-only
+ * mapping, or a received table's messages) as FlightData, `appMetadata` on the first batch.
+ * Nothing is copied: the FlightData are views (a table's: of its own buffers), laid out once
+ * when gRPC serialises them.
  */
-export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): OutgoingFlightData[] {
+export function toFlightData(data: Sendable | IpcParts, descriptor: FlightDescriptor | null, appMetadata?: Uint8Array): OutgoingFlightData[] {
   const out: OutgoingFlightData[] = [];
   let metadataPending = appMetadata !== undefined;
   const add = (header: Uint8Array, headerType: number, body: OutgoingFlightData['data_body']) => {
@@ -106,7 +113,9 @@ export function toFlightData(data: Sendable, descriptor: FlightDescriptor | null
     if (carriesMetadata) metadataPending = false;
     out.push({ flight_descriptor: out.length === 0 ? descriptor : null, data_header: header, app_metadata: carriesMetadata ? appMetadata : undefined, data_body: body });
   };
-  if (data instanceof Uint8Array || data instanceof PreparedTable) {
+  if (isIpcParts(data)) {
+    for (const p of data.ipcParts) add(p.header, p.headerType, p.body);
+  } else if (data instanceof Uint8Array || data instanceof PreparedTable) {
     const bytes = ipcBytes(data);
     const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     walkIpcMessages(bytes, 'stream', (m) => add(buffer.subarray(m.metadataStart, m.metadataStart + m.metadataLength), m.message.headerType, buffer.subarray(m.bodyStart, m.bodyStart + m.bodyLength)));
@@ -164,17 +173,23 @@ export async function writeAll<T = OutgoingFlightData>(call: { write(m: T): bool
 
 export const pad8 = (n: number) => (8 - (n % 8)) % 8;
 
-/**
- * Re-frames received FlightData as one IPC stream (continuation, length, header, body, each padded
- * to 8 bytes, then the end-of-stream marker). This is the one copy a Flight receive makes: gRPC
- * hands each message over in its own buffer, at whatever alignment protobuf left the body.
- */
-export function ipcFromFlightData(messages: FlightData[], maxBytes = DEFAULT_MAX_MESSAGE_BYTES): Uint8Array {
+/** The length of the IPC stream `ipcFromFlightData` makes of `messages` (what a received table counts as). */
+export function ipcStreamLength(messages: readonly FlightData[]): number {
   let total = END_OF_STREAM.length;
   for (const m of messages) {
     if (m.data_header.length === 0) continue; // metadata-only message
     total += 8 + m.data_header.length + pad8(m.data_header.length) + m.data_body.length + pad8(m.data_body.length);
   }
+  return total;
+}
+
+/**
+ * Re-frames received FlightData as one IPC stream (continuation, length, header, body, each padded
+ * to 8 bytes, then the end-of-stream marker): a copy, made only when someone asks for the bytes
+ * (a received table is decoded from the FlightData themselves, see flight-message).
+ */
+export function ipcFromFlightData(messages: readonly FlightData[], maxBytes = DEFAULT_MAX_MESSAGE_BYTES): Uint8Array {
+  const total = ipcStreamLength(messages);
   if (total > maxBytes) throw fail('ERR_TOO_LARGE', `Flight stream of ${total} bytes exceeds the ${maxBytes}-byte limit`);
   // Not zeroed first (most of it is overwritten at once): the padding is zeroed as it is written.
   const out = new Uint8Array(Buffer.allocUnsafeSlow(total).buffer, 0, total);

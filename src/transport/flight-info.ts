@@ -6,8 +6,8 @@ import { checkIpcStream, IpcMessageChecker, walkIpcMessages } from '../ipc/messa
 import { decodeCheckedBatches } from '../ipc/reader.js';
 import { type IpcLimits } from '../ipc/limits.js';
 import type { KeyValues } from './frame.js';
-import { decodeMetadata } from './flight-message.js';
-import { END_OF_STREAM, type FlightDescriptor } from './flight-codec.js';
+import { decodeMetadata, type FlightMessage } from './flight-message.js';
+import { END_OF_STREAM, ipcFromFlightData, type FlightDescriptor } from './flight-codec.js';
 
 /** FlightInfo as protoLoader presents it (int64 read as strings). */
 export interface FlightInfoMessage {
@@ -60,13 +60,37 @@ export function describeTable(name: string, bytes: Uint8Array, appMetadata: Uint
     },
     new IpcMessageChecker(ipc),
   );
+  return flightInfo(name, schema!, records, bytes.length, appMetadata);
+}
+
+/**
+ * The FlightInfo of a table a server received through Flight (checked when it came), read from
+ * its messages: its IPC stream is not made (it would be a copy no held-bytes count sees).
+ */
+export function describeReceived(name: string, message: FlightMessage, appMetadata: Uint8Array | undefined): FlightInfoMessage {
+  const [schema, ...batches] = message.ipcParts; // received() checked: a Schema first
+  const empty = Buffer.alloc(0);
+  const framed = ipcFromFlightData([{ flight_descriptor: null, data_header: Buffer.from(schema!.header), app_metadata: empty, data_body: empty }]);
+  const records = batches.reduce((n, p) => n + (p.headerType === MessageHeader.RecordBatch ? Number(p.ipc.header!.length) : 0), 0);
+  return flightInfo(name, framed.subarray(0, framed.length - END_OF_STREAM.length), records, message.byteLength, appMetadata);
+}
+
+/**
+ * The FlightInfo of a live stream (a publication, §13.5): `schema` is its encapsulated Schema
+ * message (ours, so trusted); rows and bytes are unknown (-1) while it runs.
+ */
+export function describeStream(name: string, schema: Uint8Array, appMetadata: Uint8Array | undefined): FlightInfoMessage {
+  return flightInfo(name, schema, -1, -1, appMetadata);
+}
+
+function flightInfo(name: string, schema: Uint8Array, records: number, bytes: number, appMetadata: Uint8Array | undefined): FlightInfoMessage {
   const buffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   return {
-    schema: buffer(schema!),
+    schema: buffer(schema),
     flight_descriptor: { type: 'PATH', cmd: Buffer.alloc(0), path: [name] },
     endpoint: [{ ticket: { ticket: Buffer.from(name, 'utf8') }, location: [] }],
     total_records: records,
-    total_bytes: bytes.length,
+    total_bytes: bytes,
     ordered: true,
     app_metadata: appMetadata ? buffer(appMetadata) : Buffer.alloc(0),
   };

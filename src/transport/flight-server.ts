@@ -10,18 +10,21 @@ import { type Channel } from './channel.js';
 import { listen as listenShm, type Listener } from './listener.js';
 import { type ReceivedTable } from './received.js';
 import { toStatus } from './flight-status.js';
+import { widenReceiveWindows } from './flight-http2.js';
 import { FlightMessage, encodeMetadata, received, type FlightResponder } from './flight-message.js';
-import { describeTable, descriptorName, matchesPrefix, type FlightInfoMessage } from './flight-info.js';
+import { describeReceived, describeStream, describeTable, descriptorName, matchesPrefix, type FlightInfoMessage } from './flight-info.js';
+import { serverSink, serverSource, type FlightDataSource, type OfferedStream } from './flight-stream.js';
 import type { KeyValues } from './frame.js';
 import { CHANNEL_ID_KEY, INBOX_TICKET, MAX_HANDSHAKE_BYTES, PATH_KEY, TICKET_KEY, UPGRADE_VERSION, channelOptions, flightService, hostIdentity, ipcBytes, parseAddress, toFlightData, writeAll, type FlightData, type FlightDescriptor, type OutgoingFlightData } from './flight-codec.js';
 
 const NOT_AUTHORIZED = { code: grpc.status.UNAUTHENTICATED, details: 'ERR_PEER_CREDENTIALS: missing or wrong token' };
 const notFound = (name: string) => ({ code: grpc.status.NOT_FOUND, details: `ERR_INVALID_ARGUMENT: no table named ${JSON.stringify(name)}` });
 
-/** A table offered for DoGet. `put`: a client's DoPut (may be dropped for room), else `serve()`'s. */
+/** A table offered for DoGet. `put`: a client's DoPut (may be dropped for room), else null (`serve()`'s). */
 interface Kept {
-  bytes: Uint8Array;
-  put: boolean;
+  /** The IPC stream (a put's is made only when asked for: DoGet sends its FlightData again). */
+  readonly bytes: Uint8Array;
+  put: FlightMessage | null;
   /** The user metadata, sent with the table (DoGet: app_metadata) and in its FlightInfo. */
   metadata: KeyValues;
   /** Its FlightInfo, made on the first ListFlights or GetFlightInfo that asks. */
@@ -58,6 +61,11 @@ export interface FlightServerOptions {
    * `receive()` returns them as shared-memory `ReceivedTable`s; their DoGets are answered through it.
    */
   shm?: string;
+  /**
+   * Every DoPut is a stream (§13.5): handed over as it starts, its FlightData read one by one
+   * (src/stream's `FlightStreamListener` reads it batch by batch) instead of collected for `receive()`.
+   */
+  onPutStream?: (source: FlightDataSource) => void;
   /** @internal Set by FlightListener: calls go to one channel per client connection instead of `receive()`. */
   router?: FlightRouter;
 }
@@ -109,8 +117,10 @@ export class FlightServer {
   #authorized: (header: unknown) => boolean;
   /** Tables for DoGet (and discovery), oldest first. */
   #tables = new Map<string, Kept>();
+  /** Live streams for DoGet (and discovery): publications (§13.5). */
+  #streams = new Map<string, { offer: OfferedStream; info?: FlightInfoMessage }>();
   /** Each received table counts once in #held while the inbox or #tables has it. */
-  #holders = new Map<Uint8Array, number>();
+  #holders = new Map<FlightMessage, number>();
   /** Tables put (or the typed errors of refused puts) not yet taken by receive(). */
   #inbox = new AsyncQueue<AnyReceivedTable | ArrowShmError>();
   #closed = false;
@@ -155,6 +165,7 @@ export class FlightServer {
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(target, credentials, (e, p) => (e ? reject(fail('ERR_SYSCALL', `cannot listen on ${address}: ${e.message}`, e)) : resolve(p))),
     );
+    widenReceiveWindows(server);
     const host = target.slice(0, target.lastIndexOf(':'));
     self = new FlightServer(`grpc${tls ? '+tls' : ''}://${host}:${port}`, port, server, options, limits);
     if (options.shm) {
@@ -302,40 +313,47 @@ export class FlightServer {
   #dropKept(needed: number): void {
     for (const [name, kept] of this.#tables) {
       if (needed <= 0) return;
-      if (!kept.put || (this.#holders.get(kept.bytes) ?? 0) > 1) continue;
+      if (!kept.put || (this.#holders.get(kept.put) ?? 0) > 1) continue;
       this.#tables.delete(name);
-      this.#release(kept.bytes);
-      needed -= kept.bytes.length;
+      this.#release(kept.put);
+      needed -= kept.put.byteLength;
     }
   }
 
-  #hold(bytes: Uint8Array): void {
-    const n = this.#holders.get(bytes) ?? 0;
-    if (n === 0) this.#held.take(bytes.length);
-    this.#holders.set(bytes, n + 1);
+  #hold(message: FlightMessage): void {
+    const n = this.#holders.get(message) ?? 0;
+    if (n === 0) this.#held.take(message.byteLength);
+    this.#holders.set(message, n + 1);
   }
 
-  #release(bytes: Uint8Array): void {
-    const n = this.#holders.get(bytes) ?? 0;
-    if (n > 1) return void this.#holders.set(bytes, n - 1);
-    if (n === 1) this.#held.give(bytes.length);
-    this.#holders.delete(bytes);
+  #release(message: FlightMessage): void {
+    const n = this.#holders.get(message) ?? 0;
+    if (n > 1) return void this.#holders.set(message, n - 1);
+    if (n === 1) this.#held.give(message.byteLength);
+    this.#holders.delete(message);
   }
 
   /** Keeps a DoPut's table for DoGet and queues it for receive(); refused when the server is full. */
   #keep(name: string, message: FlightMessage): void {
     if (this.#inbox.size >= this.#limits.maxInboxMessages) throw fail('ERR_RESOURCE_LIMIT', `${this.#inbox.size} received tables wait for receive() (maxInboxMessages)`);
-    this.#hold(message.bytes); // for the inbox: may throw ERR_RESOURCE_LIMIT
+    this.#hold(message); // for the inbox: may throw ERR_RESOURCE_LIMIT
     const old = this.#tables.get(name);
     this.#tables.delete(name); // re-inserted last: the newest
-    if (old?.put) this.#release(old.bytes);
-    this.#hold(message.bytes);
-    this.#tables.set(name, { bytes: message.bytes, put: true, metadata: message.metadata });
+    if (old?.put) this.#release(old.put);
+    this.#hold(message);
+    this.#tables.set(name, {
+      get bytes() {
+        return message.bytes;
+      },
+      put: message,
+      metadata: message.metadata,
+    });
     this.#deliver(message);
   }
 
   #doPut(call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>): void {
     if (!this.#allowed(call)) return refuse(call, NOT_AUTHORIZED);
+    if (this.#options.onPutStream) return this.#putStream(call, this.#options.onPutStream);
     this.#collect(call, 'DoPut', (messages) => {
       const name = (messages[0]?.flight_descriptor?.path ?? []).join('/');
       const router = this.#options.router;
@@ -357,6 +375,26 @@ export class FlightServer {
       }
       call.write({ app_metadata: Buffer.alloc(0) });
       call.end();
+    });
+  }
+
+  /** A DoPut read as a stream: it holds a call of the gate (maxConcurrentCalls) while it runs. */
+  #putStream(call: grpc.ServerDuplexStream<FlightData, { app_metadata: Buffer }>, onPutStream: (source: FlightDataSource) => void): void {
+    const source = serverSource(call);
+    let leave: () => void;
+    try {
+      leave = this.#gate.enter(call.getPeer(), (e) => source.fail(e));
+    } catch (e) {
+      return refuse(call, toStatus(e));
+    }
+    onPutStream({
+      ...source,
+      start: (handlers) =>
+        source.start({
+          data: handlers.data,
+          end: () => (leave(), handlers.end()),
+          error: (e) => (leave(), handlers.error(e)),
+        }),
     });
   }
 
@@ -411,15 +449,22 @@ export class FlightServer {
     if (!this.#allowed(call)) return refuse(call, NOT_AUTHORIZED);
     const name = call.request.ticket.toString('utf8');
     if (this.#options.router && name === INBOX_TICKET) return this.#options.router.inbox(peerOf(call), call);
+    const stream = this.#streams.get(name);
+    if (stream) return stream.offer.subscribe(serverSink(call));
     const kept = this.#tables.get(name);
     if (!kept) return refuse(call, notFound(name));
-    void writeAll(call, toFlightData(kept.bytes, null, encodeMetadata(kept.metadata))).then(() => call.end());
+    void writeAll(call, toFlightData(kept.put ?? kept.bytes, null, encodeMetadata(kept.metadata))).then(() => call.end());
   }
 
   /** The FlightInfo of a kept table, made once (checked under the limits it was kept with). */
   #describe(name: string, kept: Kept): FlightInfoMessage {
-    kept.info ??= describeTable(name, kept.bytes, encodeMetadata(kept.metadata), kept.put ? this.#limits.ipc : undefined);
+    kept.info ??= kept.put ? describeReceived(name, kept.put, encodeMetadata(kept.metadata)) : describeTable(name, kept.bytes, encodeMetadata(kept.metadata));
     return kept.info;
+  }
+
+  #describeStream(name: string, stream: { offer: OfferedStream; info?: FlightInfoMessage }): FlightInfoMessage {
+    stream.info ??= describeStream(name, stream.offer.schema, encodeMetadata(stream.offer.metadata));
+    return stream.info;
   }
 
   /** Lists the tables DoGet serves whose name starts with the criteria's expression, oldest first, at most maxListedFlights. */
@@ -431,6 +476,10 @@ export class FlightServer {
         if (infos.length >= this.#limits.maxListedFlights) break;
         if (matchesPrefix(name, call.request.expression)) infos.push(this.#describe(name, kept));
       }
+      for (const [name, stream] of this.#streams) {
+        if (infos.length >= this.#limits.maxListedFlights) break;
+        if (matchesPrefix(name, call.request.expression)) infos.push(this.#describeStream(name, stream));
+      }
     } catch (e) {
       return refuse(call, toStatus(e));
     }
@@ -440,6 +489,8 @@ export class FlightServer {
   #getFlightInfo(call: grpc.ServerUnaryCall<FlightDescriptor, FlightInfoMessage>, callback: grpc.sendUnaryData<FlightInfoMessage>): void {
     if (!this.#allowed(call)) return callback(NOT_AUTHORIZED);
     const name = descriptorName(call.request);
+    const stream = this.#streams.get(name);
+    if (stream) return callback(null, this.#describeStream(name, stream));
     const kept = this.#tables.get(name);
     if (!kept) return callback(notFound(name));
     try {
@@ -471,8 +522,23 @@ export class FlightServer {
     if (data instanceof Uint8Array) walkIpcMessages(bytes, 'stream');
     const old = this.#tables.get(name);
     this.#tables.delete(name);
-    if (old?.put) this.#release(old.bytes);
-    this.#tables.set(name, { bytes, put: false, metadata: options.metadata ?? {} });
+    if (old?.put) this.#release(old.put);
+    this.#tables.set(name, { bytes, put: null, metadata: options.metadata ?? {} });
+  }
+
+  /**
+   * Offers a live stream for DoGet under `name` (§13.5): each DoGet with that ticket becomes a
+   * subscriber (`offer.subscribe`); ListFlights and GetFlightInfo describe it. A stream's name
+   * hides a table of the same name until `withdrawStream`.
+   */
+  offerStream(name: string, offer: OfferedStream): void {
+    if (this.#streams.has(name)) throw fail('ERR_INVALID_ARGUMENT', `a stream named ${JSON.stringify(name)} is offered already`);
+    this.#streams.set(name, { offer });
+  }
+
+  /** Stops offering the stream `name` (subscribers already attached are the offer's to end). */
+  withdrawStream(name: string): void {
+    this.#streams.delete(name);
   }
 
   /**
@@ -483,7 +549,7 @@ export class FlightServer {
     const item = await this.#inbox.take();
     if (item === null) throw fail('ERR_CLOSED', 'the Flight server is closed');
     if (item instanceof ArrowShmError) throw item;
-    if (item instanceof FlightMessage) this.#release(item.bytes); // the inbox's hold
+    if (item instanceof FlightMessage) this.#release(item); // the inbox's hold
     return item;
   }
 

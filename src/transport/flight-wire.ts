@@ -124,23 +124,45 @@ export function encodeFlightData(m: OutgoingFlightData): Buffer {
   return Buffer.concat(parts, length);
 }
 
+/** The varint at `at` (before `end`) of `buf`, and where the next field starts; ERR_IPC_INVALID when truncated or overlong. */
+function readVarint(buf: Uint8Array, at: number, end: number): [value: number, next: number] {
+  let n = 0;
+  for (let shift = 0, scale = 1; ; shift += 7, scale *= 128) {
+    if (at >= end || shift > 63) throw fail('ERR_IPC_INVALID', 'FlightData: truncated or overlong varint');
+    const b = buf[at++]!;
+    n += (b & 0x7f) * scale;
+    if (b < 0x80) return [n, at];
+  }
+}
+
+/**
+ * FlightData serialised for grpc-js's server, which copies what a serialiser returns behind its
+ * 5-byte prefix (server-interceptors' serializeMessage reads `byteLength`, then `copy(output, 5)`;
+ * grpc-js is pinned): the parts are copied there, the one copy, instead of being joined first.
+ * Only for responses: grpc-js's client may compress what it is given.
+ */
+export function serializeForServer(m: OutgoingFlightData): Buffer {
+  const { parts, length } = flightDataParts(m);
+  const copy = (target: Uint8Array, at = 0): number => {
+    for (const p of parts) {
+      target.set(p, at);
+      at += p.length;
+    }
+    return length;
+  };
+  return { length, byteLength: length, copy } as unknown as Buffer;
+}
+
 /** Reads protobuf fields of `buf` from `start` to `end`, calling `field` for each length-delimited one; others are skipped. */
 function readFields(buf: Buffer, start: number, end: number, field: (key: number, value: Buffer) => void, varint?: (key: number, value: number) => void): void {
   let at = start;
-  const readVarint = (): number => {
-    let n = 0;
-    for (let shift = 0, scale = 1; ; shift += 7, scale *= 128) {
-      if (at >= end || shift > 63) throw fail('ERR_IPC_INVALID', 'FlightData: truncated or overlong varint');
-      const b = buf[at++]!;
-      n += (b & 0x7f) * scale;
-      if (b < 0x80) return n;
-    }
-  };
   while (at < end) {
-    const key = readVarint();
+    let key: number;
+    [key, at] = readVarint(buf, at, end);
     switch (key & 7) {
       case 0: {
-        const value = readVarint();
+        let value: number;
+        [value, at] = readVarint(buf, at, end);
         varint?.(key, value);
         break;
       }
@@ -148,7 +170,8 @@ function readFields(buf: Buffer, start: number, end: number, field: (key: number
         at += 8;
         break;
       case 2: {
-        const length = readVarint();
+        let length: number;
+        [length, at] = readVarint(buf, at, end);
         if (length > end - at) throw fail('ERR_IPC_INVALID', `FlightData: a field of ${length} bytes overruns its message`);
         field(key, buf.subarray(at, at + length));
         at += length;
@@ -181,7 +204,11 @@ function decodeDescriptor(buf: Buffer): FlightDescriptor {
   return d;
 }
 
-/** A FlightData from gRPC's message buffer: views, no copy; a malformed one throws ERR_IPC_INVALID. */
+/**
+ * A FlightData from gRPC's message buffer: views, no copy; a malformed one throws ERR_IPC_INVALID.
+ * `buf` must be the caller's to change (gRPC's fresh message buffer): an unaligned body is moved
+ * within it to an 8-byte boundary, since arrow-js views columns as typed arrays, which need one.
+ */
 export function decodeFlightData(buf: Buffer): FlightData {
   const m: FlightData = { flight_descriptor: null, data_header: EMPTY, app_metadata: EMPTY, data_body: EMPTY };
   readFields(buf, 0, buf.length, (key, value) => {
@@ -190,5 +217,56 @@ export function decodeFlightData(buf: Buffer): FlightData {
     else if (key === KEY_APP_METADATA) m.app_metadata = value;
     else if (key === KEY_DESCRIPTOR) m.flight_descriptor = decodeDescriptor(value);
   });
+  alignBody(m, buf);
   return m;
+}
+
+/** Whether `view` (of the same memory) has bytes in [start, end). */
+const overlaps = (view: Uint8Array, start: number, end: number): boolean => view.length > 0 && view.byteOffset < end && view.byteOffset + view.length > start;
+
+/**
+ * Moves the body of `m` back to the 8-byte boundary below it, inside `buf` (a memmove of the body,
+ * no allocation): over its own tag, and over the end of a field before it, which is copied out
+ * first (a header is small). A body so close to the start of `buf` that it cannot move gets a copy.
+ */
+function alignBody(m: FlightData, buf: Buffer): void {
+  const body = m.data_body;
+  const shift = body.byteOffset % 8;
+  if (shift === 0 || body.length === 0) return;
+  const from = body.byteOffset;
+  const to = from - shift;
+  if (to < buf.byteOffset) {
+    const copy = Buffer.allocUnsafeSlow(body.length); // its own ArrayBuffer: offset 0
+    copy.set(body);
+    m.data_body = copy;
+    return;
+  }
+  if (overlaps(m.data_header, to, from)) m.data_header = Buffer.from(m.data_header);
+  if (overlaps(m.app_metadata, to, from)) m.app_metadata = Buffer.from(m.app_metadata);
+  const d = m.flight_descriptor;
+  if (d && overlaps(d.cmd, to, from)) d.cmd = Buffer.from(d.cmd);
+  buf.copyWithin(to - buf.byteOffset, from - buf.byteOffset, from - buf.byteOffset + body.length);
+  m.data_body = Buffer.from(buf.buffer, to, body.length);
+}
+
+/**
+ * Where the body of a FlightData starts, read from the first bytes of its message (a receiver
+ * places the message so that the body lands on an 8-byte boundary); -1 when they do not say.
+ */
+export function flightDataBodyOffset(head: Uint8Array): number {
+  let at = 0;
+  try {
+    while (at < head.length) {
+      let key: number;
+      let length: number;
+      [key, at] = readVarint(head, at, head.length);
+      if ((key & 7) !== 2) return -1; // FlightData's fields are all length-delimited: not ours to judge here
+      [length, at] = readVarint(head, at, head.length);
+      if (key === KEY_BODY) return at;
+      at += length;
+    }
+  } catch {
+    // the head ends inside a tag
+  }
+  return -1;
 }

@@ -25,6 +25,7 @@ interface PendingSend {
   reject: (e: unknown) => void;
 }
 
+const ignore = () => {};
 const RECEIVE_BUFFER = 65536 + 1; // one byte more than a frame may have, so an oversize frame shows
 
 export class PacketSocket {
@@ -104,10 +105,17 @@ export class PacketSocket {
 
   send(bytes: Uint8Array, fds: number[] = []): Promise<void> {
     if (this.#closed) return Promise.reject(fail('ERR_CLOSED', 'the socket is closed'));
-    return new Promise((resolve, reject) => {
-      this.#sendQueue.push({ bytes, fds, resolve, reject });
-      if (this.#sendQueue.length === 1) this.#flush();
-    });
+    return new Promise((resolve, reject) => this.#enqueue({ bytes, fds, resolve, reject }));
+  }
+
+  /** send() for a frame nobody waits on (ACK, RELEASE): no promise; a failure is dropped (the read side sees the hang-up). */
+  post(bytes: Uint8Array): void {
+    if (!this.#closed) this.#enqueue({ bytes, fds: [], resolve: ignore, reject: ignore });
+  }
+
+  #enqueue(pending: PendingSend): void {
+    this.#sendQueue.push(pending);
+    if (this.#sendQueue.length === 1) this.#flush();
   }
 
   #flush(): void {

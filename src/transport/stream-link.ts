@@ -26,6 +26,8 @@ export interface LinkPort {
   readonly open: boolean;
   /** Why the channel closed, once it has. */
   readonly closeError: ArrowShmError | null;
+  /** The channel's socket while it is open, else -1: a blocking stream reader watches it for the peer's hang-up. */
+  readonly socketFd: number;
   sendStreamFrame(init: Omit<FrameInit, 'messageId'>, fds: number[], ackTimeoutMs?: number): { id: bigint; sent: Promise<void>; acked: Promise<void> };
   sendError(code: string, message: string, correlationId: bigint): Promise<void>;
   onClose(listener: (error: ArrowShmError) => void): () => void;
@@ -59,6 +61,11 @@ export class StreamLink {
   /** Why no stream can run here: the channel's close error, or ERR_CLOSED; null while open. */
   get unavailable(): ArrowShmError | null {
     return this.#port.open ? null : (this.#port.closeError ?? fail('ERR_CLOSED', 'the channel is not open'));
+  }
+
+  /** The channel's socket while it is open, else -1 (see LinkPort.socketFd). */
+  get socketFd(): number {
+    return this.#port.socketFd;
   }
 
   /** Whether a stream was ever offered or asked for here (its liveness is then the stream's business). */

@@ -8,6 +8,7 @@ import mmap
 import os
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Union
 
 import pyarrow as pa
@@ -37,10 +38,11 @@ from .ipc import (
 from .limits import IpcLimits, MessageChecker
 from .message import close_mapping
 from .ring import (
+    PRODUCER_FLAG,
     RECORD_BATCH,
     RECORD_END,
+    RECORD_EXTERNAL,
     RECORD_HEADER_BYTES,
-    RECORD_PADDING,
     RING_HEADER_BYTES,
     RING_SEALS,
     SLEEP_BOUND,
@@ -103,6 +105,8 @@ class StreamBatch:
     """A batch read in place from the ring: valid until :meth:`release` (then the producer may
     reuse its bytes). A context manager."""
 
+    __slots__ = ("batch", "sequence", "data", "_release")
+
     def __init__(self, batch: pa.RecordBatch, sequence: int, data: memoryview, release: Callable[[], None]) -> None:
         self.batch = batch
         self.sequence = sequence
@@ -127,11 +131,14 @@ class StreamBatch:
 
 
 class _Held:
-    __slots__ = ("end", "released")
+    """A record read and not yet released; ``mapping``: its segment's (EXTERNAL records)."""
 
-    def __init__(self, end: int) -> None:
+    __slots__ = ("end", "released", "mapping")
+
+    def __init__(self, end: int, mapping: Optional[mmap.mmap] = None) -> None:
         self.end = end
         self.released = False
+        self.mapping = mapping
 
 
 def _decimal(kv: Dict[str, str], key: str) -> int:
@@ -351,7 +358,7 @@ class StreamReader(Closing):
     def read(self, *, timeout: Optional[float] = None) -> Optional[StreamBatch]:
         """The next batch, or ``None`` at the end of the stream. Raises ``ERR_TIMEOUT`` after
         ``timeout`` seconds without one, ``ERR_PEER_CLOSED`` if the producer left without ending."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None
         while True:
             if self._closed:
                 raise ArrowShmError(ERR_CLOSED, "the stream reader is closed")
@@ -364,6 +371,8 @@ class StreamReader(Closing):
                 if batch is not None:
                     return batch
                 continue
+            if deadline is None and timeout is not None:
+                deadline = time.monotonic() + timeout
             gone = self._peer_gone()
             if gone is not None:
                 raise gone
@@ -424,46 +433,39 @@ class StreamReader(Closing):
         return position
 
     def _read_record(self, write_position: int) -> Optional[StreamBatch]:
-        assert self._data is not None
-        offset = ring_offset(self._position, self._capacity)
+        data = self._data
+        assert data is not None
+        position = self._position
+        offset = ring_offset(position, self._capacity)
         try:
-            length, kind, sequence, ipc_length = read_record_header(self._data, offset, self._capacity, write_position - self._position)
+            length, kind, sequence, ipc_length = read_record_header(data, offset, self._capacity, write_position - position)
         except ArrowShmError as e:
             self._broken(e)
-        held = _Held(self._position + length)
-        self._held.append(held)
-        self._position += length
-
-        def release() -> None:
-            held.released = True
-            self._release_leading()
-
-        if kind in (RECORD_PADDING, RECORD_END):
-            self._ended = kind == RECORD_END
-            release()
-            return None
+        self._position = position + length
         if kind == RECORD_BATCH:
+            held = _Held(position + length)
+            self._held.append(held)
             start = offset + RECORD_HEADER_BYTES
-            return self._decode(self._data[start : start + ipc_length], sequence, release)
-        segment = self._wait_segment(sequence)
-        if isinstance(segment, ArrowShmError):
-            release()
-            raise segment
+            return self._decode(data[start : start + ipc_length], sequence, held)
+        segment = self._wait_segment(sequence) if kind == RECORD_EXTERNAL else None
+        held = _Held(position + length, segment[0] if isinstance(segment, tuple) else None)
+        self._held.append(held)
+        if not isinstance(segment, tuple):  # PADDING, END, or a segment that did not come
+            self._ended = kind == RECORD_END
+            self._release(held)
+            if segment is not None:
+                raise segment
+            return None
         mapping, seg_offset, seg_length = segment
+        return self._decode(memoryview(mapping)[seg_offset : seg_offset + seg_length], sequence, held)
 
-        def release_segment() -> None:
-            close_mapping(mapping)
-            release()
-
-        return self._decode(memoryview(mapping)[seg_offset : seg_offset + seg_length], sequence, release_segment)
-
-    def _decode(self, data: memoryview, sequence: int, release: Callable[[], None]) -> StreamBatch:
+    def _decode(self, data: memoryview, sequence: int, held: _Held) -> StreamBatch:
         plan = self._plan
         try:
             end = plan.match(data) if plan is not None else None
             try:
                 if end is not None:  # checked by the plan: one RecordBatch message
-                    batch = pa.ipc.read_record_batch(pa.py_buffer(data[:end]), self.schema)
+                    batch = pa.ipc.read_record_batch(pa.py_buffer(data if end == len(data) else data[:end]), self.schema)
                 else:
                     batch = self._walk_and_read(data)
                 self._check_batch(batch)
@@ -473,10 +475,10 @@ class StreamReader(Closing):
                 raise map_arrow_error(e) from None
         except ArrowShmError:
             self._feed.clear()
-            release()
+            self._release(held)
             raise
         self.batches_read += 1
-        return StreamBatch(batch, sequence, data, release)
+        return StreamBatch(batch, sequence, data, partial(self._release, held))
 
     def _walk_and_read(self, data: memoryview) -> pa.RecordBatch:
         """The generic path: walk the record's messages, feed them to pyarrow's stream reader."""
@@ -489,18 +491,29 @@ class StreamReader(Closing):
         batch: pa.RecordBatch = self._reader.read_next_batch()
         return batch
 
+    def _release(self, held: _Held) -> None:
+        """A batch's release: its segment is unmapped, the leading run of released records published."""
+        held.released = True
+        if held.mapping is not None:
+            close_mapping(held.mapping)
+            held.mapping = None
+        if self._held and self._held[0] is held:  # (else an earlier record still holds the ring)
+            self._release_leading()
+
     def _release_leading(self) -> None:
         """Publish the end of the leading run of released records; wake a waiting producer."""
-        advanced = False
-        while self._held and self._held[0].released:
-            self._read_position = self._held.popleft().end
-            advanced = True
-        if not advanced or self._closed or self._header is None:
+        queue = self._held
+        if not queue or not queue[0].released:
             return
-        self._header.set_read_position(self._slot, self._read_position)
+        while queue and queue[0].released:
+            self._read_position = queue.popleft().end
+        header = self._header
+        if self._closed or header is None:
+            return
+        header.set_read_position(self._slot, self._read_position)
         # After every release (§12.3): a producer may sleep without a bound (Node's does), and this
         # reader cannot know how much room it waits for.
-        self._header.wake_if_waiting(RingHeader.producer_flag(), self._space_fd)
+        header.wake_if_waiting(PRODUCER_FLAG, self._space_fd)
 
     def _wait_segment(self, sequence: int) -> Union[tuple[mmap.mmap, int, int], ArrowShmError]:
         """The segment of an EXTERNAL record: the producer sent it before publishing the record."""

@@ -14,7 +14,7 @@ import os
 import struct
 import threading
 import time
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterable, NamedTuple, Optional, Tuple
 
 from .errors import ERR_INVALID_ARGUMENT, ERR_RING_INVALID, ArrowShmError, syscall_error
 from .segment import F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK
@@ -108,6 +108,10 @@ def _slot_field(slot: int, field: int) -> int:
     return Header.SLOTS + Slot.BYTES * slot + field
 
 
+#: The producer's waiting flag (§12.3), as an index of the header's 32-bit words.
+PRODUCER_FLAG = Header.PRODUCER_WAITING // 4
+
+
 class RingHeader:
     """Word views of the header page; each access is one aligned load or store."""
 
@@ -157,7 +161,7 @@ class RingHeader:
         return self._u64[_slot_field(slot, Slot.READ_POSITION) // 8]
 
     def set_read_position(self, slot: int, value: int) -> None:
-        self._u64[_slot_field(slot, Slot.READ_POSITION) // 8] = value
+        self._u64[(Header.SLOTS + Slot.BYTES * slot) // 8] = value  # (Slot.READ_POSITION is 0)
 
     def set_slot(self, slot: int, *, state: int, pid: int = 0) -> None:
         """Claim (state 1, with the reader's pid) or free (state 0) a reader slot."""
@@ -169,10 +173,6 @@ class RingHeader:
     # §12.3: the flags each side raises before it sleeps, and the other side's wake-up.
 
     @staticmethod
-    def producer_flag() -> int:
-        return Header.PRODUCER_WAITING // 4
-
-    @staticmethod
     def reader_flag(slot: int) -> int:
         return _slot_field(slot, Slot.WAITING) // 4
 
@@ -181,52 +181,62 @@ class RingHeader:
 
     def wake_if_waiting(self, flag: int, fd: int) -> None:
         """The waker's half of §12.3, after its position was stored: clear the flag, signal."""
-        self.wake_waiting([(flag, fd)])
+        fence()
+        self._wake(flag, fd)
 
-    def wake_waiting(self, waiters: List[Tuple[int, int]]) -> None:
+    def wake_waiting(self, waiters: Iterable[Tuple[int, int]]) -> None:
         """:meth:`wake_if_waiting` for many (flag, eventfd) pairs, one fence for all."""
         fence()
-        u32 = self._u32
         for flag, fd in waiters:
-            if u32[flag] == 1:
-                u32[flag] = 0
-                eventfd_signal(fd)
+            self._wake(flag, fd)
+
+    def _wake(self, flag: int, fd: int) -> None:
+        if self._u32[flag] == 1:
+            self._u32[flag] = 0
+            eventfd_signal(fd)
 
     def release(self) -> None:
         for view in (self._u64, self._u32, self._page):
             view.release()
 
 
-class RecordHeader(NamedTuple):
-    length: int
-    kind: int
-    sequence: int
-    ipc_length: int
-
-
 def write_record_header(data: memoryview, offset: int, length: int, kind: int, sequence: int = 0, ipc_length: int = 0) -> None:
     _RECORD_HEADER.pack_into(data, offset, length, kind, sequence, ipc_length)
 
 
-def read_record_header(data: memoryview, offset: int, capacity: int, available: int) -> RecordHeader:
-    """Reads and checks the record at data ``offset`` (§12.2); ``available`` = bytes published from it."""
-    length, kind, sequence, ipc_length = _RECORD_HEADER.unpack_from(data, offset)
-    where = f"record at data offset {offset}"
+def read_record_header(data: memoryview, offset: int, capacity: int, available: int) -> Tuple[int, int, int, int]:
+    """Reads and checks the record at data ``offset`` (§12.2); ``available`` = bytes published from
+    it. Returns (length, kind, sequence, ipc_length)."""
+    header: Tuple[int, int, int, int] = _RECORD_HEADER.unpack_from(data, offset)
+    length, kind, sequence, ipc_length = header
+    # A BATCH record passing every check below, in one test (the common case).
+    if (
+        kind == RECORD_BATCH
+        and 0 < ipc_length <= length - RECORD_HEADER_BYTES
+        and not length % RECORD_ALIGN
+        and length <= available
+        and length <= capacity - offset
+    ):
+        return header
     if length < RECORD_HEADER_BYTES or length % RECORD_ALIGN:
-        raise ArrowShmError(ERR_RING_INVALID, f"{where}: length {length} is not a positive multiple of 64")
+        raise _invalid_record(offset, f"length {length} is not a positive multiple of 64")
     if length > capacity - offset:
-        raise ArrowShmError(ERR_RING_INVALID, f"{where}: length {length} runs past the end of the {capacity}-byte data area")
+        raise _invalid_record(offset, f"length {length} runs past the end of the {capacity}-byte data area")
     if length > available:
-        raise ArrowShmError(ERR_RING_INVALID, f"{where}: length {length} runs past the write position ({available} bytes published)")
+        raise _invalid_record(offset, f"length {length} runs past the write position ({available} bytes published)")
     if kind == RECORD_BATCH:
         if ipc_length == 0 or ipc_length > length - RECORD_HEADER_BYTES:
-            raise ArrowShmError(ERR_RING_INVALID, f"{where}: IPC length {ipc_length} does not fit its {length}-byte record")
+            raise _invalid_record(offset, f"IPC length {ipc_length} does not fit its {length}-byte record")
     elif kind == RECORD_PADDING:
         if length != capacity - offset:
-            raise ArrowShmError(ERR_RING_INVALID, f"{where}: padding of {length} bytes does not fill the {capacity - offset} bytes left")
-    elif kind not in (RECORD_EXTERNAL, RECORD_END):
-        raise ArrowShmError(ERR_RING_INVALID, f"{where}: unknown record kind {kind}")
-    return RecordHeader(length, kind, sequence, ipc_length)
+            raise _invalid_record(offset, f"padding of {length} bytes does not fill the {capacity - offset} bytes left")
+    elif kind != RECORD_EXTERNAL and kind != RECORD_END:
+        raise _invalid_record(offset, f"unknown record kind {kind}")
+    return header
+
+
+def _invalid_record(offset: int, what: str) -> ArrowShmError:
+    return ArrowShmError(ERR_RING_INVALID, f"record at data offset {offset}: {what}")
 
 
 # ------------------------------------------------------------------------------------- eventfds

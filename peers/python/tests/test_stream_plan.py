@@ -85,6 +85,60 @@ def test_batches_go_straight_into_the_ring_and_come_back_in_place_in_order(pair)
     reader.close()
 
 
+def test_small_batches_are_serialized_larger_ones_written_in_place_both_in_order(pair):
+    from arrow_shm.producer import SMALL_BATCH_BYTES
+
+    producer, consumer = pair
+    writer, reader = open_pair(producer, consumer, capacity_bytes=65536)
+    ring_file = writer._producer._ring_file
+    in_place: List[int] = []
+    real_write = ring_file.write
+    ring_file.write = lambda offset, b, size: (in_place.append(b.num_rows), real_write(offset, b, size))[1]
+    # Around the ring a few times: batches just under and over the threshold, alternating.
+    sizes = [SMALL_BATCH_BYTES - 16, SMALL_BATCH_BYTES + 8, 8, 12_000] * 20
+    sent = [batch(i, size) for i, size in enumerate(sizes)]
+    t = threading.Thread(target=lambda: ([writer.write(b) for b in sent], writer.close(timeout=10)))
+    t.start()
+
+    def in_place_read(b: pa.RecordBatch) -> None:
+        assert in_ring(b.column(1).buffers()[2], reader)
+
+    got = read_all(reader, in_place_read)
+    t.join()
+    assert got == [b.to_pylist() for b in sent]
+    assert len(in_place) == 40  # the two sizes over the threshold
+    reader.close()
+
+
+def test_releases_out_of_order_advance_the_read_position_over_the_leading_run_only(pair):
+    producer, consumer = pair
+    writer, reader = open_pair(producer, consumer, capacity_bytes=65536)
+    ring = writer._producer
+    writer.write([batch(0), batch(1), batch(2, size=40_000), batch(3)])  # the third through its own segment
+    items = [reader.read(timeout=5) for _ in range(4)]
+    start = ring._header.read_position(reader._slot)
+
+    def segments() -> int:
+        gc.collect()
+        return sum("arrow-shm-stream-segment" in m for m in memfd_maps())
+
+    assert segments() == 1
+    items[2].release()
+    items[2] = None  # its batch unreferenced: the segment is unmapped
+    assert segments() == 0
+    items[1].release()
+    assert ring._header.read_position(reader._slot) == start  # the first still holds the ring
+    items[0].release()
+    assert start < ring._header.read_position(reader._slot) < ring._write_position
+    items[3].release()
+    assert ring._header.read_position(reader._slot) == ring._write_position
+    t = threading.Thread(target=writer.close, kwargs={"timeout": 10})
+    t.start()
+    assert reader.read(timeout=5) is None
+    t.join()
+    reader.close()
+
+
 def test_write_of_many_batches_publishes_them_together_and_waits_for_room(pair):
     producer, consumer = pair
     writer, reader = open_pair(producer, consumer, capacity_bytes=65536)

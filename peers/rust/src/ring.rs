@@ -194,9 +194,11 @@ impl RingHeader {
 }
 
 /// The waker's half of §12.3, after it stored its position (SeqCst): clear the other side's
-/// flag and write its eventfd only if it was set, so a busy pair makes no system call.
+/// flag and write its eventfd only if it was set, so a busy pair makes no system call. The plain
+/// load first spares the locked instruction while nobody sleeps (a 0 it reads is as final as a
+/// failed exchange: both come after the position's store in the single total order).
 pub fn wake_if_waiting(flag: &AtomicU32, event_fd: RawFd) {
-    if flag.compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+    if flag.load(Ordering::SeqCst) == 1 && flag.compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
         eventfd_signal(event_fd);
     }
 }
@@ -231,8 +233,7 @@ pub fn check_record_header(raw: &[u8; RECORD_HEADER_BYTES], offset: u64, capacit
     let kind = u32::from_le_bytes(raw[4..8].try_into().unwrap());
     let sequence = u64::from_le_bytes(raw[8..16].try_into().unwrap());
     let ipc_length = u64::from_le_bytes(raw[16..24].try_into().unwrap());
-    let where_ = format!("record at data offset {offset}");
-    let invalid = |m: String| Err(Error::new(ErrorCode::RingInvalid, format!("{where_}: {m}")));
+    let invalid = |m: String| Err(Error::new(ErrorCode::RingInvalid, format!("record at data offset {offset}: {m}")));
     if offset >= capacity || offset % RECORD_ALIGN != 0 {
         return invalid(format!("offset outside the {capacity}-byte data area or misaligned"));
     }

@@ -79,6 +79,17 @@ impl Receiver {
     }
 }
 
+/// A receiver killed (or left behind by a failed assertion) cannot remove its socket file.
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.address);
+    }
+}
+
 /// What a process has open: every fd's target (sockets and pipes by inode), sorted.
 fn open_fds(pid: u32) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -153,6 +153,89 @@ fn batches_without_dictionaries_are_written_in_place_or_in_their_own_segment() {
 }
 
 #[test]
+fn flat_batches_of_many_types_round_trip_written_in_place_and_read_by_the_plan() {
+    // Flat schemas take the template writer and the decode plan: types whose arrays carry more
+    // than their Rust type (a zone, a precision), nulls, empty and sliced batches.
+    use arrow_array::{BooleanArray, Date32Array, Decimal128Array, Int16Array, LargeBinaryArray, TimestampMicrosecondArray, UInt8Array};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("t", DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("d", DataType::Decimal128(10, 2), false),
+        Field::new("b", DataType::Boolean, true),
+        Field::new("dt", DataType::Date32, false),
+        Field::new("u", DataType::UInt8, false),
+        Field::new("h", DataType::Int16, true),
+        Field::new("l", DataType::LargeBinary, true),
+    ]));
+    let make = |n: usize| {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from_iter((0..n as i64).map(|i| (i % 7 != 0).then_some(i * 1000))).with_timezone("UTC")),
+            Arc::new(Decimal128Array::from_iter_values((0..n as i128).map(|i| i * 25)).with_precision_and_scale(10, 2).unwrap()),
+            Arc::new(BooleanArray::from_iter((0..n).map(|i| (i % 5 != 0).then_some(i % 2 == 0)))),
+            Arc::new(Date32Array::from_iter_values((0..n as i32).map(|i| 18_000 + i))),
+            Arc::new(UInt8Array::from_iter_values((0..n).map(|i| i as u8))),
+            Arc::new(Int16Array::from_iter((0..n as i16).map(|i| (i % 3 != 0).then_some(-i)))),
+            Arc::new(LargeBinaryArray::from_iter((0..n).map(|i| (i % 4 != 3).then(|| vec![i as u8; i % 9])))),
+        ];
+        RecordBatch::try_new(schema.clone(), cols).unwrap()
+    };
+    let batches: Vec<RecordBatch> = (0..60).map(|i| if i % 5 == 4 { make(40).slice(8, 24) } else { make(i % 37) }).collect();
+    let in_ring = round_trip(schema.clone(), batches, WriterOptions { capacity: 1 << 20, ..WriterOptions::default() });
+    assert_eq!(in_ring, 60, "every batch read in place");
+}
+
+/// The warm part of the ring the producer reuses while its readers keep up (producer.rs).
+const WARM_BYTES: usize = 256 << 10;
+
+/// Streams 3,000 one-KB batches through a 4 MiB ring; `hold` of them at a time stay unreleased
+/// at the consumer. Returns the highest data offset a record was read at; checks every batch
+/// arrived once, in order.
+fn warm_offsets(max_messages: Option<usize>, hold: usize) -> usize {
+    let schema = Arc::new(big_schema().project(&[0, 1]).unwrap());
+    let b = batch(40, 1).project(&[0, 1]).unwrap();
+    let (b2, s2) = (b.clone(), schema.clone());
+    let (mut reader, producer) = stream_from("warm", move |a| {
+        let options = WriterOptions { capacity: 4 << 20, max_messages, ..WriterOptions::default() };
+        let mut w = stream::open_stream(connect(&a), s2, options).unwrap();
+        for _ in 0..3000 {
+            w.write(&b2).unwrap();
+        }
+        w.finish(T).unwrap();
+    });
+    let (mut highest, mut next, mut held) = (0, 0u64, std::collections::VecDeque::new());
+    while let Some(item) = reader.read().unwrap() {
+        let offset = item.ipc_bytes().as_ptr() as usize - reader.data_mapping().as_ptr() as usize;
+        highest = highest.max(offset);
+        assert_eq!(item.sequence, next);
+        assert_eq!(item.batch, b);
+        next += 1;
+        held.push_back(item);
+        if held.len() > hold {
+            held.pop_front();
+        }
+    }
+    drop(held);
+    producer.join().unwrap();
+    assert_eq!(next, 3000);
+    highest
+}
+
+#[test]
+fn records_reuse_the_warm_start_of_the_ring_while_the_reader_keeps_up() {
+    // One unreleased record at a time: the producer goes back to offset 0 (PADDING) instead of
+    // cycling through the 4 MiB ring (3 MB written).
+    let highest = warm_offsets(Some(1), 0);
+    assert!(highest < WARM_BYTES, "records up to offset {highest}");
+}
+
+#[test]
+fn a_reader_holding_records_does_not_stall_the_producer_at_the_warm_part() {
+    // The reader holds 1,000 records (1 MB): the producer goes on past the warm part, into the
+    // rest of the ring, without waiting (it would wait forever for this reader otherwise).
+    let highest = warm_offsets(None, 1000);
+    assert!(highest > WARM_BYTES, "records up to offset {highest}");
+}
+
+#[test]
 fn a_full_ring_fails_fast_with_ring_full() {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (ch, consumer) = stream_to("full", move |mut reader| {

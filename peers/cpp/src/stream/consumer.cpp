@@ -181,6 +181,7 @@ StreamReader::StreamReader(Channel& channel, const Frame& frame, std::vector<Fd>
   messages_ = queue.get();
   reader_ = unwrap(arrow::ipc::RecordBatchStreamReader::Open(std::move(queue)));
   schema_ = reader_->schema();
+  plan_ = DecodePlan::make(schema_, options_.ipc_limits);
 
   data_event_ = std::move(fds[2]);
   space_event_ = std::move(fds[3]);
@@ -296,31 +297,32 @@ std::optional<StreamBatch> StreamReader::read_record(uint64_t write_position) {
   const uint64_t offset = ring_offset(position_, capacity_);
   const auto [length, kind, sequence, ipc_length] = RecordHeader::read(ring_data_->data() + offset);
   const uint64_t available = write_position - position_;
-  const std::string where = "record at data offset " + std::to_string(offset);
+  // Only an error names the record (a string per record costs an allocation).
+  auto where = [&] { return "record at data offset " + std::to_string(offset); };
   if (length < kRecordHeaderBytes || length % 64)
-    broken(ring_invalid(where + ": length " + std::to_string(length) + " is not a positive multiple of 64"));
+    broken(ring_invalid(where() + ": length " + std::to_string(length) + " is not a positive multiple of 64"));
   if (length > capacity_ - offset)
-    broken(ring_invalid(where + ": length " + std::to_string(length) + " runs past the end of the " +
+    broken(ring_invalid(where() + ": length " + std::to_string(length) + " runs past the end of the " +
                         std::to_string(capacity_) + "-byte data area"));
   if (length > available)
-    broken(ring_invalid(where + ": length " + std::to_string(length) + " runs past the write position (" +
+    broken(ring_invalid(where() + ": length " + std::to_string(length) + " runs past the write position (" +
                         std::to_string(available) + " bytes published)"));
   switch (static_cast<RecordKind>(kind)) {
     case RecordKind::Batch:
       if (ipc_length == 0 || ipc_length > length - kRecordHeaderBytes)
-        broken(ring_invalid(where + ": IPC length " + std::to_string(ipc_length) + " does not fit its " +
+        broken(ring_invalid(where() + ": IPC length " + std::to_string(ipc_length) + " does not fit its " +
                             std::to_string(length) + "-byte record"));
       break;
     case RecordKind::Padding:
       if (length != capacity_ - offset)
-        broken(ring_invalid(where + ": padding of " + std::to_string(length) + " bytes does not fill the " +
+        broken(ring_invalid(where() + ": padding of " + std::to_string(length) + " bytes does not fill the " +
                             std::to_string(capacity_ - offset) + " bytes left"));
       break;
     case RecordKind::External:
     case RecordKind::End:
       break;
     default:
-      broken(ring_invalid(where + ": unknown record kind " + std::to_string(kind)));
+      broken(ring_invalid(where() + ": unknown record kind " + std::to_string(kind)));
   }
   const uint64_t ticket = releases_->hold(position_ + length);
   position_ += length;
@@ -347,6 +349,13 @@ std::optional<StreamBatch> StreamReader::read_record(uint64_t write_position) {
 }
 
 StreamBatch StreamReader::decode(const std::shared_ptr<arrow::Buffer>& bytes, uint64_t sequence, uint64_t ticket) {
+  if (plan_) {
+    if (auto batch = plan_->decode(bytes, options_.validate)) {
+      if (!plan_->covers(options_.validate)) validate_batch(*batch, options_.validate);
+      batches_read_++;
+      return StreamBatch(std::move(batch), sequence, bytes, releases_, ticket);
+    }
+  }
   auto spans = read_messages(bytes, /*eos_ends=*/false, &checker_);
   if (spans.empty() || spans.back().message->type() != MessageType::RECORD_BATCH)
     throw Error("ERR_IPC_INVALID", "a stream record that does not end with a RecordBatch message");
@@ -433,6 +442,7 @@ void StreamReader::close() {
   if (!ended_) channel_->close();  // leaving early: the producer sees the hang-up and frees the slot
   releases_.reset();               // batches still held release nothing any more
   reader_.reset();
+  plan_.reset();
   messages_ = nullptr;
   segments_.clear();
   header_map_.reset();

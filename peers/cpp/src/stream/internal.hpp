@@ -58,6 +58,66 @@ bool spin_until(uint64_t micros, Ready&& ready) {
   }
 }
 
+// How a top-level column of `type` is laid out, for the types the stream codecs handle themselves
+// (encoder.cpp, decoder.cpp, as src/stream/encoder.ts): validity + values of `width` bytes each
+// (Flat), validity + bits (Bool), validity + offsets of `width` bytes + bytes (Variable).
+struct ColumnKind {
+  enum Kind { None, Bool, Flat, Variable } kind = None;
+  int64_t width = 0;
+  int buffers() const { return kind == Variable ? 3 : 2; }
+};
+ColumnKind column_kind(const arrow::DataType& type);
+
+// A stream's per-schema RecordBatch writer (encoder.cpp): the Message flatbuffer is a template laid
+// out once; each batch patches its length, field nodes and buffer regions and copies its buffers
+// straight into the ring slot. Null for a schema with a type it does not write.
+class BatchEncoder {
+ public:
+  static std::unique_ptr<BatchEncoder> make(const arrow::Schema& schema);
+  // Plans `batch`: the bytes of its encapsulated RecordBatch message, or -1 when the generic
+  // writer must write it (a sliced column, a buffer shorter than its length, over 2^31 - 1 rows).
+  int64_t measure(const arrow::RecordBatch& batch);
+  // Writes the message `measure` planned at `to` (that many bytes), padding zeroed.
+  void write(uint8_t* to) const;
+
+ private:
+  struct Region {
+    const uint8_t* data;
+    int64_t size;
+  };
+  std::vector<ColumnKind> kinds_;
+  std::vector<uint8_t> template_;
+  int64_t buffers_at_ = 0, body_start_ = 0;
+  // The batch `measure` planned (reused from batch to batch).
+  int64_t length_ = 0, body_length_ = 0;
+  std::vector<int64_t> nodes_;  // (length, null count) per column
+  std::vector<Region> buffers_;
+};
+
+// A per-stream decode plan (decoder.cpp, as src/stream/decoder.ts): for a schema of flat columns,
+// a record holding exactly one plain RecordBatch message is read with bounds checks on every
+// flatbuffer offset and its columns made over the ring bytes. Anything else, or anything the
+// checks doubt, gives null: the generic path then accepts what it accepts and refuses with its
+// own errors, so the plan never accepts what the generic path would refuse.
+class DecodePlan {
+ public:
+  // Null when the schema has a column the plan does not read, or the limits refuse its counts.
+  static std::unique_ptr<DecodePlan> make(const std::shared_ptr<arrow::Schema>& schema, const IpcLimits& limits);
+  // The batch of one record's bytes, its buffers slices of `bytes`, checked for `validate` when
+  // covers(validate) (else the caller runs validate_batch); null: take the generic path.
+  std::shared_ptr<arrow::RecordBatch> decode(const std::shared_ptr<arrow::Buffer>& bytes, Validate validate);
+  // Whether decode's own checks are those of validate_batch(validate): ValidateFull on these
+  // types checks buffer sizes, offsets and null counts, and value rules (dates, times, decimals)
+  // are tolerated there; only Full's UTF-8 scan is not done here.
+  bool covers(Validate validate) const { return validate != Validate::Full || !has_strings_; }
+
+ private:
+  std::shared_ptr<arrow::Schema> schema_;
+  std::vector<ColumnKind> kinds_;
+  uint64_t buffers_ = 0;
+  bool has_strings_ = false;
+};
+
 // A decimal u64 field of a frame, or ERR_PROTOCOL naming `frame_name`.
 uint64_t decimal(const Frame& f, const std::string& key, const char* frame_name);
 

@@ -28,6 +28,12 @@ constexpr auto kSocketCheckInterval = std::chrono::milliseconds(10);
 // Larger records travel in their own segment: a quarter of the ring (§12.2), and never more
 // than a u32 record_length can describe (a PADDING record is shorter than the record after it).
 constexpr uint64_t kMaxRecordBytes = 1ull << 31;
+// Records go back to the ring's start (a PADDING record fills the rest, §12.2) once a record would
+// end past the larger of these and the start is free already, so that records reuse a few
+// cache-warm bytes instead of cycling through the whole (cold) ring. Back-pressure is unchanged:
+// when the start is not free yet, records go on into the rest. (The Rust producer's rule.)
+constexpr uint64_t kWarmBytes = 256 << 10;
+constexpr uint64_t kWarmRecords = 4;
 
 uint64_t align_record(uint64_t n) { return (n + kRecordAlign - 1) / kRecordAlign * kRecordAlign; }
 
@@ -93,6 +99,7 @@ RingProducer::RingProducer(std::shared_ptr<arrow::Schema> schema, StreamWriterOp
   stream_id_ = next_stream_id++;
   has_dictionaries_ = false;
   for (auto& f : schema_->fields()) has_dictionaries_ = has_dictionaries_ || has_dictionaries(*f->type());
+  encoder_ = BatchEncoder::make(*schema_);
 
   // Arrow's stream writer produces each batch's messages: dictionaries (whole, delta or
   // replacement), then the RecordBatch, buffers 64-byte aligned, uncompressed.
@@ -116,6 +123,10 @@ RingProducer::RingProducer(std::shared_ptr<arrow::Schema> schema, StreamWriterOp
   data_ = map_ + kRingHeaderBytes;
   header_ = RingHeader(map_);
   header_.init(capacity_, max_readers_);  // a new memfd reads as zeros: only the constants
+  if (options_.prefault && ::madvise(map_, size, MADV_POPULATE_WRITE) != 0) {
+    // A kernel before 5.14: write each page once (its zeros) instead.
+    for (uint64_t at = 0; at < capacity_; at += 4096) reinterpret_cast<volatile uint8_t*>(data_)[at] = 0;
+  }
   try {
     space_event_ = make_eventfd();
   } catch (...) {
@@ -220,8 +231,25 @@ uint64_t RingProducer::oldest_held() {
 }
 
 bool RingProducer::fits(uint64_t needed) {
-  if (capacity_ - (write_position_ - oldest_held()) < needed) return false;
+  // Honest readers only move forward: the oldest position seen last time bounds the room from
+  // below, so the readers' positions (cache lines they write) are read again only when it is short.
+  if (!options_.max_messages && capacity_ - (write_position_ - held_from_) >= needed) return true;
+  held_from_ = oldest_held();
+  if (capacity_ - (write_position_ - held_from_) < needed) return false;
   return !options_.max_messages || unreleased_.size() < *options_.max_messages;
+}
+
+// Where a `length`-byte record goes: §12.2's place, or back at offset 0 when it would end past the
+// warm part of the ring and the start is free already (kWarmBytes).
+RecordPlacement RingProducer::place(uint64_t length) {
+  const RecordPlacement natural = place_record(write_position_, length, capacity_);
+  const uint64_t offset = ring_offset(write_position_, capacity_);
+  const uint64_t tail = capacity_ - offset;
+  const uint64_t warm = std::max(kWarmBytes, kWarmRecords * length);
+  // (A PADDING record's length is a u32.)
+  if (natural.padding == 0 && offset > 0 && offset + length > warm && tail <= UINT32_MAX && fits(tail + length))
+    return {0, tail};
+  return natural;
 }
 
 // Room for `length` contiguous bytes: their data offset (a PADDING record first if needed).
@@ -229,15 +257,15 @@ uint64_t RingProducer::reserve(uint64_t length, bool wait) {
   const Deadline d = deadline_of(options_.write_timeout);
   for (;;) {
     check_readers(false);
-    const RecordPlacement place = place_record(write_position_, length, capacity_);
-    const uint64_t needed = place.padding + length;
+    const RecordPlacement at = place(length);
+    const uint64_t needed = at.padding + length;
     if (fits(needed)) {
-      if (place.padding) {
-        write_header(ring_offset(write_position_, capacity_), static_cast<uint32_t>(place.padding),
-                     RecordKind::Padding, 0, 0);
-        publish(place.padding, false);
+      if (at.padding) {
+        write_header(ring_offset(write_position_, capacity_), static_cast<uint32_t>(at.padding), RecordKind::Padding,
+                     0, 0);
+        publish(at.padding, false);
       }
-      return place.offset;
+      return at.offset;
     }
     if (options_.fail_when_full && !wait) {
       if (options_.max_messages && unreleased_.size() >= *options_.max_messages)
@@ -264,7 +292,7 @@ void RingProducer::sleep_until(const std::function<bool()>& ready, const Deadlin
 void RingProducer::publish(uint64_t advance, bool counted) {
   write_position_ += advance;
   header_.write_position().store(write_position_, std::memory_order_seq_cst);
-  if (counted) unreleased_.push_back(write_position_);
+  if (counted && options_.max_messages) unreleased_.push_back(write_position_);
   for (auto& [slot, reader] : readers_) wake_if_waiting(header_.waiting(slot), reader.data_event.get());
 }
 
@@ -317,28 +345,37 @@ void RingProducer::write(const arrow::RecordBatch& batch) {
   sequence_++;
 }
 
-// A batch without dictionaries: Arrow writes its RecordBatch message straight into the record's
-// slot (one copy of each buffer, no intermediate stream). False, with nothing written, when the
-// record is too big for the ring (the caller sends it in its own segment).
+// A batch without dictionaries goes straight into its record's slot (one copy of each buffer, no
+// intermediate stream): by the template encoder when it takes the batch, else by Arrow's writer.
+// False, with nothing written, when the record is too big for the ring (the caller sends it in
+// its own segment).
 bool RingProducer::write_in_place(const arrow::RecordBatch& batch) {
+  const int64_t planned = encoder_ ? encoder_->measure(batch) : -1;
   const auto options = record_write_options();
   arrow::ipc::IpcPayload payload;
-  check(arrow::ipc::GetRecordBatchPayload(batch, options, &payload));
-  // WriteIpcPayload's layout: continuation and length, the flatbuffer padded to the alignment, the body.
-  const auto alignment = static_cast<uint64_t>(options.alignment);
-  const uint64_t message = (8 + static_cast<uint64_t>(payload.metadata->size()) + alignment - 1) / alignment * alignment;
-  const uint64_t ipc_length = message + static_cast<uint64_t>(payload.body_length);
+  uint64_t ipc_length = static_cast<uint64_t>(planned);
+  if (planned < 0) {
+    check(arrow::ipc::GetRecordBatchPayload(batch, options, &payload));
+    // WriteIpcPayload's layout: continuation and length, the flatbuffer padded to the alignment, the body.
+    const auto alignment = static_cast<uint64_t>(options.alignment);
+    const uint64_t message = (8 + static_cast<uint64_t>(payload.metadata->size()) + alignment - 1) / alignment * alignment;
+    ipc_length = message + static_cast<uint64_t>(payload.body_length);
+  }
   const uint64_t record_length = align_record(kRecordHeaderBytes + ipc_length);
   if (record_length > std::min(capacity_ / 4, kMaxRecordBytes)) return false;
   const uint64_t offset = reserve(record_length, false);
   uint8_t* record = data_ + offset;
-  auto slot = std::make_shared<arrow::MutableBuffer>(record + kRecordHeaderBytes, static_cast<int64_t>(ipc_length));
-  arrow::io::FixedSizeBufferWriter out(slot);  // refuses to write past the slot
-  int32_t metadata_length = 0;
-  check(arrow::ipc::WriteIpcPayload(payload, options, &out, &metadata_length));
-  if (static_cast<uint64_t>(unwrap(out.Tell())) != ipc_length)
-    throw Error("ERR_IPC_INVALID", "the Arrow writer wrote " + std::to_string(unwrap(out.Tell())) +
-                                       " bytes for a " + std::to_string(ipc_length) + "-byte message");
+  if (planned >= 0) {
+    encoder_->write(record + kRecordHeaderBytes);
+  } else {
+    auto slot = std::make_shared<arrow::MutableBuffer>(record + kRecordHeaderBytes, static_cast<int64_t>(ipc_length));
+    arrow::io::FixedSizeBufferWriter out(slot);  // refuses to write past the slot
+    int32_t metadata_length = 0;
+    check(arrow::ipc::WriteIpcPayload(payload, options, &out, &metadata_length));
+    if (static_cast<uint64_t>(unwrap(out.Tell())) != ipc_length)
+      throw Error("ERR_IPC_INVALID", "the Arrow writer wrote " + std::to_string(unwrap(out.Tell())) +
+                                         " bytes for a " + std::to_string(ipc_length) + "-byte message");
+  }
   std::memset(record + kRecordHeaderBytes + ipc_length, 0, record_length - kRecordHeaderBytes - ipc_length);
   write_header(offset, static_cast<uint32_t>(record_length), RecordKind::Batch, sequence_, ipc_length);
   publish(record_length, true);

@@ -87,8 +87,10 @@ void RingHeader::check(uint64_t capacity, uint64_t slot) const {
 }
 
 void wake_if_waiting(std::atomic_ref<uint32_t> flag, int eventfd) {
+  // A plain (seq_cst) load first: the common case, nobody waiting, costs no locked instruction.
   uint32_t expected = 1;
-  if (flag.compare_exchange_strong(expected, 0, std::memory_order_seq_cst)) eventfd_signal(eventfd);
+  if (flag.load(std::memory_order_seq_cst) == 1 && flag.compare_exchange_strong(expected, 0, std::memory_order_seq_cst))
+    eventfd_signal(eventfd);
 }
 
 namespace detail {

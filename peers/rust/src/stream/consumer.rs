@@ -18,6 +18,7 @@ use crate::ipc::{self, walk_messages, MessageSpan, SchemaLayout, WalkMode};
 use crate::ring::{check_record_header, eventfd_drain, poll_readable, ring_offset, RecordKind, RingHeader, RECORD_HEADER_BYTES};
 use crate::segment::{self, Mapping};
 
+use super::decoder::DecodePlan;
 use super::lease::{leased_buffer, Held, ReleaseQueue, ReleaseState, StreamBatch};
 use super::link::Link;
 use super::producer::{open_on, StreamWriter, WriterOptions};
@@ -65,6 +66,8 @@ pub struct StreamReader {
     releases: Arc<ReleaseState>,
     prologue: Buffer,
     decoder: MessageDecoder,
+    /// The fast path for records of one plain RecordBatch message; None when the schema has none.
+    plan: Option<DecodePlan>,
     schema: SchemaRef,
     /// The counts the prologue's schema fixes for every record (§14.1).
     layout: Option<SchemaLayout>,
@@ -113,6 +116,7 @@ impl StreamReader {
             header: opened.header.clone(),
             slot: opened.slot,
         });
+        let plan = DecodePlan::for_schema(&opened.schema, &options.limits);
         Ok(StreamReader {
             channel: link,
             options,
@@ -124,6 +128,7 @@ impl StreamReader {
             releases,
             prologue: opened.prologue,
             decoder: opened.decoder,
+            plan,
             schema: opened.schema,
             layout: opened.layout,
             position: opened.start,
@@ -188,6 +193,11 @@ impl StreamReader {
                 continue;
             }
             if let Some(e) = self.peer_gone() {
+                // What it published before it hung up is still read (§12.1): the position seen
+                // above may predate its last records.
+                if self.header.write_position().load(Ordering::Acquire) > position {
+                    continue;
+                }
                 return Err(e);
             }
             if expired(deadline) {
@@ -293,6 +303,9 @@ impl StreamReader {
     }
 
     fn decode_messages(&mut self, bytes: &Buffer) -> Result<RecordBatch> {
+        if let Some(batch) = self.plan.as_mut().and_then(|p| p.decode(bytes)) {
+            return Ok(batch);
+        }
         let spans = walk_messages(bytes.as_slice(), WalkMode::Record, &self.options.limits, &mut self.layout)?;
         let mut batch = None;
         for s in spans {

@@ -9,6 +9,8 @@
 //! may run on any thread: releases go through a small shared state.
 
 mod consumer;
+mod decoder;
+mod encoder;
 mod lease;
 mod link;
 mod open;

@@ -19,15 +19,23 @@ use crate::frame::{Frame, KeyValues, Kind};
 use crate::ipc::{self, walk_messages, WalkMode};
 use crate::ring::{
     self, align_record, check_capacity, encode_record_header, eventfd, eventfd_drain, place_record, poll_readable, ring_offset,
-    wake_if_waiting, RecordKind, RingHeader, MAX_READERS, RECORD_ALIGN, RECORD_HEADER_BYTES, RING_HEADER_BYTES, RING_SEALS,
+    wake_if_waiting, Placement, RecordKind, RingHeader, MAX_READERS, RECORD_HEADER_BYTES, RING_HEADER_BYTES, RING_SEALS,
 };
 use crate::segment::{self, Mapping, WritableSegment};
 
+use super::encoder::BatchEncoder;
 use super::link::Link;
 use super::{deadline_of, expired, sleep_ms, spin_until, ReaderOptions, StreamReader};
 
 /// How often a producer that never has to wait looks at its consumers' sockets for hang-ups.
 const SOCKET_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The warm part of the ring: while its readers keep up, the producer goes back to offset 0 (a
+/// PADDING record fills the rest, §12.2) once a record would end past the larger of these, so
+/// that records reuse a few cache-warm bytes instead of cycling through the whole (cold) ring.
+/// Back-pressure is unchanged: when the start is not free yet, records go on into the rest.
+const WARM_BYTES: u64 = 256 << 10;
+const WARM_RECORDS: u64 = 4;
 
 /// Options of a producer.
 #[derive(Debug, Clone)]
@@ -89,6 +97,11 @@ pub struct RingProducer {
     /// End positions of published batch records not yet released by every reader (max_messages).
     unreleased: VecDeque<u64>,
     encoder: StreamEncoder,
+    /// The template writer of a flat schema (None: every batch goes through arrow-rs's encoder).
+    batch_encoder: Option<BatchEncoder>,
+    /// A lower bound of the lowest read position (the last one computed): room below it is
+    /// known to be free without loading the readers' slots.
+    known_oldest: u64,
     schema_bytes: Vec<u8>,
     schema_pending: bool,
     /// The schema has a dictionary column: records are walked for the joiners' prologue.
@@ -125,6 +138,7 @@ impl RingProducer {
         let mut schema_bytes: Vec<u8> = schema_only.iter().flat_map(|b| b.as_slice().iter().copied()).collect();
         schema_bytes.truncate(schema_bytes.len().saturating_sub(ipc::EOS.len()));
         let has_dictionaries = schema.fields().iter().any(|f| has_dictionary(f.data_type()));
+        let batch_encoder = if has_dictionaries { None } else { BatchEncoder::for_schema(&schema) };
         let capacity = options.capacity;
         let size = RING_HEADER_BYTES as u64 + capacity;
         let ring_fd = segment::create_memfd(c"arrow-shm-ring", size)?;
@@ -145,6 +159,8 @@ impl RingProducer {
             sequence: 0,
             unreleased: VecDeque::new(),
             encoder,
+            batch_encoder,
+            known_oldest: 0,
             has_dictionaries,
             schema_bytes,
             schema_pending: true,
@@ -256,8 +272,9 @@ impl RingProducer {
         }
     }
 
-    /// Reads what the consumers' sockets hold (hang-ups, ERRORs); at most every 10 ms unless
-    /// `now`. A channel stream fails once its reader left.
+    /// Reads what the consumers' sockets hold (hang-ups, ERRORs) and detaches the readers that
+    /// left; at most every 10 ms unless `now` (a sleep woken by a socket makes it due at once).
+    /// A channel stream fails once its reader left.
     fn check_readers(&mut self, now: bool) -> Result<()> {
         let t = Instant::now();
         if now || t >= self.next_socket_check {
@@ -265,8 +282,8 @@ impl RingProducer {
             for r in self.readers.values() {
                 r.channel.get().pump_all_ready();
             }
+            self.detach_departed();
         }
-        self.detach_departed();
         if self.fail_without_readers && self.readers.is_empty() {
             return err(ErrorCode::PeerClosed, "the reader left the stream");
         }
@@ -280,6 +297,17 @@ impl RingProducer {
         }
         if batch.schema().fields() != self.schema.fields() {
             return err(ErrorCode::InvalidArgument, "the batch schema differs from the stream schema");
+        }
+        if let Some(ipc_length) = self.batch_encoder.as_mut().and_then(|e| e.measure(batch)) {
+            let mut encoder = self.batch_encoder.take().expect("the batch encoder");
+            let written = (!self.is_external(ipc_length)).then(|| self.append_in_ring(ipc_length, |slot| encoder.write(slot)));
+            encoder.clear();
+            self.batch_encoder = Some(encoder);
+            if let Some(written) = written {
+                written?;
+                self.sequence += 1;
+                return Ok(());
+            }
         }
         let encoded = catch_unwind(AssertUnwindSafe(|| self.encoder.encode(batch)))
             .unwrap_or_else(|_| Err(arrow_schema::ArrowError::IpcError("the Arrow encoder panicked".into())))
@@ -325,35 +353,53 @@ impl RingProducer {
         unsafe { (self.ring.as_ptr() as *mut u8).add(RING_HEADER_BYTES) }
     }
 
+    /// The data area's bytes `[at, at + len)` (the caller reserved them: nobody reads them).
+    fn data_mut(&mut self, at: u64, len: usize) -> &mut [u8] {
+        assert!(at.checked_add(len as u64).is_some_and(|e| e <= self.capacity), "write outside the ring");
+        // SAFETY: inside the writable data area, checked just above; `&mut self` keeps it unique here.
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr().add(at as usize), len) }
+    }
+
     /// Copies `bytes` to data offset `at` (the caller reserved the room: nobody reads it).
-    fn write_data(&self, at: u64, bytes: &[u8]) {
-        assert!(at.checked_add(bytes.len() as u64).is_some_and(|e| e <= self.capacity), "write outside the ring");
-        // SAFETY: inside the writable data area, checked just above.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data_ptr().add(at as usize), bytes.len()) }
+    fn write_data(&mut self, at: u64, bytes: &[u8]) {
+        self.data_mut(at, bytes.len()).copy_from_slice(bytes);
+    }
+
+    /// Whether a record of `ipc_length` payload bytes travels in its own segment (§12.2).
+    fn is_external(&self, ipc_length: usize) -> bool {
+        align_record((RECORD_HEADER_BYTES + ipc_length) as u64) > self.capacity / 4
     }
 
     /// One record of the concatenation of `parts` (the record's IPC messages).
     fn append_record(&mut self, parts: &[&[u8]]) -> Result<()> {
         let ipc_length: usize = parts.iter().map(|p| p.len()).sum();
-        let record_length = align_record((RECORD_HEADER_BYTES + ipc_length) as u64);
-        let sequence = self.sequence;
-        if record_length > self.capacity / 4 {
-            let offset = self.reserve(RECORD_HEADER_BYTES as u64, false)?;
-            self.send_segment(parts, ipc_length, sequence)?;
-            self.write_data(offset, &encode_record_header(RECORD_HEADER_BYTES as u64, RecordKind::External, sequence, ipc_length as u64));
-            self.publish(RECORD_HEADER_BYTES as u64, true);
-        } else {
-            let offset = self.reserve(record_length, false)?;
-            let mut at = offset + RECORD_HEADER_BYTES as u64;
-            for part in parts {
-                self.write_data(at, part);
-                at += part.len() as u64;
-            }
-            let pad = (offset + record_length - at) as usize;
-            self.write_data(at, &[0u8; RECORD_ALIGN as usize][..pad]);
-            self.write_data(offset, &encode_record_header(record_length, RecordKind::Batch, sequence, ipc_length as u64));
-            self.publish(record_length, true);
+        if !self.is_external(ipc_length) {
+            return self.append_in_ring(ipc_length, |slot| {
+                let mut at = 0;
+                for part in parts {
+                    slot[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+            });
         }
+        let sequence = self.sequence;
+        let offset = self.reserve(RECORD_HEADER_BYTES as u64, false)?;
+        self.send_segment(parts, ipc_length, sequence)?;
+        self.write_data(offset, &encode_record_header(RECORD_HEADER_BYTES as u64, RecordKind::External, sequence, ipc_length as u64));
+        self.publish(RECORD_HEADER_BYTES as u64, true);
+        Ok(())
+    }
+
+    /// A BATCH record of `ipc_length` payload bytes that `fill` writes straight into the slot.
+    fn append_in_ring(&mut self, ipc_length: usize, fill: impl FnOnce(&mut [u8])) -> Result<()> {
+        let record_length = align_record((RECORD_HEADER_BYTES + ipc_length) as u64);
+        let offset = self.reserve(record_length, false)?;
+        let slot = self.data_mut(offset + RECORD_HEADER_BYTES as u64, record_length as usize - RECORD_HEADER_BYTES);
+        let (payload, pad) = slot.split_at_mut(ipc_length);
+        fill(payload);
+        pad.fill(0);
+        self.write_data(offset, &encode_record_header(record_length, RecordKind::Batch, self.sequence, ipc_length as u64));
+        self.publish(record_length, true);
         Ok(())
     }
 
@@ -385,7 +431,7 @@ impl RingProducer {
     fn publish(&mut self, advance: u64, counted: bool) {
         self.write_position += advance;
         self.header.write_position().store(self.write_position, Ordering::SeqCst);
-        if counted {
+        if counted && self.options.max_messages.is_some() {
             self.unreleased.push_back(self.write_position);
         }
         for (slot, r) in &self.readers {
@@ -406,13 +452,33 @@ impl RingProducer {
         while self.unreleased.front().is_some_and(|&e| e <= oldest) {
             self.unreleased.pop_front();
         }
+        self.known_oldest = oldest;
         oldest
     }
 
     fn fits(&mut self, needed: u64) -> bool {
+        // Room known from the last look: no load of the readers' (other cores') cache lines. A
+        // reader's position only grows, a joiner starts at the write position, a leaver frees.
+        if self.options.max_messages.is_none() && self.capacity - (self.write_position - self.known_oldest) >= needed {
+            return true;
+        }
         self.detach_departed();
         let held = self.write_position - self.oldest_held();
         self.capacity - held >= needed && self.options.max_messages.is_none_or(|m| self.unreleased.len() < m)
+    }
+
+    /// Where a `length`-byte record goes: §12.2's place, or back at offset 0 when it would end
+    /// past the warm part of the ring and the start is free already (see [`WARM_BYTES`]).
+    fn place(&mut self, length: u64) -> Placement {
+        let place = place_record(self.write_position, length, self.capacity);
+        let offset = ring_offset(self.write_position, self.capacity);
+        let tail = self.capacity - offset;
+        let warm = WARM_BYTES.max(WARM_RECORDS * length);
+        // (A PADDING record's length is a u32.)
+        if place.padding == 0 && offset > 0 && offset + length > warm && tail <= u32::MAX as u64 && self.fits(tail + length) {
+            return Placement { offset: 0, padding: tail };
+        }
+        place
     }
 
     fn drained(&mut self) -> bool {
@@ -426,7 +492,7 @@ impl RingProducer {
         let deadline = deadline_of(self.options.write_timeout);
         loop {
             self.check_readers(false)?;
-            let place = place_record(self.write_position, length, self.capacity);
+            let place = self.place(length);
             let needed = place.padding + length;
             if self.fits(needed) {
                 if place.padding > 0 {
