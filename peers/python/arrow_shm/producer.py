@@ -30,6 +30,7 @@ from .ring import (
     DEFAULT_CAPACITY,
     MAX_READERS,
     PRODUCER_FLAG,
+    Placement,
     RECORD_BATCH,
     RECORD_END,
     RECORD_EXTERNAL,
@@ -68,6 +69,12 @@ DRAIN_POLL = 0.001
 #: than positioning the in-place writer and measuring the batch first (~0.6 µs), while the second
 #: copy of so few bytes costs less than that.
 SMALL_BATCH_BYTES = 4096
+
+#: A record that would end past max(WARM_BYTES, WARM_RECORDS × its length) goes back to the ring's
+#: start through a PADDING record when the start is free already (§12.2): readers that keep up then
+#: see a few cache-warm records instead of the whole ring (the Rust and C++ producers' rule).
+WARM_BYTES = 256 << 10
+WARM_RECORDS = 4
 
 
 class _Capture(PipeFile):
@@ -469,6 +476,7 @@ class RingProducer(Closing):
         if (
             position + length <= self._room_end
             and length <= self.capacity - offset
+            and offset + length <= max(WARM_BYTES, WARM_RECORDS * length)
             and self._max_messages is None
             and time.monotonic() < self._next_check
         ):
@@ -476,7 +484,7 @@ class RingProducer(Closing):
         deadline = None if self._write_timeout is None else time.monotonic() + self._write_timeout
         while True:
             self._check_readers()
-            offset, padding = place_record(self._write_position, length, self.capacity)
+            offset, padding = self._place(length)
             needed = padding + length
             if self._fits(needed):
                 if padding:
@@ -494,6 +502,17 @@ class RingProducer(Closing):
             if self._spin_ns and spin_until(lambda: self._fits(needed), self._spin_ns, deadline):
                 continue
             self._sleep(lambda: self._fits(needed), deadline)
+
+    def _place(self, length: int) -> Placement:
+        """§12.2's place for a record, or back at offset 0 when it would end past the warm part of
+        the ring and the start is free already (WARM_BYTES)."""
+        offset, padding = place_record(self._write_position, length, self.capacity)
+        tail = self.capacity - offset
+        warm = max(WARM_BYTES, WARM_RECORDS * length)
+        # (A PADDING record's length is a u32.)
+        if padding == 0 and offset > 0 and offset + length > warm and tail <= 0xFFFFFFFF and self._fits(tail + length):
+            return Placement(0, tail)
+        return Placement(offset, padding)
 
     def _check_readers(self) -> None:
         """Hook: a channel stream fails once its one reader left."""

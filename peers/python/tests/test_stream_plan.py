@@ -110,6 +110,44 @@ def test_small_batches_are_serialized_larger_ones_written_in_place_both_in_order
     reader.close()
 
 
+def warm_offsets(pair, hold: int, **options) -> int:
+    """Streams 3,000 one-KB batches through a 4 MiB ring, ``hold`` of them unreleased at a time at
+    the reader; the highest data offset a record was read at (every batch arrives once, in order)."""
+    producer, consumer = pair
+    writer, reader = open_pair(producer, consumer, capacity_bytes=4 << 20, **options)
+    sent = [batch(i, size=1000) for i in range(3000)]
+    t = threading.Thread(target=lambda: ([writer.write(b) for b in sent], writer.close(timeout=10)))
+    t.start()
+    lo, _ = reader.data_range()
+    highest, got, held = 0, [], []
+    while (item := reader.read(timeout=10)) is not None:
+        highest = max(highest, item.batch.column(1).buffers()[2].address - lo)
+        got.append(item.batch.to_pylist())
+        held.append(item)
+        if len(held) > hold:
+            held.pop(0).release()
+    for item in held:
+        item.release()
+    t.join()
+    reader.close()
+    assert got == [b.to_pylist() for b in sent]
+    return highest
+
+
+def test_records_reuse_the_warm_start_of_the_ring_while_the_reader_keeps_up(pair):
+    from arrow_shm.producer import WARM_BYTES
+
+    # One unreleased record at a time: back to offset 0 through PADDING, not around the 4 MiB ring.
+    assert warm_offsets(pair, 0, max_messages=1) < WARM_BYTES
+
+
+def test_a_reader_holding_records_does_not_stall_the_producer_at_the_warm_part(pair):
+    from arrow_shm.producer import WARM_BYTES
+
+    # 1,000 records (1 MB) held: the producer goes on into the rest of the ring without waiting.
+    assert warm_offsets(pair, 1000) > WARM_BYTES
+
+
 def test_releases_out_of_order_advance_the_read_position_over_the_leading_run_only(pair):
     producer, consumer = pair
     writer, reader = open_pair(producer, consumer, capacity_bytes=65536)
